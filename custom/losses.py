@@ -1,0 +1,148 @@
+"""Loss terms of the method (method.md, "Losses, per iteration"), in its symbols.
+
+Conventions: ``p1``, ``p2`` are class probabilities ``B x K x H x W`` (softmax of the
+UNeXt and Swin-Unet logits); labels are integer maps ``B x 1 x H x W``. Each module has
+an explicit ``reduction``.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import DiceCELoss, DiceLoss
+from torch import nn
+
+__all__ = [
+    "SupervisedLoss",
+    "SoftDiceLoss",
+    "CrossPseudoSupervisionLoss",
+    "InformationDivergenceLoss",
+    "InterpolationConsistencyLoss",
+    "entropy",
+    "kl_divergence",
+    "mutual_information_gap",
+]
+
+SMOOTH = 1e-5
+EPS = 1e-8
+
+
+class SupervisedLoss(DiceCELoss):
+    """``0.5 * CE(logits, y) + 0.5 * Dice(softmax(logits), y)`` on the labelled images.
+
+    The reference Dice sums over the whole batch and all pixels of a class, uses squared
+    terms in the denominator, smooth 1e-5 in numerator and denominator, includes the
+    background and averages over classes:
+    ``Dice_c = 1 - (2 sum p_c y_c + s) / (sum p_c^2 + sum y_c^2 + s)``.
+    MONAI's ``DiceCELoss`` with ``batch=True, squared_pred=True`` is exactly that (tested
+    against a hand computation), so it is reused rather than rewritten.
+
+    Input: logits ``B x K x H x W``; target: ``B x 1 x H x W`` integer labels.
+    """
+
+    def __init__(self, ce_weight: float = 0.5, dice_weight: float = 0.5, smooth: float = SMOOTH) -> None:
+        super().__init__(
+            include_background=True, to_onehot_y=True, softmax=True, squared_pred=True, batch=True,
+            smooth_nr=smooth, smooth_dr=smooth, lambda_dice=dice_weight, lambda_ce=ce_weight,
+        )
+
+
+class SoftDiceLoss(DiceLoss):
+    """The reference soft Dice on probabilities (no activation applied): batch-summed,
+    squared denominator, background included, smooth 1e-5, mean over classes."""
+
+    def __init__(self, smooth: float = SMOOTH) -> None:
+        super().__init__(include_background=True, to_onehot_y=True, softmax=False, squared_pred=True, batch=True,
+                         smooth_nr=smooth, smooth_dr=smooth)
+
+
+def hard_labels(p: torch.Tensor) -> torch.Tensor:
+    """Detached argmax pseudo-labels ``B x 1 x H x W`` of probabilities ``B x K x H x W``."""
+    return p.detach().argmax(dim=1, keepdim=True)
+
+
+class CrossPseudoSupervisionLoss(nn.Module):
+    """``L_cps = Dice(p1_u, argmax p2_u) + Dice(p2_u, argmax p1_u)`` with detached pseudo-labels.
+
+    Inputs are probabilities of the unlabelled images; Dice only, no CE (method.md, 2).
+    """
+
+    def __init__(self, smooth: float = SMOOTH) -> None:
+        super().__init__()
+        self.dice = SoftDiceLoss(smooth)
+
+    def forward(self, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+        return self.dice(p1, hard_labels(p2)) + self.dice(p2, hard_labels(p1))
+
+
+def entropy(p: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Per-pixel ``H(p) = -sum_c p log(p + eps)`` over dim 1 (natural log)."""
+    return -(p * torch.log(p + eps)).sum(dim=1)
+
+
+def kl_divergence(p1: torch.Tensor, p2: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Per-pixel ``KL(p1 || p2) = sum_c p1 log((p1 + eps) / (p2 + eps))`` over dim 1."""
+    return (p1 * (torch.log(p1 + eps) - torch.log(p2 + eps))).sum(dim=1)
+
+
+def mutual_information_gap(p1: torch.Tensor, p2: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Per-pixel ``MIG = H(p1) + H(p2) - H((p1 + p2) / 2)``.
+
+    Equals ``(H1 + H2) / 2 - JS(p1, p2)``: identical predictions give ``H(p)``, opposite
+    one-hot predictions give ``-ln 2``.
+    """
+    return entropy(p1, eps) + entropy(p2, eps) - entropy(0.5 * (p1 + p2), eps)
+
+
+_REDUCTIONS = ("mean", "image", "none")
+
+
+def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "image":
+        return x.flatten(1).mean(dim=1)
+    return x
+
+
+class InformationDivergenceLoss(nn.Module):
+    """``L_ID = mig_weight * mean(MIG(p1, p2)) + kl_weight * mean(KL(p1 || p2))`` (method.md, 4).
+
+    Neither side is detached, eps = 1e-8, natural log. Either term can be switched off by a
+    zero weight. ``reduction``: ``"mean"`` (a scalar), ``"image"`` (``B``: the per-image
+    divergence score), ``"none"`` (the per-pixel map ``B x H x W``).
+    """
+
+    def __init__(self, kl_weight: float = 1.0, mig_weight: float = 1.0, eps: float = EPS, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.kl_weight, self.mig_weight, self.eps, self.reduction = float(kl_weight), float(mig_weight), float(eps), reduction
+
+    def terms(self, p1: torch.Tensor, p2: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The two per-pixel maps ``{"kl": B x H x W, "mig": B x H x W}``, unweighted."""
+        return {"kl": kl_divergence(p1, p2, self.eps), "mig": mutual_information_gap(p1, p2, self.eps)}
+
+    def forward(self, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+        if p1.shape != p2.shape:
+            raise ValueError(f"p1 and p2 must have the same shape, got {tuple(p1.shape)} and {tuple(p2.shape)}")
+        per_pixel = p1.new_zeros(p1.shape[:1] + p1.shape[2:])
+        if self.kl_weight:
+            per_pixel = per_pixel + self.kl_weight * kl_divergence(p1, p2, self.eps)
+        if self.mig_weight:
+            per_pixel = per_pixel + self.mig_weight * mutual_information_gap(p1, p2, self.eps)
+        return _reduce(per_pixel, self.reduction)
+
+
+class InterpolationConsistencyLoss(nn.Module):
+    """``L_ict = mean((softmax(f(x_mix)) - target)^2)``, the target being the mixed,
+    detached EMA-teacher probabilities (see :mod:`custom.mixup`)."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, p_mix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        sq = (p_mix - target.detach()) ** 2
+        return _reduce(sq.mean(dim=1) if self.reduction != "mean" else sq, self.reduction)

@@ -1,0 +1,48 @@
+"""Ramp-up weights and the poly learning-rate schedule (method.md, "Schedule")."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["sigmoid_rampup", "ramp_weight", "poly_lr", "PolyLRLambda"]
+
+
+def sigmoid_rampup(current: float, length: float) -> float:
+    """``exp(-5 (1 - s / length)^2)`` with ``s = clip(current, 0, length)``; 1 when ``length == 0``."""
+    if length <= 0:
+        return 1.0
+    s = min(max(float(current), 0.0), float(length))
+    phase = 1.0 - s / length
+    return math.exp(-5.0 * phase * phase)
+
+
+def ramp_weight(iteration: int, beta: float, total_iterations: int, ramp_steps: int = 200,
+                ramp_fraction: float = 1.0, start: int = 0) -> float:
+    """The weight ``w(t) = beta * exp(-5 (1 - s / ramp_steps)^2)``, ``s = clip((t - start) // r, 0, ramp_steps)``.
+
+    ``r`` is chosen so that the ramp spans ``ramp_fraction`` of the iterations after ``start``
+    (the whole run by default). Before ``start`` (a warm-up) the weight is 0.
+    """
+    if iteration < start:
+        return 0.0
+    span = max(1.0, (total_iterations - start) * ramp_fraction)
+    step = math.floor((iteration - start) * ramp_steps / span)  # (t - start) // r with r = span / ramp_steps
+    return float(beta) * sigmoid_rampup(step, ramp_steps)
+
+
+def poly_lr(base_lr: float, iteration: int, total_iterations: int, power: float = 0.9) -> float:
+    """``lr = base * (1 - t / T)^power``, clipped at 0 after ``T``."""
+    frac = min(max(iteration / float(total_iterations), 0.0), 1.0)
+    return base_lr * (1.0 - frac) ** power
+
+
+class PolyLRLambda:
+    """Multiplicative factor for ``torch.optim.lr_scheduler.LambdaLR`` (picklable, config-friendly)."""
+
+    def __init__(self, total_iterations: int, power: float = 0.9) -> None:
+        if total_iterations <= 0:
+            raise ValueError(f"total_iterations must be positive, got {total_iterations}")
+        self.total_iterations, self.power = int(total_iterations), float(power)
+
+    def __call__(self, iteration: int) -> float:
+        return poly_lr(1.0, iteration, self.total_iterations, self.power)

@@ -1,0 +1,196 @@
+"""Loss terms, mixup and schedules against hand-computed values on small tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from custom.losses import (
+    CrossPseudoSupervisionLoss,
+    InformationDivergenceLoss,
+    InterpolationConsistencyLoss,
+    SupervisedLoss,
+    entropy,
+    kl_divergence,
+    mutual_information_gap,
+)
+from custom.mixup import interpolation_mixup, sample_mix_lambda
+from custom.schedules import PolyLRLambda, poly_lr, ramp_weight, sigmoid_rampup
+
+S = 1e-5
+
+
+def reference_dice(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The reference soft Dice written out: per class over batch and pixels, squared
+    denominator, background included, mean over classes."""
+    k = p.shape[1]
+    onehot = torch.nn.functional.one_hot(y[:, 0].long(), k).permute(0, 3, 1, 2).float()
+    losses = []
+    for c in range(k):
+        inter = (p[:, c] * onehot[:, c]).sum()
+        losses.append(1 - (2 * inter + S) / ((p[:, c] ** 2).sum() + (onehot[:, c] ** 2).sum() + S))
+    return torch.stack(losses).mean()
+
+
+def test_supervised_loss_is_half_ce_plus_half_reference_dice():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 4)
+    y = torch.randint(0, 3, (2, 1, 5, 4))
+    ce = torch.nn.functional.cross_entropy(logits, y[:, 0])
+    dice = reference_dice(torch.softmax(logits, 1), y)
+    assert torch.allclose(SupervisedLoss()(logits, y), 0.5 * ce + 0.5 * dice, atol=1e-6)
+
+
+def test_supervised_loss_hand_value_on_two_pixels():
+    # two pixels, two classes; logits chosen so that softmax is (0.5, 0.5) everywhere
+    logits = torch.zeros(1, 2, 1, 2)
+    y = torch.tensor([[[[0, 1]]]])
+    ce = math.log(2)
+    # per class: intersection 0.5, sum p^2 = 0.5, sum y^2 = 1 -> 1 - (1 + S) / (1.5 + S)
+    dice = 1 - (1 + S) / (1.5 + S)
+    assert SupervisedLoss()(logits, y).item() == pytest.approx(0.5 * ce + 0.5 * dice, abs=1e-6)
+
+
+def test_cps_uses_the_other_networks_hard_labels_and_detaches_them():
+    torch.manual_seed(1)
+    p1 = torch.softmax(torch.randn(3, 3, 4, 4), 1).requires_grad_()
+    p2 = torch.softmax(torch.randn(3, 3, 4, 4), 1).requires_grad_()
+    loss = CrossPseudoSupervisionLoss()(p1, p2)
+    expected = reference_dice(p1, p2.argmax(1, keepdim=True)) + reference_dice(p2, p1.argmax(1, keepdim=True))
+    assert torch.allclose(loss, expected, atol=1e-6)
+    # the pseudo-label path carries no gradient: d L / d p1 comes only from Dice(p1, y2)
+    g1, = torch.autograd.grad(loss, p1, retain_graph=True)
+    g1_direct, = torch.autograd.grad(reference_dice(p1, p2.argmax(1, keepdim=True)), p1)
+    assert torch.allclose(g1, g1_direct, atol=1e-7)
+
+
+def test_cps_of_agreeing_confident_networks_is_near_zero():
+    y = torch.randint(0, 2, (2, 4, 4))
+    onehot = torch.nn.functional.one_hot(y, 2).permute(0, 3, 1, 2).float()
+    assert CrossPseudoSupervisionLoss()(onehot, onehot).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_identical_predictions_give_zero_kl_and_mig_equal_to_entropy():
+    p = torch.softmax(torch.randn(2, 3, 4, 5), 1)
+    assert torch.allclose(kl_divergence(p, p), torch.zeros(2, 4, 5), atol=1e-6)
+    assert torch.allclose(mutual_information_gap(p, p), entropy(p), atol=1e-6)
+    loss = InformationDivergenceLoss()(p, p)
+    assert loss.item() == pytest.approx(entropy(p).mean().item(), abs=1e-6)
+
+
+def test_opposite_one_hot_predictions_give_mig_minus_ln2():
+    p1 = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    p2 = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)
+    assert mutual_information_gap(p1, p2).item() == pytest.approx(-math.log(2), abs=1e-6)
+    # KL(p1 || p2) = 1 * log((1 + eps) / eps)
+    assert kl_divergence(p1, p2).item() == pytest.approx(math.log((1 + 1e-8) / 1e-8), rel=1e-5)
+
+
+def test_kl_hand_value_and_direction():
+    p1 = torch.tensor([0.8, 0.2]).view(1, 2, 1, 1)
+    p2 = torch.tensor([0.5, 0.5]).view(1, 2, 1, 1)
+    expected = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
+    assert kl_divergence(p1, p2).item() == pytest.approx(expected, rel=1e-5)
+    reverse = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
+    assert kl_divergence(p2, p1).item() == pytest.approx(reverse, rel=1e-5)
+    # MIG by hand: H1 + H2 - H(mean)
+    h = lambda q: -sum(x * math.log(x) for x in q)  # noqa: E731
+    mig = h([0.8, 0.2]) + h([0.5, 0.5]) - h([0.65, 0.35])
+    assert mutual_information_gap(p1, p2).item() == pytest.approx(mig, rel=1e-5)
+    loss = InformationDivergenceLoss()(p1, p2)
+    assert loss.item() == pytest.approx(expected + mig, rel=1e-5)
+
+
+def test_divergence_terms_switch_off_and_weight():
+    torch.manual_seed(2)
+    p1, p2 = torch.softmax(torch.randn(2, 3, 4, 4), 1), torch.softmax(torch.randn(2, 3, 4, 4), 1)
+    kl, mig = kl_divergence(p1, p2).mean(), mutual_information_gap(p1, p2).mean()
+    assert InformationDivergenceLoss(kl_weight=0)(p1, p2).item() == pytest.approx(mig.item(), abs=1e-6)
+    assert InformationDivergenceLoss(mig_weight=0)(p1, p2).item() == pytest.approx(kl.item(), abs=1e-6)
+    assert InformationDivergenceLoss(kl_weight=2, mig_weight=0.5)(p1, p2).item() == pytest.approx((2 * kl + 0.5 * mig).item(), abs=1e-6)
+
+
+def test_divergence_reductions():
+    torch.manual_seed(3)
+    p1, p2 = torch.softmax(torch.randn(2, 3, 4, 5), 1), torch.softmax(torch.randn(2, 3, 4, 5), 1)
+    per_pixel = InformationDivergenceLoss(reduction="none")(p1, p2)
+    per_image = InformationDivergenceLoss(reduction="image")(p1, p2)
+    assert per_pixel.shape == (2, 4, 5) and per_image.shape == (2,)
+    assert torch.allclose(per_image, per_pixel.flatten(1).mean(1))
+    assert torch.allclose(per_pixel.mean(), InformationDivergenceLoss()(p1, p2))
+    with pytest.raises(ValueError, match="reduction"):
+        InformationDivergenceLoss(reduction="sum")
+
+
+def test_divergence_is_finite_with_exact_zeros_and_ones():
+    p1 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).T.reshape(1, 3, 1, 2).contiguous().requires_grad_()
+    p2 = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]).T.reshape(1, 3, 1, 2).contiguous().requires_grad_()
+    loss = InformationDivergenceLoss()(p1, p2)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(p1.grad).all() and torch.isfinite(p2.grad).all()
+
+
+def test_divergence_gradients_reach_both_networks_inputs():
+    from custom.networks import SwinUnet, UNeXt
+
+    torch.manual_seed(0)
+    cnn = UNeXt(1, 3)
+    vit = SwinUnet(img_size=64, in_channels=1, out_channels=3, embed_dim=24, num_heads=(1, 2, 3, 4), window_size=4)
+    x1 = torch.rand(2, 1, 64, 64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    loss = InformationDivergenceLoss()(torch.softmax(cnn(x1), 1), torch.softmax(vit(x2), 1))
+    loss.backward()
+    assert x1.grad.abs().sum() > 0 and x2.grad.abs().sum() > 0
+    assert cnn.final.weight.grad.abs().sum() > 0 and vit.head.weight.grad.abs().sum() > 0
+
+
+def test_ict_loss_is_mean_squared_difference():
+    a, b = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    assert torch.allclose(InterpolationConsistencyLoss()(a, b), ((a - b) ** 2).mean())
+    assert InterpolationConsistencyLoss(reduction="image")(a, b).shape == (2,)
+
+
+def test_mixup_pairs_halves_with_beta_weights():
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()
+    probs = torch.softmax(torch.randn(4, 2, 2, 2), 1)
+    g = torch.Generator().manual_seed(0)
+    x_mix, target, lam = interpolation_mixup(x, probs, alpha=0.5, generator=g)
+    assert lam.shape == (2, 1, 1, 1) and ((lam >= 0) & (lam <= 1)).all()
+    assert torch.allclose(x_mix, (1 - lam) * x[:2] + lam * x[2:])
+    assert torch.allclose(target, (1 - lam) * probs[:2] + lam * probs[2:])
+    # the teacher may be given as a function; it runs without gradients
+    calls = []
+    fn = lambda t: (calls.append(torch.is_grad_enabled()), probs)[1]  # noqa: E731
+    interpolation_mixup(x, fn, generator=torch.Generator().manual_seed(0))
+    assert calls == [False]
+
+
+def test_mix_lambda_follows_beta_half_half():
+    lam = sample_mix_lambda(20000, 0.5, torch.Generator().manual_seed(0)).flatten()
+    # Beta(0.5, 0.5): mean 1/2, variance 1/8, U-shaped (more mass near 0 and 1 than the middle)
+    assert lam.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert lam.var().item() == pytest.approx(0.125, abs=0.005)
+    assert ((lam < 0.1) | (lam > 0.9)).float().mean() > ((lam > 0.4) & (lam < 0.6)).float().mean()
+    a = sample_mix_lambda(5, 0.5, torch.Generator().manual_seed(7))
+    b = sample_mix_lambda(5, 0.5, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_sigmoid_rampup_and_ramp_weight():
+    assert sigmoid_rampup(0, 200) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(100, 200) == pytest.approx(math.exp(-5 * 0.25))
+    assert sigmoid_rampup(500, 200) == 1.0 and sigmoid_rampup(3, 0) == 1.0
+    # the reference: r = 150 for a 30000-iteration run -> s = t // 150
+    for t in (0, 149, 150, 7777, 29999, 30000):
+        assert ramp_weight(t, 1.0, 30000) == pytest.approx(sigmoid_rampup(t // 150, 200))
+    assert ramp_weight(10, 0.3, 100, start=20) == 0.0
+    assert ramp_weight(100, 0.3, 100, start=20) == pytest.approx(0.3)
+
+
+def test_poly_lr():
+    assert poly_lr(0.01, 0, 100) == pytest.approx(0.01)
+    assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 150, 100) == 0.0
+    assert PolyLRLambda(100)(50) == pytest.approx(0.5 ** 0.9)
