@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["sigmoid_rampup", "ramp_weight", "poly_lr", "PolyLRLambda"]
+__all__ = ["sigmoid_rampup", "ramp_weight", "poly_lr", "PolyLRLambda", "RampUp"]
 
 
 def sigmoid_rampup(current: float, length: float) -> float:
@@ -46,3 +46,26 @@ class PolyLRLambda:
 
     def __call__(self, iteration: int) -> float:
         return poly_lr(1.0, iteration, self.total_iterations, self.power)
+
+
+class RampUp:
+    """A term's weight as a function of the iteration: ``ramp_weight`` with fixed settings.
+
+    Args:
+        beta: the final weight.
+        total_iterations: the run length the ramp is fitted to.
+        ramp_fraction: share of the run (after ``start``) the ramp spans (1.0: the whole run).
+        start: iterations before the term starts (weight 0), e.g. a supervised warm-up.
+        ramp_steps: the reference's 200 ramp steps.
+    """
+
+    def __init__(self, beta: float = 1.0, total_iterations: int = 1, ramp_fraction: float = 1.0, start: int = 0,
+                 ramp_steps: int = 200) -> None:
+        self.beta, self.total_iterations = float(beta), int(total_iterations)
+        self.ramp_fraction, self.start, self.ramp_steps = float(ramp_fraction), int(start), int(ramp_steps)
+
+    def __call__(self, iteration: int) -> float:
+        return ramp_weight(iteration, self.beta, self.total_iterations, self.ramp_steps, self.ramp_fraction, self.start)
+
+    def __repr__(self) -> str:
+        return f"RampUp(beta={self.beta}, total_iterations={self.total_iterations}, ramp_fraction={self.ramp_fraction}, start={self.start})"

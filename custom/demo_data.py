@@ -1,0 +1,111 @@
+"""A small synthetic fetal-head-like ultrasound set for the embedded demo.
+
+Each image shows a fan-shaped field of view of speckled tissue; inside it an elliptical
+head (darker brain, bright skull rim, a midline echo) at a random position, size and
+angle, with acoustic shadows cast below bright structures. The mask is the filled ellipse
+(1 = head). Generated deterministically from a seed, written once as PNG plus a
+``datalist.json`` with ``training``, ``unlabeled`` and ``validation`` lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+__all__ = ["synthetic_head_image", "ensure_demo_dataset"]
+
+
+def _fan_mask(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Sector of a circle with its apex above the top edge (a curvilinear probe's view)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    apex_y, apex_x = -0.25 * size, size / 2 + rng.uniform(-0.05, 0.05) * size
+    r = np.hypot(yy - apex_y, xx - apex_x)
+    theta = np.arctan2(xx - apex_x, yy - apex_y)
+    half_angle = np.deg2rad(rng.uniform(32, 40))
+    return (np.abs(theta) < half_angle) & (r > 0.3 * size) & (r < 1.22 * size)
+
+
+def synthetic_head_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One ``size x size`` uint8 image and its uint8 mask (0 background, 1 head)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    fan = _fan_mask(size, rng)
+    cy, cx = rng.uniform(0.42, 0.62) * size, rng.uniform(0.35, 0.65) * size
+    a, b = rng.uniform(0.18, 0.28) * size, rng.uniform(0.13, 0.2) * size
+    angle = rng.uniform(0, np.pi)
+    cos, sin = np.cos(angle), np.sin(angle)
+    u = ((xx - cx) * cos + (yy - cy) * sin) / a
+    v = (-(xx - cx) * sin + (yy - cy) * cos) / b
+    rho = np.sqrt(u**2 + v**2)
+    head = rho <= 1.0
+
+    tissue = 0.35 + 0.08 * ndimage.gaussian_filter(rng.standard_normal((size, size)), 3)
+    img = tissue.copy()
+    img[head] = 0.18 + 0.05 * rng.random()  # fluid-filled brain is darker
+    rim = np.exp(-((rho - 1.0) / 0.07) ** 2)  # bright skull
+    img += (0.55 + 0.2 * rng.random()) * rim
+    midline = (np.abs(v) < 0.05) & (np.abs(u) < 0.8)
+    img[midline] += 0.25
+    # acoustic shadow below the lower part of the skull: attenuation along the beam
+    shadow = np.cumsum(rim * (yy > cy), axis=0) * 0.04
+    img *= np.exp(-shadow)
+    # multiplicative speckle (Rayleigh-like) and a slight blur, as a scanner shows it
+    speckle = rng.rayleigh(scale=0.8, size=(size, size))
+    img = ndimage.gaussian_filter(img * speckle, 0.6)
+    img = np.where(fan, img, 0.0)
+    image = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+    mask = (head & fan).astype(np.uint8)
+    return image, mask
+
+
+def _spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_demo_dataset(out_dir: str, n_labeled: int = 8, n_unlabeled: int = 64, n_validation: int = 16,
+                        size: int = 64, seed: int = 2025) -> str:
+    """Write the demo set to ``out_dir`` unless an identical one is already there; returns
+    the datalist path. Written to a temporary folder first and moved into place, so an
+    interrupted generation never leaves a half-written set."""
+    spec = dict(n_labeled=n_labeled, n_unlabeled=n_unlabeled, n_validation=n_validation, size=size, seed=seed, version=1)
+    out = Path(out_dir)
+    datalist = out / "datalist.json"
+    if datalist.is_file():
+        try:
+            if json.loads(datalist.read_text()).get("spec_hash") == _spec_hash(spec):
+                return str(datalist)
+        except (OSError, json.JSONDecodeError):
+            pass
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo_tmp_", dir=out.parent))
+    try:
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        rng = np.random.default_rng(seed)
+        lists: dict[str, list] = {"training": [], "unlabeled": [], "validation": []}
+        counts = {"training": n_labeled, "unlabeled": n_unlabeled, "validation": n_validation}
+        for split, n in counts.items():
+            for i in range(n):
+                name = f"{split}_{i:03d}.png"
+                image, mask = synthetic_head_image(size, rng)
+                Image.fromarray(image).save(tmp / "images" / name)
+                Image.fromarray(mask).save(tmp / "labels" / name)
+                entry = {"image": f"images/{name}", "label": f"labels/{name}", "group": f"{split}_{i:03d}"}
+                lists[split].append(entry)
+        doc = {"description": "synthetic fetal-head-like ultrasound demo set", "labels": {"background": 0, "head": 1},
+               "num_classes": 2, "spec": spec, "spec_hash": _spec_hash(spec), **lists}
+        (tmp / "datalist.json").write_text(json.dumps(doc, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(datalist)

@@ -1,0 +1,241 @@
+"""The semi-supervised trainer: one Ignite engine (a ``monai.engines.Trainer``) for every method.
+
+Each iteration (method.md, "Losses, per iteration"):
+
+1. a labelled batch (the engine's data loader) and an unlabelled batch (its own loader,
+   cycled) are concatenated: ``x = [x_l; x_u]``;
+2. every network forwards once on the whole batch; ``p_r = softmax(f_r(x))``;
+3. ``L = sum_r L_sup(f_r(x_l), y_l) + sum_k w_k(t) L_k``, the ``L_k`` being the method's
+   unsupervised terms (:mod:`custom.terms`), each skipped while its weight is 0;
+4. one backward pass; every optimiser steps; the EMA teacher is updated.
+
+Logging, validation, checkpoints and learning-rate schedules are MONAI/Ignite handlers
+attached from the config; the engine fires MONAI's ``IterationEvents`` and returns an
+output dict (decollated per labelled image, as ``SupervisedTrainer`` does), so standard
+handlers work unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from monai.engines import Trainer
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn
+from monai.utils import CommonKeys as Keys
+from torch import nn
+
+from .ema import EMATeacher
+from .terms import IterationContext, UnsupervisedTerm
+
+__all__ = ["SemiSupervisedTrainer", "logged_terms", "CyclingLoader"]
+
+
+class CyclingLoader:
+    """Endless iteration over a data loader: restarts it (a new shuffle) when exhausted."""
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader = loader
+        self._it = None
+        self.epoch = 0
+
+    def next(self) -> Any:
+        if self._it is None:
+            self._it = iter(self.loader)
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.epoch += 1
+            sampler = getattr(self.loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch)
+            self._it = iter(self.loader)
+            return next(self._it)
+
+
+def logged_terms(output: Any) -> dict[str, float]:
+    """Output transform for Stats/TensorBoard/MLflow handlers: every ``loss*``, ``weight_*``
+    and ``lr_*`` value of the (decollated) output."""
+    item = output[0] if isinstance(output, list) else output
+    out = {}
+    for k, v in item.items():
+        if k.startswith(("loss", "weight_", "lr_")):
+            out[k] = float(v.item() if isinstance(v, torch.Tensor) else v)
+    return out
+
+
+class SemiSupervisedTrainer(Trainer):
+    """Trains several networks jointly from a labelled and an unlabelled stream.
+
+    Args:
+        device: where the batch and networks live.
+        max_epochs: epochs of the labelled loader (``epoch_length`` iterations each).
+        train_data_loader: labelled batches ``{"image", "label"}``.
+        networks: role -> network, e.g. ``{"cnn": UNeXt, "transformer": SwinUnet}``. All are
+            trained; each forwards once on the whole batch.
+        optimizers: role -> optimiser (one per network, or one shared under any role).
+        supervised_loss: ``L_sup(logits_l, y_l)`` applied to every role in ``supervised_roles``.
+        unlabeled_data_loader: unlabelled batches ``{"image"}``, cycled; ``None`` for
+            supervised-only methods.
+        terms: the method's unsupervised terms.
+        teacher: an :class:`EMATeacher` of one network (``teacher_role``), updated after the
+            optimisers step.
+        deployed_role: the network whose labelled predictions are put in the output as ``pred``.
+        amp: mixed precision (``amp_dtype``: ``"float16"`` with a grad scaler on CUDA, or ``"bfloat16"``).
+        generator: random generator of the mixup weights (seeded for determinism).
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        networks: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        supervised_loss: Callable,
+        unlabeled_data_loader: Iterable | None = None,
+        terms: Sequence[UnsupervisedTerm] = (),
+        teacher: EMATeacher | None = None,
+        teacher_role: str = "transformer",
+        supervised_roles: Sequence[str] | None = None,
+        deployed_role: str = "cnn",
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        postprocessing: Callable | None = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        amp_dtype: str = "float16",
+        decollate: bool = True,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
+            non_blocking=non_blocking, iteration_update=None, postprocessing=postprocessing, key_metric=key_train_metric,
+            additional_metrics=additional_metrics, metric_cmp_fn=metric_cmp_fn, handlers=train_handlers, amp=amp,
+            event_names=None, event_to_attr=None, decollate=decollate,
+        )
+        self.networks = nn.ModuleDict(dict(networks))
+        if deployed_role not in self.networks:
+            raise ValueError(f"deployed_role {deployed_role!r} is not one of the networks {list(self.networks)}")
+        self.optimizers = dict(optimizers)
+        self.supervised_loss = supervised_loss
+        self.supervised_roles = tuple(supervised_roles) if supervised_roles is not None else tuple(self.networks)
+        self.terms = list(terms)
+        self.teacher, self.teacher_role = teacher, teacher_role
+        if teacher is not None and teacher_role not in self.networks:
+            raise ValueError(f"teacher_role {teacher_role!r} is not one of the networks {list(self.networks)}")
+        self.deployed_role = deployed_role
+        self.unlabeled = CyclingLoader(unlabeled_data_loader) if unlabeled_data_loader is not None else None
+        if self.terms and self.unlabeled is None:
+            raise ValueError("unsupervised terms need an unlabeled_data_loader")
+        self.amp_dtype = getattr(torch, amp_dtype) if isinstance(amp_dtype, str) else amp_dtype
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        self.generator = generator
+
+    # ----------------------------------------------------------------------------- helpers
+    def _autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        device_type = torch.device(self.state.device).type if hasattr(self.state, "device") else "cpu"
+        return torch.autocast(device_type=device_type, dtype=self.amp_dtype)
+
+    def _to_device(self, batch: Mapping, keys: Sequence[str]) -> list[torch.Tensor]:
+        out = []
+        for k in keys:
+            v = batch[k]
+            v = v.as_tensor() if isinstance(v, MetaTensor) else torch.as_tensor(v)  # plain tensors in the hot path
+            out.append(v.to(self.state.device, non_blocking=self.non_blocking))
+        return out
+
+    def learning_rates(self) -> dict[str, float]:
+        return {f"lr_{role}": opt.param_groups[0]["lr"] for role, opt in self.optimizers.items()}
+
+    # --------------------------------------------------------------------------- iteration
+    def _iteration(self, engine: SemiSupervisedTrainer, batchdata: Mapping) -> dict:
+        if batchdata is None:
+            raise ValueError("must provide batch data for current iteration.")
+        x_l, y_l = self._to_device(batchdata, (Keys.IMAGE, Keys.LABEL))
+        labeled_bs = x_l.shape[0]
+        x = x_l
+        if engine.unlabeled is not None:
+            (x_u,) = self._to_device(engine.unlabeled.next(), (Keys.IMAGE,))
+            x = torch.cat([x_l, x_u.to(x_l.dtype)], dim=0)
+        t = engine.state.iteration - 1  # 0-based iteration number, as in the method's formulas
+        engine.state.output = {Keys.IMAGE: x_l, Keys.LABEL: y_l}
+        for net in engine.networks.values():
+            net.train()
+        for opt in engine.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+        with engine._autocast():
+            logits = {role: net(x) for role, net in engine.networks.items()}
+        logits = {role: v.float() for role, v in logits.items()}
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        probs = {role: torch.softmax(v, dim=1) for role, v in logits.items()}
+
+        out: dict[str, Any] = {}
+        total = x.new_zeros(())
+        for role in engine.supervised_roles:
+            sup = engine.supervised_loss(logits[role][:labeled_bs], y_l)
+            out[f"loss_sup_{role}"] = sup.detach()
+            total = total + sup
+        ctx = IterationContext(images=x, labels=y_l, labeled_bs=labeled_bs, networks=dict(engine.networks), logits=logits,
+                               probs=probs, teacher=engine.teacher, iteration=t, generator=engine.generator,
+                               autocast=engine._autocast)
+        for term in engine.terms:
+            w = term.weight(t)
+            out[f"weight_{term.name}"] = w
+            if w == 0.0:
+                out[f"loss_{term.name}"] = 0.0
+                continue
+            value = term.loss(ctx)
+            out[f"loss_{term.name}"] = value.detach()
+            total = total + w * value
+        if not torch.isfinite(total):
+            bad = [k for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor) and not torch.isfinite(v)]
+            raise FloatingPointError(f"non-finite loss at iteration {t + 1}: terms {bad or ['total']} (values {[float(out[k]) for k in bad]})")
+        engine.state.output[Keys.LOSS] = total
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        if engine.amp and engine.scaler is not None and self.amp_dtype == torch.float16:
+            engine.scaler.scale(total).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            for opt in engine.optimizers.values():
+                engine.scaler.step(opt)
+            engine.scaler.update()
+        else:
+            total.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            for opt in engine.optimizers.values():
+                opt.step()
+        if engine.teacher is not None:
+            engine.teacher.update(engine.networks[engine.teacher_role], step=t)
+        out.update(engine.learning_rates())
+        engine.state.output.update({Keys.PRED: logits[engine.deployed_role][:labeled_bs].detach(), **out})
+        engine.state.output[Keys.LOSS] = total.detach()
+        # MONAI decollates and post-processes the output on this event, so it comes last
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+    def run(self) -> None:  # noqa: D401 - same contract as monai's Trainer.run
+        if self.amp and self.amp_dtype == torch.float16 and torch.cuda.is_available():
+            self.scaler = torch.amp.GradScaler("cuda")
+        else:
+            self.scaler = None
+        super(Trainer, self).run()
+
+
+def iterations_to_epochs(total_iterations: int, epoch_length: int) -> int:
+    """Epochs needed for ``total_iterations`` when an epoch has ``epoch_length`` iterations."""
+    if epoch_length <= 0:
+        raise ValueError(f"epoch_length must be positive (is the labelled list empty?), got {epoch_length}")
+    return max(1, math.ceil(total_iterations / epoch_length))
