@@ -1,8 +1,18 @@
 """Components of the fetal-ultrasound semi-supervised bundle, referenced by its configs.
 
-Submodules are imported here so that a config's ``$import custom`` makes expressions such
-as ``$custom.trainer.logged_terms`` resolve (MONAI binds ``$import a.b`` to the name
-``a.b``, not ``a``).
+Submodules load on first attribute access (PEP 562), so a config's ``$import custom``
+makes expressions such as ``$custom.trainer.logged_terms`` resolve (MONAI binds
+``$import a.b`` to the name ``a.b``, not ``a``), while ``python -m custom.data`` does not
+pay for importing torch-heavy modules it does not use.
 """
 
-from . import checkpoint, demo_data, ema, losses, mixup, networks, schedules, terms, trainer, transforms  # noqa: F401
+import importlib
+
+_SUBMODULES = {"biometry", "checkpoint", "data", "demo_data", "ema", "losses", "metrics", "mixup", "networks",
+               "schedules", "terms", "trainer", "transforms"}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .ema import EMATeacher
-from .losses import CrossPseudoSupervisionLoss, InformationDivergenceLoss, InterpolationConsistencyLoss
+from .losses import CrossPseudoSupervisionLoss, InformationDivergenceLoss, InterpolationConsistencyLoss, hard_labels
 from .mixup import interpolation_mixup
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "CrossPseudoSupervisionTerm",
     "InterpolationConsistencyTerm",
     "InformationDivergenceTerm",
+    "LeaderSelector",
 ]
 
 
@@ -46,6 +47,7 @@ class IterationContext:
     iteration: int
     generator: torch.Generator | None = None
     autocast: Callable = contextlib.nullcontext
+    leader: str | None = None
 
     @property
     def unlabeled_images(self) -> torch.Tensor:
@@ -53,6 +55,22 @@ class IterationContext:
 
     def unlabeled_probs(self, role: str) -> torch.Tensor:
         return self.probs[role][self.labeled_bs:]
+
+    def teacher_student(self, roles: Sequence[str]) -> tuple[str, str]:
+        """``(leader, follower)`` among two roles; the leader is the trainer's current one
+        (chosen by validation, see :class:`LeaderSelector`), else the first role."""
+        a, b = roles
+        leader = self.leader if self.leader in (a, b) else a
+        return leader, (b if leader == a else a)
+
+
+DIRECTIONS = ("both", "follower")
+
+
+def _check_direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    return direction
 
 
 class UnsupervisedTerm(nn.Module):
@@ -74,35 +92,54 @@ class UnsupervisedTerm(nn.Module):
 
 
 class CrossPseudoSupervisionTerm(UnsupervisedTerm):
-    """``Dice(p_a_u, argmax p_b_u) + Dice(p_b_u, argmax p_a_u)`` between two networks (method.md, 2)."""
+    """Cross pseudo supervision between two networks (method.md, 2).
+
+    ``direction="both"`` (the paper): ``Dice(p_a_u, argmax p_b_u) + Dice(p_b_u, argmax p_a_u)``.
+    ``direction="follower"``: only ``Dice(p_follower_u, argmax p_leader_u)``: the network that
+    validates worse learns from the better one's pseudo-labels, never the other way round.
+    """
 
     name = "cps"
 
-    def __init__(self, roles: Sequence[str] = ("cnn", "transformer"), weight=1.0, name: str | None = None) -> None:
+    def __init__(self, roles: Sequence[str] = ("cnn", "transformer"), weight=1.0, direction: str = "both",
+                 name: str | None = None) -> None:
         super().__init__(weight, name)
-        self.roles = tuple(roles)
+        self.roles, self.direction = tuple(roles), _check_direction(direction)
         self.criterion = CrossPseudoSupervisionLoss()
 
     def loss(self, ctx: IterationContext) -> torch.Tensor:
+        if self.direction == "follower":
+            leader, follower = ctx.teacher_student(self.roles)
+            return self.criterion.dice(ctx.unlabeled_probs(follower), hard_labels(ctx.unlabeled_probs(leader)))
         a, b = self.roles
         return self.criterion(ctx.unlabeled_probs(a), ctx.unlabeled_probs(b))
 
 
 class InformationDivergenceTerm(UnsupervisedTerm):
-    """``mean(MIG(p_a, p_b)) + mean(KL(p_a || p_b))`` on every image of the batch (method.md, 4)."""
+    """Information divergence on every image of the batch (method.md, 4).
+
+    ``direction="both"`` (the paper): ``mean(MIG(p_a, p_b)) + mean(KL(p_a || p_b))``, neither
+    side detached. ``direction="follower"``: the leader's probabilities are a detached
+    target, ``mean(MIG(p_leader, p_follower)) + mean(KL(p_leader || p_follower))``, so only
+    the follower is moved (KL(target || model), the distillation direction).
+    """
 
     name = "id"
 
     def __init__(self, roles: Sequence[str] = ("cnn", "transformer"), weight=1.0, kl_weight: float = 1.0,
-                 mig_weight: float = 1.0, unlabeled_only: bool = False, name: str | None = None) -> None:
+                 mig_weight: float = 1.0, unlabeled_only: bool = False, direction: str = "both",
+                 name: str | None = None) -> None:
         super().__init__(weight, name)
-        self.roles = tuple(roles)
+        self.roles, self.direction = tuple(roles), _check_direction(direction)
         self.unlabeled_only = unlabeled_only
         self.criterion = InformationDivergenceLoss(kl_weight=kl_weight, mig_weight=mig_weight)
 
     def loss(self, ctx: IterationContext) -> torch.Tensor:
-        a, b = self.roles
         start = ctx.labeled_bs if self.unlabeled_only else 0
+        if self.direction == "follower":
+            leader, follower = ctx.teacher_student(self.roles)
+            return self.criterion(ctx.probs[leader][start:].detach(), ctx.probs[follower][start:])
+        a, b = self.roles
         return self.criterion(ctx.probs[a][start:], ctx.probs[b][start:])
 
 
@@ -128,3 +165,38 @@ class InterpolationConsistencyTerm(UnsupervisedTerm):
             for role in self.roles:
                 total = total + self.criterion(torch.softmax(ctx.networks[role](x_mix).float(), 1), target)
         return total
+
+
+class LeaderSelector:
+    """Chooses the leader among networks by their latest validation metric.
+
+    Attach after the validation handlers: at the end of each epoch it reads
+    ``evaluators[role].state.metrics[metric_names[role]]`` and sets ``trainer.leader`` to
+    the role with the highest value (ties keep the current leader). Before any validation
+    the trainer's ``leader`` (its ``initial_leader``) holds.
+    """
+
+    def __init__(self, evaluators: dict, metric_names: dict, margin: float = 0.0) -> None:
+        self.evaluators, self.metric_names, self.margin = dict(evaluators), dict(metric_names), float(margin)
+        self.history: list[dict] = []
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        scores = {}
+        for role, ev in self.evaluators.items():
+            value = ev.state.metrics.get(self.metric_names[role]) if getattr(ev, "state", None) is not None else None
+            if value is not None:
+                scores[role] = float(value)
+        if len(scores) < 2:
+            return
+        current = getattr(engine, "leader", None)
+        best = max(scores, key=scores.get)
+        if current in scores and scores[best] <= scores[current] + self.margin:
+            best = current
+        engine.leader = best
+        self.history.append({"iteration": engine.state.iteration, "leader": best, **scores})
+        engine.logger.info("leader for the cross terms: %s (validation %s)", best, scores)

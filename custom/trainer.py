@@ -85,6 +85,8 @@ class SemiSupervisedTrainer(Trainer):
         teacher: an :class:`EMATeacher` of one network (``teacher_role``), updated after the
             optimisers step.
         deployed_role: the network whose labelled predictions are put in the output as ``pred``.
+        initial_leader: the role that leads the ``direction="follower"`` cross terms until a
+            :class:`custom.terms.LeaderSelector` has compared validation scores.
         amp: mixed precision (``amp_dtype``: ``"float16"`` with a grad scaler on CUDA, or ``"bfloat16"``).
         generator: random generator of the mixup weights (seeded for determinism).
     """
@@ -115,6 +117,7 @@ class SemiSupervisedTrainer(Trainer):
         decollate: bool = True,
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        initial_leader: str | None = None,
     ) -> None:
         super().__init__(
             device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
@@ -140,6 +143,7 @@ class SemiSupervisedTrainer(Trainer):
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         self.generator = generator
+        self.leader = initial_leader  # updated by custom.terms.LeaderSelector after validation
 
     # ----------------------------------------------------------------------------- helpers
     def _autocast(self):
@@ -190,7 +194,7 @@ class SemiSupervisedTrainer(Trainer):
             total = total + sup
         ctx = IterationContext(images=x, labels=y_l, labeled_bs=labeled_bs, networks=dict(engine.networks), logits=logits,
                                probs=probs, teacher=engine.teacher, iteration=t, generator=engine.generator,
-                               autocast=engine._autocast)
+                               autocast=engine._autocast, leader=engine.leader)
         for term in engine.terms:
             w = term.weight(t)
             out[f"weight_{term.name}"] = w

@@ -1,0 +1,244 @@
+"""``prepare``: source folder -> ``out/images``, ``out/labels``, ``out/datalist.json``, ``out/summary.json``.
+
+Order: scan the source (``sources``), read and check every pair (``validate``), split by group
+(``splits``), then write everything into a temporary sibling of ``out`` that replaces ``out``
+only when complete (``staging``). Nothing is written when validation fails.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .datalist import DATALIST_NAME
+from .errors import DataValidationError, Problem, SplitError
+from .options import parse_group_list, parse_id_ranges, parse_label_map, parse_names
+from .sources import SourceOptions, discover
+from .splits import SPLITS, SplitPlan, split_groups
+from .staging import check_output_target, staging_directory
+from .summary import build_summary, format_summary
+from .validate import CheckedSample, check_groups_disjoint, validate_samples
+from .writers import write_sample
+
+__all__ = ["prepare", "DEFAULT_TEST_FRACTION"]
+
+DEFAULT_TEST_FRACTION = 0.1
+SUMMARY_NAME = "summary.json"
+SKIPPED_NAME = "skipped.json"
+
+
+def prepare(
+    kind: str,
+    source: str | Path,
+    out: str | Path,
+    *,
+    labeled_fraction: float | None = None,
+    labeled_count: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float | None = None,
+    seed: int = 0,
+    hide_unlabeled_masks: bool = False,
+    test_groups: str | Sequence[str | int] | None = None,
+    test_ids: str | int | Sequence[str | int] | None = None,
+    block_size: int = 50,
+    background_per_case: int = 10,
+    binarize: bool = False,
+    images_subdir: str = "images",
+    labels_subdir: str = "labels",
+    label_suffix: str = "",
+    label_map: str | Mapping[int, int] | None = None,
+    num_classes: int | None = None,
+    class_names: str | Sequence[str] | None = None,
+    group_regex: str | None = None,
+    limit: int | None = None,
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Prepare a dataset of kind ``hc18``, ``psfhs``, ``acouslic`` or ``folder``; returns the summary.
+
+    Splits (by group, never by image; deterministic for ``seed``): test groups first
+    (``test_fraction`` of all images, default 0.1, or ``test_groups``/``test_ids``), then
+    validation (``val_fraction`` of all images), then labelled ``training`` from the remaining
+    pool (``labeled_fraction`` of the pool images, rounded half up, or ``labeled_count`` images;
+    default: the whole pool); the rest of the pool is ``unlabeled``. ``hide_unlabeled_masks``
+    writes no masks for the unlabelled part.
+
+    Kind options: ``block_size`` (psfhs ids per group), ``background_per_case`` and ``binarize``
+    (acouslic), ``images_subdir``/``labels_subdir``/``label_suffix``/``label_map``/
+    ``num_classes``/``class_names``/``group_regex`` (folder). ``limit`` keeps the first N samples
+    by name (quick trials). ``skip_invalid`` skips invalid pairs (listed in ``skipped.json``)
+    instead of failing; ``overwrite`` replaces a non-empty ``out`` after success.
+    Raises ``DataValidationError`` listing every problem, ``SplitError`` for impossible splits.
+    """
+    options = _recorded_options(locals())
+    source, out = Path(source).expanduser(), Path(out).expanduser()
+    kind = str(kind).lower()
+    check_output_target(out, source, overwrite)
+    if test_fraction is not None and (test_groups or test_ids):
+        raise SplitError("give --test-fraction or --test-groups/--test-ids, not both")
+    explicit_test_requested = bool(test_groups or test_ids)
+    plan = SplitPlan(  # checks the split options before any file is read
+        labeled_fraction=None if labeled_fraction is None else float(labeled_fraction),
+        labeled_count=None if labeled_count is None else int(labeled_count),
+        val_fraction=float(val_fraction),
+        test_fraction=0.0 if explicit_test_requested else float(_default(test_fraction, DEFAULT_TEST_FRACTION)),
+        seed=int(seed),
+    )
+    source_options = SourceOptions(
+        seed=int(seed),
+        block_size=int(block_size),
+        background_per_case=int(background_per_case),
+        binarize=bool(binarize),
+        images_subdir=str(images_subdir),
+        labels_subdir=str(labels_subdir),
+        label_suffix=str(label_suffix or ""),
+        label_map=parse_label_map(label_map),
+        num_classes=None if num_classes is None else int(num_classes),
+        class_names=parse_names(class_names),
+        group_regex=group_regex,
+        progress=progress,
+    )
+    if source_options.label_map:
+        options["label_map"] = {str(raw): class_id for raw, class_id in source_options.label_map.items()}
+    discovery = discover(kind, source, source_options)
+    samples = sorted(discovery.samples, key=lambda s: s.name)[: None if limit is None else int(limit)]
+    checked, problems = validate_samples(samples, discovery.num_classes, progress=progress)
+    problems = discovery.problems + problems
+    if problems and not skip_invalid:
+        raise DataValidationError(problems, context=str(source))
+    if not checked:
+        nothing = [Problem(str(source), "no image/mask pair found")]
+        raise DataValidationError(problems or nothing, context="nothing left to prepare")
+
+    if explicit_test_requested:
+        plan = replace(plan, test_groups=tuple(sorted(_explicit_test_groups(checked, test_groups, test_ids))))
+    splits = _assign_splits(checked, plan)
+    with_masks = {split: not (split == "unlabeled" and hide_unlabeled_masks) for split in SPLITS}
+
+    with staging_directory(out, overwrite=overwrite) as staging:
+        entries = _write_splits(splits, with_masks, staging, progress=progress)
+        summary = build_summary(
+            kind=kind,
+            splits=splits,
+            with_masks=with_masks,
+            labels=discovery.labels,
+            skipped=problems,
+            notes=discovery.notes,
+            out=str(out),
+        )
+        summary["seed"] = int(seed)
+        datalist = {
+            "source_kind": kind,
+            "seed": int(seed),
+            "num_classes": discovery.num_classes,
+            "labels": dict(discovery.labels),
+            "options": options,
+            **entries,
+        }
+        _write_json(staging / DATALIST_NAME, datalist)
+        _write_json(staging / SUMMARY_NAME, summary)
+        if skip_invalid:
+            _write_json(staging / SKIPPED_NAME, [p.as_dict() for p in problems])
+    if not quiet:
+        if skip_invalid:
+            print(_skipped_report(problems))
+        print(format_summary(summary))
+    return summary
+
+
+def _default(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` where it is None (0 stays 0)."""
+    return default if value is None else value
+
+
+def _recorded_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The call's options as JSON-friendly values, for ``datalist.json``."""
+    recorded = {}
+    for name, value in arguments.items():
+        if name in ("progress", "quiet"):
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Mapping):
+            value = {str(k): v for k, v in value.items()}
+        recorded[name] = value
+    return recorded
+
+
+def _explicit_test_groups(
+    checked: Sequence[CheckedSample],
+    test_groups: str | Sequence[str | int] | None,
+    test_ids: str | int | Sequence[str | int] | None,
+) -> set[str]:
+    """Groups named by ``test_groups`` plus the groups of the images whose numeric name is in ``test_ids``."""
+    present = {c.sample.group for c in checked}
+    chosen: set[str] = set()
+    for item in parse_group_list(test_groups):
+        if isinstance(item, int):  # fire turns "10" into 10: match numeric group ids by value
+            matches = {g for g in present if g.isdigit() and int(g) == item}
+        else:
+            matches = {item} & present
+        if not matches:
+            raise SplitError(f"--test-groups: group {item!r} is not in the data")
+        chosen |= matches
+    if test_ids is not None and test_ids != "":
+        ids = parse_id_ranges(test_ids)
+        matched = {c.sample.group for c in checked if c.sample.name.isdigit() and int(c.sample.name) in ids}
+        if not matched:
+            raise SplitError(f"--test-ids {test_ids}: no image has an id in this range")
+        chosen |= matched
+    return chosen
+
+
+def _assign_splits(checked: Sequence[CheckedSample], plan: SplitPlan) -> dict[str, list[CheckedSample]]:
+    """Split the checked samples by group; raises if a group ended up in two splits."""
+    sizes = Counter(c.sample.group for c in checked)
+    split_of_group = {group: split for split, groups in split_groups(sizes, plan).items() for group in groups}
+    splits: dict[str, list[CheckedSample]] = {split: [] for split in SPLITS}
+    for c in checked:
+        splits[split_of_group[c.sample.group]].append(c)
+    problems = check_groups_disjoint(splits)
+    if problems:
+        raise DataValidationError(problems, context="split")
+    return splits
+
+
+def _write_splits(
+    splits: Mapping[str, Sequence[CheckedSample]], with_masks: Mapping[str, bool], out_dir: Path, *, progress: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """Write every sample of every split; returns the datalist entries per split."""
+    from tqdm.auto import tqdm
+
+    (out_dir / "images").mkdir()
+    (out_dir / "labels").mkdir()
+    total = sum(len(members) for members in splits.values())
+    entries: dict[str, list[dict[str, Any]]] = {}
+    with tqdm(total=total, desc="writing", unit="image", disable=not progress) as bar:
+        for split in SPLITS:
+            entries[split] = []
+            for checked in splits[split]:
+                entries[split].append(write_sample(checked, out_dir, with_label=with_masks[split]))
+                bar.update()
+    return entries
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON."""
+    with path.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+        handle.write("\n")
+
+
+def _skipped_report(problems: Sequence[Problem]) -> str:
+    """The printed list of skipped files and why."""
+    if not problems:
+        return "Skipped: nothing (no invalid input found)"
+    return "\n".join([f"Skipped {len(problems)} problem(s) (saved in {SKIPPED_NAME}):"] + [f"  {p}" for p in problems])

@@ -1,0 +1,126 @@
+"""What every dataset kind produces: samples (one image/mask pair each, read lazily) with their
+group, plus the problems found while pairing files and the class labels of the kind."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import Problem
+from ..readers import SUPPORTED_SUFFIXES, Plane, full_suffix, strip_suffix
+
+__all__ = [
+    "Sample",
+    "Discovery",
+    "SourceOptions",
+    "relative",
+    "list_files",
+    "pair_by_name",
+]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image/mask pair; ``load_image``/``load_label`` read it when called (validation, writing)."""
+
+    name: str  # output file stem, unique in the dataset
+    group: str  # subject / case / block: splits never separate a group
+    image_file: str  # where the image comes from, relative to the source (for messages)
+    label_file: str  # where the mask comes from, relative to the source (for messages)
+    load_image: Callable[[], Plane]
+    load_label: Callable[[], Plane]
+    extra: Mapping[str, Any] = field(default_factory=dict)  # further datalist fields (e.g. hc_mm)
+    output_suffix: str = ".png"  # ".png", or ".nii.gz" for NIfTI inputs
+
+
+@dataclass
+class Discovery:
+    """The result of scanning a source folder."""
+
+    samples: list[Sample]
+    problems: list[Problem]
+    labels: dict[str, int]  # class name -> class id, background included
+    notes: list[str] = field(default_factory=list)  # facts for the summary (e.g. layout found)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return max(self.labels.values()) + 1
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Kind-specific options (each kind reads the ones it needs)."""
+
+    seed: int = 0
+    block_size: int = 50  # psfhs: consecutive ids per group
+    background_per_case: int = 10  # acouslic: background frames sampled per case
+    binarize: bool = False  # acouslic: optimal and suboptimal plane -> one class
+    images_subdir: str = "images"  # folder
+    labels_subdir: str = "labels"  # folder
+    label_suffix: str = ""  # folder: mask stem = image stem + suffix (e.g. "_mask")
+    label_map: Mapping[int, int] | None = None  # folder: raw mask value -> class id
+    num_classes: int | None = None  # folder
+    class_names: tuple[str, ...] | None = None  # folder
+    group_regex: str | None = None  # folder
+    progress: bool = True
+
+
+def relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` in POSIX form (for messages), or as given if outside it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def list_files(directory: Path, suffixes: Iterable[str] = SUPPORTED_SUFFIXES) -> list[Path]:
+    """Sorted non-hidden files of ``directory`` (not recursive) with one of ``suffixes``."""
+    wanted = set(suffixes)
+    return sorted(
+        path
+        for path in directory.iterdir()
+        if path.is_file() and not path.name.startswith(".") and full_suffix(path) in wanted
+    )
+
+
+def pair_by_name(
+    images: list[Path],
+    masks: list[Path],
+    root: Path,
+    *,
+    mask_key: Callable[[Path], str] = strip_suffix,
+    image_key: Callable[[Path], str] = strip_suffix,
+    expected_mask: Callable[[Path], str] | None = None,
+) -> tuple[list[tuple[Path, Path]], list[Problem]]:
+    """Match images to masks by key (file stem by default).
+
+    Returns the pairs and a problem for every image without a mask, every image with several
+    candidate masks and every mask without an image. Images sharing a stem are all paired (the
+    duplicate-name check reports them).
+    """
+    masks_by_key: dict[str, list[Path]] = defaultdict(list)
+    for mask in masks:
+        masks_by_key[mask_key(mask)].append(mask)
+    pairs: list[tuple[Path, Path]] = []
+    problems: list[Problem] = []
+    used: set[str] = set()
+    for image in images:
+        key = image_key(image)
+        candidates = masks_by_key.get(key, [])
+        used.add(key)
+        if not candidates:
+            hint = expected_mask(image) if expected_mask else f"a mask named {key}.*"
+            problems.append(Problem(relative(image, root), f"no mask found (expected {hint})"))
+        elif len(candidates) > 1:
+            names = ", ".join(relative(c, root) for c in candidates)
+            problems.append(Problem(relative(image, root), f"several masks match: {names}"))
+        else:
+            pairs.append((image, candidates[0]))
+    for key, orphans in masks_by_key.items():
+        if key not in used:
+            problems.extend(Problem(relative(mask, root), "mask without an image") for mask in orphans)
+    return pairs, problems
