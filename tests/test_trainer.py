@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from conftest import SHARED_DATA, require_shared, tiny_overrides, train_config_files
+from conftest import CONFIGS, SHARED_DATA, require_shared, tiny_overrides, train_config_files
 
 from custom.ema import EMATeacher
 from custom.losses import SupervisedLoss
@@ -124,7 +124,8 @@ def test_non_finite_loss_names_the_term_and_iteration():
 def test_properties_check_reports_nothing_missing(tmp_path, demo_dataset):
     from monai.bundle import ConfigWorkflow
 
-    wf = ConfigWorkflow(config_file=train_config_files(), workflow_type="train", **tiny_overrides(tmp_path, demo_dataset))
+    wf = ConfigWorkflow(config_file=train_config_files(), meta_file=str(CONFIGS / "metadata.json"), workflow_type="train",
+                        **tiny_overrides(tmp_path, demo_dataset))
     wf.initialize()
     assert wf.check_properties() in (None, [])
 
