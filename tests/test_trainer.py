@@ -177,3 +177,17 @@ def test_short_run_on_real_psfhs_improves_validation_dice(tmp_path):
     wf.run()
     trained = evaluator.state.metrics["val_mean_dice"]
     assert trained > untrained + 0.1, (untrained, trained)
+
+
+def test_monai_mlflow_tracking_logs_the_run(tmp_path, demo_dataset):
+    from monai.bundle import run
+    from monai.utils import path_to_sqlite_uri
+
+    run(run_id="training", config_file=train_config_files(), meta_file=str(CONFIGS / "metadata.json"), tracking="mlflow",
+        **tiny_overrides(tmp_path, demo_dataset))
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=path_to_sqlite_uri(str(tmp_path / "eval" / "mlruns.db")))
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    metrics = set().union(*(r.data.metrics for r in runs))
+    assert any("loss" in m.lower() for m in metrics) and "val_mean_dice" in metrics, metrics
