@@ -9,7 +9,7 @@ from typing import Any
 
 from .splits import SPLITS
 
-__all__ = ["DATALIST_NAME", "PATH_KEYS", "load_datalist"]
+__all__ = ["DATALIST_NAME", "PATH_KEYS", "load_datalist", "load_split", "datalist_num_classes"]
 
 DATALIST_NAME = "datalist.json"
 PATH_KEYS = ("image", "label")
@@ -34,3 +34,46 @@ def load_datalist(path: str | Path) -> dict[str, Any]:
                 if isinstance(entry.get(key), str):
                     entry[key] = os.path.normpath(base / entry[key])
     return datalist
+
+
+def load_split(path: str | Path, split: str, require_labels: bool = True, allow_empty: bool = False) -> list[dict[str, Any]]:
+    """One list of a datalist, paths absolute, checked before training touches it.
+
+    Raises ``FileNotFoundError`` for a missing datalist or a listed file that is absent, and
+    ``ValueError`` naming the datalist and the list for a missing or empty list or an entry
+    without a label where labels are required.
+    """
+    path = Path(path)
+    file = path / DATALIST_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"datalist not found: {file} (prepare one with `python -m custom.data prepare`)")
+    try:
+        datalist = load_datalist(file)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from e
+    if split not in datalist:
+        raise ValueError(f"{file}: no '{split}' list (it has {sorted(k for k, v in datalist.items() if isinstance(v, list))})")
+    entries = datalist[split]
+    if not entries and not allow_empty:
+        raise ValueError(f"{file}: the '{split}' list is empty")
+    for i, entry in enumerate(entries):
+        if "image" not in entry:
+            raise ValueError(f"{file}: entry {i} of '{split}' has no 'image'")
+        keys = ("image", "label") if require_labels else ("image",)
+        if require_labels and "label" not in entry:
+            raise ValueError(f"{file}: entry {i} of '{split}' ({entry['image']}) has no 'label'")
+        for key in keys:
+            if not os.path.isfile(entry[key]):
+                raise FileNotFoundError(f"{file}: '{split}' entry {i}: {key} file not found: {entry[key]}")
+    return entries
+
+
+def datalist_num_classes(path: str | Path, default: int = 2) -> int:
+    """``num_classes`` recorded in a datalist by ``custom.data prepare`` (``default`` when absent)."""
+    path = Path(path)
+    file = path / DATALIST_NAME if path.is_dir() else path
+    try:
+        with file.open(encoding="utf-8") as handle:
+            return int(json.load(handle).get("num_classes", default))
+    except (OSError, ValueError):
+        return default
