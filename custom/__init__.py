@@ -8,7 +8,7 @@ pay for importing torch-heavy modules it does not use.
 
 import importlib
 
-_SUBMODULES = {"biometry", "checkpoint", "data", "demo_data", "ema", "losses", "metrics", "mixup", "networks",
+_SUBMODULES = {"biometry", "checkpoint", "data", "demo_data", "ema", "evaluation", "inference", "losses", "metrics", "mixup", "networks",
                "schedules", "terms", "trainer", "transforms"}
 
 

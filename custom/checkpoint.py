@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["TrainingStateSaver", "atomic_torch_save", "load_training_state"]
+__all__ = ["TrainingStateSaver", "atomic_torch_save", "load_training_state", "load_network_weights", "WeightsLoader"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,3 +92,36 @@ def load_training_state(path: str, objects: Mapping[str, Any], engine: Engine | 
     if engine is not None:
         engine.load_state_dict(state["trainer"])
     return state
+
+
+def load_network_weights(network: torch.nn.Module, path: str, key: str | None = None) -> torch.nn.Module:
+    """Load a state dict (``model.pt``, or ``state[key]`` of a training state) into ``network``,
+    safely (``weights_only=True``), with errors that name the file and the problem."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path} (train the bundle first or point ckpt_path at a model.pt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+    if key is not None:
+        if not isinstance(state, dict) or key not in state:
+            raise ValueError(f"{path} has no '{key}' entry")
+        state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    target = network.module if hasattr(network, "module") and isinstance(network.module, torch.nn.Module) else network
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit {type(target).__name__} (wrong num_classes, in_channels or network?): {e}") from e
+    return network
+
+
+class WeightsLoader:
+    """Handler: load weights into ``network`` when the engine starts (see :func:`load_network_weights`)."""
+
+    def __init__(self, load_path: str, network: torch.nn.Module, key: str | None = None) -> None:
+        self.load_path, self.network, self.key = load_path, network, key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: load_network_weights(self.network, self.load_path, self.key))

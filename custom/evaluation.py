@@ -1,0 +1,242 @@
+"""Honest evaluation at the original image size: per-image metrics, summaries, overlays, HC.
+
+:class:`SegmentationReport` is an Ignite handler attached to a MONAI ``SupervisedEvaluator``
+whose post-processing has already turned the prediction into a label map at the original
+size (``AsDiscreted`` + ``Invertd``). For every image it reads the reference mask from its
+original file, computes Dice, pooled HD95, ASD and MONAI's HD95 (``custom.metrics``) in mm
+when the datalist gives the pixel spacing, optionally the head circumference, and at the
+end writes ``per_image.csv``, ``summary.json``, ``summary.md`` and overlay PNGs of the
+best and worst cases. :func:`evaluate_network` does the same without an engine, for the
+comparison command.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.transforms import LoadImage
+
+from .biometry import head_circumference_mm
+from .metrics import evaluate_case, summarize, summary_markdown
+
+__all__ = ["SegmentationReport", "case_record", "write_report", "overlay_image", "evaluate_network"]
+
+logger = logging.getLogger(__name__)
+
+
+def _as_list(v: Any) -> list:
+    if v is None:
+        return []
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().reshape(-1).tolist()
+    if isinstance(v, (list, tuple)):
+        out = []
+        for x in v:
+            out.extend(_as_list(x))
+        return out
+    return [v]
+
+
+def _spacing_of(entry: Mapping) -> tuple[float, float] | None:
+    values = [float(x) for x in _as_list(entry.get("spacing"))]
+    return (values[0], values[1]) if len(values) >= 2 else None
+
+
+def _filename(x: Any) -> str | None:
+    meta = getattr(x, "meta", None)
+    if isinstance(meta, Mapping):
+        name = meta.get("filename_or_obj")
+        return str(name[0] if isinstance(name, (list, tuple)) else name) if name is not None else None
+    return x if isinstance(x, str) else None
+
+
+_loader = LoadImage(image_only=True)
+
+
+def read_label_map(path: str) -> np.ndarray:
+    """A label file as a 2-D integer array in MONAI's (x, y) reading order (as the prediction)."""
+    arr = np.asarray(_loader(path))
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: reference mask is not 2-D (shape {arr.shape})")
+    return arr.astype(np.int64)
+
+
+def case_record(pred_xy: np.ndarray, gt_xy: np.ndarray, num_classes: int, spacing_rc: tuple[float, float] | None,
+                name: str, head_class: int | None = None, reference_hc_mm: float | None = None) -> dict[str, Any]:
+    """Metrics of one image. Arrays are in MONAI's (x, y) order; they are transposed to
+    (row, column) so that ``spacing_rc`` (row, column spacing in mm) applies as written."""
+    pred, gt = np.asarray(pred_xy).T, np.asarray(gt_xy).T
+    if pred.shape != gt.shape:
+        raise ValueError(f"{name}: prediction {pred.shape} and reference {gt.shape} differ in size")
+    row = {"name": name, **evaluate_case(pred, gt, num_classes, spacing_rc)}
+    if head_class is not None:
+        px = spacing_rc[0] if spacing_rc else 1.0
+        hc = head_circumference_mm(pred == head_class, px)
+        ref = float(reference_hc_mm) if reference_hc_mm is not None else head_circumference_mm(gt == head_class, px)
+        row.update(hc=hc, hc_ref=ref, hc_abs_diff=abs(hc - ref) if not (math.isnan(hc) or math.isnan(ref)) else float("nan"),
+                   hc_unit="mm" if spacing_rc else "px", hc_ref_source="csv" if reference_hc_mm is not None else "reference mask")
+    return row
+
+
+def overlay_image(image_rc: np.ndarray, gt_rc: np.ndarray, pred_rc: np.ndarray) -> np.ndarray:
+    """RGB uint8: the image in grey, reference outline green, prediction outline red."""
+    from skimage.segmentation import find_boundaries
+
+    img = np.asarray(image_rc, dtype=np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    grey = ((img - lo) / (hi - lo + 1e-8) * 255).astype(np.uint8)
+    rgb = np.stack([grey] * 3, axis=-1)
+    rgb[find_boundaries(gt_rc, mode="inner") & (gt_rc > 0)] = (0, 255, 0)
+    rgb[find_boundaries(pred_rc, mode="inner") & (pred_rc > 0)] = (255, 0, 0)
+    return rgb
+
+
+def write_report(rows: Sequence[Mapping[str, Any]], output_dir: str, class_names: Mapping[int, str] | Sequence[str],
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``per_image.csv``, ``summary.json`` and ``summary.md`` in ``output_dir``; returns the summary."""
+    if not rows:
+        raise ValueError("no image was evaluated: the evaluation list is empty")
+    os.makedirs(output_dir, exist_ok=True)
+    summary = summarize(list(rows), class_names)
+    hc_rows = [r for r in rows if "hc_abs_diff" in r]
+    if hc_rows:
+        diffs = np.array([r["hc_abs_diff"] for r in hc_rows], dtype=float)
+        valid = diffs[~np.isnan(diffs)]
+        summary["head_circumference"] = {
+            "unit": hc_rows[0]["hc_unit"], "n": int(len(hc_rows)), "n_no_ellipse": int(np.isnan(diffs).sum()),
+            "abs_diff_mean": float(valid.mean()) if len(valid) else float("nan"),
+            "abs_diff_std": float(valid.std()) if len(valid) else float("nan"),
+            "reference": hc_rows[0]["hc_ref_source"],
+        }
+    if extra:
+        summary.update(extra)
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    tmp = os.path.join(output_dir, ".per_image.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, os.path.join(output_dir, "per_image.csv"))
+    with open(os.path.join(output_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    md = summary_markdown(summary)
+    if hc_rows:
+        h = summary["head_circumference"]
+        md += (f"\n\nHead circumference absolute difference ({h['unit']}, reference: {h['reference']}): "
+               f"{h['abs_diff_mean']:.2f} ± {h['abs_diff_std']:.2f} over {h['n']} images ({h['n_no_ellipse']} without a head ellipse)\n")
+    with open(os.path.join(output_dir, "summary.md"), "w") as f:
+        f.write(md)
+    return summary
+
+
+class SegmentationReport:
+    """Collects per-image metrics from a MONAI evaluator and writes the report at the end.
+
+    Args:
+        output_dir: where the CSV, JSON, Markdown and ``overlays/`` go.
+        num_classes: classes incl. background.
+        class_names: foreground names in order, or ``{label: name}``.
+        head_class: label of the fetal head for head-circumference biometry (None: off).
+            The reference HC is the datalist entry's ``hc_mm`` (HC18's CSV) when present,
+            otherwise the ellipse fitted to the reference mask.
+        n_overlays: how many best and how many worst cases get an overlay PNG.
+    """
+
+    def __init__(self, output_dir: str, num_classes: int, class_names: Mapping[int, str] | Sequence[str] | None = None,
+                 head_class: int | None = None, n_overlays: int = 3, pred_key: str = "pred", image_key: str = "image",
+                 label_key: str = "label") -> None:
+        self.output_dir, self.num_classes = output_dir, int(num_classes)
+        self.class_names = class_names or [f"class_{c}" for c in range(1, self.num_classes)]
+        self.head_class, self.n_overlays = head_class, int(n_overlays)
+        self.pred_key, self.image_key, self.label_key = pred_key, image_key, label_key
+        self.rows: list[dict[str, Any]] = []
+        self.cases: dict[str, tuple[str, str]] = {}
+        self.summary: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def collect(self, engine: Engine) -> None:
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        batches = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch] * len(outputs)
+        for out, entry in zip(outputs, batches):
+            image_file = _filename(out.get(self.image_key)) or _filename(entry.get(self.image_key))
+            label_file = _filename(entry.get(self.label_key)) or _filename(out.get(self.label_key))
+            if label_file is None:
+                raise ValueError(f"{image_file}: no reference label to evaluate against")
+            name = str(entry.get("name") or os.path.splitext(os.path.basename(image_file or label_file))[0])
+            pred = np.squeeze(np.asarray(torch.as_tensor(out[self.pred_key]).detach().cpu()))
+            if pred.ndim == 3:  # one-hot or probabilities: back to a label map
+                pred = pred.argmax(0)
+            gt = read_label_map(label_file)
+            hc_ref = _as_list(entry.get("hc_mm"))
+            row = case_record(pred, gt, self.num_classes, _spacing_of(entry), name, self.head_class,
+                              float(hc_ref[0]) if hc_ref else None)
+            self.rows.append(row)
+            self.cases[name] = (image_file, label_file)
+            self._last_pred = getattr(self, "_last_pred", {})
+            self._last_pred[name] = pred.astype(np.uint8)
+
+    def write(self, engine: Engine | None = None) -> None:
+        self.summary = write_report(self.rows, self.output_dir, self.class_names)
+        self._write_overlays()
+        logger.info("evaluation of %d images written to %s: mean Dice %.4f", len(self.rows), self.output_dir,
+                    self.summary["overall"]["dice_mean"])
+
+    def _write_overlays(self) -> None:
+        from PIL import Image
+
+        if not self.n_overlays or not self.rows:
+            return
+        folder = os.path.join(self.output_dir, "overlays")
+        os.makedirs(folder, exist_ok=True)
+        ranked = sorted(self.rows, key=lambda r: r["dice"])
+        picks = [("worst", r) for r in ranked[: self.n_overlays]] + [("best", r) for r in ranked[::-1][: self.n_overlays]]
+        for tag, row in picks:
+            image_file, label_file = self.cases[row["name"]]
+            image = np.squeeze(np.asarray(_loader(image_file), dtype=np.float32))
+            if image.ndim == 3:
+                image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
+            rgb = overlay_image(image.T, read_label_map(label_file).T, self._last_pred[row["name"]].T)
+            Image.fromarray(rgb).save(os.path.join(folder, f"{tag}_{row['name']}_dice{row['dice']:.3f}.png"))
+
+
+@torch.no_grad()
+def evaluate_network(network: torch.nn.Module, entries: Sequence[Mapping[str, Any]], image_size: Sequence[int],
+                     num_classes: int, output_dir: str | None = None, class_names=None, head_class: int | None = None,
+                     intensity_range: Sequence[float] = (0, 255), device: str | torch.device = "cpu") -> tuple[list[dict], dict | None]:
+    """Evaluate ``network`` on datalist ``entries`` at the original size (argmax at
+    ``image_size``, resized back with nearest), without a bundle config."""
+    from monai.transforms import Compose, EnsureChannelFirst, Resize, ScaleIntensityRange
+
+    from .transforms import ToGreyscaled
+
+    prep = Compose([EnsureChannelFirst(), ScaleIntensityRange(intensity_range[0], intensity_range[1], 0.0, 1.0, clip=True)])
+    network = network.to(device).eval()
+    rows = []
+    for entry in entries:
+        raw = _loader(entry["image"])
+        img = ToGreyscaled("image")({"image": prep(raw)})["image"]
+        size = tuple(img.shape[1:])
+        x = Resize(tuple(image_size), mode="bilinear")(img).as_tensor()[None].float().to(device)
+        pred = network(x).argmax(1, keepdim=True).float()
+        pred = torch.nn.functional.interpolate(pred, size=size, mode="nearest")[0, 0].cpu().numpy().astype(np.int64)
+        name = entry.get("name") or os.path.splitext(os.path.basename(entry["image"]))[0]
+        rows.append(case_record(pred, read_label_map(entry["label"]), num_classes, _spacing_of(entry), name, head_class,
+                                entry.get("hc_mm")))
+    summary = write_report(rows, output_dir, class_names or [f"class_{c}" for c in range(1, num_classes)]) if output_dir else None
+    return rows, summary
