@@ -8,8 +8,8 @@ pay for importing torch-heavy modules it does not use.
 
 import importlib
 
-_SUBMODULES = {"biometry", "checkpoint", "data", "demo_data", "ema", "evaluation", "inference", "losses", "metrics", "mixup", "networks",
-               "schedules", "terms", "trainer", "transforms"}
+_SUBMODULES = {"biometry", "checkpoint", "data", "demo_data", "distributed", "ema", "evaluation", "inference", "losses", "metrics", "mixup", "networks",
+               "package", "schedules", "terms", "trainer", "transforms"}
 
 
 def __getattr__(name: str):

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["TrainingStateSaver", "atomic_torch_save", "load_training_state", "load_network_weights", "WeightsLoader"]
+__all__ = ["TrainingStateSaver", "atomic_torch_save", "load_training_state", "resume_training", "random_states",
+           "set_random_states", "load_network_weights", "WeightsLoader"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,100 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         raise
 
 
+def _state_of(obj: Any) -> dict[str, Any]:
+    """``state_dict()``, except for an evaluator, whose best metric is what a resume needs
+    (so that a worse model never replaces ``model.pt`` after a restart)."""
+    if isinstance(obj, Engine):
+        return {"best_metric": float(getattr(obj.state, "best_metric", -1)),
+                "best_metric_epoch": int(getattr(obj.state, "best_metric_epoch", -1))}
+    return obj.state_dict()
+
+
+def _load_state_into(obj: Any, state: Mapping[str, Any]) -> None:
+    if isinstance(obj, Engine):
+        obj.state.best_metric, obj.state.best_metric_epoch = state["best_metric"], state["best_metric_epoch"]
+    else:
+        obj.load_state_dict(state)
+
+
+def _randomizables(obj: Any, found: list | None = None, seen: set | None = None) -> list:
+    """MONAI ``Randomizable`` objects reachable from a dataset or transform, in a fixed order:
+    composed transforms and the array transforms inside dictionary ones (``RandRotated``
+    draws from its inner ``RandRotate``'s generator), found through their attributes."""
+    from monai.transforms import Randomizable
+
+    found = [] if found is None else found
+    seen = set() if seen is None else seen
+    if id(obj) in seen or not (isinstance(obj, (Randomizable, list, tuple)) or hasattr(obj, "transform")):
+        return found
+    seen.add(id(obj))
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            _randomizables(item, found, seen)
+        return found
+    if isinstance(obj, Randomizable) and isinstance(getattr(obj, "R", None), __import__("numpy").random.RandomState):
+        found.append(obj)
+    for name, value in sorted(vars(obj).items()):
+        if name != "R" and (isinstance(value, (Randomizable, list, tuple)) or name == "transform"):
+            _randomizables(value, found, seen)
+    return found
+
+
+def _np_state_to_torch(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached": float(cached)}
+
+
+def _np_state_from_torch(d: Mapping[str, Any]) -> tuple:
+    import numpy as np
+
+    return d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"]
+
+
+def random_states(datasets: Sequence[Any] = ()) -> dict[str, Any]:
+    """Global torch/numpy/python generators and every random transform's own generator,
+    in forms ``torch.load(weights_only=True)`` accepts."""
+    import random
+
+    import numpy as np
+
+    out = {"torch": torch.get_rng_state(), "numpy": _np_state_to_torch(np.random.get_state()), "python": random.getstate(),
+           "transforms": [[_np_state_to_torch(t.R.get_state()) for t in _randomizables(ds)] for ds in datasets]}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_random_states(state: Mapping[str, Any], datasets: Sequence[Any] = ()) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(_np_state_from_torch(state["numpy"]))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for ds, states in zip(datasets, state.get("transforms", [])):
+        transforms = _randomizables(ds)
+        if len(transforms) != len(states):
+            raise ValueError(f"training state has {len(states)} random transforms for a dataset that has {len(transforms)}")
+        for t, st in zip(transforms, states):
+            t.R.set_state(_np_state_from_torch(st))
+
+
 class TrainingStateSaver:
     """Saves ``{name: obj.state_dict()}`` of every object in ``save_dict`` plus the trainer
-    (iteration, epoch) to ``save_dir/filename`` every ``save_interval`` epochs and at the end."""
+    (iteration, epoch, its extra state) and all random generators (global ones and those of
+    the random transforms of ``datasets``) to ``save_dir/filename`` every ``save_interval``
+    epochs and at the end, atomically. :func:`resume_training` reads it back."""
 
     def __init__(self, save_dir: str, save_dict: Mapping[str, Any], save_interval: int = 1,
-                 filename: str = "train_state.pt") -> None:
+                 filename: str = "train_state.pt", datasets: Sequence[Any] = (), resume: bool = False) -> None:
         self.save_dir, self.save_dict = save_dir, dict(save_dict)
         self.save_interval, self.filename = int(save_interval), filename
+        self.datasets, self.resume = list(datasets), bool(resume)
         self.engine: Engine | None = None
 
     @property
@@ -60,13 +147,18 @@ class TrainingStateSaver:
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
+        if self.resume:  # when the run starts, before Ignite sets up the epoch from the iteration counter
+            engine.add_event_handler(Events.STARTED, lambda e: resume_training(self, e))
         if self.save_interval > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self)
         engine.add_event_handler(Events.COMPLETED, self)
 
     def state(self, engine: Engine) -> dict[str, Any]:
-        out = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        out = {name: _state_of(obj) for name, obj in self.save_dict.items()}
         out["trainer"] = engine.state_dict()
+        if hasattr(engine, "extra_state_dict"):
+            out["trainer_extra"] = engine.extra_state_dict()
+        out["random"] = random_states(self.datasets)
         return out
 
     def __call__(self, engine: Engine) -> None:
@@ -74,6 +166,23 @@ class TrainingStateSaver:
             return
         atomic_torch_save(self.state(engine), self.path)
         logger.info("saved training state at iteration %d to %s", engine.state.iteration, self.path)
+
+
+def resume_training(saver: TrainingStateSaver, engine: Engine, path: str | None = None) -> bool:
+    """Continue from ``saver``'s file (or ``path``) if it exists: every saved object, the
+    trainer's iteration and extra state, and all random generators. Returns whether it
+    resumed. Documented use: ``--resume true`` on the same training command."""
+    path = path or saver.path
+    if not os.path.isfile(path):
+        logger.info("no training state at %s: starting from scratch", path)
+        return False
+    state = load_training_state(path, saver.save_dict, engine)
+    if "trainer_extra" in state and hasattr(engine, "load_extra_state_dict"):
+        engine.load_extra_state_dict(state["trainer_extra"])
+    if "random" in state:
+        set_random_states(state["random"], saver.datasets)
+    logger.info("resumed from %s at iteration %d (epoch %d)", path, engine.state.iteration, engine.state.epoch)
+    return True
 
 
 def load_training_state(path: str, objects: Mapping[str, Any], engine: Engine | None = None) -> dict[str, Any]:
@@ -88,7 +197,7 @@ def load_training_state(path: str, objects: Mapping[str, Any], engine: Engine | 
     if missing:
         raise ValueError(f"{path} lacks {missing}; it holds {sorted(state)}")
     for name, obj in objects.items():
-        obj.load_state_dict(state[name])
+        _load_state_into(obj, state[name])
     if engine is not None:
         engine.load_state_dict(state["trainer"])
     return state

@@ -37,25 +37,69 @@ __all__ = ["SemiSupervisedTrainer", "logged_terms", "CyclingLoader", "NetworkVal
 
 
 class CyclingLoader:
-    """Endless iteration over a data loader: restarts it (a new shuffle) when exhausted."""
+    """Endless iteration over a data loader: restarts it (a new shuffle) when exhausted.
+
+    Its position is part of the training state: the number of passes, the batches taken in
+    the current pass and the loader's ``generator`` state when the pass began, so that a
+    resumed run draws the same unlabelled batches as an uninterrupted one.
+    """
 
     def __init__(self, loader: Iterable) -> None:
         self.loader = loader
         self._it = None
         self.epoch = 0
+        self.consumed = 0
+        self._pass_start_state: torch.Tensor | None = None
+
+    def _generator(self) -> torch.Generator | None:
+        return getattr(self.loader, "generator", None)
+
+    def _start_pass(self) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        gen = self._generator()
+        self._pass_start_state = gen.get_state() if gen is not None else None
+        self._it = iter(self.loader)
+        self.consumed = 0
 
     def next(self) -> Any:
         if self._it is None:
-            self._it = iter(self.loader)
+            self._start_pass()
         try:
-            return next(self._it)
+            batch = next(self._it)
         except StopIteration:
             self.epoch += 1
-            sampler = getattr(self.loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(self.epoch)
-            self._it = iter(self.loader)
-            return next(self._it)
+            self._start_pass()
+            batch = next(self._it)
+        self.consumed += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "pass_start_state": self._pass_start_state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.epoch, consumed = int(state["epoch"]), int(state["consumed"])
+        gen = self._generator()
+        if state.get("pass_start_state") is None or gen is None:
+            self._it, self.consumed = None, 0
+            return
+        gen.set_state(state["pass_start_state"])
+        self._start_pass()
+        for _ in range(consumed):  # replay the batches already drawn in this pass
+            next(self._it)
+        self.consumed = consumed
+
+
+class _Endless:
+    """An iterable without end over a :class:`CyclingLoader` (Ignite cuts it into epochs)."""
+
+    def __init__(self, cycling: CyclingLoader) -> None:
+        self.cycling = cycling
+
+    def __iter__(self):
+        while True:
+            yield self.cycling.next()
 
 
 def logged_terms(output: Any) -> dict[str, float]:
@@ -137,6 +181,10 @@ class SemiSupervisedTrainer(Trainer):
         if teacher is not None and teacher_role not in self.networks:
             raise ValueError(f"teacher_role {teacher_role!r} is not one of the networks {list(self.networks)}")
         self.deployed_role = deployed_role
+        # both streams are cycled by us, so that their positions are part of the training
+        # state: Ignite draws the labelled batches from an endless iterator, epoch_length long
+        self.labeled = CyclingLoader(train_data_loader)
+        self.data_loader = _Endless(self.labeled)
         self.unlabeled = CyclingLoader(unlabeled_data_loader) if unlabeled_data_loader is not None else None
         if self.terms and self.unlabeled is None:
             raise ValueError("unsupervised terms need an unlabeled_data_loader")
@@ -160,6 +208,23 @@ class SemiSupervisedTrainer(Trainer):
             v = v.as_tensor() if isinstance(v, MetaTensor) else torch.as_tensor(v)  # plain tensors in the hot path
             out.append(v.to(self.state.device, non_blocking=self.non_blocking))
         return out
+
+    def extra_state_dict(self) -> dict[str, Any]:
+        """What ``Engine.state_dict`` lacks for an exact resume: the mixup generator, the
+        labelled loader's shuffle generator, the unlabelled stream's position and the leader."""
+        return {"generator": self.generator.get_state() if self.generator is not None else None,
+                "labeled": self.labeled.state_dict(),
+                "unlabeled": self.unlabeled.state_dict() if self.unlabeled is not None else None,
+                "leader": self.leader}
+
+    def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("generator") is not None and self.generator is not None:
+            self.generator.set_state(state["generator"])
+        if state.get("labeled") is not None:
+            self.labeled.load_state_dict(state["labeled"])
+        if state.get("unlabeled") is not None and self.unlabeled is not None:
+            self.unlabeled.load_state_dict(state["unlabeled"])
+        self.leader = state.get("leader", self.leader)
 
     def learning_rates(self) -> dict[str, float]:
         return {f"lr_{role}": opt.param_groups[0]["lr"] for role, opt in self.optimizers.items()}

@@ -115,6 +115,7 @@ class UNeXt(nn.Module):
     """
 
     divisor = 32
+    __constants__ = ["divisor"]
 
     def __init__(
         self,
@@ -146,7 +147,7 @@ class UNeXt(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"UNeXt expects a B x {self.in_channels} x H x W tensor, got shape {tuple(x.shape)}")
+            raise ValueError(f"UNeXt expects a B x {self.in_channels} x H x W tensor, got shape {list(x.shape)}")
         h, w = int(x.shape[-2]), int(x.shape[-1])
         if h % self.divisor or w % self.divisor:
             raise ValueError(f"UNeXt input sides must be divisible by {self.divisor}, got {h}x{w}; resize or pad the image")

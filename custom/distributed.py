@@ -1,0 +1,208 @@
+"""Multi-process (DistributedDataParallel) training support, used by ``multi_gpu_train.yaml``.
+
+What DDP does not do by itself for this method, and what this module adds:
+
+* :func:`setup` starts the process group (``nccl`` on GPU, ``gloo`` on CPU), pins the
+  process to its GPU, seeds every random generator with ``seed + rank`` (so the ranks draw
+  different augmentations, drop-path masks and mixup weights; the networks are still
+  identical because DDP broadcasts rank 0's parameters and buffers when it wraps them) and
+  lets only rank 0 log below WARNING.
+* :class:`DistributedEMATeacher`: the EMA teacher is not a DDP module; it averages the
+  *unwrapped* student (a DDP wrapper prefixes every parameter name with ``module.``). Built
+  from ``@transformer_ddp.module`` in the config, it is copied after DDP's broadcast, so it
+  starts from rank 0's weights on every rank; its updates are then identical on every rank
+  because the students are (gradients are all-reduced before each step).
+* :class:`BroadcastBuffers`: DDP overwrites buffers (BatchNorm running statistics) with
+  rank 0's at the start of each training forward, but every rank then updates them from
+  its own shard, so they differ between ranks after the last step. Attached before the
+  validation handlers, it copies rank 0's buffers to all ranks at the end of each epoch
+  and of the run: validation (on all ranks, each on a shard) and the saved checkpoints
+  then use the buffers DDP itself treats as authoritative.
+* :class:`LeaderBroadcast`: the leader-follower coupling picks a leader from validation
+  metrics (:class:`custom.terms.LeaderSelector`). The metric handlers all-gather their
+  values, so every rank computes the same leader; broadcasting rank 0's choice makes that
+  an invariant rather than an assumption (a differing leader would make the ranks
+  optimise different losses).
+* :func:`cleanup` destroys the process group (the bundle's ``finalize``).
+
+Everything here is a no-op in a single process, so the handlers are safe in any config.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .ema import EMATeacher
+
+__all__ = [
+    "is_distributed",
+    "get_rank",
+    "get_world_size",
+    "default_backend",
+    "setup",
+    "cleanup",
+    "unwrap",
+    "broadcast_object",
+    "broadcast_buffers",
+    "DistributedEMATeacher",
+    "BroadcastBuffers",
+    "LeaderBroadcast",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def default_backend() -> str:
+    """``nccl`` where CUDA is available, else ``gloo``."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def setup(backend: str | None = None, device: torch.device | str | None = None, seed: int | None = None,
+          timeout_minutes: float = 30.0, quiet_non_zero_ranks: bool = True) -> int:
+    """Initialise the default process group from torchrun's environment (``RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) unless it is already initialised; pin
+    this process to ``device`` when it is a CUDA device; seed MONAI/torch/numpy/random with
+    ``seed + rank``; on ranks > 0 raise the root logger's level to WARNING. Returns the rank.
+    """
+    if not is_distributed():
+        backend = backend or default_backend()
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.set_device(torch.device(device))  # before NCCL creates its communicators
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=float(timeout_minutes)))
+    elif device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_device(torch.device(device))
+    _sync_ignite()  # on every rank, now (see there)
+    rank = dist.get_rank()
+    if seed is not None:
+        from monai.utils import set_determinism
+
+        set_determinism(seed=int(seed) + rank)
+    if quiet_non_zero_ranks and rank > 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    logger.info("process group %s: rank %d of %d (local rank %s)", dist.get_backend(), rank, dist.get_world_size(),
+                os.environ.get("LOCAL_RANK", "?"))
+    return rank
+
+
+def cleanup() -> None:
+    """Destroy the default process group (after a barrier, so no rank leaves while another
+    still communicates); a no-op when none is initialised."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+        _sync_ignite()
+
+
+def _sync_ignite() -> None:
+    """Let ignite's ``idist`` adopt the current process group now, on every rank.
+
+    Its first ``idist.get_rank()`` otherwise adopts it lazily and, doing so, creates a
+    process group (``dist.new_group``): a collective that every rank must join. Handlers
+    that exist on rank 0 only (MONAI's ``CheckpointSaver`` asks ``idist.get_rank()`` when it
+    is built) would then wait forever for the other ranks.
+    """
+    import ignite.distributed as idist
+
+    idist.sync()
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper (else itself)."""
+    while isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        module = module.module
+    return module
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``src``'s ``obj`` on every rank (picklable objects; the object itself in one process)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+@torch.no_grad()
+def broadcast_buffers(modules: Iterable[nn.Module], src: int = 0) -> None:
+    """Copy ``src``'s buffers (e.g. BatchNorm running statistics) of every module to all ranks."""
+    if not is_distributed():
+        return
+    for module in modules:
+        for buf in unwrap(module).buffers():
+            dist.broadcast(buf, src=src)
+
+
+class DistributedEMATeacher(EMATeacher):
+    """:class:`custom.ema.EMATeacher` that accepts a DDP-wrapped student: it copies and
+    averages the unwrapped module, so its parameter names (and its state dict) are those of
+    the plain network, as in single-process training."""
+
+    def __init__(self, student: nn.Module, decay: float = 0.99, train_mode: bool = False) -> None:
+        super().__init__(unwrap(student), decay=decay, train_mode=train_mode)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, step: int) -> None:
+        super().update(unwrap(student), step)
+
+
+class BroadcastBuffers:
+    """Ignite handler: rank ``src``'s buffers of ``modules`` copied to every rank at the end
+    of each epoch and of the run. Put it before the validation and checkpoint handlers."""
+
+    def __init__(self, modules: Mapping[str, nn.Module] | Iterable[nn.Module], src: int = 0) -> None:
+        self.modules = list(modules.values()) if isinstance(modules, Mapping) else list(modules)
+        self.src = int(src)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine=None) -> None:
+        broadcast_buffers(self.modules, self.src)
+
+
+class LeaderBroadcast:
+    """Ignite handler: the trainer's ``leader`` (the leader-follower coupling's choice) set to
+    rank ``src``'s at the end of each epoch. Attach after :class:`custom.terms.LeaderSelector`.
+    A rank whose own choice differed logs a warning (it indicates that the ranks saw
+    different validation metrics)."""
+
+    def __init__(self, src: int = 0) -> None:
+        self.src = int(src)
+        self.mismatches = 0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        local = getattr(engine, "leader", None)
+        chosen = broadcast_object(local, self.src)
+        if chosen != local:
+            self.mismatches += 1
+            logging.getLogger(__name__).warning("rank %d: leader %r replaced by rank %d's %r", get_rank(), local,
+                                                self.src, chosen)
+        engine.leader = chosen

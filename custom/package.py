@@ -1,0 +1,281 @@
+"""Package the bundle as a self-contained model-zoo folder (and zip) for sharing.
+
+    python -m custom.package --out DIR [--name fetal_us_ssl] [--weights bundle/models/model.pt] [--zip true]
+
+writes ``DIR/NAME/``::
+
+    configs/        every file of bundle/configs (metadata.json, meta_schema.json, *.yaml, logging.conf, methods/)
+    models/         model.pt (required unless --allow-missing-weights), and model.ts / model.onnx when they
+                    sit beside the weights
+    docs/           bundle/docs, plus PACKAGE.md (how to run this copy; also README.md when docs has none)
+    LICENSE
+    custom/         the components the configs import (``$import custom``), at the bundle root
+
+and ``DIR/NAME.zip`` (the folder, under its own name) with ``--zip true``.
+
+Why ``custom/`` sits at the bundle root: MONAI bundles ship their code as a top-level package of
+the bundle folder (the model zoo's ``scripts/``), imported from the configs with the bundle
+folder on ``sys.path``. MONAI Label adds the bundle folder to ``sys.path``; for ``python -m
+monai.bundle run`` put it on ``PYTHONPATH`` (``ConfigWorkflow.run`` also inserts it, but only
+after ``initialize`` has already evaluated the configs' imports). A package named ``custom``
+there makes the configs' ``$import custom`` resolve unchanged.
+
+``bundle_root`` in the copied ``common.yaml`` becomes ``$custom.package.bundle_root()``: the
+folder holding the imported ``custom`` package, found at run time, so no path is written into
+the copy. ``--bundle_root DIR`` on the command line (as MONAI Label does) still overrides it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["package", "bundle_root", "PackagingError", "main"]
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the repository, or the bundle folder of a packaged copy
+DEFAULT_NAME = "fetal_us_ssl"
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".DS_Store")
+# the line of common.yaml that is rewritten, and the import the rewritten value needs
+_BUNDLE_ROOT_LINE = re.compile(r"^bundle_root:.*$", re.M)
+_IMPORT_CUSTOM_LINE = re.compile(r"^(?P<indent>\s*)- \$import custom\s*$", re.M)
+PACKAGED_BUNDLE_ROOT = "$custom.package.bundle_root()"
+
+
+class PackagingError(RuntimeError):
+    """The bundle cannot be packaged as asked (missing weights, existing output, ...)."""
+
+
+def bundle_root() -> str:
+    """The bundle folder of the ``custom`` package that is imported, found at run time.
+
+    In a packaged bundle ``custom/`` sits inside the bundle folder (``NAME/custom``); in the
+    repository it sits beside it (``repo/custom`` and ``repo/bundle``). Both are recognised by
+    their ``configs/metadata.json``.
+    """
+    here = Path(__file__).resolve().parents[1]
+    for candidate in (here, here / "bundle"):
+        if (candidate / "configs" / "metadata.json").is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"no bundle folder (configs/metadata.json) at {here} or {here / 'bundle'}: pass --bundle_root DIR"
+    )
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "y", "on"}:
+        return True
+    if text in {"0", "false", "no", "n", "off", ""}:
+        return False
+    raise PackagingError(f"expected a boolean, got {value!r}")
+
+
+def _rewrite_common(path: Path) -> None:
+    """Point ``bundle_root`` of the copied common.yaml at the run-time location of the copy."""
+    text = path.read_text(encoding="utf-8")
+    if not _BUNDLE_ROOT_LINE.search(text):
+        raise PackagingError(f"{path}: no top-level `bundle_root:` line to rewrite")
+    match = _IMPORT_CUSTOM_LINE.search(text)
+    if not match:
+        raise PackagingError(f"{path}: no `- $import custom` entry in `imports`")
+    if "$import custom.package" not in text:
+        # `custom` loads its submodules lazily from a fixed list; importing this one explicitly
+        # makes `custom.package` resolve whatever that list holds
+        text = text[: match.end()] + f"\n{match.group('indent')}- $import custom.package" + text[match.end():]
+    if f'bundle_root: "{PACKAGED_BUNDLE_ROOT}"' in text:  # already a packaged copy
+        path.write_text(text, encoding="utf-8")
+        return
+    text = _BUNDLE_ROOT_LINE.sub(
+        "# packaged bundle: the folder of this copy, found at run time (override with --bundle_root DIR)\n"
+        f'bundle_root: "{PACKAGED_BUNDLE_ROOT}"',
+        text,
+        count=1,
+    )
+    path.write_text(text, encoding="utf-8")
+
+
+def _usage(name: str) -> str:
+    return f"""# {name}: running this packaged bundle
+
+This folder is a self-contained MONAI bundle: `configs/`, `models/model.pt` (the UNeXt
+weights), `docs/`, `LICENSE` and the Python components the configs import, in `custom/`.
+The configs import `custom`, so the bundle folder must be on `sys.path` (MONAI Label adds it
+itself). `bundle_root` is found at run time from the imported `custom` package; pass
+`--bundle_root` to set it explicitly. Run from anywhere (`B` is this folder):
+
+```bash
+B=/path/to/{name}
+PYTHONPATH=$B python -m monai.bundle run \\
+    --config_file "['$B/configs/common.yaml','$B/configs/inference.yaml']" \\
+    --meta_file $B/configs/metadata.json --bundle_root $B \\
+    --input_path IMAGES --infer_output_dir OUT
+PYTHONPATH=$B python -m monai.bundle verify_metadata \\
+    --meta_file $B/configs/metadata.json --filepath $B/configs/meta_schema.json
+PYTHONPATH=$B python -m monai.bundle verify_net_in_out network_def \\
+    --meta_file $B/configs/metadata.json --config_file "['$B/configs/common.yaml']" --device cpu
+# TorchScript (traced) and ONNX (dynamic batch) exports of the UNeXt
+PYTHONPATH=$B python -m monai.bundle ckpt_export network_def --filepath $B/models/model.ts \\
+    --ckpt_file $B/models/model.pt --meta_file $B/configs/metadata.json \\
+    --config_file "['$B/configs/common.yaml']" --use_trace True --input_shape "[1, 1, 448, 448]"
+PYTHONPATH=$B python -m monai.bundle onnx_export network_def --filepath $B/models/model.onnx \\
+    --ckpt_file $B/models/model.pt --meta_file $B/configs/metadata.json \\
+    --config_file "['$B/configs/common.yaml']" --input_shape "[1, 1, 448, 448]" \\
+    --converter_kwargs "{{'input_names': ['image'], 'output_names': ['pred'], 'dynamic_axes': {{'image': {{0: 'batch'}}, 'pred': {{0: 'batch'}}}}}}"
+```
+
+Use the `image_size` / `num_classes` the weights were trained with (e.g. add
+`'$B/configs/cpu_small.yaml'` to the config list, or `--num_classes 3`). Training, evaluation
+and the data-preparation CLI (`PYTHONPATH=$B python -m custom.data prepare ...`) work the same
+way. Configs execute Python expressions: run bundles from trusted sources only.
+"""
+
+
+def package(
+    out: str,
+    name: str = DEFAULT_NAME,
+    weights: str | None = None,
+    zip: Any = False,  # noqa: A002 - the CLI flag is --zip
+    allow_missing_weights: Any = False,
+    overwrite: Any = False,
+    bundle_dir: str | None = None,
+    with_exports: Any = True,
+) -> Path:
+    """Write the self-contained bundle ``out/name/`` (and ``out/name.zip`` when ``zip``).
+
+    Args:
+        out: folder to write into (created).
+        name: the bundle's folder name.
+        weights: the UNeXt state dict to ship as ``models/model.pt`` (default: the source
+            bundle's ``models/model.pt``).
+        zip: also write ``out/name.zip``.
+        allow_missing_weights: package without ``models/model.pt`` instead of refusing.
+        overwrite: replace an existing ``out/name`` (and zip).
+        bundle_dir: the source bundle folder (default: this repository's ``bundle/``, or the
+            packaged bundle this module belongs to).
+        with_exports: also copy ``model.ts`` / ``model.onnx`` found beside the weights (unless
+            they are older than the weights).
+
+    Returns:
+        the bundle folder written.
+    """
+    zip_, allow_missing, overwrite_, with_exports_ = (_as_bool(v) for v in (zip, allow_missing_weights, overwrite, with_exports))
+    if not name or os.sep in name or name in {".", ".."} or (os.altsep and os.altsep in name):
+        raise PackagingError(f"--name must be a plain folder name, got {name!r}")
+    source = Path(bundle_dir).resolve() if bundle_dir else Path(bundle_root())
+    if not (source / "configs" / "common.yaml").is_file():
+        raise PackagingError(f"{source}: not a bundle folder (no configs/common.yaml)")
+    package_src = Path(__file__).resolve().parent
+    weights_path = Path(weights).resolve() if weights else source / "models" / "model.pt"
+    if not weights_path.is_file() and not allow_missing:
+        raise PackagingError(
+            f"weights not found: {weights_path}. Train first (writes bundle/models/model.pt), pass "
+            "--weights PATH, or --allow-missing-weights true to package configs and code only"
+        )
+
+    out_dir = Path(out).resolve()
+    target = out_dir / name
+    zip_path = out_dir / f"{name}.zip"
+    if target.exists():
+        if not overwrite_:
+            raise PackagingError(f"{target} exists; pass --overwrite true to replace it")
+        if any(target.iterdir()) and not (target / "configs" / "metadata.json").is_file():
+            raise PackagingError(f"{target} exists and is not a packaged bundle; refusing to delete it")
+        shutil.rmtree(target)
+    if zip_ and zip_path.exists():
+        if not overwrite_:
+            raise PackagingError(f"{zip_path} exists; pass --overwrite true to replace it")
+        zip_path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    try:
+        shutil.copytree(source / "configs", target / "configs", ignore=_IGNORE)
+        _rewrite_common(target / "configs" / "common.yaml")
+        shutil.copytree(package_src, target / "custom", ignore=_IGNORE)
+
+        models = target / "models"
+        models.mkdir()
+        if weights_path.is_file():
+            shutil.copy2(weights_path, models / "model.pt")
+            if with_exports_:
+                for export in ("model.ts", "model.onnx"):
+                    found = weights_path.parent / export
+                    if not found.is_file():
+                        continue
+                    if found.stat().st_mtime < weights_path.stat().st_mtime:
+                        logger.warning("not shipping %s: older than the weights %s (export again)", found, weights_path)
+                        continue
+                    shutil.copy2(found, models / export)
+        else:
+            logger.warning("packaging without weights: %s is missing", weights_path)
+
+        docs = target / "docs"
+        if (source / "docs").is_dir():
+            shutil.copytree(source / "docs", docs, ignore=_IGNORE)
+        docs.mkdir(exist_ok=True)
+        usage = _usage(name)
+        (docs / "PACKAGE.md").write_text(usage, encoding="utf-8")
+        if not (docs / "README.md").exists():
+            (docs / "README.md").write_text(usage, encoding="utf-8")
+        if (source / "LICENSE").is_file():
+            shutil.copy2(source / "LICENSE", target / "LICENSE")
+
+        _check_no_absolute_paths(target / "configs", [REPO_ROOT, source])
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+    if zip_:
+        shutil.make_archive(str(out_dir / name), "zip", root_dir=out_dir, base_dir=name)
+    return target
+
+
+def _check_no_absolute_paths(configs: Path, roots: list[Path]) -> None:
+    patterns = {str(r): re.compile(r"(?<![\w.-])" + re.escape(str(r)) + r"(?![\w.-])") for r in roots if str(r) not in {"", "/"}}
+    for file in configs.rglob("*"):
+        if file.is_file():
+            text = file.read_text(encoding="utf-8", errors="replace")
+            found = [n for n, pattern in patterns.items() if pattern.search(text)]
+            if found:
+                raise PackagingError(f"{file}: contains the absolute path {found[0]}; configs must stay relocatable")
+
+
+def _command(out: str, name: str = DEFAULT_NAME, weights: str | None = None, zip: Any = False,  # noqa: A002
+             allow_missing_weights: Any = False, overwrite: Any = False, bundle_dir: str | None = None,
+             with_exports: Any = True) -> None:
+    """Write the self-contained bundle OUT/NAME/ (and OUT/NAME.zip with --zip true).
+
+    Flags: --name (folder name, default fetal_us_ssl), --weights (default bundle/models/model.pt),
+    --zip true, --allow-missing-weights true (package configs and code only), --overwrite true,
+    --bundle_dir (source bundle, default this repository's bundle/), --with_exports false (skip
+    model.ts / model.onnx found beside the weights). Errors exit with status 2 and a message.
+    """
+    try:
+        target = package(out, name=name, weights=weights, zip=zip, allow_missing_weights=allow_missing_weights,
+                         overwrite=overwrite, bundle_dir=bundle_dir, with_exports=with_exports)
+    except (PackagingError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"bundle written to {target}")
+    if _as_bool(zip):
+        print(f"zip written to {target.parent / (target.name + '.zip')}")
+
+
+def main() -> None:
+    import fire
+
+    fire.Fire(_command)
+
+
+if __name__ == "__main__":
+    main()
