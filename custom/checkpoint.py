@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["TrainingStateSaver", "atomic_torch_save", "load_training_state", "resume_training", "random_states",
+__all__ = ["safe_torch_load", "TrainingStateSaver", "atomic_torch_save", "load_training_state", "resume_training", "random_states",
            "set_random_states", "load_network_weights", "WeightsLoader"]
 
 logger = logging.getLogger(__name__)
@@ -185,14 +185,20 @@ def resume_training(saver: TrainingStateSaver, engine: Engine, path: str | None 
     return True
 
 
+def safe_torch_load(path: str, what: str = "checkpoint", hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` (no pickled code ever runs) with errors that
+    name the file: ``FileNotFoundError`` when absent, ``ValueError`` when unreadable."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}{hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a checkpoint, or a pickle carrying code
+        raise ValueError(f"cannot read {what} {path}: {e}") from e
+
+
 def load_training_state(path: str, objects: Mapping[str, Any], engine: Engine | None = None) -> dict[str, Any]:
     """Load a file written by :class:`TrainingStateSaver` into ``objects`` (and ``engine``)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"training state not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read training state {path}: {e}") from e
+    state = safe_torch_load(path, "training state")
     missing = [k for k in objects if k not in state]
     if missing:
         raise ValueError(f"{path} lacks {missing}; it holds {sorted(state)}")
@@ -206,12 +212,7 @@ def load_training_state(path: str, objects: Mapping[str, Any], engine: Engine | 
 def load_network_weights(network: torch.nn.Module, path: str, key: str | None = None) -> torch.nn.Module:
     """Load a state dict (``model.pt``, or ``state[key]`` of a training state) into ``network``,
     safely (``weights_only=True``), with errors that name the file and the problem."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path} (train the bundle first or point ckpt_path at a model.pt)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+    state = safe_torch_load(path, "checkpoint", " (train the bundle first or point ckpt_path at a model.pt)")
     if key is not None:
         if not isinstance(state, dict) or key not in state:
             raise ValueError(f"{path} has no '{key}' entry")

@@ -438,9 +438,11 @@ class AverageSurfaceDistanceMetric(_EmptyPolicySurfaceMetric):
     field = "asd"
 
 
-class PooledHD95(IgniteMetricHandler):
-    """Ignite handler of :class:`PooledHD95Metric` (as ``monai.handlers.HausdorffDistance``),
-    for ``val_handlers`` / ``key_val_metric`` of a bundle config."""
+class _SurfaceMetricHandler(IgniteMetricHandler):
+    """Ignite handler of a :class:`_EmptyPolicySurfaceMetric` (as MONAI's ``HausdorffDistance``
+    handler wraps its metric), for ``val_handlers`` / ``key_val_metric`` of a bundle config."""
+
+    metric_class: type[_EmptyPolicySurfaceMetric]
 
     def __init__(
         self,
@@ -450,25 +452,20 @@ class PooledHD95(IgniteMetricHandler):
         output_transform: Callable = lambda x: x,
         save_details: bool = True,
     ) -> None:
-        metric_fn = PooledHD95Metric(include_background=include_background, spacing=spacing, reduction=reduction)
+        metric_fn = self.metric_class(include_background=include_background, spacing=spacing, reduction=reduction)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
 
-class AverageSurfaceDistance(IgniteMetricHandler):
-    """Ignite handler of :class:`AverageSurfaceDistanceMetric` (as ``monai.handlers.SurfaceDistance``)."""
+class PooledHD95(_SurfaceMetricHandler):
+    """Ignite handler of :class:`PooledHD95Metric`."""
 
-    def __init__(
-        self,
-        include_background: bool = False,
-        spacing: SpacingArg | Sequence[SpacingArg] = None,
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-    ) -> None:
-        metric_fn = AverageSurfaceDistanceMetric(
-            include_background=include_background, spacing=spacing, reduction=reduction
-        )
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+    metric_class = PooledHD95Metric
+
+
+class AverageSurfaceDistance(_SurfaceMetricHandler):
+    """Ignite handler of :class:`AverageSurfaceDistanceMetric`."""
+
+    metric_class = AverageSurfaceDistanceMetric
 
 
 class PolicyMeanDice(IgniteMetricHandler):

@@ -177,12 +177,9 @@ class PretrainedLoadReport(dict):
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained Swin checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickle with code, wrong format
-        raise ValueError(f"cannot read pretrained Swin checkpoint {path}: {e}") from e
+    from ..checkpoint import safe_torch_load
+
+    obj = safe_torch_load(path, "pretrained Swin checkpoint")
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
