@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,10 +17,12 @@ from monai.transforms import MapTransform, SaveImage
 
 from .losses import InformationDivergenceLoss
 
-__all__ = ["IMAGE_SUFFIXES", "list_inputs", "SaveMaskd", "DisagreementWriter", "is_nifti"]
+__all__ = ["IMAGE_SUFFIXES", "list_inputs", "InputScreen", "screen_inputs", "BAD_INPUTS_NAME", "SaveMaskd",
+           "DisagreementWriter", "is_nifti"]
 
 logger = logging.getLogger(__name__)
 
+BAD_INPUTS_NAME = "bad_inputs.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm")
 
 
@@ -66,6 +68,102 @@ def list_inputs(inputs: str | Sequence[str]) -> list[dict[str, str]]:
     return [{"image": os.path.abspath(f)} for f in files]
 
 
+def mask_output_path(output_dir: str, source: str, postfix: str = "mask") -> str:
+    """Where :class:`SaveMaskd` writes the mask of ``source``."""
+    ext = ".nii.gz" if is_nifti(source) else ".png"
+    return os.path.join(output_dir, f"{_stem(source)}_{postfix}{ext}")
+
+
+def screen_file(path: str, transform: Callable | None = None, intensity_range: Sequence[float] | None = None,
+                timeout_s: float | None = 60.0) -> str | None:
+    """Why ``path`` cannot be segmented (``None``: it can). Reads it with MONAI's ``LoadImage``
+    (readable, 2-D or 2-D + 1/3/4 channels, finite values, within ``intensity_range``), then
+    runs ``transform`` (the inference preprocessing) on it, all within ``timeout_s`` seconds."""
+    from .data.preflight import image_problem, load_channel_first, time_limit
+
+    try:
+        with time_limit(timeout_s, f"checking {path}"):
+            problem = image_problem(load_channel_first(path), intensity_range)
+            if problem is None and transform is not None:
+                transform({"image": path})
+    except (ValueError, OSError, TimeoutError) as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - whatever the preprocessing raises makes the file a bad input
+        cause = e.__cause__ or e  # MONAI's Compose wraps the transform's own error
+        return f"preprocessing failed ({type(cause).__name__}: {' '.join(str(cause).split())[:300]})"
+    return problem
+
+
+class InputScreen:
+    """Batch-inference pre-check: every input read once before the run; bad ones are logged,
+    left out and, when the run completes, listed in ``<output_dir>/bad_inputs.json``
+    (``[{"file", "reason"}]``, empty when all were good); the good ones are segmented.
+
+    ``fail_on_bad_input`` makes any bad input fatal (a ``ValueError`` listing them all, before
+    anything is written). Inputs that are all bad are an error too. Before the run it also
+    refuses (``FileExistsError``) when a mask or ``bad_inputs.json`` it would write exists and
+    ``overwrite`` is off, so a refused run writes nothing. Attach it as a handler to write the
+    report at the end of the run.
+    """
+
+    def __init__(self, output_dir: str, transform: Callable | None = None, intensity_range: Sequence[float] | None = None,
+                 fail_on_bad_input: bool = False, overwrite: bool = False, timeout_s: float | None = 60.0,
+                 postfix: str = "mask") -> None:
+        self.output_dir, self.transform, self.intensity_range = output_dir, transform, intensity_range
+        self.fail_on_bad_input, self.overwrite, self.timeout_s, self.postfix = bool(fail_on_bad_input), bool(overwrite), timeout_s, postfix
+        self.bad: list[dict[str, str]] = []
+
+    @property
+    def report_path(self) -> str:
+        return os.path.join(self.output_dir, BAD_INPUTS_NAME)
+
+    def __call__(self, entries: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+        from .data.preflight import PreflightError
+
+        good, self.bad = [], []
+        for entry in entries:
+            reason = screen_file(entry["image"], self.transform, self.intensity_range, self.timeout_s)
+            if reason is None:
+                good.append(dict(entry))
+            else:
+                self.bad.append({"file": entry["image"], "reason": reason})
+                logger.warning("bad input %s: %s", entry["image"], reason)
+        if self.bad and self.fail_on_bad_input:
+            raise PreflightError([(b["file"], b["reason"]) for b in self.bad], context="the inference inputs (fail_on_bad_input)")
+        if not good:
+            raise PreflightError([(b["file"], b["reason"]) for b in self.bad], context="the inference inputs: none is usable")
+        if not self.overwrite:
+            existing = [p for p in [self.report_path] + [mask_output_path(self.output_dir, e["image"], self.postfix) for e in good]
+                        if os.path.exists(p)]
+            if existing:
+                raise FileExistsError(f"{existing[0]} exists; refusing to overwrite it (set overwrite to replace outputs"
+                                      f"{f'; {len(existing)} outputs exist' if len(existing) > 1 else ''})")
+        if self.bad:
+            logger.warning("%d of %d inputs are bad and are skipped (listed in %s at the end)", len(self.bad), len(entries),
+                           self.report_path)
+        return good
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def write(self, engine: Engine | None = None) -> None:
+        os.makedirs(self.output_dir, exist_ok=True)
+        with open(self.report_path, "w") as f:
+            json.dump(self.bad, f, indent=2)
+        if self.bad:
+            print(f"{len(self.bad)} bad input(s) skipped, listed in {self.report_path}:")
+            for b in self.bad:
+                print(f"  {b['file']}: {b['reason']}")
+
+
+def screen_inputs(entries: Sequence[Mapping[str, str]], output_dir: str, **kwargs: Any) -> list[dict[str, str]]:
+    """Functional form of :class:`InputScreen` (writes ``bad_inputs.json`` at once)."""
+    screen = InputScreen(output_dir, **kwargs)
+    good = screen(entries)
+    screen.write()
+    return good
+
+
 class SaveMaskd(MapTransform):
     """Save a label map (``1 x X x Y`` at the original size) next to nothing else: PNG for 2-D
     image files, NIfTI (with the input's affine) for NIfTI inputs, as ``<stem>_mask.<ext>``.
@@ -85,8 +183,7 @@ class SaveMaskd(MapTransform):
         self.nifti = SaveImage(output_ext=".nii.gz", **common)
 
     def output_path(self, source: str) -> str:
-        ext = ".nii.gz" if is_nifti(source) else ".png"
-        return os.path.join(self.output_dir, f"{_stem(source)}_{self.postfix}{ext}")
+        return mask_output_path(self.output_dir, source, self.postfix)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

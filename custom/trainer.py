@@ -18,6 +18,7 @@ handlers work unchanged.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -34,6 +35,9 @@ from .ema import EMATeacher
 from .terms import IterationContext, UnsupervisedTerm
 
 __all__ = ["SemiSupervisedTrainer", "logged_terms", "CyclingLoader", "NetworkValidationHandler", "iterations_to_epochs"]
+
+logger = logging.getLogger(__name__)
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 class CyclingLoader:
@@ -108,7 +112,7 @@ def logged_terms(output: Any) -> dict[str, float]:
     item = output[0] if isinstance(output, list) else output
     out = {}
     for k, v in item.items():
-        if k.startswith(("loss", "weight_", "lr_")):
+        if k.startswith(("loss", "weight_", "lr_")) or k == "nonfinite_skips":
             out[k] = float(v.item() if isinstance(v, torch.Tensor) else v)
     return out
 
@@ -134,6 +138,12 @@ class SemiSupervisedTrainer(Trainer):
             :class:`custom.terms.LeaderSelector` has compared validation scores.
         amp: mixed precision (``amp_dtype``: ``"float16"`` with a grad scaler on CUDA, or ``"bfloat16"``).
         generator: random generator of the mixup weights (seeded for determinism).
+        nonfinite: what a non-finite (NaN/Inf) total loss does: ``"stop"`` raises
+            ``FloatingPointError`` naming the terms and the iteration (the last saved
+            checkpoints stay as they were); ``"skip"`` skips that step (no backward, no
+            optimiser step, no EMA update), logs a warning naming the terms and counts the
+            skipped steps in ``engine.state.nonfinite_skips`` (also ``nonfinite_skips`` in
+            the output, so it is logged).
     """
 
     def __init__(
@@ -163,7 +173,10 @@ class SemiSupervisedTrainer(Trainer):
         generator: torch.Generator | None = None,
         seed: int | None = None,
         initial_leader: str | None = None,
+        nonfinite: str = "stop",
     ) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         super().__init__(
             device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
             non_blocking=non_blocking, iteration_update=None, postprocessing=postprocessing, key_metric=key_train_metric,
@@ -193,6 +206,8 @@ class SemiSupervisedTrainer(Trainer):
             generator = torch.Generator().manual_seed(int(seed))
         self.generator = generator
         self.leader = initial_leader  # updated by custom.terms.LeaderSelector after validation
+        self.nonfinite = nonfinite
+        self.state.nonfinite_skips = 0
 
     # ----------------------------------------------------------------------------- helpers
     def _autocast(self):
@@ -270,9 +285,14 @@ class SemiSupervisedTrainer(Trainer):
             value = term.loss(ctx)
             out[f"loss_{term.name}"] = value.detach()
             total = total + w * value
-        if not torch.isfinite(total):
+        if not _finite_on_all_ranks(total):
             bad = [k for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor) and not torch.isfinite(v)]
-            raise FloatingPointError(f"non-finite loss at iteration {t + 1}: terms {bad or ['total']} (values {[float(out[k]) for k in bad]})")
+            message = f"non-finite loss at iteration {t + 1}: terms {bad or ['total']} (values {[float(out[k]) for k in bad]})"
+            if engine.nonfinite == "stop":
+                raise FloatingPointError(message)
+            return engine._skip_step(out, total, logits, labeled_bs, message)
+        engine.state.nonfinite_skips = getattr(engine.state, "nonfinite_skips", 0)
+        out["nonfinite_skips"] = engine.state.nonfinite_skips
         engine.state.output[Keys.LOSS] = total
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
@@ -296,12 +316,37 @@ class SemiSupervisedTrainer(Trainer):
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
+    def _skip_step(self, out: dict, total: torch.Tensor, logits: Mapping[str, torch.Tensor], labeled_bs: int,
+                   message: str) -> dict:
+        """``nonfinite="skip"``: no backward, no optimiser step, no EMA update; count and log it."""
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self.state.nonfinite_skips = getattr(self.state, "nonfinite_skips", 0) + 1
+        logger.warning("%s: step skipped (nonfinite: skip; %d skipped so far)", message, self.state.nonfinite_skips)
+        out["nonfinite_skips"] = self.state.nonfinite_skips
+        out.update(self.learning_rates())
+        self.state.output.update({Keys.PRED: logits[self.deployed_role][:labeled_bs].detach(), **out})
+        self.state.output[Keys.LOSS] = total.detach()
+        self.fire_event(IterationEvents.MODEL_COMPLETED)  # post-processing/decollation, as after a normal step
+        return self.state.output
+
     def run(self) -> None:  # noqa: D401 - same contract as monai's Trainer.run
         if self.amp and self.amp_dtype == torch.float16 and torch.cuda.is_available():
             self.scaler = torch.amp.GradScaler("cuda")
         else:
             self.scaler = None
         super(Trainer, self).run()
+
+
+def _finite_on_all_ranks(total: torch.Tensor) -> bool:
+    """Whether the loss is finite here and, under DDP, on every rank (so all ranks skip together)."""
+    finite = bool(torch.isfinite(total))
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = torch.tensor([0.0 if finite else 1.0], device=total.device)
+        dist.all_reduce(flag)
+        finite = bool(flag.item() == 0)
+    return finite
 
 
 def iterations_to_epochs(total_iterations: int, epoch_length: int) -> int:

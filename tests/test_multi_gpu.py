@@ -168,7 +168,7 @@ def spawned(tmp_path_factory, demo_dataset):
 
     out = tmp_path_factory.mktemp("spawned")
     mp.spawn(_worker, args=(WORLD, str(out / "store"), str(out), demo_dataset), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 def _same(a: dict, b: dict) -> bool:

@@ -126,6 +126,13 @@ def _read_with_sitk(path: Path) -> RawArray:
 
     image = sitk.ReadImage(str(path))
     array = sitk.GetArrayFromImage(image)
+    if full_suffix(path) in (".nii", ".nii.gz"):
+        # SimpleITK's NIfTI reader turns NaN into 0, which would hide broken data: look with nibabel
+        import nibabel as nib
+
+        raw = np.asanyarray(nib.load(str(path)).dataobj)
+        if np.issubdtype(raw.dtype, np.floating) and not np.all(np.isfinite(raw)):
+            raise ReadError(f"{int((~np.isfinite(raw)).sum())} non-finite values (NaN/Inf)")
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         array = array[0]
     spacing = spacing_or_none(image.GetSpacing())
@@ -195,6 +202,8 @@ def to_grey_uint8(raw: RawArray, *, channels_first: bool = False) -> tuple[np.nd
     from skimage.exposure import rescale_intensity
 
     array = _channels_last(raw.array, channels_first)
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise ReadError(f"image has {int((~np.isfinite(array)).sum())} non-finite values (NaN/Inf)")
     notes: list[str] = []
     was_multichannel = array.ndim == 3 and array.shape[-1] in (2, 3, 4)
     array, identical = _reduce_channels(array, what="image")
@@ -243,7 +252,9 @@ def to_class_ids(raw: RawArray, value_map: Mapping[int, int] | None = None) -> t
     if array.ndim != 2:
         raise ReadError(f"expected a 2-D mask, got an array of shape {tuple(raw.array.shape)}")
     if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+        if not np.all(np.isfinite(array)):
+            raise ReadError("mask has non-finite values (NaN/Inf); expected class ids")
+        if not np.array_equal(array, np.round(array)):
             raise ReadError("mask has non-integer values; expected class ids")
         array = array.astype(np.int64)
     if array.size and array.min() < 0:
