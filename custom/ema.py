@@ -42,8 +42,10 @@ class EMATeacher(nn.Module):
     def update(self, student: nn.Module, step: int) -> None:
         a = self.alpha(step)
         s_params = dict(student.named_parameters())
-        for name, t in self.module.named_parameters():
-            t.mul_(a).add_(s_params[name].detach(), alpha=1.0 - a)
+        names, t_params = zip(*self.module.named_parameters())
+        # one batched (foreach) update instead of a Python loop over ~200 tensors: same values
+        torch._foreach_mul_(list(t_params), a)
+        torch._foreach_add_(list(t_params), [s_params[n].detach() for n in names], alpha=1.0 - a)
         s_buffers = dict(student.named_buffers())
         for name, b in self.module.named_buffers():
             if name in s_buffers:

@@ -1,0 +1,501 @@
+"""Speed and memory benchmarks of the trainer and of the deployed UNeXt (issue 8).
+
+Subcommands (a ``fire`` CLI, progress bars on stderr, ``--json`` prints one JSON object and
+nothing else on stdout)::
+
+    # median seconds per training iteration of custom.trainer.SemiSupervisedTrainer built from
+    # the bundle configs (default: the paper's method, 224 px, batch 5 with 1 labelled, 2 threads,
+    # fp32, synthetic data through the bundle's own data pipeline), beside the compute floor
+    # measured in the same run
+    python -m custom.bench train
+    python -m custom.bench train --amp bf16 --json
+    python -m custom.bench train --data real --dataset-dir data/psfhs
+
+    # images/s and latency of the deployed UNeXt: eager, channels-last, TorchScript, ONNX Runtime
+    python -m custom.bench infer --sizes "[256, 448]"
+
+On a machine whose cores are shared with other jobs, run with ``OMP_WAIT_POLICY=PASSIVE``
+(it must be set before torch loads; the value is recorded in the result's ``config``):
+OpenMP's default spin-waiting of the idle threads costs far more than the compute there.
+
+How ``train`` measures:
+
+* the trainer is ``train#trainer`` of ``common.yaml + train.yaml (+ paper.yaml)`` built with
+  ``monai.bundle.ConfigParser`` and the overrides below; its per-epoch and logging handlers
+  (validation, leader selection, state saving, Stats/TensorBoard, progress bar) are removed,
+  the learning-rate schedulers are kept. ``ict_start`` is 0 so that every term is computed.
+* an Ignite handler pair times each iteration from ``GET_BATCH_STARTED`` to the end of
+  ``ITERATION_COMPLETED`` (attached last, so the metric and post-processing handlers are
+  inside); the data-loader wait is ``GET_BATCH_STARTED -> GET_BATCH_COMPLETED`` (the labelled
+  batch) plus the time in the unlabelled stream's ``next()`` (drawn inside the iteration).
+* the compute floor is plain PyTorch on the trainer's own modules and the same shapes,
+  threads, autocast and memory format: forward+backward of each network on the whole batch,
+  forward+backward of each ICT network on the mixed images, forward (no grad) of the EMA
+  teacher on the unlabelled images. Each floor component is measured right after each
+  training iteration (interleaved, so both see the same load on a shared machine; the floor's
+  gradients are discarded by the next iteration's ``zero_grad``). ``floor_s`` is the sum of the
+  component medians.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundle" / "configs"
+
+__all__ = ["build_trainer", "bench_train", "bench_infer", "main"]
+
+# handlers of train#handlers kept for the benchmark (per-iteration work of a real run)
+_KEPT_HANDLERS = ("LrScheduleHandler",)
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS)
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _progress(total: int, desc: str, quiet: bool = False):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=quiet, leave=False, dynamic_ncols=True)
+
+
+def config_files(method: str = "paper") -> list[str]:
+    """``common.yaml + train.yaml`` and, for ``method="paper"``, ``paper.yaml``; for any other
+    name, ``methods/<name>.yaml`` (``ours`` is the train.yaml default)."""
+    files = [str(CONFIGS / "common.yaml"), str(CONFIGS / "train.yaml")]
+    if method == "paper":
+        files.append(str(CONFIGS / "paper.yaml"))
+    elif method:
+        files.append(str(CONFIGS / "methods" / f"{method}.yaml"))
+    return files
+
+
+def build_trainer(files: Sequence[str], overrides: dict[str, Any], keep_handlers: Sequence[str] = _KEPT_HANDLERS):
+    """``(parser, trainer)``: ``train#trainer`` of the merged ``files`` with ``overrides``
+    (``ConfigParser`` ids such as ``"train#epoch_length"``), keeping only the handlers of
+    ``train#handlers`` whose ``_target_`` is in ``keep_handlers``."""
+    import monai
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(list(files))
+    parser.update(dict(overrides))
+    handlers = parser["train#handlers"]
+    parser["train#handlers"] = [h for h in handlers if str(h.get("_target_", "")).split(".")[-1] in keep_handlers]
+    monai.utils.set_determinism(seed=int(parser.get_parsed_content("seed")))
+    trainer = parser.get_parsed_content("train#trainer")
+    return parser, trainer
+
+
+def _synthetic_dataset(root: str, size: int) -> str:
+    from custom.demo_data import ensure_demo_dataset
+
+    out = os.path.join(root, "data")
+    ensure_demo_dataset(out, n_labeled=8, n_unlabeled=16, n_validation=1, size=size, seed=0)
+    return out
+
+
+class _IterationTimer:
+    """Per-iteration wall time and data-loader wait, from Ignite events."""
+
+    def __init__(self, device: torch.device, after_iteration: Callable[[], None] | None = None, bar=None) -> None:
+        self.device, self.after_iteration, self.bar = device, after_iteration, bar
+        self.iteration_s: list[float] = []
+        self.wait_s: list[float] = []
+        self._t0 = self._wait = 0.0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._start)
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._got_batch)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._done)  # last: after metrics/post-processing
+        if getattr(engine, "unlabeled", None) is not None:  # the unlabelled batch is drawn inside the iteration
+            stream = engine.unlabeled
+            original = stream.next
+
+            def timed_next():
+                t = time.perf_counter()
+                batch = original()
+                self._wait += time.perf_counter() - t
+                return batch
+
+            stream.next = timed_next
+
+    def _start(self, _engine) -> None:
+        _sync(self.device)
+        self._t0 = time.perf_counter()
+        self._wait = 0.0
+
+    def _got_batch(self, _engine) -> None:
+        self._wait += time.perf_counter() - self._t0
+
+    def _done(self, _engine) -> None:
+        _sync(self.device)
+        self.iteration_s.append(time.perf_counter() - self._t0)
+        self.wait_s.append(self._wait)
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.after_iteration is not None:
+            self.after_iteration()
+
+
+class _Floor:
+    """The compute floor of one iteration, in plain PyTorch, component by component."""
+
+    def __init__(self, trainer, image_shape: Sequence[int], labeled_bs: int, device: torch.device,
+                 autocast: Callable, channels_last: bool, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        b = image_shape[0]
+        self.x = torch.rand(*image_shape, generator=g).to(device)
+        self.x_u = self.x[labeled_bs:]
+        half = self.x_u.shape[0] // 2
+        self.x_mix = (0.5 * self.x_u[:half] + 0.5 * self.x_u[half:2 * half]) if half else None
+        if channels_last:
+            self.x, self.x_u = self.x.contiguous(memory_format=torch.channels_last), self.x_u.contiguous(memory_format=torch.channels_last)
+            if self.x_mix is not None:
+                self.x_mix = self.x_mix.contiguous(memory_format=torch.channels_last)
+        self.trainer, self.device, self.autocast = trainer, device, autocast
+        ict_roles: list[str] = []
+        for term in trainer.terms:
+            if hasattr(term, "alpha") and hasattr(term, "roles") and type(term).__name__ == "InterpolationConsistencyTerm":
+                ict_roles += list(term.roles)
+        self.components: dict[str, Callable[[], None]] = {}
+        for role, net in trainer.networks.items():
+            self.components[f"fwd_bwd_{role}"] = self._fwd_bwd(net, self.x)
+        if self.x_mix is not None and b > labeled_bs:
+            for role in ict_roles:
+                self.components[f"fwd_bwd_{role}_mix"] = self._fwd_bwd(trainer.networks[role], self.x_mix)
+            if trainer.teacher is not None and ict_roles:
+                self.components["fwd_teacher"] = self._fwd_no_grad(trainer.teacher, self.x_u)
+        self.times: dict[str, list[float]] = {k: [] for k in self.components}
+
+    def _fwd_bwd(self, net, x):
+        def run():
+            net.train()
+            net.zero_grad(set_to_none=True)
+            with self.autocast():
+                y = net(x)
+            y.float().mean().backward()
+        return run
+
+    def _fwd_no_grad(self, net, x):
+        def run():
+            with torch.no_grad(), self.autocast():
+                net(x)
+        return run
+
+    def measure_once(self, record: bool = True) -> None:
+        for name, fn in self.components.items():
+            _sync(self.device)
+            t = time.perf_counter()
+            fn()
+            _sync(self.device)
+            if record:
+                self.times[name].append(time.perf_counter() - t)
+        for net in self.trainer.networks.values():
+            net.zero_grad(set_to_none=True)
+
+    def medians(self) -> dict[str, float]:
+        return {k: _median(v) for k, v in self.times.items()}
+
+
+def bench_train(image_size: int = 224, batch_size: int = 5, labeled_bs: int = 1, iterations: int = 10, warmup: int = 3,
+                threads: int = 2, amp: str = "none", channels_last: bool = False, compile: bool = False,
+                device: str = "cpu", data: str = "random", dataset_dir: str | None = None, method: str = "paper",
+                num_workers: int = 0, floor: bool = True, overrides: dict | None = None, quiet: bool = False) -> dict:
+    """Median seconds per training iteration and the compute floor of the same run (see module doc)."""
+    torch.set_num_threads(int(threads))
+    dev = torch.device(device)
+    if amp not in ("none", "bf16", "fp16"):
+        raise ValueError(f"--amp must be none, bf16 or fp16, got {amp!r}")
+    total = int(warmup) + int(iterations)
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        if data == "random":
+            dataset_dir = _synthetic_dataset(tmp, int(image_size))
+        elif data == "real":
+            if not dataset_dir:
+                raise ValueError("--data real needs --dataset-dir (a folder prepared by `python -m custom.data prepare`)")
+        else:
+            raise ValueError(f"--data must be random or real, got {data!r}")
+        cfg = {
+            "bundle_root": str(REPO / "bundle"),
+            "dataset_dir": str(dataset_dir),
+            "ckpt_dir": os.path.join(tmp, "models"),
+            "output_dir": os.path.join(tmp, "eval"),
+            "device": f"$torch.device('{dev}')",
+            "image_size": [int(image_size), int(image_size)],
+            "batch_size": int(batch_size),
+            "labeled_bs": int(labeled_bs),
+            "max_iterations": total,
+            "train#epoch_length": total,
+            "ict_start": 0,
+            "num_workers": int(num_workers),
+            "amp": amp != "none",
+            "amp_dtype": {"none": "bfloat16", "bf16": "bfloat16", "fp16": "float16"}[amp],
+        }
+        cfg.update(overrides or {})
+        parser, trainer = build_trainer(config_files(method), cfg)
+        if channels_last:
+            for net in trainer.networks.values():
+                net.to(memory_format=torch.channels_last)
+            if trainer.teacher is not None:
+                trainer.teacher.to(memory_format=torch.channels_last)
+        if compile:
+            for net in trainer.networks.values():
+                net.compile()  # in place: parameter names (EMA update, checkpoints) unchanged
+            if trainer.teacher is not None:
+                trainer.teacher.module.compile()
+        in_channels = int(parser.get_parsed_content("in_channels"))
+        shape = (int(batch_size), in_channels, int(image_size), int(image_size))
+        autocast = trainer._autocast if hasattr(trainer, "_autocast") else contextlib.nullcontext
+        fl = _Floor(trainer, shape, int(labeled_bs), dev, autocast, channels_last) if floor else None
+        bar = _progress(total, "train iterations", quiet)
+
+        def after_iteration():
+            if fl is not None:
+                fl.measure_once(record=len(timer.iteration_s) > warmup)
+
+        timer = _IterationTimer(dev, after_iteration, bar)
+        timer.attach(trainer)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        trainer.state.device = dev  # _autocast reads it before the run starts
+        trainer.run()
+        bar.close()
+    it = timer.iteration_s[warmup:]
+    wait = timer.wait_s[warmup:]
+    iteration_s = _median(it)
+    result: dict[str, Any] = {
+        "benchmark": "train",
+        "iteration_s": iteration_s,
+        "iteration_s_all": it,
+        "data_wait_s": _median(wait),
+        "data_wait_fraction": float(sum(wait) / sum(it)) if it else float("nan"),
+        "peak_rss_mb": _peak_rss_mb(),
+        "config": {"method": method, "image_size": image_size, "batch_size": batch_size, "labeled_bs": labeled_bs,
+                   "iterations": iterations, "warmup": warmup, "threads": threads, "amp": amp,
+                   "channels_last": channels_last, "compile": compile, "device": str(dev), "data": data,
+                   "num_workers": num_workers, "torch": torch.__version__, "overrides": overrides or {},
+                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+    }
+    if fl is not None:
+        comps = fl.medians()
+        result["floor_components_s"] = comps
+        result["floor_s"] = float(sum(comps.values()))
+        result["floor_ratio"] = iteration_s / result["floor_s"]
+    if dev.type == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    return result
+
+
+# ----------------------------------------------------------------------------------- infer
+def _deployed_unext(num_classes: int, in_channels: int = 1) -> torch.nn.Module:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.yaml")])
+    parser.update({"num_classes": int(num_classes), "in_channels": int(in_channels), "device": "$torch.device('cpu')"})
+    return parser.get_parsed_content("network_def").eval()
+
+
+def _torchscript(net: torch.nn.Module, example: torch.Tensor) -> tuple[torch.nn.Module, str]:
+    try:
+        ts, how = torch.jit.script(copy.deepcopy(net).eval()), "script"
+    except Exception:  # noqa: BLE001 - any scripting failure: trace instead
+        ts, how = torch.jit.trace(copy.deepcopy(net).eval(), example, check_trace=False), "trace"
+    try:
+        return torch.jit.freeze(ts.eval()), how + "+freeze"
+    except Exception:  # noqa: BLE001
+        return ts, how
+
+
+def _onnx_session(net: torch.nn.Module, example: torch.Tensor, path: str, threads: int):
+    import onnxruntime as ort
+
+    kwargs = dict(input_names=["image"], output_names=["pred"], dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}})
+    with torch.no_grad(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        try:
+            torch.onnx.export(net, (example,), path, dynamo=False, opset_version=17, **kwargs)
+        except TypeError:  # a torch without the ``dynamo`` argument
+            torch.onnx.export(net, (example,), path, opset_version=17, **kwargs)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor):
+        return session.run(None, {"image": x.numpy()})[0]
+    return run
+
+
+def bench_infer(sizes: Sequence[int] = (256, 448), threads: int = 2, batch: int = 8, reps: int = 10, warmup: int = 2,
+                num_classes: int = 2, variants: Sequence[str] = ("eager", "channels_last", "torchscript", "onnxruntime"),
+                quiet: bool = False) -> dict:
+    """Latency (batch 1, median ms per image) and throughput (batch ``batch``, images/s) of the
+    deployed UNeXt per variant; the variants are measured round-robin (same load) and compared
+    with eager in the same run."""
+    torch.set_num_threads(int(threads))
+    if isinstance(sizes, (int, str)):
+        sizes = [int(s) for s in str(sizes).strip("[]()").split(",")]
+    if isinstance(variants, str):
+        variants = [v.strip() for v in variants.strip("[]()").split(",")]
+    torch.manual_seed(0)
+    net = _deployed_unext(num_classes)
+    out: dict[str, Any] = {"benchmark": "infer", "sizes": {}, "config": {
+        "threads": threads, "batch": batch, "reps": reps, "warmup": warmup, "num_classes": num_classes,
+        "torch": torch.__version__, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
+    with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:
+        for size in sizes:
+            x1 = torch.rand(1, 1, int(size), int(size))
+            xb = torch.rand(int(batch), 1, int(size), int(size))
+            runners: dict[str, Callable[[torch.Tensor], Any]] = {}
+            notes: dict[str, str] = {}
+            for v in variants:
+                if v == "eager":
+                    runners[v] = net
+                elif v == "channels_last":
+                    cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+                    runners[v] = lambda x, m=cl: m(x.contiguous(memory_format=torch.channels_last))
+                elif v == "torchscript":
+                    ts, how = _torchscript(net, x1)
+                    runners[v], notes[v] = ts, how
+                elif v == "onnxruntime":
+                    runners[v] = _onnx_session(net, x1, os.path.join(tmp, f"unext_{size}.onnx"), threads)
+                else:
+                    raise ValueError(f"unknown variant {v!r}")
+            times: dict[str, dict[str, list[float]]] = {v: {"b1": [], "bn": []} for v in runners}
+            bar = _progress((warmup + reps) * len(runners), f"infer {size}px", quiet)
+            with torch.inference_mode():
+                for r in range(warmup + reps):
+                    for v, fn in runners.items():  # round-robin: every variant sees the same load
+                        for key, x in (("b1", x1), ("bn", xb)):
+                            t = time.perf_counter()
+                            fn(x)
+                            dt = time.perf_counter() - t
+                            if r >= warmup:
+                                times[v][key].append(dt)
+                        bar.update(1)
+            bar.close()
+            res = {}
+            for v, tv in times.items():
+                b1, bn = _median(tv["b1"]), _median(tv["bn"])
+                res[v] = {"latency_ms": 1000 * b1, "images_per_s_batch1": 1.0 / b1,
+                          "images_per_s": int(batch) / bn, "batch_ms": 1000 * bn}
+                if v in notes:
+                    res[v]["how"] = notes[v]
+            if "eager" in res:
+                for v in res:
+                    res[v]["throughput_ratio_vs_eager"] = res[v]["images_per_s"] / res["eager"]["images_per_s"]
+                    res[v]["latency_ratio_vs_eager"] = res["eager"]["latency_ms"] / res[v]["latency_ms"]
+            out["sizes"][str(size)] = res
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+# ------------------------------------------------------------------------------------ CLI
+def _print_train(r: dict) -> None:
+    c = r["config"]
+    print(f"train: {c['method']} method, {c['image_size']} px, batch {c['batch_size']} ({c['labeled_bs']} labelled), "
+          f"{c['threads']} threads, amp {c['amp']}, channels_last {c['channels_last']}, compile {c['compile']}, "
+          f"{c['device']}, data {c['data']}, num_workers {c['num_workers']}")
+    print(f"  iteration (median of {len(r['iteration_s_all'])}): {r['iteration_s']:.3f} s")
+    if "floor_s" in r:
+        comps = ", ".join(f"{k} {v:.3f}" for k, v in r["floor_components_s"].items())
+        print(f"  compute floor: {r['floor_s']:.3f} s ({comps})")
+        print(f"  iteration / floor: {r['floor_ratio']:.3f}")
+    print(f"  data-loader wait: {100 * r['data_wait_fraction']:.1f}% of the iteration time")
+    print(f"  peak RSS: {r['peak_rss_mb']:.0f} MB" + (f", peak CUDA: {r['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in r else ""))
+
+
+def _print_infer(r: dict) -> None:
+    c = r["config"]
+    print(f"infer: UNeXt ({c['num_classes']} classes), {c['threads']} threads, batch 1 latency and batch {c['batch']} throughput")
+    for size, res in r["sizes"].items():
+        print(f"  {size} px")
+        for v, m in res.items():
+            extra = f" [{m['how']}]" if "how" in m else ""
+            print(f"    {v:14s} {m['latency_ms']:8.1f} ms/img (x{m.get('latency_ratio_vs_eager', 1):.2f})  "
+                  f"{m['images_per_s']:7.2f} img/s (x{m.get('throughput_ratio_vs_eager', 1):.2f}){extra}")
+    print(f"  peak RSS: {r['peak_rss_mb']:.0f} MB")
+
+
+class Bench:
+    """Benchmarks of the trainer (``train``) and of the deployed UNeXt (``infer``)."""
+
+    def train(self, image_size: int = 224, batch_size: int = 5, labeled_bs: int = 1, iterations: int = 10,
+              warmup: int = 3, threads: int = 2, amp: str = "none", channels_last: bool = False, compile: bool = False,
+              device: str = "cpu", data: str = "random", dataset_dir: str | None = None, method: str = "paper",
+              num_workers: int = 0, floor: bool = True, overrides: dict | None = None, json: bool = False):
+        """Median s/iteration of the trainer, the compute floor, their ratio, loader wait, peak memory.
+
+        ``--method paper`` (default: common + train + paper.yaml) or a methods/ file name
+        (``ours``); ``--overrides "{'transformer_def#window_size': 4}"`` any config value."""
+        r = bench_train(image_size, batch_size, labeled_bs, iterations, warmup, threads, amp, channels_last, compile,
+                        device, data, dataset_dir, method, num_workers, floor, overrides, quiet=False)
+        _emit(r, json, _print_train)
+
+    def infer(self, sizes: Any = (256, 448), threads: int = 2, batch: int = 8, reps: int = 10, warmup: int = 2,
+              num_classes: int = 2, variants: Any = ("eager", "channels_last", "torchscript", "onnxruntime"),
+              json: bool = False):
+        """Latency and throughput of the deployed UNeXt: eager, channels-last, TorchScript, ONNX Runtime."""
+        r = bench_infer(sizes, threads, batch, reps, warmup, num_classes, variants, quiet=False)
+        _emit(r, json, _print_infer)
+
+
+_JSON_STDOUT = None  # the real stdout while main() routes every other print to stderr
+
+
+def _emit(result: dict, as_json: bool, printer: Callable[[dict], None]) -> None:
+    if as_json:
+        stream = _JSON_STDOUT or sys.stdout
+        stream.write(json.dumps(result) + "\n")
+        stream.flush()
+    else:
+        printer(result)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import fire
+
+    if as_json := ("--json" in (argv if argv is not None else sys.argv[1:])):
+        # keep stdout for the one JSON object: anything else that prints goes to stderr
+        global _JSON_STDOUT
+        _JSON_STDOUT, sys.stdout = sys.stdout, sys.stderr
+        try:
+            fire.Fire(Bench, command=list(argv) if argv is not None else None, name="custom.bench")
+        finally:
+            sys.stdout, _JSON_STDOUT = _JSON_STDOUT, None
+        return
+    fire.Fire(Bench, command=list(argv) if argv is not None else None, name="custom.bench")
+
+
+if __name__ == "__main__":
+    main()

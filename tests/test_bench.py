@@ -1,0 +1,141 @@
+"""``python -m custom.bench`` (issue 8) and the equality of one trainer iteration's loss terms
+with a plain-torch reference computation of method.md on the same inputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO, tiny_overrides, train_config_files
+from ignite.engine import Events
+
+from custom.bench import build_trainer
+from custom.trainer import logged_terms
+
+TINY_SWIN = {"transformer_def#embed_dim": 12, "transformer_def#num_heads": [1, 1, 2, 2], "transformer_def#window_size": 4}
+
+
+def _bench(*args: str) -> dict:
+    cmd = [sys.executable, "-m", "custom.bench", *args, "--json"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"--json must print one JSON object and nothing else, got:\n{proc.stdout[-2000:]}"
+    return json.loads(lines[0])
+
+
+def test_bench_train_json_reports_iteration_floor_and_ratio():
+    r = _bench("train", "--image-size", "64", "--iterations", "2", "--warmup", "1", "--threads", "1",
+               "--overrides", repr(TINY_SWIN))
+    for key in ("iteration_s", "floor_s", "floor_ratio", "peak_rss_mb"):
+        assert isinstance(r[key], float) and r[key] > 0, (key, r[key])
+    assert r["floor_ratio"] >= 0.5, r  # the floor is a subset of the iteration's work (timing noise aside)
+    assert 0.0 <= r["data_wait_fraction"] < 1.0
+    assert set(r["floor_components_s"]) == {"fwd_bwd_cnn", "fwd_bwd_transformer", "fwd_bwd_transformer_mix", "fwd_teacher"}
+    assert r["config"]["image_size"] == 64 and r["config"]["batch_size"] == 5 and r["config"]["labeled_bs"] == 1
+
+
+def test_bench_infer_json_reports_every_variant():
+    r = _bench("infer", "--sizes", "64", "--reps", "2", "--warmup", "1", "--batch", "2", "--threads", "1")
+    res = r["sizes"]["64"]
+    assert set(res) == {"eager", "channels_last", "torchscript", "onnxruntime"}
+    for variant, m in res.items():
+        assert m["images_per_s"] > 0 and m["latency_ms"] > 0 and m["throughput_ratio_vs_eager"] > 0, variant
+    assert res["eager"]["throughput_ratio_vs_eager"] == 1.0
+    assert r["peak_rss_mb"] > 0
+
+
+# ------------------------------------------------------------------ reference computation
+SMOOTH, EPS = 1e-5, 1e-8
+
+
+def _dice(p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Batch Dice, squared denominator, background included, smooth 1e-5, mean over classes."""
+    y = F.one_hot(labels[:, 0].long(), p.shape[1]).permute(0, 3, 1, 2).float()
+    num = 2 * (p * y).sum(dim=(0, 2, 3)) + SMOOTH
+    den = (p * p).sum(dim=(0, 2, 3)) + (y * y).sum(dim=(0, 2, 3)) + SMOOTH
+    return (1 - num / den).mean()
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * torch.log(p + EPS)).sum(dim=1)
+
+
+def _reference_terms(nets: dict, teacher, x_l, y_l, x_u, generator_state, coupling: str) -> dict[str, float]:
+    x = torch.cat([x_l, x_u])
+    nl = x_l.shape[0]
+    with torch.no_grad():
+        logits = {role: net(x) for role, net in nets.items()}
+        p1, p2 = torch.softmax(logits["cnn"], 1), torch.softmax(logits["transformer"], 1)
+        out = {}
+        for role, lg in logits.items():
+            ce = F.cross_entropy(lg[:nl], y_l[:, 0].long())
+            out[f"loss_sup_{role}"] = 0.5 * ce + 0.5 * _dice(torch.softmax(lg[:nl], 1), y_l)
+        y1, y2 = p1[nl:].argmax(1, keepdim=True), p2[nl:].argmax(1, keepdim=True)
+        if coupling == "both":
+            out["loss_cps"] = _dice(p1[nl:], y2) + _dice(p2[nl:], y1)
+        else:  # follower, the CNN leading: only the Transformer learns from the CNN's pseudo-labels
+            out["loss_cps"] = _dice(p2[nl:], y1)
+        # ICT: the same lambda draw as the trainer (its generator's state before the iteration)
+        half = x_u.shape[0] // 2
+        g = torch.Generator()
+        g.set_state(generator_state)
+        gam = torch._standard_gamma(torch.full((2, half), 0.5), generator=g)
+        lam = (gam[0] / (gam[0] + gam[1])).view(half, 1, 1, 1)
+        ua, ub = x_u[:half], x_u[half:2 * half]
+        x_mix = (1 - lam) * ua + lam * ub
+        target = (1 - lam) * torch.softmax(teacher(ua), 1) + lam * torch.softmax(teacher(ub), 1)
+        out["loss_ict"] = ((torch.softmax(nets["transformer"](x_mix), 1) - target) ** 2).mean()
+        # information divergence on every image: mean(MIG) + mean(KL(p1 || p2))
+        kl = (p1 * (torch.log(p1 + EPS) - torch.log(p2 + EPS))).sum(1)
+        mig = _entropy(p1) + _entropy(p2) - _entropy(0.5 * (p1 + p2))
+        out["loss_id"] = mig.mean() + kl.mean()
+    return {k: float(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("coupling", ["both", "follower"])
+def test_one_trainer_iteration_equals_the_reference_math(tmp_path, demo_dataset, coupling):
+    extra = ("paper.yaml",) if coupling == "both" else ()
+    overrides = tiny_overrides(tmp_path, demo_dataset, batch_size=6, labeled_bs=2, max_iterations=1,
+                               **{"train#epoch_length": 1, "transformer_def#drop_path_rate": 0.0})
+    parser, trainer = build_trainer(train_config_files(*extra), overrides)
+    assert parser.get_parsed_content("coupling") == coupling
+    assert all(t.direction == coupling for t in trainer.terms if hasattr(t, "direction"))
+    nets = {role: copy.deepcopy(net).train() for role, net in trainer.networks.items()}
+    teacher = copy.deepcopy(trainer.teacher.module)
+    assert teacher.training == (coupling == "both")  # paper.yaml: the EMA teacher in train mode
+    generator_state = trainer.generator.get_state()
+
+    captured: dict = {}
+    stream, original_next = trainer.unlabeled, trainer.unlabeled.next
+
+    def next_unlabeled():
+        captured["unlabeled"] = original_next()
+        return captured["unlabeled"]
+
+    stream.next = next_unlabeled
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: captured.update(labeled=e.state.batch))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: captured.update(terms=logged_terms(e.state.output)))
+    calls: dict[str, list[int]] = {"cnn": [], "transformer": [], "teacher": []}
+    for role, net in trainer.networks.items():
+        net.register_forward_hook(lambda m, inp, out, role=role: calls[role].append(inp[0].shape[0]))
+    trainer.teacher.module.register_forward_hook(lambda m, inp, out: calls["teacher"].append(inp[0].shape[0]))
+    trainer.run()
+
+    # each network forwards once on the whole batch; ICT: Swin once on the mixed pairs, teacher once on the unlabelled
+    assert calls == {"cnn": [6], "transformer": [6, 2], "teacher": [4]}
+    plain = lambda v: v.as_tensor() if hasattr(v, "as_tensor") else torch.as_tensor(v)  # noqa: E731
+    x_l, y_l = plain(captured["labeled"]["image"]).float(), plain(captured["labeled"]["label"])
+    x_u = plain(captured["unlabeled"]["image"]).float()
+    expected = _reference_terms(nets, teacher, x_l, y_l, x_u, generator_state, coupling)
+    got = captured["terms"]
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-5, rel=1e-5), (key, got[key], value)
+        assert abs(value) > 1e-6, key  # every term is really computed
