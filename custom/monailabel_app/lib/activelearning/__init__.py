@@ -1,0 +1,3 @@
+from .divergence import DivergenceScorer, InformationDivergenceStrategy
+
+__all__ = ["DivergenceScorer", "InformationDivergenceStrategy"]

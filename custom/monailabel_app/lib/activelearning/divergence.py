@@ -1,0 +1,131 @@
+"""Active learning by the disagreement of the bundle's two networks.
+
+The next image to annotate is the unlabelled one on which the CNN (UNeXt, ``models/model.pt``)
+and the Transformer (Swin-Unet, ``models/train_state/train_state.pt``, key ``transformer``)
+disagree most, by the method's information divergence averaged over the image:
+
+    score(x) = mean over pixels of KL(p_cnn || p_transformer) + MIG(p_cnn, p_transformer)
+
+(``custom.losses.InformationDivergenceLoss(reduction="image")``), computed at the training size
+with the bundle's deterministic preprocessing. Scores are cached per image (path + mtime) and
+per pair of weight files (their mtimes): after a training run writes new weights, every image is
+scored again; otherwise a call only scores images it has not seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from typing import Any, Dict, Sequence
+
+import torch
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.strategy import Strategy
+
+from ..bundle_config import BundleSettings, ensure_repo_on_path
+
+logger = logging.getLogger(__name__)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
+class DivergenceScorer:
+    """Both networks and the preprocessing, built from the merged inference config; weights are
+    (re)loaded when their files change. ``score(paths)`` returns ``{path: divergence}``."""
+
+    def __init__(self, settings: BundleSettings, device: str | None = None, batch_size: int = 4) -> None:
+        ensure_repo_on_path()
+        self.settings = settings
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.batch_size = max(1, int(batch_size))
+        self._weights_key: tuple | None = None
+        self._cnn = self._transformer = self._preprocessing = None
+        self._cache: Dict[tuple, float] = {}
+        self._lock = threading.Lock()
+
+    def weights_key(self) -> tuple:
+        return _mtime(self.settings.model_path), _mtime(self.settings.train_state_path)
+
+    def _build(self) -> None:
+        from monai.transforms import Compose
+
+        import custom.checkpoint
+        import custom.losses
+
+        key = self.weights_key()
+        if self._cnn is not None and key == self._weights_key:
+            return
+        for path, what in ((self.settings.model_path, "UNeXt weights (model.pt)"),
+                           (self.settings.train_state_path, "training state with the Transformer")):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"the divergence strategy needs the {what} at {path}: train first")
+        parser = self.settings.parser("inference")
+        cnn = parser.get_parsed_content("network_def", instantiate=True)
+        transformer = parser.get_parsed_content("transformer_def", instantiate=True)
+        custom.checkpoint.load_network_weights(cnn, self.settings.model_path)
+        custom.checkpoint.load_network_weights(transformer, self.settings.train_state_path, key="transformer")
+        self._cnn, self._transformer = cnn.to(self.device).eval(), transformer.to(self.device).eval()
+        self._preprocessing = Compose(parser.get_parsed_content("deterministic_transforms", instantiate=True))
+        self._divergence = custom.losses.InformationDivergenceLoss(reduction="image")
+        if key != self._weights_key:
+            self._cache.clear()  # other weights, other scores
+        self._weights_key = key
+        logger.info("divergence strategy: networks loaded (%s, %s) on %s", self.settings.model_path,
+                    self.settings.train_state_path, self.device)
+
+    @torch.no_grad()
+    def _compute(self, paths: Sequence[str]) -> list[float]:
+        out: list[float] = []
+        for start in range(0, len(paths), self.batch_size):
+            chunk = paths[start:start + self.batch_size]
+            x = torch.stack([torch.as_tensor(self._preprocessing({"image": p})["image"]) for p in chunk]).to(self.device)
+            x = x.as_tensor() if hasattr(x, "as_tensor") else x
+            p_cnn = torch.softmax(self._cnn(x).float(), dim=1)
+            p_transformer = torch.softmax(self._transformer(x).float(), dim=1)
+            out.extend(float(s) for s in self._divergence(p_cnn, p_transformer).cpu())
+        return out
+
+    def score(self, paths: Sequence[str]) -> Dict[str, float]:
+        with self._lock:
+            self._build()
+            keys = {p: (os.path.abspath(p), _mtime(p)) for p in paths}
+            todo = [p for p in paths if keys[p] not in self._cache]
+            if todo:
+                logger.info("divergence strategy: scoring %d new image(s) (%d cached)", len(todo), len(paths) - len(todo))
+                for p, s in zip(todo, self._compute(todo)):
+                    self._cache[keys[p]] = s
+            return {p: self._cache[keys[p]] for p in paths}
+
+
+class InformationDivergenceStrategy(Strategy):
+    """Next sample: the unlabelled image with the highest CNN-Transformer information divergence.
+
+    Request options (``POST /activelearning/divergence`` body): ``label_tag``/``labels`` as for
+    MONAI Label's own strategies; ``max_samples`` (default 0 = all) scores a random subset of
+    that many unlabelled images (seeded by ``seed``) on large datastores.
+    The answer carries the score: ``{"id": ..., "disagreement": ..., "scored": n}``.
+    """
+
+    def __init__(self, settings: BundleSettings, device: str | None = None, batch_size: int = 4) -> None:
+        super().__init__("Unlabelled image with the highest CNN-Transformer disagreement (KL + MIG)")
+        self.scorer = DivergenceScorer(settings, device, batch_size)
+
+    def __call__(self, request: Dict[str, Any], datastore: Datastore):
+        images = sorted(datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels")))
+        if not images:
+            return None
+        max_samples = int(request.get("max_samples", 0) or 0)
+        if 0 < max_samples < len(images):
+            images = sorted(random.Random(int(request.get("seed", 0))).sample(images, max_samples))
+        paths = {i: datastore.get_image_uri(i) for i in images}
+        scores = self.scorer.score(list(paths.values()))
+        best = max(images, key=lambda i: (scores[paths[i]], i))
+        logger.info("divergence strategy: selected %s (%.6f) among %d", best, scores[paths[best]], len(images))
+        return {"id": best, "disagreement": scores[paths[best]], "scored": len(images)}

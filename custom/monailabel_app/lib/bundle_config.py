@@ -1,0 +1,140 @@
+"""Where the bundle, its weights and its configs are for the MONAI Label app, from the app's conf.
+
+conf keys (``monailabel start_server ... --conf KEY VALUE``), each with an environment-variable
+fallback so that the training subprocess MONAI Label starts sees the same values:
+
+================== ============================ ==========================================================
+conf key           environment variable         default
+================== ============================ ==========================================================
+``bundle_root``    ``FETAL_US_BUNDLE_ROOT``     the repository's ``bundle/`` folder (a packaged bundle: itself)
+``models_dir``     ``FETAL_US_MODELS_DIR``      ``<bundle_root>/models`` (``model.pt``, ``train_state/``)
+``output_dir``     ``FETAL_US_OUTPUT_DIR``      ``<models_dir>/monailabel_eval`` (TensorBoard logs)
+``config_overrides`` ``FETAL_US_CONFIG_OVERRIDES`` none; comma-separated YAML files merged last, e.g.
+                                                ``bundle/configs/cpu_small.yaml`` (relative to the repo)
+``num_classes``    ``FETAL_US_NUM_CLASSES``     2 (3 for PSFHS weights)
+``labels``         ``FETAL_US_LABELS``          ``fetal head`` (2 classes), ``pubic symphysis,fetal head`` (3)
+================== ============================ ==========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
+
+APP_DIR = Path(__file__).resolve().parents[1]
+REPO_ROOT = APP_DIR.parents[1]
+APP_OVERRIDE = APP_DIR / "configs" / "monailabel.yaml"
+MODEL_NAME = "fetal_us_ssl"
+
+DEFAULT_LABELS = {2: ["fetal head"], 3: ["pubic symphysis", "fetal head"]}
+
+
+def _get(conf: Mapping[str, Any], key: str, env: str, default: Any = None) -> Any:
+    value = conf.get(key) if conf else None
+    if value in (None, ""):
+        value = os.environ.get(env)
+    return default if value in (None, "") else value
+
+
+def _resolve(path: str | os.PathLike) -> str:
+    p = Path(os.path.expanduser(str(path)))
+    return str(p if p.is_absolute() else (REPO_ROOT / p).resolve())
+
+
+@dataclass
+class BundleSettings:
+    bundle_root: str
+    models_dir: str
+    output_dir: str
+    num_classes: int = 2
+    labels: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS[2]))
+    config_overrides: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any] | None = None) -> "BundleSettings":
+        conf = conf or {}
+        bundle_root = _resolve(_get(conf, "bundle_root", "FETAL_US_BUNDLE_ROOT", default_bundle_root()))
+        models_dir = _resolve(_get(conf, "models_dir", "FETAL_US_MODELS_DIR", os.path.join(bundle_root, "models")))
+        output_dir = _resolve(_get(conf, "output_dir", "FETAL_US_OUTPUT_DIR", os.path.join(models_dir, "monailabel_eval")))
+        num_classes = int(_get(conf, "num_classes", "FETAL_US_NUM_CLASSES", 2))
+        labels = _get(conf, "labels", "FETAL_US_LABELS", None)
+        labels = [s.strip() for s in labels.split(",") if s.strip()] if labels else DEFAULT_LABELS.get(
+            num_classes, [f"label_{i}" for i in range(1, num_classes)])
+        if len(labels) != num_classes - 1:
+            raise ValueError(f"labels {labels} must name the {num_classes - 1} foreground classes of num_classes={num_classes}")
+        overrides = _get(conf, "config_overrides", "FETAL_US_CONFIG_OVERRIDES", "")
+        overrides = [_resolve(s.strip()) for s in str(overrides).split(",") if s.strip()]
+        for f in overrides:
+            if not os.path.isfile(f):
+                raise FileNotFoundError(f"config override not found: {f}")
+        if not os.path.isfile(os.path.join(bundle_root, "configs", "common.yaml")):
+            raise FileNotFoundError(f"{bundle_root} is not the bundle folder (no configs/common.yaml)")
+        return cls(bundle_root, models_dir, output_dir, num_classes, labels, overrides)
+
+    # --- files
+    @property
+    def configs_dir(self) -> str:
+        return os.path.join(self.bundle_root, "configs")
+
+    @property
+    def metadata(self) -> str:
+        return os.path.join(self.configs_dir, "metadata.json")
+
+    @property
+    def model_path(self) -> str:
+        return os.path.join(self.models_dir, "model.pt")
+
+    @property
+    def train_state_path(self) -> str:
+        return os.path.join(self.models_dir, "train_state", "train_state.pt")
+
+    def config_files(self, stage: str) -> list[str]:
+        """``common.yaml``, the stage's config (``inference.yaml`` or ``train.yaml``), the app's
+        ``monailabel.yaml`` and the ``config_overrides``, merged in that order."""
+        return [os.path.join(self.configs_dir, "common.yaml"), os.path.join(self.configs_dir, f"{stage}.yaml"),
+                str(APP_OVERRIDE), *self.config_overrides]
+
+    def overrides(self) -> dict[str, Any]:
+        """Values the app sets on top of the merged configs."""
+        return {"bundle_root": self.bundle_root, "ckpt_dir": self.models_dir, "output_dir": self.output_dir,
+                "num_classes": self.num_classes}
+
+    def parser(self, stage: str):
+        """A ``monai.bundle.ConfigParser`` holding the merged configs and the app's overrides."""
+        from monai.bundle import ConfigParser
+
+        ensure_repo_on_path()
+        parser = ConfigParser()
+        parser.read_config(self.config_files(stage))
+        for key, value in self.overrides().items():
+            parser[key] = value
+        return parser
+
+    def label_map(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels, start=1)}
+
+
+def default_bundle_root() -> Path:
+    """The repository's ``bundle/``; in a copy made by ``custom.package`` (``NAME/custom/...``)
+    the folder holding ``custom`` is the bundle itself."""
+    if (REPO_ROOT / "bundle" / "configs" / "common.yaml").is_file():
+        return REPO_ROOT / "bundle"
+    return REPO_ROOT
+
+
+def ensure_repo_on_path() -> None:
+    """Make the repository's ``custom`` package importable (the configs ``$import custom``)."""
+    import sys
+
+    root = str(REPO_ROOT)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    # the training subprocess MONAI Label starts inherits this
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])

@@ -1,0 +1,3 @@
+from .fetal_us import FetalUSInferTask
+
+__all__ = ["FetalUSInferTask"]

@@ -1,0 +1,3 @@
+from .fetal_us import FetalUSTrainTask
+
+__all__ = ["FetalUSTrainTask"]

@@ -1,0 +1,320 @@
+"""The MONAI Label app (custom/monailabel_app) against a real `monailabel start_server`.
+
+Needs the optional extra (requirements-monailabel.txt, its own virtual environment): the main
+suite skips this module when `monailabel` is not importable. CI runs it in `.venv-monailabel`:
+
+    .venv-monailabel/bin/python -m pytest -q tests/test_monailabel_server.py
+
+A studies folder of 6 real HC18 frames (PSFHS when HC18 is absent), a seeded random-weights
+UNeXt (`model.pt`) and a training state with a `transformer` entry in a temporary models folder
+(never the repository's bundle/models), networks at 64 px with a narrow Swin-Unet.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("monailabel", reason="MONAI Label is an optional extra (requirements-monailabel.txt)")
+requests = pytest.importorskip("requests")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+APP = REPO / "custom" / "monailabel_app"
+MODEL = "fetal_us_ssl"
+N_IMAGES = 6
+STARTUP_TIMEOUT = 240
+REQUEST_TIMEOUT = 180
+TRAIN_TIMEOUT = 480
+
+TINY_YAML = """\
+image_size: [64, 64]
+transformer_def#embed_dim: 12
+transformer_def#num_heads: [1, 1, 2, 2]
+transformer_def#window_size: 4
+transformer_def#drop_path_rate: 0.0
+batch_size: 3
+labeled_bs: 1
+ict_start: 0
+log_every: 1
+"""
+
+
+def _dataset() -> tuple[Path, int]:
+    """(folder with images/ and labels/, num_classes): HC18 (non-square frames) or PSFHS."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data {SHARED_DATA} is absent (it ships beside the repository as ../shared/data)")
+    for name, classes in (("hc18", 2), ("psfhs", 3)):
+        folder = SHARED_DATA / name
+        if (folder / "images").is_dir() and (folder / "labels").is_dir():
+            return folder, classes
+    pytest.skip(f"neither {SHARED_DATA}/hc18 nor {SHARED_DATA}/psfhs holds images/ and labels/")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _parser(config_files, num_classes, models_dir):
+    from monai.bundle import ConfigParser
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in config_files])
+    parser["num_classes"] = num_classes
+    parser["ckpt_dir"] = str(models_dir)
+    parser["bundle_root"] = str(REPO / "bundle")
+    return parser
+
+
+def _tail(log: Path, n: int = 6000) -> str:
+    try:
+        return log.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no server log)"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    source, num_classes = _dataset()
+    tmp = tmp_path_factory.mktemp("monailabel")
+    studies, models_dir = tmp / "studies", tmp / "models"
+    studies.mkdir()
+    names = sorted(p.name for p in (source / "images").glob("*.png"))
+    if len(names) < N_IMAGES:
+        pytest.skip(f"{source}/images holds fewer than {N_IMAGES} PNG frames")
+    step = len(names) // N_IMAGES
+    picked = [names[i * step] for i in range(N_IMAGES)]  # spread out: different subjects / video blocks
+    files = {}
+    for i, name in enumerate(picked):
+        stem = name[: -len(".png")]
+        if i == N_IMAGES - 1:  # one JPEG frame: MONAI Label lists it, the mask still comes back as PNG
+            from PIL import Image
+
+            Image.open(source / "images" / name).save(studies / f"{stem}.jpg", quality=95)
+            files[stem] = studies / f"{stem}.jpg"
+        else:
+            shutil.copy2(source / "images" / name, studies / name)
+            files[stem] = studies / name
+    tiny = tmp / "tiny.yaml"
+    tiny.write_text(TINY_YAML)
+    configs = [REPO / "bundle" / "configs" / "common.yaml", REPO / "bundle" / "configs" / "inference.yaml",
+               APP / "configs" / "monailabel.yaml", tiny]
+
+    # seeded random weights at the tiny scale: model.pt (UNeXt) and a training state with the Transformer
+    parser = _parser(configs, num_classes, models_dir)
+    torch.manual_seed(0)
+    cnn = parser.get_parsed_content("network_def", instantiate=True)
+    transformer = parser.get_parsed_content("transformer_def", instantiate=True)
+    (models_dir / "train_state").mkdir(parents=True)
+    torch.save(cnn.state_dict(), models_dir / "model.pt")
+    torch.save({"transformer": transformer.state_dict()}, models_dir / "train_state" / "train_state.pt")
+
+    # MONAI Label logs to <app>/logs/app.log unless given a logging config: keep it in tmp
+    import monailabel
+
+    log_config = tmp / "logging.json"
+    template = (Path(monailabel.__file__).parent / "logging.json").read_text()
+    log_config.write_text(template.replace("${LOGDIR}", str(tmp)).replace("${LOGFILE}", str(tmp / "app.log")))
+    port = _free_port()
+    exe = Path(sys.executable).parent / "monailabel"
+    launcher = [str(exe)] if exe.exists() else [sys.executable, "-m", "monailabel.main"]
+    cmd = [*launcher, "start_server", "--app", str(APP), "--studies", str(studies), "--host", "127.0.0.1",
+           "--port", str(port), "--log_config", str(log_config), "--conf", "models", MODEL, "--conf", "models_dir", str(models_dir),
+           "--conf", "config_overrides", str(tiny), "--conf", "num_classes", str(num_classes),
+           "--conf", "preload", "false", "--conf", "strategy_device", "cpu"]
+    # the `monailabel` launcher runs `$MONAILABEL_PYEXE -m monailabel.main`: this interpreter
+    env = {**os.environ, "MONAILABEL_PYEXE": sys.executable, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO), "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+           "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false", "OMP_NUM_THREADS": "2"}
+    env.pop("FETAL_US_MODELS_DIR", None)
+    log = tmp / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"monailabel start_server exited with {proc.returncode}:\n{_tail(log)}")
+            try:
+                if requests.get(f"{url}/info/", timeout=10).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not answering /info/ after {STARTUP_TIMEOUT} s:\n{_tail(log)}")
+            time.sleep(2)
+        yield {"url": url, "studies": studies, "models_dir": models_dir, "configs": configs, "source": source,
+               "num_classes": num_classes, "images": list(files), "files": files, "log": log}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)
+
+
+def _check(r, server):
+    assert r.status_code == 200, f"{r.request.method} {r.url}: {r.status_code} {r.text[:2000]}\n{_tail(server['log'])}"
+    return r
+
+
+def _divergences(server) -> dict[str, float]:
+    """Expected per-image scores, computed here with both networks directly."""
+    from monai.transforms import Compose
+
+    import custom.checkpoint
+    from custom.losses import InformationDivergenceLoss
+
+    parser = _parser(server["configs"], server["num_classes"], server["models_dir"])
+    cnn = parser.get_parsed_content("network_def", instantiate=True)
+    transformer = parser.get_parsed_content("transformer_def", instantiate=True)
+    custom.checkpoint.load_network_weights(cnn, str(server["models_dir"] / "model.pt"))
+    custom.checkpoint.load_network_weights(transformer, str(server["models_dir"] / "train_state" / "train_state.pt"),
+                                           key="transformer")
+    cnn.eval(), transformer.eval()
+    pre = Compose(parser.get_parsed_content("deterministic_transforms", instantiate=True))
+    divergence = InformationDivergenceLoss(reduction="image")
+    out = {}
+    with torch.no_grad():
+        for image in server["images"]:
+            x = pre({"image": str(server["files"][image])})["image"].as_tensor()[None]
+            out[image] = float(divergence(torch.softmax(cnn(x), 1), torch.softmax(transformer(x), 1))[0])
+    return out
+
+
+def test_info_lists_model_trainer_and_strategy(server):
+    info = _check(requests.get(f"{server['url']}/info/", timeout=REQUEST_TIMEOUT), server).json()
+    assert MODEL in info["models"], info["models"]
+    assert MODEL in info["trainers"], info.get("trainers")
+    assert {"divergence", "random", "first"} <= set(info["strategies"]), info["strategies"]
+    model = info["models"][MODEL]
+    assert model["dimension"] == 2 and model["type"] == "segmentation"
+    assert len(model["labels"]) == server["num_classes"] - 1, model["labels"]
+
+
+@pytest.mark.parametrize("which", [0, -1], ids=["png", "jpeg"])
+def test_infer_returns_a_mask_of_the_image_size(server, which):
+    from monai.transforms import Compose, Resize
+    from PIL import Image
+
+    import custom.checkpoint
+
+    image = server["images"][which]
+    r = _check(requests.post(f"{server['url']}/infer/{MODEL}", params={"image": image, "output": "image"},
+                             timeout=REQUEST_TIMEOUT), server)
+    assert r.content[:8] == b"\x89PNG\r\n\x1a\n", "the mask is not a PNG"
+    mask = np.asarray(Image.open(io.BytesIO(r.content)))
+    original = np.asarray(Image.open(server["files"][image]))
+    assert mask.shape == original.shape[:2], (mask.shape, original.shape)
+    assert set(np.unique(mask)) <= set(range(server["num_classes"])), np.unique(mask)
+
+    # the same prediction computed here: UNeXt at 64 px, argmax, nearest back to the original size
+    parser = _parser(server["configs"], server["num_classes"], server["models_dir"])
+    cnn = parser.get_parsed_content("network_def", instantiate=True)
+    custom.checkpoint.load_network_weights(cnn, str(server["models_dir"] / "model.pt")).eval()
+    pre = Compose(parser.get_parsed_content("deterministic_transforms", instantiate=True))
+    x = pre({"image": str(server["files"][image])})["image"].as_tensor()[None]
+    with torch.no_grad():
+        label = cnn(x).argmax(1)  # 1 x W x H (MONAI's PNG reader puts width first)
+    expected = Resize(original.shape[:2][::-1], mode="nearest")(label.float())[0].numpy().T.astype(np.uint8)
+    agreement = float((expected == mask).mean())
+    assert agreement > 0.99, f"served mask agrees with the direct prediction on {agreement:.3f} of the pixels"
+    if len(np.unique(expected)) > 1:  # a non-uniform mask also pins the orientation
+        assert float((expected[::-1] == mask).mean()) < agreement or np.array_equal(expected, expected[::-1])
+
+
+def test_divergence_strategy_returns_the_most_disagreeing_image(server):
+    expected = _divergences(server)
+    best = max(expected, key=expected.get)
+    t0 = time.monotonic()
+    first = _check(requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT),
+                   server).json()
+    t_first = time.monotonic() - t0
+    assert first["id"] == best, (first, expected)
+    assert first["disagreement"] == pytest.approx(expected[best], rel=1e-4, abs=1e-6)
+    t0 = time.monotonic()
+    again = _check(requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT),
+                   server).json()
+    assert again["id"] == best and again["disagreement"] == first["disagreement"]
+    print(f"divergence strategy: first call {t_first:.2f} s, cached call {time.monotonic() - t0:.2f} s")
+
+
+def test_short_training_run_completes(server):
+    source, url = server["source"], server["url"]
+    labelled = server["images"][:2]
+    for image in labelled:
+        assert server["files"][image].suffix == ".png"
+        with open(source / "labels" / f"{image}.png", "rb") as f:
+            _check(requests.put(f"{url}/datastore/label", params={"image": image, "tag": "final"},
+                                files={"label": (f"{image}.png", f, "image/png")}, data={"params": "{}"},
+                                timeout=REQUEST_TIMEOUT), server)
+    model_pt = server["models_dir"] / "model.pt"
+    state_pt = server["models_dir"] / "train_state" / "train_state.pt"
+    before = (model_pt.stat().st_mtime_ns, state_pt.stat().st_mtime_ns)
+    params = {"max_epochs": 1, "val_split": 0.0, "device": "cpu", "multi_gpu": False, "pretrained": True}
+    _check(requests.post(f"{url}/train/{MODEL}", json=params, timeout=REQUEST_TIMEOUT), server)
+    deadline = time.monotonic() + TRAIN_TIMEOUT
+    status = {}
+    while time.monotonic() < deadline:
+        status = _check(requests.get(f"{url}/train/", timeout=REQUEST_TIMEOUT), server).json()
+        if status.get("status") in ("DONE", "ERROR", "STOPPED"):  # else SUBMITTED, QUEUED, RUNNING
+            break
+        time.sleep(3)
+    else:
+        pytest.fail(f"training still running after {TRAIN_TIMEOUT} s: {json.dumps(status)[:3000]}\n{_tail(server['log'])}")
+    assert status.get("status") == "DONE", f"{json.dumps(status)[:3000]}\n{_tail(server['log'])}"
+    assert state_pt.stat().st_mtime_ns > before[1], "training did not write the training state"
+    assert model_pt.stat().st_mtime_ns > before[0], "training did not write model.pt"
+    # the strategy now skips the labelled images and scores with the new weights
+    expected = {k: v for k, v in _divergences(server).items() if k not in labelled}
+    nxt = _check(requests.post(f"{url}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server).json()
+    assert nxt["id"] == max(expected, key=expected.get), (nxt, expected)
+    assert nxt["disagreement"] == pytest.approx(expected[nxt["id"]], rel=1e-4, abs=1e-6)
+
+
+def test_app_without_weights_registers_the_tasks_and_says_what_is_missing(tmp_path):
+    """In process, no server: a fresh models folder (nothing trained yet) still gets the infer
+    and train tasks (MONAI Label trains the first model); inference and the divergence strategy
+    answer with errors that name the missing file."""
+    from monailabel.interfaces.exception import MONAILabelException
+    from monailabel.utils.others.class_utils import get_class_of_subclass_from_file
+
+    source, num_classes = _dataset()
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    name = sorted(p.name for p in (source / "images").glob("*.png"))[0]
+    shutil.copy2(source / "images" / name, studies / name)
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(TINY_YAML)
+    conf = {"models": MODEL, "models_dir": str(tmp_path / "models"), "config_overrides": str(tiny),
+            "num_classes": str(num_classes), "preload": "false"}
+    app_class = get_class_of_subclass_from_file("main", str(APP / "main.py"), "MONAILabelApp")
+    app = app_class(str(APP), str(studies), conf)
+    info = app.info()
+    assert MODEL in info["models"] and MODEL in info["trainers"] and "divergence" in info["strategies"]
+    with pytest.raises(MONAILabelException, match="no trained model"):
+        app.infer({"model": MODEL, "image": name[: -len(".png")], "device": "cpu"})
+    with pytest.raises(FileNotFoundError, match="model.pt"):
+        app.next_sample({"strategy": "divergence"})
+    with pytest.raises(ValueError, match="unknown model"):
+        app_class(str(APP), str(studies), {**conf, "models": "spleen_ct_segmentation"})
