@@ -47,8 +47,10 @@ def _as_list(v: Any) -> list:
 
 
 def _spacing_of(entry: Mapping) -> tuple[float, float] | None:
+    """(row, column) spacing in mm from a datalist entry, whose ``spacing`` is (x, y) as
+    ``custom.data prepare`` records it from the image header."""
     values = [float(x) for x in _as_list(entry.get("spacing"))]
-    return (values[0], values[1]) if len(values) >= 2 else None
+    return (values[1], values[0]) if len(values) >= 2 else None
 
 
 def _filename(x: Any) -> str | None:

@@ -1,0 +1,654 @@
+"""Compare the semi-supervised methods on one prepared dataset: train each, evaluate each on the test list.
+
+Command line::
+
+    python -m custom.compare --dataset-dir DIR --methods ours,labeled_only,... --seeds 0,1 \\
+        [--override FILE[,FILE...]] [--out DIR] [--max-iterations N] [--threads N] [--launcher subprocess|inprocess]
+
+Every method (``bundle/configs/methods/<method>.yaml``) is trained with every seed on the same
+``datalist.json`` (the same splits), through the bundle's one trainer: the config list of a run
+is ``common.yaml, train.yaml, methods/<method>.yaml, *overrides`` plus the run's own values
+(``dataset_dir``, ``seed``, ``ckpt_dir``/``output_dir`` under ``OUT/runs/<method>/seed<k>``,
+``num_classes`` from the datalist, ``max_iterations``). Each trained UNeXt (the ``model.pt``
+the validation keeps) is evaluated on the datalist's ``test`` list at the ORIGINAL image size:
+argmax at the training size, resized back with nearest neighbour, scored by
+:func:`custom.metrics.evaluate_case` (in mm when the entry has a ``spacing``) and summarised by
+:func:`custom.metrics.summarize`.
+
+Outputs in ``OUT``: ``runs.csv`` (one row per method x seed), ``per_image.csv``,
+``comparison.md`` (mean ± std over seeds per method, the scale and the command),
+``comparison.png`` (bars with error bars) and ``scale.json``. A run writes ``done.json`` (its
+metrics and per-image rows) last and atomically; a rerun skips every run whose ``done.json``
+carries the same config hash (config file contents, run values, datalist), so an interrupted
+comparison resumes where it stopped. A run whose training finished but whose evaluation did
+not is evaluated again without retraining (``trained.json``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "METHODS",
+    "RunSpec",
+    "load_test_entries",
+    "class_names_of",
+    "build_runs",
+    "train_run",
+    "evaluate_network",
+    "evaluate_run",
+    "run_comparison",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundle" / "configs"
+METHOD_DIR = CONFIGS / "methods"
+BASE_CONFIGS = (CONFIGS / "common.yaml", CONFIGS / "train.yaml")
+META_FILE = CONFIGS / "metadata.json"
+METHODS: tuple[str, ...] = ("ours", "labeled_only", "fully_supervised", "mean_teacher", "uamt", "ict", "dan", "dct", "cps",
+                            "cross_teaching")
+METRICS: tuple[str, ...] = ("dice", "hd95", "asd")
+DONE, TRAINED = "done.json", "trained.json"
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _as_list(value: Any) -> list[str]:
+    """``"a,b"``, ``("a", "b")``, ``["a,b"]`` or a scalar -> ``["a", "b"]`` (fire hands any of them)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, Iterable):
+        return [item for v in value for item in _as_list(v)]
+    return [str(value)]
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary file in the same folder, fsync, rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, default=float)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _datalist_path(dataset_dir: str | Path) -> Path:
+    path = Path(dataset_dir)
+    return path / "datalist.json" if path.is_dir() else path
+
+
+def load_test_entries(dataset_dir: str | Path, split: str = "test") -> list[dict]:
+    """The ``split`` entries of ``datalist.json`` with absolute paths; every entry needs a ``label``."""
+    from .data import load_datalist
+
+    datalist = load_datalist(_datalist_path(dataset_dir))
+    entries = datalist.get(split) or []
+    if not entries:
+        raise ValueError(f"{_datalist_path(dataset_dir)} has no '{split}' entries to evaluate on "
+                         f"(it has {[k for k, v in datalist.items() if isinstance(v, list)]}); use --split")
+    missing = [e["image"] for e in entries if not e.get("label")]
+    if missing:
+        raise ValueError(f"{len(missing)} '{split}' entries have no label, e.g. {missing[0]}")
+    return entries
+
+
+def class_names_of(datalist: Mapping[str, Any], num_classes: int) -> dict[int, str]:
+    """Foreground ``{label: name}`` from the datalist's ``labels`` (``{name: label}``), else ``class_<c>``."""
+    labels = datalist.get("labels")
+    names = {int(v): str(k) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
+    return {c: names.get(c, f"class_{c}") for c in range(1, num_classes)}
+
+
+# ---------------------------------------------------------------------------- run specs
+
+
+@dataclass
+class RunSpec:
+    """One training run: a method, a seed, its config files and its own values."""
+
+    method: str
+    seed: int
+    config_files: list[str]
+    overrides: dict[str, Any]
+    run_dir: Path
+    hash_inputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}/seed{self.seed}"
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / "models" / "model.pt"
+
+    @property
+    def config_hash(self) -> str:
+        return _sha(json.dumps(self.hash_inputs, sort_keys=True, default=str))
+
+
+def _capped(raw: Any, bound: str) -> Any:
+    """``min(raw, bound)`` as a config expression, ``raw`` being a number or a ``$`` expression
+    of the merged config and ``bound`` a Python expression (it may use ``@`` references)."""
+    if isinstance(raw, bool) or raw is None:
+        return raw
+    if isinstance(raw, (int, float)):
+        return f"$min({int(raw)}, {bound})"
+    if isinstance(raw, str) and raw.startswith("$"):
+        return f"$min({raw[1:]}, {bound})"
+    return raw
+
+
+def _merged_config(config_files: Sequence[str], overrides: Mapping[str, Any] | None = None):
+    """A ``ConfigParser`` of the merged files and overrides (nothing instantiated)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in config_files])
+    if overrides:
+        parser.update(dict(overrides))
+    return parser
+
+
+def build_runs(dataset_dir: str | Path, methods: Sequence[str], seeds: Sequence[int], overrides: Sequence[str] = (),
+               out: str | Path = "runs/comparison", max_iterations: int | None = None) -> list[RunSpec]:
+    """One :class:`RunSpec` per method x seed (methods outer), with config hashes."""
+    dataset_dir = Path(dataset_dir).resolve()
+    datalist_file = _datalist_path(dataset_dir)
+    if not datalist_file.is_file():
+        raise FileNotFoundError(f"no datalist.json in {dataset_dir}: prepare the data with `python -m custom.data prepare`")
+    datalist_text = datalist_file.read_text(encoding="utf-8")
+    datalist = json.loads(datalist_text)
+    unknown = [m for m in methods if not (METHOD_DIR / f"{m}.yaml").is_file()]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {sorted(p.stem for p in METHOD_DIR.glob('*.yaml'))}")
+    extra = [str(Path(o).resolve()) for o in overrides]
+    for o in extra:
+        if not Path(o).is_file():
+            raise FileNotFoundError(f"override file not found: {o}")
+    runs = []
+    for method in methods:
+        files = [str(p) for p in BASE_CONFIGS] + [str(METHOD_DIR / f"{method}.yaml")] + extra
+        for seed in seeds:
+            run_dir = Path(out).resolve() / "runs" / method / f"seed{seed}"
+            values: dict[str, Any] = {"bundle_root": str(REPO / "bundle"), "dataset_dir": str(dataset_dir), "seed": int(seed),
+                                      "ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "eval")}
+            if "num_classes" in datalist:
+                values["num_classes"] = int(datalist["num_classes"])
+            if max_iterations is not None:  # a short run: epochs and validation interval fit inside it
+                merged = _merged_config(files)
+                values["max_iterations"] = int(max_iterations)
+                values["train#epoch_length"] = _capped(merged.get("train#epoch_length"), str(int(max_iterations)))
+                values["val_interval"] = _capped(merged.get("val_interval", 1), "custom.trainer.iterations_to_epochs("
+                                                 f"{int(max_iterations)}, @train#epoch_length)")
+            hashed = {k: v for k, v in values.items() if k not in ("ckpt_dir", "output_dir", "bundle_root")}
+            hash_inputs = {"method": method, "values": hashed, "datalist": _sha(datalist_text),
+                           "configs": {Path(f).name if Path(f).parent in (CONFIGS, METHOD_DIR) else f: _sha(Path(f).read_text())
+                                       for f in files}}
+            runs.append(RunSpec(method, int(seed), files, values, run_dir, hash_inputs))
+    return runs
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def train_run(spec: RunSpec, launcher: str = "subprocess", threads: int | None = None) -> None:
+    """Train one run with ``monai.bundle run training``; its log goes to ``run_dir/train.log``.
+
+    ``launcher="subprocess"`` (default) runs ``python -m monai.bundle run training --args_file
+    run_dir/args.json`` (a crash or leak stays in its process); ``"inprocess"`` calls
+    ``monai.bundle.run`` here. Raises ``RuntimeError`` when training fails or writes no model.
+    """
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    args = {"config_file": spec.config_files, "meta_file": str(META_FILE), **spec.overrides}
+    args_file = spec.run_dir / "args.json"
+    _write_json_atomic(args_file, args)
+    log_path = spec.run_dir / "train.log"
+    if launcher == "inprocess":
+        from monai.bundle import run
+
+        run(run_id="training", args_file=str(args_file))
+    elif launcher == "subprocess":
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        if threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--args_file", str(args_file)]
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write("$ " + shlex.join(cmd) + "\n")
+            log.flush()
+            proc = subprocess.run(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
+            raise RuntimeError(f"training {spec.name} failed (exit {proc.returncode}); {log_path} ends with:\n{tail}")
+    else:
+        raise ValueError(f"launcher must be 'subprocess' or 'inprocess', got {launcher!r}")
+    if not spec.model_path.is_file():
+        raise RuntimeError(f"training {spec.name} wrote no {spec.model_path} (no validation ran?)")
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def evaluate_network(network, entries: Sequence[Mapping[str, Any]], preprocessing, num_classes: int,
+                     device: str = "cpu") -> list[dict[str, Any]]:
+    """Per-image metrics of ``network`` on ``entries`` at their original size.
+
+    For each entry: ``preprocessing({"image": path})`` (the bundle's deterministic transforms:
+    load, grey, scale, resize to the training size) -> ``argmax(network(x))`` -> nearest-neighbour
+    resize to the label's original size -> :func:`custom.metrics.evaluate_case`. The label is
+    read by MONAI's ``LoadImage`` like the image, so both share its axis order (x, y for 2D
+    files); an entry's ``spacing`` is given in the same (x, y) order by ``custom.data``, so it
+    is passed as is (distances in mm); without one, in pixels.
+
+    This is the one function to replace by a shared evaluation (e.g. ``custom.evaluation``).
+    """
+    import torch
+    from monai.transforms import LoadImage, Resize
+
+    from .metrics import evaluate_case
+
+    load_label = LoadImage(image_only=True, ensure_channel_first=True)
+    network = network.to(device).eval()
+    rows = []
+    with torch.no_grad():
+        for entry in entries:
+            image = preprocessing({"image": entry["image"]})["image"]
+            image = torch.as_tensor(image, dtype=torch.float32)[None].to(device)
+            pred = network(image).argmax(dim=1).float().cpu()  # 1 x h x w
+            gt = torch.as_tensor(load_label(entry["label"]))[:1]  # 1 x H x W
+            pred = Resize(spatial_size=tuple(gt.shape[1:]), mode="nearest")(pred)
+            row = evaluate_case(torch.as_tensor(pred)[0].round().long(), gt[0].round().long(), num_classes,
+                                entry.get("spacing"))
+            row["image"] = str(entry["image"])
+            row["name"] = str(entry.get("name") or Path(entry["image"]).stem)
+            rows.append(row)
+    return rows
+
+
+def _shared_evaluation():
+    """``custom.evaluation.evaluate_network`` (the evaluate config's evaluation) when the tree has it."""
+    try:
+        from .evaluation import evaluate_network as shared
+    except ImportError:
+        return None
+    return shared
+
+
+def head_class_of(datalist: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> int | None:
+    """The head label when the test entries carry a reference head circumference (HC18's ``hc_mm``)."""
+    labels = datalist.get("labels")
+    if not isinstance(labels, Mapping) or not any("hc_mm" in e for e in entries):
+        return None
+    heads = [int(v) for k, v in labels.items() if "head" in str(k).lower()]
+    return heads[0] if len(heads) == 1 else None
+
+
+def evaluate_run(spec: RunSpec, entries: Sequence[Mapping[str, Any]], device: str = "cpu",
+                 head_class: int | None = None) -> list[dict[str, Any]]:
+    """Build the run's UNeXt from its merged config, load ``model.pt`` and evaluate it on ``entries``
+    at the original size: with ``custom.evaluation.evaluate_network`` when present (it adds the
+    head circumference error for ``head_class``), else with :func:`evaluate_network` here."""
+    import torch
+    from monai.transforms import Compose
+
+    parser = _merged_config(spec.config_files, spec.overrides)
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(spec.model_path, map_location="cpu", weights_only=True))
+    num_classes = int(parser.get_parsed_content("num_classes"))
+    shared = _shared_evaluation()
+    if shared is not None:
+        rows, _ = shared(network, entries, list(parser.get_parsed_content("image_size")), num_classes, head_class=head_class,
+                         intensity_range=list(parser.get_parsed_content("intensity_range")), device=device)
+        return rows
+    preprocessing = Compose(parser.get_parsed_content("deterministic_transforms"))
+    return evaluate_network(network, entries, preprocessing, num_classes, device)
+
+
+# ------------------------------------------------------------------------------- the scale
+
+
+def describe_scale(spec: RunSpec, datalist: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run's config amounts to: image size, iterations, batch, widths, split counts."""
+    from .networks import UNeXt
+
+    parser = _merged_config(spec.config_files, spec.overrides)
+
+    def value(key: str, default: Any = None) -> Any:
+        try:
+            return parser.get_parsed_content(key)
+        except (KeyError, ValueError):
+            return default
+
+    channels = (parser.get("network_def") or {}).get("channels") or inspect.signature(UNeXt).parameters["channels"].default
+    return {
+        "image_size": list(value("image_size")),
+        "max_iterations": int(value("max_iterations")),
+        "batch_size": int(value("batch_size")),
+        "labeled_bs": int(value("labeled_bs")),
+        "learning_rate": float(value("learning_rate")),
+        "unext_channels": list(channels),
+        "swin_embed_dim": value("transformer_def#embed_dim"),
+        "swin_depths": value("transformer_def#depths"),
+        "swin_num_heads": value("transformer_def#num_heads"),
+        "swin_window_size": value("transformer_def#window_size"),
+        "counts": {split: len(datalist.get(split) or []) for split in ("training", "unlabeled", "validation", "test")},
+    }
+
+
+def scale_line(scale: Mapping[str, Any]) -> str:
+    c = scale["counts"]
+    size = "x".join(str(s) for s in scale["image_size"])
+    return (f"{size} px input, {scale['max_iterations']} iterations, batch {scale['batch_size']} "
+            f"({scale['labeled_bs']} labelled), lr {scale['learning_rate']}, UNeXt channels {tuple(scale['unext_channels'])}, "
+            f"Swin-Unet embed {scale['swin_embed_dim']} depths {scale['swin_depths']} heads {scale['swin_num_heads']} "
+            f"window {scale['swin_window_size']}; {c['training']} labelled / {c['unlabeled']} unlabelled / "
+            f"{c['validation']} validation / {c['test']} test images")
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+
+def _run_row(done: Mapping[str, Any]) -> dict[str, Any]:
+    overall, classes = done["summary"]["overall"], done["summary"]["classes"]
+    row = {"method": done["method"], "seed": done["seed"], "n_images": done["summary"]["n_images"],
+           "unit": done["summary"]["unit"]}
+    for m in METRICS + ("hd95_monai",):
+        row[m] = overall[f"{m}_mean"]
+    for name, entry in classes.items():
+        row[f"dice_{name}"] = entry["dice_mean"]
+    if "hc_abs_diff_mean" in done["summary"]:
+        row["hc_abs_diff"] = done["summary"]["hc_abs_diff_mean"]
+    row.update({"n_empty_pred": overall["n_empty_pred"], "max_iterations": done["scale"]["max_iterations"],
+                "train_seconds": done.get("train_seconds"), "eval_seconds": done.get("eval_seconds"),
+                "config_hash": done["config_hash"]})
+    return row
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def aggregate(runs: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per method: mean and std over seeds of each run's mean over images (``ddof=1``); with a
+    single seed, the std over test images of that run instead (``spread`` says which)."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        done = [r for r in runs if r["method"] == method]
+        if not done:
+            continue
+        entry: dict[str, Any] = {"n_seeds": len(done), "unit": done[0]["summary"]["unit"]}
+        keys = list(METRICS) + [f"dice_{n}" for n in done[0]["summary"]["classes"]]
+        for key in keys:
+            if key.startswith("dice_"):
+                vals = [r["summary"]["classes"][key[5:]]["dice_mean"] for r in done]
+                single_std = done[0]["summary"]["classes"][key[5:]]["dice_std"]
+            else:
+                vals = [r["summary"]["overall"][f"{key}_mean"] for r in done]
+                single_std = done[0]["summary"]["overall"][f"{key}_std"]
+            entry[key] = float(np.mean(vals))
+            entry[f"{key}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float(single_std)
+        hc = [r["summary"].get("hc_abs_diff_mean") for r in done]
+        if all(v is not None for v in hc):
+            entry["hc_abs_diff"] = float(np.mean(hc))
+            entry["hc_abs_diff_std"] = float(np.std(hc, ddof=1)) if len(hc) > 1 else float(done[0]["summary"]["hc_abs_diff_std"])
+            entry["hc_unit"] = done[0]["summary"].get("hc_unit", "mm")
+        entry["spread"] = "std over seeds (ddof=1)" if len(done) > 1 else "std over test images (one seed)"
+        out[method] = entry
+    return out
+
+
+def comparison_markdown(table: Mapping[str, Mapping[str, Any]], scale: Mapping[str, Any], command: str,
+                        dataset_dir: str, split: str, seeds: Sequence[int], class_names: Mapping[int, str],
+                        failed: Sequence[str] = ()) -> str:
+    """The Markdown report: the command, the scale, the table of mean ± std per method."""
+    unit = next(iter(table.values()))["unit"] if table else "px"
+    spreads = sorted({e["spread"] for e in table.values()})
+    with_hc = any("hc_abs_diff" in e for e in table.values())
+    hc_unit = next((e["hc_unit"] for e in table.values() if "hc_unit" in e), "mm")
+    lines = [
+        "# Method comparison",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Data: `{dataset_dir}` (one datalist, the same splits for every run); evaluated on the `{split}` list at the "
+        f"original image size (UNeXt argmax at the training size, resized back with nearest neighbour).",
+        "",
+        f"Scale: {scale_line(scale)}; seeds {', '.join(str(s) for s in seeds)}.",
+        "",
+        f"| Method | Dice | HD95 ({unit}) | ASD ({unit}) | " + " | ".join(f"Dice {n}" for n in class_names.values()) + " |"
+        + (f" HC abs. diff ({hc_unit}) |" if with_hc else ""),
+        "|---|---|---|---|" + "---|" * (len(class_names) + with_hc),
+    ]
+    for method, e in table.items():
+        cells = [f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if m == "dice" else f"{e[m]:.2f} ± {e[m + '_std']:.2f}" for m in METRICS]
+        cells += [f"{e[f'dice_{n}']:.3f} ± {e[f'dice_{n}_std']:.3f}" for n in class_names.values()]
+        if with_hc:
+            cells.append(f"{e['hc_abs_diff']:.2f} ± {e['hc_abs_diff_std']:.2f}" if "hc_abs_diff" in e else "n/a")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Mean over classes and test images per run; ± is the {' / '.join(spreads)}. Distances in {unit}"
+        + (" (pixel spacing from the datalist)" if unit == "mm" else " (no pixel spacing in the datalist)") + ". "
+        "HD95: 95th percentile of the pooled surface distances of both directions; ASD: mean of the two directed means. "
+        "Empty predictions score Dice 0 and the image diagonal as distance (metrics.md)."
+        + (" HC abs. diff: |head circumference of the ellipse fitted to the predicted head - reference HC| "
+           "(the HC18 challenge's score)." if with_hc else ""),
+    ]
+    if failed:
+        lines += ["", f"Failed runs (not in the table): {', '.join(failed)}."]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_plot(table: Mapping[str, Mapping[str, Any]], path: Path, title: str = "") -> None:
+    """Bar chart (Agg backend): one panel per metric, one bar per method, error bars = the table's ±."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(table)
+    unit = next(iter(table.values()))["unit"] if table else "px"
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 + 0.9 * len(methods) * len(METRICS) / 2, 4), squeeze=False)
+    for ax, metric in zip(axes[0], METRICS):
+        means = [table[m][metric] for m in methods]
+        stds = [table[m][f"{metric}_std"] for m in methods]
+        colors = ["tab:red" if m == "ours" else "tab:blue" for m in methods]
+        ax.bar(range(len(methods)), means, yerr=stds, capsize=3, color=colors)
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=45, ha="right", fontsize=8)
+        ax.set_title("Dice (higher is better)" if metric == "dice" else f"{metric.upper()} (lower is better)", fontsize=10)
+        if metric != "dice":
+            ax.set_ylabel(unit)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ the driver
+
+
+def _command_line(dataset_dir: str, methods: Sequence[str], seeds: Sequence[int], overrides: Sequence[str], out: str,
+                  max_iterations: int | None, split: str) -> str:
+    parts = ["python", "-m", "custom.compare", "--dataset-dir", str(dataset_dir), "--methods", ",".join(methods),
+             "--seeds", ",".join(str(s) for s in seeds)]
+    if overrides:
+        parts += ["--override", ",".join(overrides)]
+    parts += ["--out", str(out)]
+    if max_iterations is not None:
+        parts += ["--max-iterations", str(max_iterations)]
+    if split != "test":
+        parts += ["--split", split]
+    return shlex.join(parts)
+
+
+def run_comparison(dataset_dir: str, methods: Any = METHODS, seeds: Any = (0,), override: Any = (),
+                   out: str = "runs/comparison", max_iterations: int | None = None, split: str = "test",
+                   launcher: str = "subprocess", threads: int | None = None, device: str | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate every method x seed (skipping finished runs), then write the outputs.
+
+    Returns ``{"table": per-method aggregates, "runs": [done records], "trained": [run names
+    trained by this call], "failed": [...], "out": OUT}``. Raises ``RuntimeError`` after
+    writing the outputs of the finished runs when some run failed.
+    """
+    from tqdm.auto import tqdm
+
+    methods_l = _as_list(methods)
+    seeds_l = [int(s) for s in _as_list(seeds)]
+    overrides_l = _as_list(override)
+    if not methods_l or not seeds_l:
+        raise ValueError("give at least one method and one seed")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from .data import load_datalist
+
+    out_dir = Path(out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    datalist = load_datalist(_datalist_path(dataset_dir))
+    entries = load_test_entries(dataset_dir, split)
+    specs = build_runs(dataset_dir, methods_l, seeds_l, overrides_l, out_dir, max_iterations)
+    command = _command_line(dataset_dir, methods_l, seeds_l, overrides_l, out, max_iterations, split)
+
+    done_records, trained, failed = [], [], []
+    bar = tqdm(specs, desc="comparison", unit="run", disable=not progress)
+    for spec in bar:
+        bar.set_postfix_str(spec.name)
+        record = _read_json(spec.run_dir / DONE)
+        if record is not None and record.get("config_hash") == spec.config_hash:
+            done_records.append(record)
+            continue
+        try:
+            record = _train_and_evaluate(spec, entries, datalist, launcher, threads, device, split)
+        except Exception as error:  # one failed run does not stop the comparison
+            logger.error("run %s failed: %s", spec.name, error)
+            tqdm.write(f"run {spec.name} failed: {error}")
+            failed.append(spec.name)
+            continue
+        trained.append(spec.name)
+        done_records.append(record)
+    bar.close()
+
+    table = aggregate(done_records, methods_l)
+    scale = done_records[0]["scale"] if done_records else describe_scale(specs[0], datalist)
+    num_classes = len(done_records[0]["summary"]["classes"]) + 1 if done_records else int(datalist.get("num_classes", 2))
+    class_names = class_names_of(datalist, num_classes)
+    _write_csv(out_dir / "runs.csv", [_run_row(r) for r in done_records])
+    _write_csv(out_dir / "per_image.csv", [{"method": r["method"], "seed": r["seed"], **row} for r in done_records
+                                           for row in r["per_image"]])
+    _write_json_atomic(out_dir / "scale.json", {"scale": scale, "scale_line": scale_line(scale), "command": command,
+                                                "dataset_dir": str(Path(dataset_dir).resolve()), "split": split,
+                                                "seeds": seeds_l, "methods": methods_l})
+    (out_dir / "comparison.md").write_text(
+        comparison_markdown(table, scale, command, str(Path(dataset_dir).resolve()), split, seeds_l, class_names, failed),
+        encoding="utf-8")
+    if table:
+        comparison_plot(table, out_dir / "comparison.png", title=scale_line(scale))
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed: {failed}; the outputs in {out_dir} hold the others. "
+                           "Run the same command again to retry them.")
+    return {"table": table, "runs": done_records, "trained": trained, "failed": failed, "out": str(out_dir)}
+
+
+def _train_and_evaluate(spec: RunSpec, entries: Sequence[Mapping[str, Any]], datalist: Mapping[str, Any], launcher: str,
+                        threads: int | None, device: str, split: str) -> dict[str, Any]:
+    """Train (unless ``trained.json`` matches), evaluate, write ``done.json`` last; return its record."""
+    from .metrics import summarize
+
+    marker = _read_json(spec.run_dir / TRAINED)
+    train_seconds = None
+    if not (marker and marker.get("config_hash") == spec.config_hash and spec.model_path.is_file()):
+        if spec.run_dir.exists():
+            shutil.rmtree(spec.run_dir)  # a stale or half-finished run: start clean
+        start = time.perf_counter()
+        train_run(spec, launcher=launcher, threads=threads)
+        train_seconds = time.perf_counter() - start
+        _write_json_atomic(spec.run_dir / TRAINED, {"config_hash": spec.config_hash, "train_seconds": train_seconds})
+    else:
+        train_seconds = marker.get("train_seconds")
+    start = time.perf_counter()
+    rows = evaluate_run(spec, entries, device, head_class_of(datalist, entries))
+    eval_seconds = time.perf_counter() - start
+    num_classes = int(_merged_config(spec.config_files, spec.overrides).get_parsed_content("num_classes"))
+    summary = summarize(rows, class_names_of(datalist, num_classes))
+    hc = [r["hc_abs_diff"] for r in rows if isinstance(r.get("hc_abs_diff"), (int, float)) and math.isfinite(r["hc_abs_diff"])]
+    if hc:  # HC18: the challenge's score, |HC(prediction) - HC(reference)| from fitted ellipses
+        summary["hc_abs_diff_mean"], summary["hc_abs_diff_std"], summary["hc_n"] = float(np.mean(hc)), float(np.std(hc)), len(hc)
+        summary["hc_unit"] = rows[0].get("hc_unit", "mm")
+    record = {"method": spec.method, "seed": spec.seed, "config_hash": spec.config_hash, "split": split,
+              "config_files": spec.config_files, "overrides": spec.overrides, "scale": describe_scale(spec, datalist),
+              "summary": summary, "per_image": rows, "train_seconds": train_seconds, "eval_seconds": eval_seconds}
+    _write_json_atomic(spec.run_dir / DONE, record)
+    return record
+
+
+def main() -> None:
+    """``python -m custom.compare``: :func:`run_comparison` as a command (fire)."""
+    import fire
+
+    def compare(dataset_dir: str, methods: Any = ",".join(METHODS), seeds: Any = "0", override: Any = (),
+                out: str = "runs/comparison", max_iterations: int | None = None, split: str = "test",
+                launcher: str = "subprocess", threads: int | None = None, device: str | None = None) -> None:
+        """Train every method x seed on DATASET_DIR and compare them on its test list (see custom.compare)."""
+        result = run_comparison(dataset_dir, methods, seeds, override, out, max_iterations, split, launcher, threads, device)
+        print((Path(result["out"]) / "comparison.md").read_text(encoding="utf-8"))
+
+    fire.Fire(compare)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""``custom.compare``: outputs of a tiny comparison, resuming without retraining, evaluation
+at the original image size."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import tiny_overrides
+from PIL import Image
+
+import custom.compare as compare
+from custom.networks import UNeXt
+
+
+@pytest.fixture()
+def tiny_set(tmp_path, demo_dataset) -> str:
+    """The demo set with a ``test`` list (its validation images) and a 2-iteration scale file."""
+    data = tmp_path / "data"
+    shutil.copytree(demo_dataset, data)
+    doc = json.loads((data / "datalist.json").read_text())
+    doc["test"] = doc["validation"][:2]
+    (data / "datalist.json").write_text(json.dumps(doc))
+    return str(data)
+
+
+def scale_file(tmp_path: Path) -> str:
+    values = {k: v for k, v in tiny_overrides(tmp_path, "unused").items()
+              if k not in ("bundle_root", "dataset_dir", "ckpt_dir", "output_dir", "max_iterations")}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def test_list_arguments_accept_what_fire_hands_over():
+    assert compare._as_list("ours,cps") == ["ours", "cps"]
+    assert compare._as_list(("ours", "cps")) == ["ours", "cps"]
+    assert compare._as_list(0) == ["0"] and compare._as_list((0, 1)) == ["0", "1"]
+    assert compare._as_list(None) == []
+
+
+def test_short_runs_cap_the_epoch_length_and_validation_interval():
+    assert compare._capped(200, "2") == "$min(200, 2)"
+    assert compare._capped("$len(@train#dataloader)", "2") == "$min(len(@train#dataloader), 2)"
+    assert compare._capped(None, "2") is None
+
+
+def test_two_methods_one_seed_write_every_output_and_a_rerun_trains_nothing(tmp_path, tiny_set, monkeypatch):
+    out = tmp_path / "cmp"
+    result = compare.run_comparison(tiny_set, methods="ours,labeled_only", seeds="0", override=scale_file(tmp_path),
+                                    out=str(out), max_iterations=2, launcher="inprocess", progress=False)
+    assert result["trained"] == ["ours/seed0", "labeled_only/seed0"] and not result["failed"]
+    for name in ("runs.csv", "per_image.csv", "comparison.md", "comparison.png", "scale.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    rows = list(csv.DictReader(open(out / "runs.csv")))
+    assert [(r["method"], r["seed"]) for r in rows] == [("ours", "0"), ("labeled_only", "0")]
+    assert all(r["unit"] == "px" and 0.0 <= float(r["dice"]) <= 1.0 and float(r["hd95"]) >= 0 for r in rows)
+    per_image = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(per_image) == 2 * 2  # 2 runs x 2 test images
+    md = (out / "comparison.md").read_text()
+    assert "| ours |" in md and "| labeled_only |" in md and "64x64 px input, 2 iterations" in md
+    assert "8 labelled / 8 unlabelled / 4 validation / 2 test images" in md
+    assert "python -m custom.compare" in md
+    scale = json.loads((out / "scale.json").read_text())["scale"]
+    assert scale["image_size"] == [64, 64] and scale["swin_embed_dim"] == 12
+    done = {m: out / "runs" / m / "seed0" / "done.json" for m in ("ours", "labeled_only")}
+    mtimes = {m: p.stat().st_mtime_ns for m, p in done.items()}
+
+    calls = []
+    monkeypatch.setattr(compare, "train_run", lambda *a, **k: calls.append(a))
+    again = compare.run_comparison(tiny_set, methods="ours,labeled_only", seeds="0", override=scale_file(tmp_path),
+                                   out=str(out), max_iterations=2, launcher="inprocess", progress=False)
+    assert calls == [] and again["trained"] == []
+    assert {m: p.stat().st_mtime_ns for m, p in done.items()} == mtimes
+    assert again["table"]["ours"]["dice"] == pytest.approx(result["table"]["ours"]["dice"])
+
+    # an evaluation lost after training: evaluated again, not retrained
+    done["labeled_only"].unlink()
+    third = compare.run_comparison(tiny_set, methods="ours,labeled_only", seeds="0", override=scale_file(tmp_path),
+                                   out=str(out), max_iterations=2, launcher="inprocess", progress=False)
+    assert calls == [] and third["trained"] == ["labeled_only/seed0"] and done["labeled_only"].is_file()
+
+
+def test_a_changed_config_retrains_and_a_failed_run_does_not_stop_the_others(tmp_path, tiny_set, monkeypatch):
+    calls = []
+
+    def fake_train(spec, launcher="subprocess", threads=None):
+        calls.append(spec.name)
+        if spec.method == "cps":
+            raise RuntimeError("boom")
+        spec.model_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(UNeXt(1, 2).state_dict(), spec.model_path)
+
+    monkeypatch.setattr(compare, "train_run", fake_train)
+    kwargs = dict(methods="labeled_only,cps", seeds="0,1", override=scale_file(tmp_path), out=str(tmp_path / "cmp"),
+                  launcher="inprocess", progress=False)
+    with pytest.raises(RuntimeError, match="2 run"):
+        compare.run_comparison(tiny_set, max_iterations=2, **kwargs)
+    assert calls == ["labeled_only/seed0", "labeled_only/seed1", "cps/seed0", "cps/seed1"]
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| labeled_only |" in md and "Failed runs" in md and "std over seeds" in md
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        compare.run_comparison(tiny_set, max_iterations=2, **kwargs)
+    assert calls == ["cps/seed0", "cps/seed1"]  # finished runs are skipped, failed ones retried
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        compare.run_comparison(tiny_set, max_iterations=3, **kwargs)  # another config: another hash
+    assert calls == ["labeled_only/seed0", "labeled_only/seed1", "cps/seed0", "cps/seed1"]
+
+
+class _Threshold(torch.nn.Module):
+    """A 'network' whose argmax is the input thresholded at 0.5."""
+
+    def forward(self, x):
+        return torch.cat([0.5 - x, x - 0.5], dim=1)
+
+
+def test_evaluation_is_at_the_original_size_in_mm_when_the_spacing_is_known(tmp_path):
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    mask = np.zeros((32, 48), np.uint8)
+    mask[8:24, 12:36] = 1
+    Image.fromarray(mask * 255).save(tmp_path / "img.png")
+    Image.fromarray(mask).save(tmp_path / "lab.png")
+    parser = ConfigParser()
+    parser.read_config(str(compare.CONFIGS / "common.yaml"))
+    parser.update({"image_size": [64, 64]})
+    pre = Compose(parser.get_parsed_content("deterministic_transforms"))
+    entry = {"image": str(tmp_path / "img.png"), "label": str(tmp_path / "lab.png")}
+    (row,) = compare.evaluate_network(_Threshold(), [entry], pre, num_classes=2)
+    assert row["dice"] == pytest.approx(1.0) and row["hd95"] == 0.0 and row["unit"] == "px"
+    mask_shift = np.zeros_like(mask)
+    mask_shift[8:24, 14:38] = 1  # the prediction is 2 pixels off along x
+    Image.fromarray(mask_shift * 255).save(tmp_path / "img.png")
+    (row,) = compare.evaluate_network(_Threshold(), [{**entry, "spacing": [0.5, 0.5]}], pre, num_classes=2)
+    (row_px,) = compare.evaluate_network(_Threshold(), [entry], pre, num_classes=2)
+    assert row_px["unit"] == "px" and row_px["hd95"] >= 2.0 and row_px["dice"] < 1.0
+    assert row["unit"] == "mm" and row["hd95"] == pytest.approx(0.5 * row_px["hd95"])
+    assert row["asd"] == pytest.approx(0.5 * row_px["asd"]) and row["dice"] == pytest.approx(row_px["dice"])
+
+
+def test_the_fallback_evaluation_agrees_with_custom_evaluation(tmp_path):
+    shared = compare._shared_evaluation()
+    if shared is None:
+        pytest.skip("custom.evaluation is absent: the comparison uses its own evaluate_network")
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(2):
+        image = (rng.random((40, 56)) * 255).astype(np.uint8)
+        label = (image > 128).astype(np.uint8)
+        Image.fromarray(image).save(tmp_path / f"i{i}.png")
+        Image.fromarray(label).save(tmp_path / f"l{i}.png")
+        entries.append({"image": str(tmp_path / f"i{i}.png"), "label": str(tmp_path / f"l{i}.png"), "spacing": [0.2, 0.2]})
+    parser = ConfigParser()
+    parser.read_config(str(compare.CONFIGS / "common.yaml"))
+    parser.update({"image_size": [64, 64]})
+    mine = compare.evaluate_network(_Threshold(), entries, Compose(parser.get_parsed_content("deterministic_transforms")), 2)
+    theirs, _ = shared(_Threshold(), entries, [64, 64], 2)
+    for a, b in zip(mine, theirs):
+        for key in ("dice", "hd95", "asd", "unit"):
+            assert a[key] == pytest.approx(b[key]), key
