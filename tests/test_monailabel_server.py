@@ -243,6 +243,32 @@ def test_infer_returns_a_mask_of_the_image_size(server, which):
         assert float((expected[::-1] == mask).mean()) < agreement or np.array_equal(expected, expected[::-1])
 
 
+def test_twenty_concurrent_inference_requests_all_answer_correctly(server):
+    """Under load: 20 simultaneous /infer requests on loopback (bounded in count and time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    images = [server["images"][i % len(server["images"])] for i in range(20)]
+
+    def infer(image):
+        r = requests.post(f"{server['url']}/infer/{MODEL}", params={"image": image, "output": "image"},
+                          timeout=REQUEST_TIMEOUT)
+        return image, r.status_code, r.content
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(infer, images))
+    elapsed = time.monotonic() - started
+    for image, status, content in results:
+        assert status == 200, (image, status, content[:300], _tail(server["log"]))
+        mask = np.asarray(Image.open(io.BytesIO(content)))
+        assert mask.shape == np.asarray(Image.open(server["files"][image])).shape[:2], image
+    assert elapsed < 20 * REQUEST_TIMEOUT
+    # the server is still alive and answering afterwards (no crash, no out-of-memory kill)
+    _check(requests.get(f"{server['url']}/info/", timeout=REQUEST_TIMEOUT), server)
+
+
 def test_divergence_strategy_returns_the_most_disagreeing_image(server):
     expected = _divergences(server)
     best = max(expected, key=expected.get)
