@@ -269,6 +269,18 @@ def test_twenty_concurrent_inference_requests_all_answer_correctly(server):
     _check(requests.get(f"{server['url']}/info/", timeout=REQUEST_TIMEOUT), server)
 
 
+def test_a_broken_image_gets_an_error_naming_it_and_the_server_keeps_serving(server):
+    truncated = server["files"][server["images"][0]].read_bytes()[:200]
+    r = requests.put(f"{server['url']}/datastore/image", params={"image": "broken_frame"},
+                     files={"file": ("broken_frame.png", truncated, "image/png")}, timeout=REQUEST_TIMEOUT)
+    assert r.status_code == 200, r.text[:500]
+    r = requests.post(f"{server['url']}/infer/{MODEL}", params={"image": "broken_frame", "output": "image"},
+                      timeout=REQUEST_TIMEOUT)
+    assert r.status_code >= 400
+    assert "broken_frame" in r.text, r.text[:1000]
+    _check(requests.get(f"{server['url']}/info/", timeout=REQUEST_TIMEOUT), server)
+
+
 def test_divergence_strategy_returns_the_most_disagreeing_image(server):
     expected = _divergences(server)
     best = max(expected, key=expected.get)

@@ -87,6 +87,19 @@ class FetalUSInferTask(BundleInferTask):
         self.description = (f"UNeXt of the semi-supervised fetal ultrasound bundle ({settings.num_classes} classes: "
                             f"{', '.join(['background', *settings.labels])}); weights {settings.model_path}")
 
+    def __call__(self, request, *args, **kwargs):
+        """Screen the image first (readable, 2-D, finite, within the intensity range): a bad
+        file gets a 422 that names it and says why, instead of a bare server error."""
+        import custom.inference
+        from fastapi import HTTPException
+
+        image = request.get("image")
+        if isinstance(image, str):
+            problem = custom.inference.screen_file(image, timeout_s=None)
+            if problem is not None:
+                raise HTTPException(status_code=422, detail=f"{image}: {problem}")
+        return super().__call__(request, *args, **kwargs)
+
     def _init_without_weights(self, conf: Dict[str, str], load_strict: bool) -> None:
         import json
 
