@@ -279,6 +279,11 @@ def test_a_broken_image_gets_an_error_naming_it_and_the_server_keeps_serving(ser
     assert r.status_code >= 400
     assert "broken_frame" in r.text, r.text[:1000]
     _check(requests.get(f"{server['url']}/info/", timeout=REQUEST_TIMEOUT), server)
+    # the strategy never proposes it
+    nxt = _check(requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server)
+    assert nxt.json().get("id") != "broken_frame"
+    # remove it again: training on a datastore holding an unreadable frame is not handled yet
+    _check(requests.delete(f"{server['url']}/datastore/", params={"id": "broken_frame"}, timeout=REQUEST_TIMEOUT), server)
 
 
 def test_divergence_strategy_returns_the_most_disagreeing_image(server):

@@ -98,8 +98,18 @@ class DivergenceScorer:
             keys = {p: (os.path.abspath(p), _mtime(p)) for p in paths}
             todo = [p for p in paths if keys[p] not in self._cache]
             if todo:
+                import custom.inference
+
                 logger.info("divergence strategy: scoring %d new image(s) (%d cached)", len(todo), len(paths) - len(todo))
-                for p, s in zip(todo, self._compute(todo)):
+                readable = []
+                for p in todo:  # a broken file is never proposed: it scores -inf and is logged
+                    problem = custom.inference.screen_file(p, timeout_s=None)
+                    if problem is None:
+                        readable.append(p)
+                    else:
+                        logger.warning("divergence strategy: skipping %s: %s", p, problem)
+                        self._cache[keys[p]] = float("-inf")
+                for p, s in zip(readable, self._compute(readable)):
                     self._cache[keys[p]] = s
             return {p: self._cache[keys[p]] for p in paths}
 
@@ -126,6 +136,10 @@ class InformationDivergenceStrategy(Strategy):
             images = sorted(random.Random(int(request.get("seed", 0))).sample(images, max_samples))
         paths = {i: datastore.get_image_uri(i) for i in images}
         scores = self.scorer.score(list(paths.values()))
+        images = [i for i in images if scores[paths[i]] != float("-inf")]
+        if not images:
+            logger.warning("divergence strategy: no readable unlabelled image left")
+            return {}
         best = max(images, key=lambda i: (scores[paths[i]], i))
         logger.info("divergence strategy: selected %s (%.6f) among %d", best, scores[paths[best]], len(images))
         return {"id": best, "disagreement": scores[paths[best]], "scored": len(images)}
