@@ -15,7 +15,6 @@ loads into it directly; see :func:`load_pretrained_swin`.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
 
