@@ -22,7 +22,7 @@ from custom.data import DataValidationError, SplitError, load_datalist
 from custom.data.outlines import fill_outline
 from custom.data.prepare import prepare
 from custom.data.sources.hc18 import subject_of
-from custom.data.splits import SplitPlan, round_half_up, split_groups
+from custom.data.splits import SPLITS, SplitPlan, round_half_up, split_groups
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -588,3 +588,24 @@ def test_load_datalist_makes_paths_absolute(tmp_path: Path) -> None:
             assert Path(absolute["image"]) == (tmp_path / "out" / plain["image"]).resolve()
             assert Path(absolute["image"]).is_file() and Path(absolute["label"]).is_file()
     assert loaded["labels"] == {"background": 0, "class_1": 1}
+
+
+@needs_psfhs
+def test_psfhs_labeled_every_labels_exactly_the_ids_divisible_by_n(tmp_path: Path) -> None:
+    """The issue-10 protocol's split: labelled = pool ids divisible by 20, whatever their block."""
+    out = tmp_path / "every20"
+    prepare("psfhs", PSFHS_DIR, out, labeled_every=20, test_ids="4500-4799", val_fraction=0.05, seed=0,
+            progress=False, quiet=True)
+    datalist = load_datalist(out)
+    ids = {split: {int(Path(e["image"]).stem) for e in datalist[split]} for split in SPLITS}
+    held_out = ids["test"] | ids["validation"]
+    pool = ids["training"] | ids["unlabeled"]
+    assert ids["training"] and all(i % 20 == 0 for i in ids["training"])
+    assert not any(i % 20 == 0 for i in ids["unlabeled"])
+    assert ids["test"] == {i for i in held_out | pool if 4500 <= i <= 4799}
+    assert not pool & held_out and not ids["test"] & ids["validation"]
+    # frames of one video block are labelled and unlabelled; the held-out splits stay whole blocks
+    assert {i // 50 for i in ids["training"]} & {i // 50 for i in ids["unlabeled"]}
+    assert not {i // 50 for i in held_out} & {i // 50 for i in pool}
+    with pytest.raises(SplitError, match="not several"):
+        prepare("psfhs", PSFHS_DIR, tmp_path / "x", labeled_every=20, labeled_fraction=0.05, progress=False, quiet=True)

@@ -38,6 +38,7 @@ def prepare(
     *,
     labeled_fraction: float | None = None,
     labeled_count: int | None = None,
+    labeled_every: int | None = None,
     val_fraction: float = 0.1,
     test_fraction: float | None = None,
     seed: int = 0,
@@ -66,7 +67,10 @@ def prepare(
     (``test_fraction`` of all images, default 0.1, or ``test_groups``/``test_ids``), then
     validation (``val_fraction`` of all images), then labelled ``training`` from the remaining
     pool (``labeled_fraction`` of the pool images, rounded half up, or ``labeled_count`` images;
-    default: the whole pool); the rest of the pool is ``unlabeled``. ``hide_unlabeled_masks``
+    default: the whole pool); the rest of the pool is ``unlabeled``. ``labeled_every`` N instead
+    labels the pool images whose numeric name is divisible by N, whatever their group (the
+    PSFHS protocol: every 20th frame, about 5%; frames of one video are then both labelled and
+    unlabelled, as in that protocol; test and validation stay whole groups). ``hide_unlabeled_masks``
     writes no masks for the unlabelled part.
 
     Kind options: ``block_size`` (psfhs ids per group), ``background_per_case`` and ``binarize``
@@ -83,6 +87,10 @@ def prepare(
     if test_fraction is not None and (test_groups or test_ids):
         raise SplitError("give --test-fraction or --test-groups/--test-ids, not both")
     explicit_test_requested = bool(test_groups or test_ids)
+    if labeled_every is not None and (labeled_fraction is not None or labeled_count is not None):
+        raise SplitError("give --labeled-every or --labeled-fraction/--labeled-count, not several")
+    if labeled_every is not None and int(labeled_every) < 1:
+        raise SplitError(f"--labeled-every {labeled_every}: must be a positive integer")
     plan = SplitPlan(  # checks the split options before any file is read
         labeled_fraction=None if labeled_fraction is None else float(labeled_fraction),
         labeled_count=None if labeled_count is None else int(labeled_count),
@@ -119,6 +127,8 @@ def prepare(
     if explicit_test_requested:
         plan = replace(plan, test_groups=tuple(sorted(_explicit_test_groups(checked, test_groups, test_ids))))
     splits = _assign_splits(checked, plan)
+    if labeled_every is not None:
+        splits = _label_every(splits, int(labeled_every))
     with_masks = {split: not (split == "unlabeled" and hide_unlabeled_masks) for split in SPLITS}
 
     with staging_directory(out, overwrite=overwrite) as staging:
@@ -209,6 +219,19 @@ def _assign_splits(checked: Sequence[CheckedSample], plan: SplitPlan) -> dict[st
     if problems:
         raise DataValidationError(problems, context="split")
     return splits
+
+
+def _label_every(splits: Mapping[str, list[CheckedSample]], every: int) -> dict[str, list[CheckedSample]]:
+    """Re-divide the pool (``training`` + ``unlabeled``): labelled = numeric names divisible by ``every``."""
+    pool = sorted(splits["training"] + splits["unlabeled"], key=lambda c: c.sample.name)
+    not_numeric = [c.sample.name for c in pool if not c.sample.name.isdigit()]
+    if not_numeric:
+        raise SplitError(f"--labeled-every needs numeric image names; not numeric: {', '.join(not_numeric[:5])}")
+    training = [c for c in pool if int(c.sample.name) % every == 0]
+    if not training:
+        raise SplitError(f"--labeled-every {every}: no training-pool image has an id divisible by {every}")
+    unlabeled = [c for c in pool if int(c.sample.name) % every != 0]
+    return {**splits, "training": training, "unlabeled": unlabeled}
 
 
 def _write_splits(
