@@ -56,6 +56,8 @@ __all__ = [
     "evaluate_network",
     "evaluate_run",
     "run_comparison",
+    "method_file",
+    "gap_shares",
     "main",
 ]
 
@@ -190,6 +192,22 @@ def _merged_config(config_files: Sequence[str], overrides: Mapping[str, Any] | N
     return parser
 
 
+def method_file(method: str) -> tuple[str, Path]:
+    """``(name, file)`` of a method: a name in ``bundle/configs/methods`` (``ours``), or the path of
+    any override YAML merged over ``train.yaml`` in its place (``bundle/configs/paper.yaml``, an
+    ablation), named by its stem."""
+    if method.endswith((".yaml", ".yml", ".json")):
+        path = Path(method).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"method file not found: {method}")
+        return path.stem, path
+    path = METHOD_DIR / f"{method}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown method {method!r}; known: {sorted(p.stem for p in METHOD_DIR.glob('*.yaml'))}, "
+                         "or give the path of a YAML override")
+    return method, path
+
+
 def build_runs(dataset_dir: str | Path, methods: Sequence[str], seeds: Sequence[int], overrides: Sequence[str] = (),
                out: str | Path = "runs/comparison", max_iterations: int | None = None) -> list[RunSpec]:
     """One :class:`RunSpec` per method x seed (methods outer), with config hashes."""
@@ -199,16 +217,17 @@ def build_runs(dataset_dir: str | Path, methods: Sequence[str], seeds: Sequence[
         raise FileNotFoundError(f"no datalist.json in {dataset_dir}: prepare the data with `python -m custom.data prepare`")
     datalist_text = datalist_file.read_text(encoding="utf-8")
     datalist = json.loads(datalist_text)
-    unknown = [m for m in methods if not (METHOD_DIR / f"{m}.yaml").is_file()]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; known: {sorted(p.stem for p in METHOD_DIR.glob('*.yaml'))}")
+    resolved = [method_file(m) for m in methods]
+    names = [name for name, _ in resolved]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two methods share a name: {names}")
     extra = [str(Path(o).resolve()) for o in overrides]
     for o in extra:
         if not Path(o).is_file():
             raise FileNotFoundError(f"override file not found: {o}")
     runs = []
-    for method in methods:
-        files = [str(p) for p in BASE_CONFIGS] + [str(METHOD_DIR / f"{method}.yaml")] + extra
+    for method, path in resolved:
+        files = [str(p) for p in BASE_CONFIGS] + [str(path)] + extra
         for seed in seeds:
             run_dir = Path(out).resolve() / "runs" / method / f"seed{seed}"
             values: dict[str, Any] = {"bundle_root": str(REPO / "bundle"), "dataset_dir": str(dataset_dir), "seed": int(seed),
@@ -444,6 +463,21 @@ def aggregate(runs: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict
     return out
 
 
+def gap_shares(table: Mapping[str, Mapping[str, Any]], lower: str = "labeled_only",
+               upper: str = "fully_supervised") -> dict[str, dict[str, float | bool]]:
+    """Per method, against the labelled-only (A) and fully supervised (C) rows: ``gap_share``
+    ``(B - A) / (C - A)`` of mean Dice (1: as good as full supervision, 0: no gain, < 0: worse
+    than labelled only) and ``never_below``: ``mean - std >= A's mean`` (std over seeds). Empty
+    unless both reference rows are in the table and ``C > A``."""
+    if lower not in table or upper not in table:
+        return {}
+    a, c = table[lower]["dice"], table[upper]["dice"]
+    if not c > a:
+        return {}
+    return {method: {"gap_share": (e["dice"] - a) / (c - a), "never_below": e["dice"] - e["dice_std"] >= a}
+            for method, e in table.items() if method not in (lower, upper)}
+
+
 def comparison_markdown(table: Mapping[str, Mapping[str, Any]], scale: Mapping[str, Any], command: str,
                         dataset_dir: str, split: str, seeds: Sequence[int], class_names: Mapping[int, str],
                         failed: Sequence[str] = ()) -> str:
@@ -481,6 +515,14 @@ def comparison_markdown(table: Mapping[str, Mapping[str, Any]], scale: Mapping[s
         + (" HC abs. diff: |head circumference of the ellipse fitted to the predicted head - reference HC| "
            "(the HC18 challenge's score)." if with_hc else ""),
     ]
+    shares = gap_shares(table)
+    if shares:
+        a, c = table["labeled_only"]["dice"], table["fully_supervised"]["dice"]
+        lines += ["", f"Against labelled-only (A, Dice {a:.3f}) and fully supervised (C, {c:.3f}): the share of the A-to-C "
+                  "gap each method closes, (B - A) / (C - A), and whether its mean minus one std stays at or above A.", "",
+                  "| Method | Dice | gap closed | mean - std >= A |", "|---|---|---|---|"]
+        lines += [f"| {m} | {table[m]['dice']:.3f} ± {table[m]['dice_std']:.3f} | {v['gap_share']:.0%} | "
+                  f"{'yes' if v['never_below'] else 'no'} |" for m, v in shares.items()]
     if failed:
         lines += ["", f"Failed runs (not in the table): {', '.join(failed)}."]
     return "\n".join(lines) + "\n"
@@ -543,6 +585,7 @@ def run_comparison(dataset_dir: str, methods: Any = METHODS, seeds: Any = (0,), 
     from tqdm.auto import tqdm
 
     methods_l = _as_list(methods)
+    names_l = [method_file(m)[0] for m in methods_l]
     seeds_l = [int(s) for s in _as_list(seeds)]
     overrides_l = _as_list(override)
     if not methods_l or not seeds_l:
@@ -583,7 +626,7 @@ def run_comparison(dataset_dir: str, methods: Any = METHODS, seeds: Any = (0,), 
         done_records.append(record)
     bar.close()
 
-    table = aggregate(done_records, methods_l)
+    table = aggregate(done_records, names_l)
     scale = done_records[0]["scale"] if done_records else describe_scale(specs[0], datalist)
     num_classes = len(done_records[0]["summary"]["classes"]) + 1 if done_records else int(datalist.get("num_classes", 2))
     class_names = class_names_of(datalist, num_classes)

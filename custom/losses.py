@@ -8,7 +8,8 @@ an explicit ``reduction``.
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceCELoss, DiceLoss
+from monai.losses import DiceCELoss, DiceLoss, MaskedDiceLoss
+from monai.networks.utils import one_hot
 from torch import nn
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "CrossPseudoSupervisionLoss",
     "InformationDivergenceLoss",
     "InterpolationConsistencyLoss",
+    "confidence_mask",
+    "masked_mean",
     "entropy",
     "kl_divergence",
     "mutual_information_gap",
@@ -60,18 +63,47 @@ def hard_labels(p: torch.Tensor) -> torch.Tensor:
     return p.detach().argmax(dim=1, keepdim=True)
 
 
+def confidence_mask(p: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``B x 1 x H x W`` float mask of the pixels whose largest class probability is at least
+    ``threshold`` (detached: a mask selects pixels, it is not trained)."""
+    return (p.detach().amax(dim=1, keepdim=True) >= threshold).to(p.dtype)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` (``B x H x W``) over the pixels where ``mask`` (``B x 1 x H x W``) is 1; 0 when none is."""
+    m = mask.reshape(x.shape)
+    return (x * m).sum() / m.sum().clamp_min(1.0)
+
+
 class CrossPseudoSupervisionLoss(nn.Module):
     """``L_cps = Dice(p1_u, argmax p2_u) + Dice(p2_u, argmax p1_u)`` with detached pseudo-labels.
 
     Inputs are probabilities of the unlabelled images; Dice only, no CE (method.md, 2).
+    ``confidence`` > 0 gates each pseudo-label: a pixel counts in ``Dice(p_student, argmax
+    p_teacher)`` only where ``max_c p_teacher >= confidence`` (student probabilities and one-hot
+    pseudo-labels are both zeroed elsewhere, MONAI's ``MaskedDiceLoss``); 0 (the paper) keeps
+    every pixel. No confident pixel gives a loss of 0.
     """
 
-    def __init__(self, smooth: float = SMOOTH) -> None:
+    def __init__(self, smooth: float = SMOOTH, confidence: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= confidence < 1.0:
+            raise ValueError(f"confidence must be within [0, 1), got {confidence}")
+        self.confidence = float(confidence)
         self.dice = SoftDiceLoss(smooth)
+        # one-hot targets are masked (an integer label map zeroed by the mask would read as background)
+        self.masked_dice = MaskedDiceLoss(include_background=True, to_onehot_y=False, squared_pred=True, batch=True,
+                                          smooth_nr=smooth, smooth_dr=smooth)
+
+    def pseudo(self, p_student: torch.Tensor, p_teacher: torch.Tensor) -> torch.Tensor:
+        """``Dice(p_student, argmax p_teacher)``, on the teacher's confident pixels when gated."""
+        if self.confidence <= 0.0:
+            return self.dice(p_student, hard_labels(p_teacher))
+        target = one_hot(hard_labels(p_teacher), num_classes=p_teacher.shape[1], dim=1).to(p_student.dtype)
+        return self.masked_dice(p_student, target, confidence_mask(p_teacher, self.confidence))
 
     def forward(self, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
-        return self.dice(p1, hard_labels(p2)) + self.dice(p2, hard_labels(p1))
+        return self.pseudo(p1, p2) + self.pseudo(p2, p1)
 
 
 def entropy(p: torch.Tensor, eps: float = EPS) -> torch.Tensor:

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .ema import EMATeacher
-from .losses import CrossPseudoSupervisionLoss, InformationDivergenceLoss, InterpolationConsistencyLoss, hard_labels
+from .losses import (CrossPseudoSupervisionLoss, InformationDivergenceLoss, InterpolationConsistencyLoss, confidence_mask,
+                     masked_mean)
 from .mixup import interpolation_mixup
 
 __all__ = [
@@ -64,7 +65,7 @@ class IterationContext:
         return leader, (b if leader == a else a)
 
 
-DIRECTIONS = ("both", "follower")
+DIRECTIONS = ("both", "mutual", "follower")
 
 
 def _check_direction(direction: str) -> str:
@@ -97,20 +98,23 @@ class CrossPseudoSupervisionTerm(UnsupervisedTerm):
     ``direction="both"`` (the paper): ``Dice(p_a_u, argmax p_b_u) + Dice(p_b_u, argmax p_a_u)``.
     ``direction="follower"``: only ``Dice(p_follower_u, argmax p_leader_u)``: the network that
     validates worse learns from the better one's pseudo-labels, never the other way round.
+    ``"mutual"`` is ``"both"`` (pseudo-labels are always detached).
+    ``confidence`` > 0 keeps only the pixels where the pseudo-label's source is at least that
+    confident (:class:`custom.losses.CrossPseudoSupervisionLoss`).
     """
 
     name = "cps"
 
     def __init__(self, roles: Sequence[str] = ("cnn", "transformer"), weight=1.0, direction: str = "both",
-                 name: str | None = None) -> None:
+                 confidence: float = 0.0, name: str | None = None) -> None:
         super().__init__(weight, name)
         self.roles, self.direction = tuple(roles), _check_direction(direction)
-        self.criterion = CrossPseudoSupervisionLoss()
+        self.criterion = CrossPseudoSupervisionLoss(confidence=confidence)
 
     def loss(self, ctx: IterationContext) -> torch.Tensor:
         if self.direction == "follower":
             leader, follower = ctx.teacher_student(self.roles)
-            return self.criterion.dice(ctx.unlabeled_probs(follower), hard_labels(ctx.unlabeled_probs(leader)))
+            return self.criterion.pseudo(ctx.unlabeled_probs(follower), ctx.unlabeled_probs(leader))
         a, b = self.roles
         return self.criterion(ctx.unlabeled_probs(a), ctx.unlabeled_probs(b))
 
@@ -122,25 +126,48 @@ class InformationDivergenceTerm(UnsupervisedTerm):
     side detached. ``direction="follower"``: the leader's probabilities are a detached
     target, ``mean(MIG(p_leader, p_follower)) + mean(KL(p_leader || p_follower))``, so only
     the follower is moved (KL(target || model), the distillation direction).
+    ``direction="mutual"``: both directions, each network moved towards the other's detached
+    probabilities: ``L(sg(p_a), p_b) + L(sg(p_b), p_a)``. ``reverse_kl`` swaps the KL's
+    arguments (``KL(p_model || p_target)``, mode-seeking) in every direction.
+    ``confidence`` > 0 averages over the confident pixels only: where the leader's largest
+    probability is at least ``confidence`` (follower), or either network's is (both).
     """
 
     name = "id"
 
     def __init__(self, roles: Sequence[str] = ("cnn", "transformer"), weight=1.0, kl_weight: float = 1.0,
                  mig_weight: float = 1.0, unlabeled_only: bool = False, direction: str = "both",
-                 name: str | None = None) -> None:
+                 confidence: float = 0.0, reverse_kl: bool = False, name: str | None = None) -> None:
         super().__init__(weight, name)
+        if not 0.0 <= confidence < 1.0:
+            raise ValueError(f"confidence must be within [0, 1), got {confidence}")
         self.roles, self.direction = tuple(roles), _check_direction(direction)
-        self.unlabeled_only = unlabeled_only
-        self.criterion = InformationDivergenceLoss(kl_weight=kl_weight, mig_weight=mig_weight)
+        self.unlabeled_only, self.confidence, self.reverse_kl = unlabeled_only, float(confidence), bool(reverse_kl)
+        self.kl_weight, self.mig_weight = float(kl_weight), float(mig_weight)
+        self.criterion = InformationDivergenceLoss(kl_weight=0.0, mig_weight=mig_weight, reduction="none")
+        self.kl = InformationDivergenceLoss(kl_weight=1.0, mig_weight=0.0, reduction="none")
+
+    def _pair(self, target: torch.Tensor, model: torch.Tensor, sources: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``mean(MIG(target, model) + KL(target || model))`` (reversed: ``KL(model || target)``),
+        over the pixels where one of ``sources`` is confident when gated."""
+        per_pixel = self.criterion(target, model)
+        if self.kl_weight:
+            per_pixel = per_pixel + self.kl_weight * (self.kl(model, target) if self.reverse_kl else self.kl(target, model))
+        if self.confidence <= 0:
+            return per_pixel.mean()
+        mask = torch.stack([confidence_mask(p, self.confidence) for p in sources]).amax(dim=0)
+        return masked_mean(per_pixel, mask)
 
     def loss(self, ctx: IterationContext) -> torch.Tensor:
         start = ctx.labeled_bs if self.unlabeled_only else 0
         if self.direction == "follower":
             leader, follower = ctx.teacher_student(self.roles)
-            return self.criterion(ctx.probs[leader][start:].detach(), ctx.probs[follower][start:])
-        a, b = self.roles
-        return self.criterion(ctx.probs[a][start:], ctx.probs[b][start:])
+            target = ctx.probs[leader][start:].detach()
+            return self._pair(target, ctx.probs[follower][start:], (target,))
+        a, b = (ctx.probs[r][start:] for r in self.roles)
+        if self.direction == "mutual":
+            return self._pair(a.detach(), b, (a,)) + self._pair(b.detach(), a, (b,))
+        return self._pair(a, b, (a, b))
 
 
 class InterpolationConsistencyTerm(UnsupervisedTerm):

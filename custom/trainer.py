@@ -4,7 +4,8 @@ Each iteration (method.md, "Losses, per iteration"):
 
 1. a labelled batch (the engine's data loader) and an unlabelled batch (its own loader,
    cycled) are concatenated: ``x = [x_l; x_u]``;
-2. every network forwards once on the whole batch; ``p_r = softmax(f_r(x))``;
+2. every network forwards once on the whole batch (or on ``x_l`` and ``x_u`` separately,
+   ``forward="separate"``); ``p_r = softmax(f_r(x))``;
 3. ``L = sum_r L_sup(f_r(x_l), y_l) + sum_k w_k(t) L_k``, the ``L_k`` being the method's
    unsupervised terms (:mod:`custom.terms`), each skipped while its weight is 0;
 4. one backward pass; every optimiser steps; the EMA teacher is updated.
@@ -38,6 +39,7 @@ __all__ = ["SemiSupervisedTrainer", "logged_terms", "CyclingLoader", "NetworkVal
 
 logger = logging.getLogger(__name__)
 NONFINITE_POLICIES = ("stop", "skip")
+FORWARD_MODES = ("joint", "separate")
 
 
 class CyclingLoader:
@@ -144,6 +146,10 @@ class SemiSupervisedTrainer(Trainer):
             optimiser step, no EMA update), logs a warning naming the terms and counts the
             skipped steps in ``engine.state.nonfinite_skips`` (also ``nonfinite_skips`` in
             the output, so it is logged).
+        forward: ``"joint"`` (the paper): every network forwards once on ``[x_l; x_u]``, so its
+            batch-normalisation statistics mix labelled and unlabelled images; ``"separate"``:
+            two forwards, ``x_l`` then ``x_u``, so the supervised pass normalises with labelled
+            statistics only, exactly as labelled-only training does.
     """
 
     def __init__(
@@ -174,9 +180,12 @@ class SemiSupervisedTrainer(Trainer):
         seed: int | None = None,
         initial_leader: str | None = None,
         nonfinite: str = "stop",
+        forward: str = "joint",
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        if forward not in FORWARD_MODES:
+            raise ValueError(f"forward must be one of {FORWARD_MODES}, got {forward!r}")
         super().__init__(
             device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
             non_blocking=non_blocking, iteration_update=None, postprocessing=postprocessing, key_metric=key_train_metric,
@@ -207,6 +216,7 @@ class SemiSupervisedTrainer(Trainer):
         self.generator = generator
         self.leader = initial_leader  # updated by custom.terms.LeaderSelector after validation
         self.nonfinite = nonfinite
+        self.forward_mode = forward
         self.state.nonfinite_skips = 0
 
     # ----------------------------------------------------------------------------- helpers
@@ -262,7 +272,10 @@ class SemiSupervisedTrainer(Trainer):
             opt.zero_grad(set_to_none=True)
 
         with engine._autocast():
-            logits = {role: net(x) for role, net in engine.networks.items()}
+            if engine.forward_mode == "separate" and labeled_bs < x.shape[0]:
+                logits = {role: torch.cat([net(x[:labeled_bs]), net(x[labeled_bs:])]) for role, net in engine.networks.items()}
+            else:
+                logits = {role: net(x) for role, net in engine.networks.items()}
         logits = {role: v.float() for role, v in logits.items()}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         probs = {role: torch.softmax(v, dim=1) for role, v in logits.items()}

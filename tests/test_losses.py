@@ -194,3 +194,75 @@ def test_poly_lr():
     assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9)
     assert poly_lr(0.01, 150, 100) == 0.0
     assert PolyLRLambda(100)(50) == pytest.approx(0.5 ** 0.9)
+
+
+# ------------------------------------------------------------ confidence-gated cross terms (issue 10)
+
+
+def _probs(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(3 * torch.randn(shape, generator=g), dim=1)
+
+
+def test_gated_cps_is_the_reference_dice_on_the_teachers_confident_pixels_only():
+    student, teacher = _probs((2, 3, 6, 5), 0), _probs((2, 3, 6, 5), 1)
+    loss = CrossPseudoSupervisionLoss(confidence=0.8)
+    keep = teacher.amax(dim=1) >= 0.8
+    assert 0 < int(keep.sum()) < keep.numel()  # the draw has pixels on both sides of the gate
+    # the reference Dice over the kept pixels alone (gathered into a 1 x K x N x 1 "image")
+    p_kept = student.permute(1, 0, 2, 3)[:, keep].T[None, :, :, None].transpose(1, 2)
+    y_kept = teacher.argmax(dim=1)[keep][None, None, :, None]
+    assert torch.allclose(loss.pseudo(student, teacher), reference_dice(p_kept, y_kept), atol=1e-6)
+    # the student's values on unconfident pixels do not matter; on confident ones they do
+    other = student.clone()
+    other.permute(0, 2, 3, 1)[~keep] = torch.tensor([1.0, 0.0, 0.0])
+    assert torch.allclose(loss.pseudo(other, teacher), loss.pseudo(student, teacher), atol=1e-6)
+    other.permute(0, 2, 3, 1)[keep] = torch.tensor([0.0, 0.0, 1.0])
+    assert not torch.allclose(loss.pseudo(other, teacher), loss.pseudo(student, teacher))
+    # gate 0 is the published CPS; a gate nothing passes gives 0
+    assert torch.allclose(CrossPseudoSupervisionLoss(confidence=0.0).pseudo(student, teacher),
+                          reference_dice(student, teacher.argmax(1, keepdim=True)))
+    assert float(CrossPseudoSupervisionLoss(confidence=0.999999).pseudo(student, torch.full_like(teacher, 1 / 3))) == 0.0
+    with pytest.raises(ValueError, match="confidence"):
+        CrossPseudoSupervisionLoss(confidence=1.0)
+
+
+def test_gated_cps_gradient_reaches_the_student_only_on_confident_pixels():
+    student, teacher = _probs((1, 2, 4, 4), 2).requires_grad_(True), _probs((1, 2, 4, 4), 3)
+    CrossPseudoSupervisionLoss(confidence=0.9).pseudo(student, teacher).backward()
+    keep = (teacher.amax(dim=1) >= 0.9)[:, None].expand_as(student)
+    assert student.grad[~keep].abs().max() == 0 and student.grad[keep].abs().max() > 0
+
+
+def _context(p_cnn, p_vit, leader="cnn", labeled_bs=0):
+    from custom.terms import IterationContext
+
+    return IterationContext(images=torch.zeros(p_cnn.shape[0], 1, *p_cnn.shape[2:]), labels=torch.zeros(0),
+                            labeled_bs=labeled_bs, networks={}, logits={}, probs={"cnn": p_cnn, "transformer": p_vit},
+                            teacher=None, iteration=0, leader=leader)
+
+
+@pytest.mark.parametrize("direction", ["follower", "both"])
+def test_gated_divergence_term_averages_kl_and_mig_over_the_confident_pixels(direction):
+    from custom.terms import InformationDivergenceTerm
+
+    p_cnn, p_vit = _probs((2, 3, 5, 5), 4).requires_grad_(True), _probs((2, 3, 5, 5), 5).requires_grad_(True)
+    term = InformationDivergenceTerm(direction=direction, confidence=0.7)
+    value = term.loss(_context(p_cnn, p_vit, leader="transformer"))
+    if direction == "follower":  # the leader (transformer) is the detached target, its confidence the gate
+        keep = p_vit.amax(dim=1) >= 0.7
+        per_pixel = kl_divergence(p_vit, p_cnn) + mutual_information_gap(p_vit, p_cnn)
+    else:  # the published direction KL(p_cnn || p_vit); pixels where either network is confident
+        keep = (p_cnn.amax(dim=1) >= 0.7) | (p_vit.amax(dim=1) >= 0.7)
+        per_pixel = kl_divergence(p_cnn, p_vit) + mutual_information_gap(p_cnn, p_vit)
+    assert 0 < int(keep.sum()) < keep.numel()
+    assert torch.allclose(value, per_pixel[keep].mean(), atol=1e-6)
+    value.backward()
+    if direction == "follower":
+        assert p_vit.grad is None or p_vit.grad.abs().max() == 0
+    else:
+        assert p_vit.grad.abs().max() > 0
+    assert p_cnn.grad.abs().max() > 0
+    # gate 0: every pixel, the plain mean
+    plain = InformationDivergenceTerm(direction=direction).loss(_context(p_cnn.detach(), p_vit.detach(), "transformer"))
+    assert torch.allclose(plain, per_pixel.detach().mean(), atol=1e-6)

@@ -65,7 +65,7 @@ def _batches(n_labeled=2, n_unlabeled=4, size=64, seed=0):
     return labeled, unlabeled
 
 
-def _trainer(iterations, lr=0.01, terms=None, seed=0):
+def _trainer(iterations, lr=0.01, terms=None, seed=0, forward="joint"):
     torch.manual_seed(seed)
     cnn, vit = UNeXt(1, 2), tiny_swin()
     teacher = EMATeacher(vit, 0.99)
@@ -77,7 +77,7 @@ def _trainer(iterations, lr=0.01, terms=None, seed=0):
         networks={"cnn": cnn, "transformer": vit},
         optimizers={"cnn": torch.optim.SGD(cnn.parameters(), lr=lr, momentum=0.9),
                     "transformer": torch.optim.SGD(vit.parameters(), lr=lr, momentum=0.9)},
-        supervised_loss=SupervisedLoss(), terms=terms, teacher=teacher, seed=seed, decollate=False,
+        supervised_loss=SupervisedLoss(), terms=terms, teacher=teacher, seed=seed, decollate=False, forward=forward,
     )
     outputs = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(dict(e.state.output)))
@@ -107,6 +107,28 @@ def test_zero_weight_term_is_skipped_and_teacher_follows_student():
     assert outputs[0]["loss_ict"] == 0.0 and outputs[0]["weight_ict"] == 0.0
     changed = [not torch.equal(a, b) for a, b in zip(before, trainer.teacher.module.parameters())]
     assert any(changed)
+
+
+@pytest.mark.parametrize("forward", ["joint", "separate"])
+def test_separate_forward_normalises_the_supervised_pass_with_labelled_images_only(forward):
+    import copy
+
+    trainer, outputs = _trainer(iterations=1, terms=[CrossPseudoSupervisionTerm()], forward=forward)
+    cnn_before = copy.deepcopy(trainer.networks["cnn"]).train()
+    calls = []
+    trainer.networks["cnn"].register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    trainer.run()
+    labeled, unlabeled = _batches()
+    x_l, y_l = labeled[0]["image"], labeled[0]["label"]
+    with torch.no_grad():
+        alone = float(SupervisedLoss()(cnn_before(x_l), y_l))  # batch statistics of the labelled images only
+        mixed = float(SupervisedLoss()(cnn_before(torch.cat([x_l, unlabeled[0]["image"]]))[:2], y_l))
+    assert abs(alone - mixed) > 1e-4  # the UNeXt's BatchNorm makes the two differ
+    expected = alone if forward == "separate" else mixed
+    assert float(outputs[0]["loss_sup_cnn"]) == pytest.approx(expected, rel=1e-5)
+    assert calls == ([2, 4] if forward == "separate" else [6])
+    with pytest.raises(ValueError, match="forward must be one of"):
+        _trainer(iterations=1, forward="sideways")
 
 
 def test_non_finite_loss_names_the_term_and_iteration():
