@@ -85,6 +85,10 @@ class UnsupervisedTerm(nn.Module):
         if name is not None:
             self.name = name
 
+    #: True when ``loss`` builds its own forward graph and uses nothing of the shared forward's
+    #: graph: the trainer then backpropagates it separately (same gradients, lower memory peak)
+    own_graph = False
+
     def weight(self, iteration: int) -> float:
         return float(self.schedule(iteration))
 
@@ -176,6 +180,7 @@ class InterpolationConsistencyTerm(UnsupervisedTerm):
     probabilities (method.md, 3). The reference applies it to the Swin-Unet only."""
 
     name = "ict"
+    own_graph = True  # its loss needs none of the shared forward: the trainer backpropagates it apart
 
     def __init__(self, roles: Sequence[str] = ("transformer",), weight=1.0, alpha: float = 0.5, name: str | None = None) -> None:
         super().__init__(weight, name)

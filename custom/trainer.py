@@ -289,35 +289,42 @@ class SemiSupervisedTrainer(Trainer):
         ctx = IterationContext(images=x, labels=y_l, labeled_bs=labeled_bs, networks=dict(engine.networks), logits=logits,
                                probs=probs, teacher=engine.teacher, iteration=t, generator=engine.generator,
                                autocast=engine._autocast, leader=engine.leader)
+        deferred = []
         for term in engine.terms:
             w = term.weight(t)
             out[f"weight_{term.name}"] = w
             if w == 0.0:
                 out[f"loss_{term.name}"] = 0.0
                 continue
+            if getattr(term, "own_graph", False):
+                deferred.append((term, w))
+                continue
             value = term.loss(ctx)
             out[f"loss_{term.name}"] = value.detach()
             total = total + w * value
         if not _finite_on_all_ranks(total):
-            bad = [k for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor) and not torch.isfinite(v)]
-            message = f"non-finite loss at iteration {t + 1}: terms {bad or ['total']} (values {[float(out[k]) for k in bad]})"
-            if engine.nonfinite == "stop":
-                raise FloatingPointError(message)
-            return engine._skip_step(out, total, logits, labeled_bs, message)
+            return engine._nonfinite(out, total, logits, labeled_bs, t)
         engine.state.nonfinite_skips = getattr(engine.state, "nonfinite_skips", 0)
         out["nonfinite_skips"] = engine.state.nonfinite_skips
         engine.state.output[Keys.LOSS] = total
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-
+        engine._backward(total)
+        # A term with its own forward graph (ICT: a forward of the mixed images) is backpropagated
+        # after the shared graph is freed: the gradients add up to the same sum as one backward of
+        # the total, and the memory peak is the larger graph instead of both together.
+        for term, w in deferred:
+            value = term.loss(ctx)
+            out[f"loss_{term.name}"] = value.detach()
+            if not _finite_on_all_ranks(value):
+                return engine._nonfinite(out, total.detach() + w * value.detach(), logits, labeled_bs, t)
+            engine._backward(w * value)
+            total = total.detach() + w * value.detach()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         if engine.amp and engine.scaler is not None and self.amp_dtype == torch.float16:
-            engine.scaler.scale(total).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             for opt in engine.optimizers.values():
                 engine.scaler.step(opt)
             engine.scaler.update()
         else:
-            total.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             for opt in engine.optimizers.values():
                 opt.step()
         if engine.teacher is not None:
@@ -328,6 +335,21 @@ class SemiSupervisedTrainer(Trainer):
         # MONAI decollates and post-processes the output on this event, so it comes last
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.amp and self.scaler is not None and self.amp_dtype == torch.float16:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _nonfinite(self, out: dict, total: torch.Tensor, logits: Mapping[str, torch.Tensor], labeled_bs: int,
+                   t: int) -> dict:
+        """A non-finite loss: raise (``nonfinite="stop"``) or skip the step, naming the terms."""
+        bad = [k for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor) and not torch.isfinite(v)]
+        message = f"non-finite loss at iteration {t + 1}: terms {bad or ['total']} (values {[float(out[k]) for k in bad]})"
+        if self.nonfinite == "stop":
+            raise FloatingPointError(message)
+        return self._skip_step(out, total, logits, labeled_bs, message)
 
     def _skip_step(self, out: dict, total: torch.Tensor, logits: Mapping[str, torch.Tensor], labeled_bs: int,
                    message: str) -> dict:

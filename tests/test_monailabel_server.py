@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import re
 import socket
 import subprocess
 import sys
@@ -282,7 +283,7 @@ def test_a_broken_image_gets_an_error_naming_it_and_the_server_keeps_serving(ser
     # the strategy never proposes it
     nxt = _check(requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server)
     assert nxt.json().get("id") != "broken_frame"
-    # remove it again: training on a datastore holding an unreadable frame is not handled yet
+    # remove it again (the training test adds its own broken, labelled frame)
     _check(requests.delete(f"{server['url']}/datastore/", params={"id": "broken_frame"}, timeout=REQUEST_TIMEOUT), server)
 
 
@@ -311,6 +312,14 @@ def test_short_training_run_completes(server):
             _check(requests.put(f"{url}/datastore/label", params={"image": image, "tag": "final"},
                                 files={"label": (f"{image}.png", f, "image/png")}, data={"params": "{}"},
                                 timeout=REQUEST_TIMEOUT), server)
+    # a truncated frame with a valid mask: training leaves it out (logged by name) and trains on the rest
+    truncated = server["files"][labelled[0]].read_bytes()[:200]
+    _check(requests.put(f"{url}/datastore/image", params={"image": "broken_labelled"},
+                        files={"file": ("broken_labelled.png", truncated, "image/png")}, timeout=REQUEST_TIMEOUT), server)
+    with open(source / "labels" / f"{labelled[0]}.png", "rb") as f:
+        _check(requests.put(f"{url}/datastore/label", params={"image": "broken_labelled", "tag": "final"},
+                            files={"label": ("broken_labelled.png", f, "image/png")}, data={"params": "{}"},
+                            timeout=REQUEST_TIMEOUT), server)
     model_pt = server["models_dir"] / "model.pt"
     state_pt = server["models_dir"] / "train_state" / "train_state.pt"
     before = (model_pt.stat().st_mtime_ns, state_pt.stat().st_mtime_ns)
@@ -328,6 +337,8 @@ def test_short_training_run_completes(server):
     assert status.get("status") == "DONE", f"{json.dumps(status)[:3000]}\n{_tail(server['log'])}"
     assert state_pt.stat().st_mtime_ns > before[1], "training did not write the training state"
     assert model_pt.stat().st_mtime_ns > before[0], "training did not write model.pt"
+    log = Path(server["log"]).read_text(errors="replace")
+    assert re.search(r"training leaves out \S*broken_labelled\S*: ", log), _tail(server["log"])
     # the strategy now skips the labelled images and scores with the new weights
     expected = {k: v for k, v in _divergences(server).items() if k not in labelled}
     nxt = _check(requests.post(f"{url}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server).json()

@@ -131,6 +131,27 @@ def test_separate_forward_normalises_the_supervised_pass_with_labelled_images_on
         _trainer(iterations=1, forward="sideways")
 
 
+def test_ict_backpropagated_apart_gives_the_gradients_of_one_backward_of_the_total():
+    """The trainer backpropagates ICT (own_graph) after the shared graph: same update as one backward."""
+    def one_step(own_graph: bool | None):
+        terms = [CrossPseudoSupervisionTerm(), InformationDivergenceTerm()]
+        if own_graph is not None:
+            ict = InterpolationConsistencyTerm()
+            ict.own_graph = own_graph
+            terms.insert(1, ict)
+        trainer, outputs = _trainer(iterations=1, lr=0.5, terms=terms)
+        trainer.run()
+        return [p.detach().clone() for p in trainer.networks.parameters()], outputs[0]
+
+    apart, out_apart = one_step(True)
+    joint, out_joint = one_step(False)
+    without, _ = one_step(None)
+    assert float(out_apart["loss"]) == pytest.approx(float(out_joint["loss"]), rel=1e-6)
+    assert float(out_apart["loss_ict"]) == pytest.approx(float(out_joint["loss_ict"]), rel=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(apart, joint))
+    assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(apart, without))  # ICT did contribute
+
+
 def test_non_finite_loss_names_the_term_and_iteration():
     class Broken(CrossPseudoSupervisionTerm):
         name = "broken"

@@ -6,6 +6,11 @@ by ``val_split``); its unlabelled images feed the semi-supervised terms through
 Training starts from the app's ``models_dir/model.pt`` (UNeXt) and the Transformer of
 ``models_dir/train_state/train_state.pt`` when they exist (``pretrained``, the default), and
 writes both files back there.
+
+Every labelled pair and unlabelled image is read once before training
+(:func:`custom.data.preflight.check_entries`): a file that cannot be read or is not a usable
+image or mask is left out with a warning naming it and the reason, so one broken upload
+never stops training on the rest; no usable labelled image left is an error naming them.
 """
 
 from __future__ import annotations
@@ -65,11 +70,31 @@ class FetalUSTrainTask(BundleTrainTask):
         labelled = super()._fetch_datalist(request, datastore)
         label_tag, labels = request.get("label_tag"), request.get("labels")
         unlabelled = [{"image": datastore.get_image_uri(i)} for i in sorted(datastore.get_unlabeled_images(label_tag, labels))]
-        self._unlabeled = unlabelled
-        logger.info("labelled images: %d; unlabelled images: %d", len(labelled), len(unlabelled))
         if not labelled:
             raise ValueError("no labelled image in the datastore: save at least one label first")
+        labelled, bad_labelled = self._usable(labelled, require_labels=True)
+        if not labelled:
+            raise ValueError("no usable labelled image in the datastore: "
+                             + "; ".join(f"{f}: {m}" for f, m in bad_labelled))
+        unlabelled, _ = self._usable(unlabelled, require_labels=False)
+        self._unlabeled = unlabelled
+        logger.info("labelled images: %d; unlabelled images: %d", len(labelled), len(unlabelled))
         return labelled
+
+    def _usable(self, entries: list[dict], require_labels: bool) -> tuple[list[dict], list[tuple[str, str]]]:
+        """The entries whose files all read as usable images (and masks); the others are logged and left out."""
+        from custom.data.preflight import check_entries
+
+        good, bad = [], []
+        for entry in entries:
+            problems = check_entries([entry], self.settings.num_classes, require_labels=require_labels, timeout_s=60.0)
+            if problems:
+                bad += problems
+                for file, problem in problems:
+                    logger.warning("training leaves out %s: %s", file, problem)
+            else:
+                good.append(entry)
+        return good, bad
 
     def _partition_datalist(self, datalist, request, shuffle=False):
         train_ds, val_ds = super()._partition_datalist(datalist, request, shuffle=shuffle)
