@@ -33,13 +33,14 @@ def _bench(*args: str) -> dict:
 
 def test_bench_train_json_reports_iteration_floor_and_ratio():
     r = _bench("train", "--image-size", "64", "--iterations", "2", "--warmup", "1", "--threads", "1",
-               "--overrides", repr(TINY_SWIN))
+               "--overrides", repr(TINY_SWIN), "--mmap-threshold-kib", "128")
     for key in ("iteration_s", "floor_s", "floor_ratio", "peak_rss_mb"):
         assert isinstance(r[key], float) and r[key] > 0, (key, r[key])
     assert r["floor_ratio"] >= 0.5, r  # the floor is a subset of the iteration's work (timing noise aside)
     assert 0.0 <= r["data_wait_fraction"] < 1.0
     assert set(r["floor_components_s"]) == {"fwd_bwd_cnn", "fwd_bwd_transformer", "fwd_bwd_transformer_mix", "fwd_teacher"}
     assert r["config"]["image_size"] == 64 and r["config"]["batch_size"] == 5 and r["config"]["labeled_bs"] == 1
+    assert r["config"]["malloc_mmap_threshold"] == "128 KiB"
 
 
 def test_bench_infer_json_reports_every_variant():
