@@ -55,11 +55,15 @@ def test_bench_infer_json_reports_every_variant():
 
 # ------------------------------------------------------------------ reference computation
 SMOOTH, EPS = 1e-5, 1e-8
+GATE = 0.52
 
 
-def _dice(p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Batch Dice, squared denominator, background included, smooth 1e-5, mean over classes."""
+def _dice(p: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch Dice, squared denominator, background included, smooth 1e-5, mean over classes;
+    only the pixels where ``keep`` (B x H x W) is true count when it is given."""
     y = F.one_hot(labels[:, 0].long(), p.shape[1]).permute(0, 3, 1, 2).float()
+    if keep is not None:
+        p, y = p * keep[:, None], y * keep[:, None]
     num = 2 * (p * y).sum(dim=(0, 2, 3)) + SMOOTH
     den = (p * p).sum(dim=(0, 2, 3)) + (y * y).sum(dim=(0, 2, 3)) + SMOOTH
     return (1 - num / den).mean()
@@ -69,11 +73,17 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p + EPS)).sum(dim=1)
 
 
-def _reference_terms(nets: dict, teacher, x_l, y_l, x_u, generator_state, coupling: str) -> dict[str, float]:
+def _reference_terms(nets: dict, teacher, x_l, y_l, x_u, generator_state, coupling: str,
+                     confidence: float = 0.0) -> dict[str, float]:
+    """The paper (``coupling="both"``: one forward of [x_l; x_u], every pixel) or the default
+    (``"follower"``: x_l and x_u forwarded apart, the CNN leading, pixels gated by its confidence)."""
     x = torch.cat([x_l, x_u])
     nl = x_l.shape[0]
     with torch.no_grad():
-        logits = {role: net(x) for role, net in nets.items()}
+        if coupling == "both":
+            logits = {role: net(x) for role, net in nets.items()}
+        else:
+            logits = {role: torch.cat([net(x_l), net(x_u)]) for role, net in nets.items()}
         p1, p2 = torch.softmax(logits["cnn"], 1), torch.softmax(logits["transformer"], 1)
         out = {}
         for role, lg in logits.items():
@@ -82,8 +92,8 @@ def _reference_terms(nets: dict, teacher, x_l, y_l, x_u, generator_state, coupli
         y1, y2 = p1[nl:].argmax(1, keepdim=True), p2[nl:].argmax(1, keepdim=True)
         if coupling == "both":
             out["loss_cps"] = _dice(p1[nl:], y2) + _dice(p2[nl:], y1)
-        else:  # follower, the CNN leading: only the Transformer learns from the CNN's pseudo-labels
-            out["loss_cps"] = _dice(p2[nl:], y1)
+        else:  # follower, the CNN leading: only the Transformer learns from the CNN's confident pseudo-labels
+            out["loss_cps"] = _dice(p2[nl:], y1, p1[nl:].amax(1) >= confidence)
         # ICT: the same lambda draw as the trainer (its generator's state before the iteration)
         half = x_u.shape[0] // 2
         g = torch.Generator()
@@ -94,10 +104,12 @@ def _reference_terms(nets: dict, teacher, x_l, y_l, x_u, generator_state, coupli
         x_mix = (1 - lam) * ua + lam * ub
         target = (1 - lam) * torch.softmax(teacher(ua), 1) + lam * torch.softmax(teacher(ub), 1)
         out["loss_ict"] = ((torch.softmax(nets["transformer"](x_mix), 1) - target) ** 2).mean()
-        # information divergence on every image: mean(MIG) + mean(KL(p1 || p2))
+        # information divergence on every image: mean(MIG) + mean(KL(p1 || p2)); gated: over the
+        # pixels where the leader (the CNN, p1) is confident
         kl = (p1 * (torch.log(p1 + EPS) - torch.log(p2 + EPS))).sum(1)
         mig = _entropy(p1) + _entropy(p2) - _entropy(0.5 * (p1 + p2))
-        out["loss_id"] = mig.mean() + kl.mean()
+        keep = p1.amax(1) >= confidence
+        out["loss_id"] = (mig + kl)[keep].mean()
     return {k: float(v) for k, v in out.items()}
 
 
@@ -106,7 +118,11 @@ def test_one_trainer_iteration_equals_the_reference_math(tmp_path, demo_dataset,
     extra = ("paper.yaml",) if coupling == "both" else ()
     overrides = tiny_overrides(tmp_path, demo_dataset, batch_size=6, labeled_bs=2, max_iterations=1,
                                **{"train#epoch_length": 1, "transformer_def#drop_path_rate": 0.0})
+    if coupling == "follower":  # the default's gate, lowered to where an untrained 2-class UNeXt has pixels on both sides
+        overrides["confidence"] = GATE
     parser, trainer = build_trainer(train_config_files(*extra), overrides)
+    confidence = float(parser.get_parsed_content("confidence"))
+    assert parser.get_parsed_content("forward") == ("joint" if coupling == "both" else "separate")
     assert parser.get_parsed_content("coupling") == coupling
     assert all(t.direction == coupling for t in trainer.terms if hasattr(t, "direction"))
     nets = {role: copy.deepcopy(net).train() for role, net in trainer.networks.items()}
@@ -130,12 +146,20 @@ def test_one_trainer_iteration_equals_the_reference_math(tmp_path, demo_dataset,
     trainer.teacher.module.register_forward_hook(lambda m, inp, out: calls["teacher"].append(inp[0].shape[0]))
     trainer.run()
 
-    # each network forwards once on the whole batch; ICT: Swin once on the mixed pairs, teacher once on the unlabelled
-    assert calls == {"cnn": [6], "transformer": [6, 2], "teacher": [4]}
+    # each network forwards once on the whole batch (the paper) or once on each part (the default);
+    # ICT: Swin once on the mixed pairs, teacher once on the unlabelled
+    if coupling == "both":
+        assert calls == {"cnn": [6], "transformer": [6, 2], "teacher": [4]}
+    else:
+        assert calls == {"cnn": [2, 4], "transformer": [2, 4, 2], "teacher": [4]}
     plain = lambda v: v.as_tensor() if hasattr(v, "as_tensor") else torch.as_tensor(v)  # noqa: E731
     x_l, y_l = plain(captured["labeled"]["image"]).float(), plain(captured["labeled"]["label"])
     x_u = plain(captured["unlabeled"]["image"]).float()
-    expected = _reference_terms(nets, teacher, x_l, y_l, x_u, generator_state, coupling)
+    expected = _reference_terms(nets, teacher, x_l, y_l, x_u, generator_state, coupling, confidence)
+    if coupling == "follower":
+        with torch.no_grad():
+            conf = torch.softmax(nets["cnn"](x_u), 1).amax(1)
+        assert 0.05 < float((conf >= confidence).float().mean()) < 0.95, "the gate keeps only some pixels"
     got = captured["terms"]
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-5, rel=1e-5), (key, got[key], value)
