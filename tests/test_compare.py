@@ -170,3 +170,26 @@ def test_the_fallback_evaluation_agrees_with_custom_evaluation(tmp_path):
     for a, b in zip(mine, theirs):
         for key in ("dice", "hd95", "asd", "unit"):
             assert a[key] == pytest.approx(b[key]), key
+
+
+def test_methods_are_names_or_override_files_and_the_gap_share_is_computed():
+    assert compare.method_file("ours") == ("ours", compare.METHOD_DIR / "ours.yaml")
+    name, path = compare.method_file("bundle/configs/ablations/no_gate.yaml")
+    assert name == "no_gate" and path.is_file()
+    with pytest.raises(ValueError, match="unknown method 'nosuch'"):
+        compare.method_file("nosuch")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        compare.method_file("missing.yaml")
+
+    def row(dice, std):
+        return {"dice": dice, "dice_std": std}
+
+    table = {"labeled_only": row(0.70, 0.01), "fully_supervised": row(0.80, 0.01), "good": row(0.76, 0.02),
+             "harmful": row(0.65, 0.03), "noisy": row(0.71, 0.02)}
+    shares = compare.gap_shares(table)
+    assert set(shares) == {"good", "harmful", "noisy"}
+    assert shares["good"]["gap_share"] == pytest.approx(0.6) and shares["good"]["never_below"]
+    assert shares["harmful"]["gap_share"] == pytest.approx(-0.5) and not shares["harmful"]["never_below"]
+    assert shares["noisy"]["gap_share"] == pytest.approx(0.1) and not shares["noisy"]["never_below"]  # 0.69 < 0.70
+    assert compare.gap_shares({"labeled_only": row(0.7, 0), "good": row(0.8, 0)}) == {}  # no upper reference
+    assert compare.gap_shares({**table, "fully_supervised": row(0.69, 0)}) == {}  # C not above A: no gap to close
