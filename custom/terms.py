@@ -65,7 +65,7 @@ class IterationContext:
         return leader, (b if leader == a else a)
 
 
-DIRECTIONS = ("both", "mutual", "follower")
+DIRECTIONS = ("both", "mutual", "follower", "ensemble")
 
 
 def _check_direction(direction: str) -> str:
@@ -102,7 +102,9 @@ class CrossPseudoSupervisionTerm(UnsupervisedTerm):
     ``direction="both"`` (the paper): ``Dice(p_a_u, argmax p_b_u) + Dice(p_b_u, argmax p_a_u)``.
     ``direction="follower"``: only ``Dice(p_follower_u, argmax p_leader_u)``: the network that
     validates worse learns from the better one's pseudo-labels, never the other way round.
-    ``"mutual"`` is ``"both"`` (pseudo-labels are always detached).
+    ``"mutual"`` is ``"both"`` (pseudo-labels are always detached). ``"ensemble"``: each network
+    learns from the pseudo-labels of the two networks' mean probabilities (detached):
+    ``Dice(p_a_u, argmax m_u) + Dice(p_b_u, argmax m_u)``, ``m = (p_a + p_b) / 2``.
     ``confidence`` > 0 keeps only the pixels where the pseudo-label's source is at least that
     confident (:class:`custom.losses.CrossPseudoSupervisionLoss`).
     """
@@ -119,6 +121,10 @@ class CrossPseudoSupervisionTerm(UnsupervisedTerm):
         if self.direction == "follower":
             leader, follower = ctx.teacher_student(self.roles)
             return self.criterion.pseudo(ctx.unlabeled_probs(follower), ctx.unlabeled_probs(leader))
+        if self.direction == "ensemble":
+            p_a, p_b = (ctx.unlabeled_probs(r) for r in self.roles)
+            mean = (0.5 * (p_a + p_b)).detach()
+            return self.criterion.pseudo(p_a, mean) + self.criterion.pseudo(p_b, mean)
         a, b = self.roles
         return self.criterion(ctx.unlabeled_probs(a), ctx.unlabeled_probs(b))
 
@@ -133,6 +139,8 @@ class InformationDivergenceTerm(UnsupervisedTerm):
     ``direction="mutual"``: both directions, each network moved towards the other's detached
     probabilities: ``L(sg(p_a), p_b) + L(sg(p_b), p_a)``. ``reverse_kl`` swaps the KL's
     arguments (``KL(p_model || p_target)``, mode-seeking) in every direction.
+    ``direction="ensemble"``: each network is moved towards the two networks' detached mean
+    ``m``: ``L(m, p_a) + L(m, p_b)``, gated by ``m``'s confidence.
     ``confidence`` > 0 averages over the confident pixels only: where the leader's largest
     probability is at least ``confidence`` (follower), or either network's is (both).
     """
@@ -169,6 +177,9 @@ class InformationDivergenceTerm(UnsupervisedTerm):
             target = ctx.probs[leader][start:].detach()
             return self._pair(target, ctx.probs[follower][start:], (target,))
         a, b = (ctx.probs[r][start:] for r in self.roles)
+        if self.direction == "ensemble":
+            mean = (0.5 * (a + b)).detach()
+            return self._pair(mean, a, (mean,)) + self._pair(mean, b, (mean,))
         if self.direction == "mutual":
             return self._pair(a.detach(), b, (a,)) + self._pair(b.detach(), a, (b,))
         return self._pair(a, b, (a, b))

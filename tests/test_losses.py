@@ -266,3 +266,21 @@ def test_gated_divergence_term_averages_kl_and_mig_over_the_confident_pixels(dir
     # gate 0: every pixel, the plain mean
     plain = InformationDivergenceTerm(direction=direction).loss(_context(p_cnn.detach(), p_vit.detach(), "transformer"))
     assert torch.allclose(plain, per_pixel.detach().mean(), atol=1e-6)
+
+
+def test_ensemble_direction_teaches_both_networks_the_detached_mean_on_its_confident_pixels():
+    from custom.terms import CrossPseudoSupervisionTerm, InformationDivergenceTerm
+
+    p_cnn, p_vit = _probs((2, 3, 5, 5), 6).requires_grad_(True), _probs((2, 3, 5, 5), 7).requires_grad_(True)
+    mean = 0.5 * (p_cnn.detach() + p_vit.detach())
+    keep = mean.amax(dim=1) >= 0.6
+    assert 0 < int(keep.sum()) < keep.numel()
+    ctx = _context(p_cnn, p_vit)
+    cps = CrossPseudoSupervisionTerm(direction="ensemble", confidence=0.6).loss(ctx)
+    gated = CrossPseudoSupervisionLoss(confidence=0.6)
+    assert torch.allclose(cps, gated.pseudo(p_cnn, mean) + gated.pseudo(p_vit, mean))
+    div = InformationDivergenceTerm(direction="ensemble", confidence=0.6).loss(ctx)
+    expected = sum(((kl_divergence(mean, p) + mutual_information_gap(mean, p))[keep]).mean() for p in (p_cnn, p_vit))
+    assert torch.allclose(div, expected, atol=1e-6)
+    (cps + div).backward()
+    assert p_cnn.grad.abs().max() > 0 and p_vit.grad.abs().max() > 0  # both networks learn
