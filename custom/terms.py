@@ -26,6 +26,8 @@ __all__ = [
     "CrossPseudoSupervisionTerm",
     "InterpolationConsistencyTerm",
     "InformationDivergenceTerm",
+    "SelfTrainingTerm",
+    "perturb_intensity",
     "LeaderSelector",
 ]
 
@@ -207,6 +209,49 @@ class InterpolationConsistencyTerm(UnsupervisedTerm):
             total = 0.0
             for role in self.roles:
                 total = total + self.criterion(torch.softmax(ctx.networks[role](x_mix).float(), 1), target)
+        return total
+
+
+def perturb_intensity(x: torch.Tensor, gamma: tuple[float, float] = (0.5, 1.5), scale: tuple[float, float] = (0.8, 1.2),
+                      noise_std: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A strongly perturbed copy of images in [0, 1]: per image ``clip(s * x ** g + n, 0, 1)``
+    with ``g ~ U(gamma)``, ``s ~ U(scale)`` (drawn from ``generator``) and Gaussian noise ``n``
+    of std ``noise_std``; the same intensity changes as the labelled augmentation, applied to
+    a whole batch on its device (no geometry, so the pseudo-labels stay aligned)."""
+    n = x.shape[0]
+    u = torch.rand(2, n, generator=generator).to(x.device, x.dtype).view(2, n, *([1] * (x.ndim - 1)))
+    g = gamma[0] + (gamma[1] - gamma[0]) * u[0]
+    s = scale[0] + (scale[1] - scale[0]) * u[1]
+    out = s * x.clamp_min(0).pow(g)
+    if noise_std > 0:
+        out = out + noise_std * torch.randn_like(x)
+    return out.clamp(0.0, 1.0)
+
+
+class SelfTrainingTerm(UnsupervisedTerm):
+    """Self-training under perturbation (FixMatch-style, for segmentation): each network in
+    ``roles`` predicts a strongly perturbed copy of the unlabelled images
+    (:func:`perturb_intensity`) and is pulled (Dice) towards its own detached pseudo-labels on
+    the clean images (from the shared forward), on the pixels where those are at least
+    ``confidence`` sure. It needs no other network, so a network that leads the cross terms
+    still learns from the unlabelled images."""
+
+    name = "self"
+    own_graph = True  # its own forward of the perturbed images; only detached values of the shared one
+
+    def __init__(self, roles: Sequence[str] = ("cnn",), weight=1.0, confidence: float = 0.9, noise_std: float = 0.05,
+                 name: str | None = None) -> None:
+        super().__init__(weight, name)
+        self.roles, self.noise_std = tuple(roles), float(noise_std)
+        self.criterion = CrossPseudoSupervisionLoss(confidence=confidence)
+
+    def loss(self, ctx: IterationContext) -> torch.Tensor:
+        x_s = perturb_intensity(ctx.unlabeled_images, noise_std=self.noise_std, generator=ctx.generator)
+        total = 0.0
+        with ctx.autocast():
+            for role in self.roles:
+                p_s = torch.softmax(ctx.networks[role](x_s).float(), 1)
+                total = total + self.criterion.pseudo(p_s, ctx.unlabeled_probs(role).detach())
         return total
 
 

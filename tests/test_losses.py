@@ -284,3 +284,28 @@ def test_ensemble_direction_teaches_both_networks_the_detached_mean_on_its_confi
     assert torch.allclose(div, expected, atol=1e-6)
     (cps + div).backward()
     assert p_cnn.grad.abs().max() > 0 and p_vit.grad.abs().max() > 0  # both networks learn
+
+
+def test_self_training_term_is_gated_dice_of_the_perturbed_prediction_against_the_clean_pseudo_labels():
+    from custom.terms import IterationContext, SelfTrainingTerm, perturb_intensity
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 3, 3, padding=1)
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        p_clean = torch.softmax(3 * net(x), 1)  # sharper than the net itself: confident pixels exist
+    term = SelfTrainingTerm(roles=("cnn",), confidence=0.7, noise_std=0.05)
+    ctx = IterationContext(images=x, labels=torch.zeros(0), labeled_bs=2, networks={"cnn": net}, logits={},
+                           probs={"cnn": p_clean}, teacher=None, iteration=0, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(5)
+    value = term.loss(ctx)
+    torch.manual_seed(5)
+    x_s = perturb_intensity(x[2:], noise_std=0.05, generator=torch.Generator().manual_seed(3))
+    expected = CrossPseudoSupervisionLoss(confidence=0.7).pseudo(torch.softmax(net(x_s), 1), p_clean[2:])
+    assert torch.allclose(value, expected)
+    assert 0 < float((p_clean[2:].amax(1) >= 0.7).float().mean()) < 1
+    value.backward()
+    assert net.weight.grad.abs().max() > 0
+    # the perturbation: within [0, 1], different from the input, the same for the same draws
+    assert 0 <= float(x_s.min()) and float(x_s.max()) <= 1 and not torch.allclose(x_s, x[2:])
+    assert SelfTrainingTerm.own_graph
