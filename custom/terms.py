@@ -157,16 +157,12 @@ class InformationDivergenceTerm(UnsupervisedTerm):
             raise ValueError(f"confidence must be within [0, 1), got {confidence}")
         self.roles, self.direction = tuple(roles), _check_direction(direction)
         self.unlabeled_only, self.confidence, self.reverse_kl = unlabeled_only, float(confidence), bool(reverse_kl)
-        self.kl_weight, self.mig_weight = float(kl_weight), float(mig_weight)
-        self.criterion = InformationDivergenceLoss(kl_weight=0.0, mig_weight=mig_weight, reduction="none")
-        self.kl = InformationDivergenceLoss(kl_weight=1.0, mig_weight=0.0, reduction="none")
+        self.criterion = InformationDivergenceLoss(kl_weight=kl_weight, mig_weight=mig_weight, reduction="none")
 
     def _pair(self, target: torch.Tensor, model: torch.Tensor, sources: Sequence[torch.Tensor]) -> torch.Tensor:
         """``mean(MIG(target, model) + KL(target || model))`` (reversed: ``KL(model || target)``),
         over the pixels where one of ``sources`` is confident when gated."""
-        per_pixel = self.criterion(target, model)
-        if self.kl_weight:
-            per_pixel = per_pixel + self.kl_weight * (self.kl(model, target) if self.reverse_kl else self.kl(target, model))
+        per_pixel = self.criterion(model, target) if self.reverse_kl else self.criterion(target, model)  # MIG is symmetric
         if self.confidence <= 0:
             return per_pixel.mean()
         mask = torch.stack([confidence_mask(p, self.confidence) for p in sources]).amax(dim=0)

@@ -309,3 +309,20 @@ def test_self_training_term_is_gated_dice_of_the_perturbed_prediction_against_th
     # the perturbation: within [0, 1], different from the input, the same for the same draws
     assert 0 <= float(x_s.min()) and float(x_s.max()) <= 1 and not torch.allclose(x_s, x[2:])
     assert SelfTrainingTerm.own_graph
+
+
+def test_reverse_kl_and_mutual_directions_of_the_divergence_term():
+    from custom.terms import InformationDivergenceTerm
+
+    p_cnn, p_vit = _probs((2, 3, 4, 4), 8).requires_grad_(True), _probs((2, 3, 4, 4), 9).requires_grad_(True)
+    ctx = _context(p_cnn, p_vit, leader="cnn")
+    reverse = InformationDivergenceTerm(direction="follower", reverse_kl=True).loss(ctx)
+    expected = (kl_divergence(p_vit, p_cnn) + mutual_information_gap(p_cnn, p_vit)).mean()  # KL(follower || leader)
+    assert torch.allclose(reverse, expected, atol=1e-6)
+    assert not torch.allclose(reverse, InformationDivergenceTerm(direction="follower").loss(ctx))
+    mutual = InformationDivergenceTerm(direction="mutual", mig_weight=0.0).loss(ctx)
+    assert torch.allclose(mutual, kl_divergence(p_cnn, p_vit).mean() + kl_divergence(p_vit, p_cnn).mean(), atol=1e-6)
+    # mutual: each network is moved by its own target term only (the targets are detached)
+    grad_cnn = torch.autograd.grad(mutual, p_cnn, retain_graph=True)[0]
+    alone = torch.autograd.grad(kl_divergence(p_vit.detach(), p_cnn).mean(), p_cnn)[0]
+    assert torch.allclose(grad_cnn, alone, atol=1e-7)
