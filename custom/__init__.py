@@ -8,7 +8,7 @@ pay for importing torch-heavy modules it does not use.
 
 import importlib
 
-_SUBMODULES = {"baselines", "biometry", "checkpoint", "compare", "data", "demo_data", "distributed", "ema", "evaluation", "inference", "losses", "metrics", "mixup", "networks",
+_SUBMODULES = {"baselines", "biometry", "checkpoint", "cli", "compare", "data", "demo_data", "distributed", "ema", "evaluation", "inference", "losses", "metrics", "mixup", "networks",
                "package", "schedules", "terms", "trainer", "transforms"}
 
 

@@ -54,6 +54,8 @@ from typing import Any
 
 import torch
 
+from .cli import OptionError, parse_bool
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
 
@@ -479,6 +481,8 @@ class Bench:
         (``ours``); ``--overrides "{'transformer_def#window_size': 4}"`` any config value;
         ``--mmap-threshold-kib 128``: freed large buffers go back to the system (see
         :func:`set_mmap_threshold`), recorded in the result's ``config``."""
+        channels_last, compile, floor, json = (parse_bool(v, n) for v, n in (
+            (channels_last, "channels-last"), (compile, "compile"), (floor, "floor"), (json, "json")))
         if mmap_threshold_kib:
             set_mmap_threshold(int(mmap_threshold_kib))
         r = bench_train(image_size, batch_size, labeled_bs, iterations, warmup, threads, amp, channels_last, compile,
@@ -489,6 +493,7 @@ class Bench:
               num_classes: int = 2, variants: Any = ("eager", "channels_last", "torchscript", "onnxruntime"),
               json: bool = False):
         """Latency and throughput of the deployed UNeXt: eager, channels-last, TorchScript, ONNX Runtime."""
+        json = parse_bool(json, "json")
         r = bench_infer(sizes, threads, batch, reps, warmup, num_classes, variants, quiet=False)
         _emit(r, json, _print_infer)
 
@@ -505,10 +510,35 @@ def _emit(result: dict, as_json: bool, printer: Callable[[dict], None]) -> None:
         printer(result)
 
 
+def _wants_json(args: Sequence[str]) -> bool:
+    """Whether the command line asks for ``--json`` (``--json``, ``--json true``, ``--json=yes``; not ``--json false``)."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg.startswith("--json="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--json":
+            value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("-") else "true"
+        else:
+            continue
+        try:
+            return parse_bool(value, "json")
+        except OptionError:
+            return False  # fire's call reports the bad value
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except OptionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
     import fire
 
-    if as_json := ("--json" in (argv if argv is not None else sys.argv[1:])):
+    if as_json := _wants_json(argv if argv is not None else sys.argv[1:]):
         # keep stdout for the one JSON object: anything else that prints goes to stderr
         global _JSON_STDOUT
         _JSON_STDOUT, sys.stdout = sys.stdout, sys.stderr

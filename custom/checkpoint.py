@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from .cli import parse_bool
+
 __all__ = ["safe_torch_load", "TrainingStateSaver", "atomic_torch_save", "load_training_state", "resume_training", "random_states",
            "set_random_states", "load_network_weights", "WeightsLoader"]
 
@@ -138,7 +140,7 @@ class TrainingStateSaver:
                  filename: str = "train_state.pt", datasets: Sequence[Any] = (), resume: bool = False) -> None:
         self.save_dir, self.save_dict = save_dir, dict(save_dict)
         self.save_interval, self.filename = int(save_interval), filename
-        self.datasets, self.resume = list(datasets), bool(resume)
+        self.datasets, self.resume = list(datasets), parse_bool(resume, "resume")  # `--resume false` arrives as a string
         self.engine: Engine | None = None
 
     @property

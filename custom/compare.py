@@ -584,6 +584,9 @@ def run_comparison(dataset_dir: str, methods: Any = METHODS, seeds: Any = (0,), 
     """
     from tqdm.auto import tqdm
 
+    from .cli import parse_bool
+
+    progress = parse_bool(progress, "progress")
     methods_l = _as_list(methods)
     names_l = [method_file(m)[0] for m in methods_l]
     seeds_l = [int(s) for s in _as_list(seeds)]

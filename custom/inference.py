@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.transforms import MapTransform, SaveImage
 
+from .cli import parse_bool
 from .losses import InformationDivergenceLoss
 
 __all__ = ["IMAGE_SUFFIXES", "list_inputs", "InputScreen", "screen_inputs", "BAD_INPUTS_NAME", "SaveMaskd",
@@ -110,7 +111,8 @@ class InputScreen:
                  fail_on_bad_input: bool = False, overwrite: bool = False, timeout_s: float | None = 60.0,
                  postfix: str = "mask") -> None:
         self.output_dir, self.transform, self.intensity_range = output_dir, transform, intensity_range
-        self.fail_on_bad_input, self.overwrite, self.timeout_s, self.postfix = bool(fail_on_bad_input), bool(overwrite), timeout_s, postfix
+        self.fail_on_bad_input = parse_bool(fail_on_bad_input, "fail_on_bad_input")
+        self.overwrite, self.timeout_s, self.postfix = parse_bool(overwrite, "overwrite"), timeout_s, postfix
         self.bad: list[dict[str, str]] = []
 
     @property
@@ -175,8 +177,8 @@ class SaveMaskd(MapTransform):
     def __init__(self, keys, output_dir: str, source_key: str = "image", overwrite: bool = False,
                  postfix: str = "mask", overlay: bool = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.output_dir, self.source_key, self.overwrite, self.postfix = output_dir, source_key, bool(overwrite), postfix
-        self.overlay = bool(overlay)
+        self.output_dir, self.source_key, self.overwrite, self.postfix = output_dir, source_key, parse_bool(overwrite, "overwrite"), postfix
+        self.overlay = parse_bool(overlay, "save_overlays")
         common = dict(output_dir=output_dir, output_postfix=postfix, output_dtype=np.uint8, resample=False,
                       separate_folder=False, print_log=False)
         self.png = SaveImage(output_ext=".png", scale=None, **common)

@@ -35,6 +35,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli import OptionError, parse_bool
+
 __all__ = ["package", "bundle_root", "PackagingError", "main"]
 
 logger = logging.getLogger(__name__)
@@ -66,19 +68,6 @@ def bundle_root() -> str:
     raise FileNotFoundError(
         f"no bundle folder (configs/metadata.json) at {here} or {here / 'bundle'}: pass --bundle_root DIR"
     )
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "y", "on"}:
-        return True
-    if text in {"0", "false", "no", "n", "off", ""}:
-        return False
-    raise PackagingError(f"expected a boolean, got {value!r}")
 
 
 def _rewrite_common(path: Path) -> None:
@@ -169,7 +158,9 @@ def package(
     Returns:
         the bundle folder written.
     """
-    zip_, allow_missing, overwrite_, with_exports_ = (_as_bool(v) for v in (zip, allow_missing_weights, overwrite, with_exports))
+    zip_, allow_missing, overwrite_, with_exports_ = (
+        parse_bool(v, n) for v, n in ((zip, "zip"), (allow_missing_weights, "allow-missing-weights"), (overwrite, "overwrite"),
+                                      (with_exports, "with-exports")))
     if not name or os.sep in name or name in {".", ".."} or (os.altsep and os.altsep in name):
         raise PackagingError(f"--name must be a plain folder name, got {name!r}")
     source = Path(bundle_dir).resolve() if bundle_dir else Path(bundle_root())
@@ -263,11 +254,11 @@ def _command(out: str, name: str = DEFAULT_NAME, weights: str | None = None, zip
     try:
         target = package(out, name=name, weights=weights, zip=zip, allow_missing_weights=allow_missing_weights,
                          overwrite=overwrite, bundle_dir=bundle_dir, with_exports=with_exports)
-    except (PackagingError, FileNotFoundError) as error:
+    except (PackagingError, OptionError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     print(f"bundle written to {target}")
-    if _as_bool(zip):
+    if parse_bool(zip, "zip"):
         print(f"zip written to {target.parent / (target.name + '.zip')}")
 
 

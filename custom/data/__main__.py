@@ -12,6 +12,7 @@ from typing import Any
 
 import fire
 
+from ..cli import OptionError
 from .errors import DataValidationError, SourceLayoutError, SplitError
 from .prepare import prepare
 
@@ -24,7 +25,7 @@ def _prepare_command(*args: Any, **kwargs: Any) -> None:
     end the program with status 2 and the message instead of a traceback."""
     try:
         prepare(*args, **kwargs)
-    except (DataValidationError, SplitError, SourceLayoutError, FileExistsError, FileNotFoundError) as error:
+    except (OptionError, DataValidationError, SplitError, SourceLayoutError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

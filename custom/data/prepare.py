@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..cli import parse_bool
 from .datalist import DATALIST_NAME
 from .errors import DataValidationError, Problem, SplitError
 from .options import parse_group_list, parse_id_ranges, parse_label_map, parse_names
@@ -80,6 +81,10 @@ def prepare(
     instead of failing; ``overwrite`` replaces a non-empty ``out`` after success.
     Raises ``DataValidationError`` listing every problem, ``SplitError`` for impossible splits.
     """
+    hide_unlabeled_masks, binarize, skip_invalid, overwrite, progress, quiet = (
+        parse_bool(value, name) for value, name in ((hide_unlabeled_masks, "hide-unlabeled-masks"), (binarize, "binarize"),
+                                                    (skip_invalid, "skip-invalid"), (overwrite, "overwrite"),
+                                                    (progress, "progress"), (quiet, "quiet")))
     options = _recorded_options(locals())
     source, out = Path(source).expanduser(), Path(out).expanduser()
     kind = str(kind).lower()

@@ -1,0 +1,63 @@
+"""Shared command-line helpers: boolean option parsing and the one-line error exit.
+
+``fire`` hands ``--flag false`` over as the string ``"false"`` (truthy), ``--flag False`` as a
+bool and ``--flag 0`` as an int; ``monai.bundle run`` passes such values into the configs
+unchanged. :func:`parse_bool` turns all of them into a bool, or refuses the value by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["OptionError", "parse_bool", "TRUE_WORDS", "FALSE_WORDS", "exit_on_error"]
+
+TRUE_WORDS = frozenset({"true", "1", "yes", "y", "on"})
+FALSE_WORDS = frozenset({"false", "0", "no", "n", "off"})
+
+
+class OptionError(ValueError):
+    """A command-line or config option has a value it cannot take; the message names the option."""
+
+
+def parse_bool(value: Any, option_name: str) -> bool:
+    """``value`` as a bool: a bool, 0/1, or true/false/yes/no/on/off/1/0 in any case.
+
+    Anything else raises :class:`OptionError` naming ``option_name``.
+    """
+    if isinstance(value, bool):
+        return value
+    if hasattr(value, "item") and getattr(value, "size", 1) == 1 and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy / torch scalars
+        if isinstance(value, bool):
+            return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in TRUE_WORDS:
+            return True
+        if text in FALSE_WORDS:
+            return False
+    name = option_name if option_name.startswith("-") else f"--{option_name}"
+    raise OptionError(f"{name}: expected true or false (also 1/0, yes/no), got {value!r}")
+
+
+def exit_on_error(errors: tuple[type[BaseException], ...], status: int = 2) -> Callable[[Callable], Callable]:
+    """Decorator for command-line entry points: the listed error types (and :class:`OptionError`)
+    print ``error: <message>`` to stderr and exit with ``status``, without a traceback."""
+
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except (OptionError, *errors) as error:
+                print(f"error: {error}", file=sys.stderr)
+                sys.exit(status)
+
+        return wrapper
+
+    return decorate
