@@ -8,8 +8,13 @@ pay for importing torch-heavy modules it does not use.
 
 import importlib
 
-_SUBMODULES = {"baselines", "biometry", "checkpoint", "cli", "compare", "data", "demo_data", "distributed", "ema", "evaluation", "inference", "losses", "metrics", "mixup", "networks",
-               "package", "schedules", "terms", "trainer", "transforms"}
+from . import runtime as _runtime
+
+# OMP_WAIT_POLICY=PASSIVE unless set, repeated library warnings once (see custom/runtime.py)
+_runtime.apply_defaults()
+
+_SUBMODULES = {"baselines", "biometry", "checkpoint", "cli", "compare", "data", "demo_data", "distributed", "ema", "evaluation", "inference", "logs", "losses", "metrics", "mixup", "networks",
+               "package", "runtime", "schedules", "terms", "trainer", "transforms"}
 
 
 def __getattr__(name: str):

@@ -1,0 +1,109 @@
+"""A newcomer's run (issue 16): the README's Quick start lines as written, the test command
+that keeps the environment, OMP_WAIT_POLICY by default, the iteration-log interval and
+library warnings shown once."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+README = REPO / "README.md"
+
+
+def _quick_start_lines() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _env_without_omp() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_quick_start_test_line_is_ci_test_and_ci_run_calls_it():
+    lines = _quick_start_lines()
+    assert lines[-1] == "bash .ci/test"
+    test_script = (REPO / ".ci" / "test").read_text()
+    assert "rm -rf" not in test_script and "bash .ci/setup requirements-dev.txt" in test_script
+    assert ".venv/bin/python -m pytest -q" in test_script
+    run_script = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^bash \.ci/test .*\|\| main_rc=\$\?$", run_script, re.M), "CI must run the README's test command"
+    assert "pytest" not in run_script.split("bash .ci/test", 1)[0], "the main suite runs through .ci/test only"
+    assert run_script.rstrip().endswith('[ "$main_rc" -eq 0 ] && [ "$extra_rc" -eq 0 ]')
+
+
+def test_ci_test_keeps_the_existing_environment(tmp_path):
+    """The README's test line, run on this machine's .venv: setup only completes it, pytest runs."""
+    python = REPO / ".venv" / "bin" / "python"
+    if not python.is_file():
+        pytest.skip("no .venv in the repository (CI builds it)")
+    before = python.resolve()
+    res = subprocess.run(["bash", ".ci/test", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/test_losses.py"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env=_env_without_omp())
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert re.search(r"tests/test_losses\.py: \d+", res.stdout), res.stdout
+    assert python.is_file() and python.resolve() == before
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_custom_sets_omp_wait_policy_unless_set(given, expected):
+    env = _env_without_omp()
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = ("import sys, os, custom; assert 'torch' not in sys.modules, 'custom imported torch';"
+            "import subprocess; print(os.environ['OMP_WAIT_POLICY']);"
+            "print(subprocess.run([sys.executable, '-c', 'import os; print(os.environ[\"OMP_WAIT_POLICY\"])'],"
+            " capture_output=True, text=True).stdout.strip())")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [expected, expected]  # set in the process and inherited by its children
+
+
+def test_every_n_filters_iterations():
+    from custom.logs import every_n
+
+    f = every_n(3)
+    assert [i for i in range(1, 11) if f(None, i)] == [3, 6, 9]
+    assert every_n(0) is False
+
+
+def test_quick_start_demo_line_logs_every_log_every_iterations_and_warns_once(tmp_path):
+    """The Quick start's demo line as written, at a tiny size: 6 iterations, a line every 2."""
+    demo = [line for line in _quick_start_lines() if "demo.yaml" in line]
+    assert len(demo) == 1 and "OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m monai.bundle run training" in demo[0]
+    if not (REPO / ".venv" / "bin" / "python").is_file():
+        pytest.skip("no .venv in the repository (CI builds it)")
+    tiny = (f" --dataset_dir {tmp_path / 'demo'} --ckpt_dir {tmp_path / 'models'} --output_dir {tmp_path / 'eval'}"
+            " --max_iterations 6 --train#epoch_length 3 --log_every 2 --ict_start 0"
+            " --transformer_def#embed_dim 12 --transformer_def#num_heads '[1,1,2,2]'")
+    res = subprocess.run(["bash", "-c", demo[0] + tiny], cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env=_env_without_omp())
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    iteration_lines = [line for line in res.stdout.splitlines() if re.search(r"Epoch: \d+/\d+, Iter: \d+/\d+ --", line)]
+    assert len(iteration_lines) == 3, iteration_lines
+    both = res.stdout + res.stderr
+    assert both.count("nvImageCodec is not available") <= 1
+    assert both.count("nvImageCodec decoder plugin did not register") <= 1
+    assert "best validation mean Dice (UNeXt)" in res.stdout
+    # one progress bar per epoch, closed before the epoch's validation lines: no log line inside a bar
+    assert "Epoch [2/2]: [3/3] 100%" in res.stderr
+    assert not re.search(r"\d+%\|[^\n\r]*\n?[^\r\n]*- INFO -", res.stderr)
+    assert (tmp_path / "models" / "model.pt").is_file()
+    # both networks' validation metrics reach TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in (tmp_path / "eval").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"val_mean_dice", "val_transformer_mean_dice", "val_transformer_hd95"} <= tags, tags
