@@ -20,7 +20,7 @@ from ignite.engine import Engine, Events
 from .cli import parse_bool
 
 __all__ = ["safe_torch_load", "TrainingStateSaver", "atomic_torch_save", "load_training_state", "resume_training", "random_states",
-           "set_random_states", "load_network_weights", "WeightsLoader"]
+           "set_random_states", "load_network_weights", "WeightsLoader", "BestModelSaver"]
 
 logger = logging.getLogger(__name__)
 
@@ -237,3 +237,110 @@ class WeightsLoader:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, lambda _: load_network_weights(self.network, self.load_path, self.key))
+
+
+# --------------------------------------------------------------------- the best model (model.pt)
+
+def _readable_by_all(path: str) -> None:
+    """``mkstemp`` creates 0600 files; ``model.pt`` is shared with servers run by other users
+    (what MONAI's ``DiskSaver(atomic=False)`` comment asks for), so add group/others read."""
+    import stat
+
+    os.chmod(path, os.stat(path).st_mode | stat.S_IRGRP | stat.S_IROTH)
+
+
+def _atomic_disk_saver():
+    from ignite.handlers import DiskSaver
+
+    class AtomicDiskSaver(DiskSaver):
+        """Ignite ``DiskSaver`` writing through :func:`atomic_torch_save`.
+
+        Hand-written because MONAI's ``CheckpointSaver`` builds its ``DiskSaver`` with
+        ``atomic=False`` (it writes ``model.pt`` in place: a kill mid-write leaves a truncated
+        file), and ignite's ``atomic=True`` renames a temporary file without ``fsync`` (after a
+        power cut the rename can reach the disk before the data). With a fixed ``filename``,
+        ``remove`` does nothing: ignite removes the old best before writing the new one, which
+        would leave no ``model.pt`` at all until the write finishes; the rename replaces it.
+        ``before_save`` runs just before each write (it writes ``model_config.json``).
+        """
+
+        def __init__(self, dirname: str, filename: str | None = None, before_save: Any = None) -> None:
+            super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False)
+            self.filename, self.before_save = filename, before_save
+
+        def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+            import ignite.distributed as idist
+
+            if idist.get_rank() != self.save_on_rank:
+                return
+            path = os.path.join(str(self.dirname), self.filename or filename)
+            if self.before_save is not None:
+                self.before_save()
+            atomic_torch_save(checkpoint, path)
+            _readable_by_all(path)
+
+        def remove(self, filename: str) -> None:
+            if self.filename is None:
+                super().remove(filename)
+
+    return AtomicDiskSaver
+
+
+def _monai_checkpoint_saver():
+    from monai.handlers import CheckpointSaver
+
+    return CheckpointSaver
+
+
+class BestModelSaver(_monai_checkpoint_saver()):
+    """MONAI ``CheckpointSaver(save_key_metric=True, key_metric_filename=...)`` for ``model.pt``
+    that (1) writes atomically (:func:`atomic_torch_save`, see ``AtomicDiskSaver``) and
+    (2) keeps the best score across ``--resume true``.
+
+    (2): the resumed validator gets its ``best_metric`` back from the training state, but the
+    ``CheckpointSaver``'s own ignite ``Checkpoint`` compares against its ``_saved`` list,
+    which starts empty, so the first validation after a resume replaced ``model.pt`` even
+    when it was worse. When the evaluator starts with an empty list and a restored best, the
+    list is set to that best (``model.pt`` on disk holds its weights), so only a better model
+    replaces it. MONAI's alternative (``key_metric_save_state`` + ``CheckpointLoader``) stores
+    the list inside ``model.pt`` itself, which would no longer be a plain state dict.
+
+    ``model_config``: a :class:`custom.deploy_meta.ModelConfig` whose ``write()`` runs before
+    each write of ``model.pt`` (what inference needs to rebuild the networks).
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, key_metric_filename: str = "model.pt",
+                 key_metric_name: str | None = None, key_metric_negative_sign: bool = False,
+                 key_metric_greater_or_equal: bool = False, model_config: Any = None, name: str | None = None) -> None:
+        super().__init__(save_dir=save_dir, save_dict=save_dict, name=name, save_key_metric=True,
+                         key_metric_name=key_metric_name, key_metric_n_saved=1, key_metric_filename=key_metric_filename,
+                         key_metric_greater_or_equal=key_metric_greater_or_equal,
+                         key_metric_negative_sign=key_metric_negative_sign)
+        self.filename, self.sign = key_metric_filename, -1.0 if key_metric_negative_sign else 1.0
+        self.model_config = model_config
+        before = getattr(model_config, "write", None)
+        self._key_metric_checkpoint.save_handler = _atomic_disk_saver()(save_dir, key_metric_filename, before)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.save_dir, self.filename)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.restore_best)
+        super().attach(engine)
+
+    def restore_best(self, engine: Engine) -> None:
+        """Take the evaluator's restored best as the score ``model.pt`` has to beat."""
+        from ignite.handlers import Checkpoint
+
+        checkpoint = self._key_metric_checkpoint
+        best_epoch = getattr(engine.state, "best_metric_epoch", -1)
+        if checkpoint._saved or best_epoch is None or best_epoch < 0:
+            return
+        if not os.path.isfile(self.path):
+            logger.warning("the training state records a best %.4f at epoch %d but %s is absent: the next validation "
+                           "writes it", engine.state.best_metric, best_epoch, self.path)
+            return
+        checkpoint._saved = [Checkpoint.Item(self.sign * float(engine.state.best_metric), self.filename)]
+        logger.info("%s holds the best %.4f of epoch %d: only a better validation replaces it", self.path,
+                    engine.state.best_metric, best_epoch)

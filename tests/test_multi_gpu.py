@@ -42,7 +42,7 @@ def _merged(*extra: str):
 
 # handlers that exist on rank 0 only. TrainingStateSaver is not one: it saves on rank 0 by
 # itself and must load on every rank when a run resumes.
-RANK0_ONLY = {"StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "CheckpointSaver"}
+RANK0_ONLY = {"StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "BestModelSaver"}
 
 
 @pytest.mark.parametrize("extra", [(MULTI_GPU,), ("demo.yaml", MULTI_GPU), ("cpu_small.yaml", MULTI_GPU)])
@@ -217,7 +217,7 @@ def test_config_builds_the_teacher_after_the_ddp_broadcast(spawned):
     assert {"StatsHandler", "TensorBoardStatsHandler", "ProgressBar"} <= set(a["cfg_handlers"])
     assert not {"StatsHandler", "TensorBoardStatsHandler", "ProgressBar"} & set(b["cfg_handlers"])
     assert {"ValidationHandler", "NetworkValidationHandler", "LeaderSelector", "TrainingStateSaver"} <= set(b["cfg_handlers"])
-    assert a["cfg_val_handlers"] == ["StatsHandler", "TensorBoardStatsHandler", "CheckpointSaver"]
+    assert a["cfg_val_handlers"] == ["StatsHandler", "TensorBoardStatsHandler", "BestModelSaver"]
     assert b["cfg_val_handlers"] == []
 
 
