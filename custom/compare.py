@@ -69,7 +69,7 @@ METHOD_DIR = CONFIGS / "methods"
 BASE_CONFIGS = (CONFIGS / "common.yaml", CONFIGS / "train.yaml")
 META_FILE = CONFIGS / "metadata.json"
 METHODS: tuple[str, ...] = ("ours", "labeled_only", "fully_supervised", "mean_teacher", "uamt", "ict", "dan", "dct", "cps",
-                            "cross_teaching")
+                            "cross_teaching", "unimatch", "bcp")
 METRICS: tuple[str, ...] = ("dice", "hd95", "asd")
 DONE, TRAINED = "done.json", "trained.json"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -51,6 +51,22 @@ class IterationContext:
     generator: torch.Generator | None = None
     autocast: Callable = contextlib.nullcontext
     leader: str | None = None
+    #: role -> EMA teacher of that role's network (the trainer's ``teachers``)
+    teachers: dict[str, EMATeacher] = field(default_factory=dict)
+    #: values computed once per iteration and shared by the terms (see :meth:`teacher_probs`)
+    cache: dict = field(default_factory=dict)
+
+    def teacher_probs(self, role: str) -> torch.Tensor:
+        """``softmax(teacher_role(x_u))`` of the EMA teacher of ``role`` on the unlabelled images,
+        computed once per iteration whichever terms ask for it (no gradient)."""
+        key = ("teacher_probs", role)
+        if key not in self.cache:
+            teacher = self.teachers.get(role)
+            if teacher is None:
+                raise RuntimeError(f"no EMA teacher of {role!r}: set train#trainer#teachers, e.g. {{{role}: '@cnn_teacher'}}")
+            with torch.no_grad(), self.autocast():
+                self.cache[key] = torch.softmax(teacher(self.unlabeled_images).float(), 1)
+        return self.cache[key]
 
     @property
     def unlabeled_images(self) -> torch.Tensor:

@@ -133,6 +133,10 @@ class SemiSupervisedTrainer(Trainer):
         unlabeled_data_loader: unlabelled batches ``{"image"}``, cycled; ``None`` for
             supervised-only methods.
         terms: the method's unsupervised terms.
+        teachers: further EMA teachers, role -> :class:`EMATeacher` of that role's network (e.g.
+            ``{"cnn": EMA of the UNeXt}`` for the weak-to-strong and copy-paste terms, which read
+            it as ``ctx.teachers["cnn"]``); each is updated after the optimisers step and saved
+            in the training state with the trainer's extra state.
         teacher: an :class:`EMATeacher` of one network (``teacher_role``), updated after the
             optimisers step.
         deployed_role: the network whose labelled predictions are put in the output as ``pred``.
@@ -181,6 +185,7 @@ class SemiSupervisedTrainer(Trainer):
         initial_leader: str | None = None,
         nonfinite: str = "stop",
         forward: str = "joint",
+        teachers: Mapping[str, EMATeacher] | None = None,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
@@ -202,6 +207,10 @@ class SemiSupervisedTrainer(Trainer):
         self.teacher, self.teacher_role = teacher, teacher_role
         if teacher is not None and teacher_role not in self.networks:
             raise ValueError(f"teacher_role {teacher_role!r} is not one of the networks {list(self.networks)}")
+        self.teachers = dict(teachers or {})
+        unknown = [r for r in self.teachers if r not in self.networks]
+        if unknown:
+            raise ValueError(f"teachers given for roles {unknown} that are not networks {list(self.networks)}")
         self.deployed_role = deployed_role
         # both streams are cycled by us, so that their positions are part of the training
         # state: Ignite draws the labelled batches from an endless iterator, epoch_length long
@@ -240,7 +249,8 @@ class SemiSupervisedTrainer(Trainer):
         return {"generator": self.generator.get_state() if self.generator is not None else None,
                 "labeled": self.labeled.state_dict(),
                 "unlabeled": self.unlabeled.state_dict() if self.unlabeled is not None else None,
-                "leader": self.leader}
+                "leader": self.leader,
+                "teachers": {role: t.state_dict() for role, t in self.teachers.items()}}
 
     def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("generator") is not None and self.generator is not None:
@@ -250,6 +260,9 @@ class SemiSupervisedTrainer(Trainer):
         if state.get("unlabeled") is not None and self.unlabeled is not None:
             self.unlabeled.load_state_dict(state["unlabeled"])
         self.leader = state.get("leader", self.leader)
+        for role, sd in (state.get("teachers") or {}).items():
+            if role in self.teachers:
+                self.teachers[role].load_state_dict(sd)
 
     def learning_rates(self) -> dict[str, float]:
         return {f"lr_{role}": opt.param_groups[0]["lr"] for role, opt in self.optimizers.items()}
@@ -288,7 +301,7 @@ class SemiSupervisedTrainer(Trainer):
             total = total + sup
         ctx = IterationContext(images=x, labels=y_l, labeled_bs=labeled_bs, networks=dict(engine.networks), logits=logits,
                                probs=probs, teacher=engine.teacher, iteration=t, generator=engine.generator,
-                               autocast=engine._autocast, leader=engine.leader)
+                               autocast=engine._autocast, leader=engine.leader, teachers=engine.teachers)
         deferred = []
         for term in engine.terms:
             w = term.weight(t)
@@ -329,6 +342,8 @@ class SemiSupervisedTrainer(Trainer):
                 opt.step()
         if engine.teacher is not None:
             engine.teacher.update(engine.networks[engine.teacher_role], step=t)
+        for role, teacher in engine.teachers.items():
+            teacher.update(_unwrapped(engine.networks[role]), step=t)
         out.update(engine.learning_rates())
         engine.state.output.update({Keys.PRED: logits[engine.deployed_role][:labeled_bs].detach(), **out})
         engine.state.output[Keys.LOSS] = total.detach()
@@ -371,6 +386,11 @@ class SemiSupervisedTrainer(Trainer):
         else:
             self.scaler = None
         super(Trainer, self).run()
+
+
+def _unwrapped(net: nn.Module) -> nn.Module:
+    """The plain network inside a DistributedDataParallel wrapper (the EMA keeps plain names)."""
+    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
 
 
 def _finite_on_all_ranks(total: torch.Tensor) -> bool:

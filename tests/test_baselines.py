@@ -29,7 +29,8 @@ from custom.mixup import interpolation_mixup
 from custom.terms import IterationContext
 
 S = 1e-5
-METHODS = ("ours", "labeled_only", "fully_supervised", "mean_teacher", "uamt", "ict", "dan", "dct", "cps", "cross_teaching")
+METHODS = ("ours", "labeled_only", "fully_supervised", "mean_teacher", "uamt", "ict", "dan", "dct", "cps", "cross_teaching",
+           "unimatch", "bcp")
 
 
 def reference_dice(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -263,7 +264,10 @@ EXPECTED = {  # method -> (roles, term class name or None, teacher role or None)
     "dct": (("cnn", "cnn2"), "DeepCoTrainingTerm", None),
     "cps": (("cnn", "cnn2"), "CPSTerm", None),
     "cross_teaching": (("cnn", "transformer"), "CrossTeachingTerm", None),
+    "unimatch": (("cnn",), "WeakToStrongTerm", None),
+    "bcp": (("cnn",), "BidirectionalCopyPasteTerm", None),
 }
+CNN_TEACHER = {"unimatch", "bcp"}  # methods with an EMA teacher of the UNeXt in trainer.teachers
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -295,6 +299,7 @@ def test_every_method_config_trains_two_iterations(method, tmp_path, demo_datase
     assert (trainer.teacher is not None) == (teacher_role is not None)
     if teacher_role:
         assert trainer.teacher_role == teacher_role
+    assert set(trainer.teachers) == ({"cnn"} if method in CNN_TEACHER else set())
     assert (trainer.unlabeled is None) == (method in ("labeled_only", "fully_supervised"))
     assert bool(built) == ("transformer" in roles), "the Swin-Unet is built only where a method trains it"
     assert trainer.state.iteration == 2 and len(outputs) == 2

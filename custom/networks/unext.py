@@ -156,7 +156,10 @@ class UNeXt(nn.Module):
     def _up(x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, feature_dropout: float = 0.0) -> torch.Tensor:
+        """Logits of ``x``. ``feature_dropout`` > 0 drops whole channels (``dropout2d``, always
+        active) of every encoder feature map, skips and bottleneck, before the decoder reads
+        them: the feature-perturbation stream of UniMatch (Yang et al., CVPR 2023)."""
         if not torch.jit.is_tracing():
             self.check_input(x)
         t1 = F.relu(F.max_pool2d(self.ebn1(self.enc1(x)), 2))
@@ -164,6 +167,10 @@ class UNeXt(nn.Module):
         t3 = F.relu(F.max_pool2d(self.ebn3(self.enc3(t2)), 2))
         t4 = self.stage4(self.patch_embed4(t3))
         out = self.stage5(self.patch_embed5(t4))
+        if feature_dropout > 0.0:
+            t1, t2 = F.dropout2d(t1, feature_dropout, True), F.dropout2d(t2, feature_dropout, True)
+            t3, t4 = F.dropout2d(t3, feature_dropout, True), F.dropout2d(t4, feature_dropout, True)
+            out = F.dropout2d(out, feature_dropout, True)
 
         out = self.dstage4(F.relu(self._up(self.dbn1(self.dec1(out)))) + t4)
         out = self.dstage3(F.relu(self._up(self.dbn2(self.dec2(out)))) + t3)
