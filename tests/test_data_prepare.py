@@ -265,7 +265,13 @@ def test_psfhs_cli_prepares_block_groups(psfhs_cli: tuple[Path, subprocess.Compl
     assert datalist["num_classes"] == 3
     assert datalist["labels"] == {"background": 0, "pubic_symphysis": 1, "fetal_head": 2}
     assert datalist["seed"] == 3 and datalist["options"]["hide_unlabeled_masks"] is True
-    assert_groups_disjoint(datalist)
+    # psfhs draws labelled frames spread over the pool's video blocks (labeled_draw frames):
+    # the pool, validation and test stay whole groups apart; labelled frames span every pool block
+    groups = groups_per_split(datalist)
+    pool = groups["training"] | groups["unlabeled"]
+    assert not pool & groups["validation"] and not pool & groups["test"] and not groups["validation"] & groups["test"]
+    assert datalist["options"]["labeled_draw"] == "frames" and groups["training"] == pool
+    assert f"labelled images span {len(pool)} of the training pool's {len(pool)} groups" in result.stdout
     assert sorted(int(e["name"]) for e in datalist["test"]) == list(range(4500, 4800))
     for entry in all_entries(datalist):
         start = int(entry["name"]) // 50 * 50

@@ -107,3 +107,59 @@ def test_quick_start_demo_line_logs_every_log_every_iterations_and_warns_once(tm
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
     assert {"val_mean_dice", "val_transformer_mean_dice", "val_transformer_hd95"} <= tags, tags
+
+
+# ----------------------------------------------------------------- labelled frames across video blocks
+
+
+def _synthetic_psfhs(root, n=200):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(root / "images" / f"{i:05d}.png")
+        label = np.zeros((16, 16), np.uint8)
+        label[2:6, 2:6], label[8:14, 8:14] = 1, 2
+        Image.fromarray(label).save(root / "labels" / f"{i:05d}.png")
+    return root
+
+
+def test_spread_positions_are_even_and_deterministic():
+    from custom.data.splits import spread_positions
+
+    picks = spread_positions(700, 35, 0)
+    assert len(set(picks)) == 35 and picks == spread_positions(700, 35, 0) != spread_positions(700, 35, 1)
+    assert {b - a for a, b in zip(picks, picks[1:])} <= {19, 20, 21}
+    assert spread_positions(5, 5, 3) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("draw, images, spans", [(None, 15, 3), ("groups", 50, 1)])
+def test_psfhs_labelled_fraction_spans_the_video_blocks_by_default(tmp_path, capsys, draw, images, spans):
+    """10 % of a 150-frame pool (3 video blocks of 50): 15 frames from every block by default;
+    --labeled-draw groups rounds up to one whole block (the old behaviour)."""
+    import json
+
+    from custom.data.prepare import prepare
+
+    src = _synthetic_psfhs(tmp_path / "src")
+    options = {} if draw is None else {"labeled_draw": draw}
+    summary = prepare("psfhs", src, tmp_path / "out", labeled_fraction=0.1, test_ids="150-199", val_fraction=0, seed=0,
+                      progress=False, **options)
+    assert summary["splits"]["training"]["images"] == images
+    assert summary["labeled_groups"] == {"groups": spans, "pool_groups": 3}
+    datalist = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    assert len({e["group"] for e in datalist["training"]}) == spans
+    assert {e["group"] for e in datalist["training"] + datalist["unlabeled"]}.isdisjoint(e["group"] for e in datalist["test"])
+    assert f"labelled images span {spans} of the training pool's 3 groups" in capsys.readouterr().out
+
+
+def test_labeled_draw_bad_value_is_one_clear_line(tmp_path):
+    src = _synthetic_psfhs(tmp_path / "src", n=4)
+    res = subprocess.run([sys.executable, "-m", "custom.data", "prepare", "psfhs", "--source", str(src), "--out",
+                          str(tmp_path / "out"), "--labeled-fraction", "0.5", "--labeled-draw", "videos"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: --labeled-draw videos: must be one of groups, frames"]

@@ -19,7 +19,7 @@ from .datalist import DATALIST_NAME
 from .errors import DataValidationError, Problem, SplitError
 from .options import parse_group_list, parse_id_ranges, parse_label_map, parse_names
 from .sources import SourceOptions, discover
-from .splits import SPLITS, SplitPlan, split_groups
+from .splits import LABELED_DRAWS, SPLITS, SplitPlan, labeled_target, split_groups, spread_positions
 from .staging import check_output_target, staging_directory
 from .summary import build_summary, format_summary
 from .validate import CheckedSample, check_groups_disjoint, validate_samples
@@ -29,6 +29,8 @@ __all__ = ["prepare", "DEFAULT_TEST_FRACTION"]
 
 DEFAULT_TEST_FRACTION = 0.1
 SUMMARY_NAME = "summary.json"
+# kinds whose groups are blocks of consecutive video frames: labelled frames are spread over them
+DEFAULT_LABELED_DRAW = {"psfhs": "frames"}
 SKIPPED_NAME = "skipped.json"
 
 
@@ -40,6 +42,7 @@ def prepare(
     labeled_fraction: float | None = None,
     labeled_count: int | None = None,
     labeled_every: int | None = None,
+    labeled_draw: str | None = None,
     val_fraction: float = 0.1,
     test_fraction: float | None = None,
     seed: int = 0,
@@ -71,7 +74,11 @@ def prepare(
     default: the whole pool); the rest of the pool is ``unlabeled``. ``labeled_every`` N instead
     labels the pool images whose numeric name is divisible by N, whatever their group (the
     PSFHS protocol: every 20th frame, about 5%; frames of one video are then both labelled and
-    unlabelled, as in that protocol; test and validation stay whole groups). ``hide_unlabeled_masks``
+    unlabelled, as in that protocol; test and validation stay whole groups). ``labeled_draw``:
+    ``groups`` draws the labelled images as whole groups; ``frames`` (the default for psfhs, whose
+    groups are blocks of 50 consecutive frames of one video) draws single frames evenly spread over
+    the training pool, so a 5% labelled set spans every video block instead of filling one; the
+    summary says how many groups it spans. ``hide_unlabeled_masks``
     writes no masks for the unlabelled part.
 
     Kind options: ``block_size`` (psfhs ids per group), ``background_per_case`` and ``binarize``
@@ -96,6 +103,12 @@ def prepare(
         raise SplitError("give --labeled-every or --labeled-fraction/--labeled-count, not several")
     if labeled_every is not None and int(labeled_every) < 1:
         raise SplitError(f"--labeled-every {labeled_every}: must be a positive integer")
+    if labeled_every is not None and labeled_draw is not None:
+        raise SplitError("give --labeled-every or --labeled-draw, not both (--labeled-every draws frames by their id)")
+    draw = DEFAULT_LABELED_DRAW.get(str(kind).lower(), "groups") if labeled_draw is None else str(labeled_draw).lower()
+    if draw not in LABELED_DRAWS:
+        raise SplitError(f"--labeled-draw {labeled_draw}: must be one of {', '.join(LABELED_DRAWS)}")
+    options["labeled_draw"] = None if labeled_every is not None else draw
     plan = SplitPlan(  # checks the split options before any file is read
         labeled_fraction=None if labeled_fraction is None else float(labeled_fraction),
         labeled_count=None if labeled_count is None else int(labeled_count),
@@ -134,6 +147,8 @@ def prepare(
     splits = _assign_splits(checked, plan)
     if labeled_every is not None:
         splits = _label_every(splits, int(labeled_every))
+    elif draw == "frames":
+        splits = _label_frames(splits, plan)
     with_masks = {split: not (split == "unlabeled" and hide_unlabeled_masks) for split in SPLITS}
 
     with staging_directory(out, overwrite=overwrite) as staging:
@@ -236,6 +251,16 @@ def _label_every(splits: Mapping[str, list[CheckedSample]], every: int) -> dict[
     if not training:
         raise SplitError(f"--labeled-every {every}: no training-pool image has an id divisible by {every}")
     unlabeled = [c for c in pool if int(c.sample.name) % every != 0]
+    return {**splits, "training": training, "unlabeled": unlabeled}
+
+
+def _label_frames(splits: Mapping[str, list[CheckedSample]], plan: SplitPlan) -> dict[str, list[CheckedSample]]:
+    """Re-divide the pool (``training`` + ``unlabeled``): the labelled images are single frames
+    evenly spread over the pool in (group, name) order, as many as ``plan`` asks for."""
+    pool = sorted(splits["training"] + splits["unlabeled"], key=lambda c: (c.sample.group, c.sample.name))
+    chosen = set(spread_positions(len(pool), labeled_target(plan, len(pool)), plan.seed))
+    training = [c for i, c in enumerate(pool) if i in chosen]
+    unlabeled = [c for i, c in enumerate(pool) if i not in chosen]
     return {**splits, "training": training, "unlabeled": unlabeled}
 
 

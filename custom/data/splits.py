@@ -21,9 +21,13 @@ import numpy as np
 
 from .errors import SplitError
 
-__all__ = ["SPLITS", "SplitPlan", "round_half_up", "take_groups", "split_groups"]
+__all__ = ["SPLITS", "LABELED_DRAWS", "SplitPlan", "round_half_up", "take_groups", "split_groups", "labeled_target",
+           "spread_positions"]
 
 SPLITS = ("training", "unlabeled", "validation", "test")
+# how the labelled images are drawn from the training pool: whole groups, or single frames spread
+# evenly over the pool (every group contributes; a group's other frames stay unlabelled)
+LABELED_DRAWS = ("groups", "frames")
 
 
 @dataclass(frozen=True)
@@ -132,3 +136,18 @@ def _labeled_target(plan: SplitPlan, pool_images: int) -> int:
             f"round({fraction * pool_images:g}) = 0 images; at least 1 labelled image is needed"
         )
     return target
+
+
+def labeled_target(plan: SplitPlan, pool_images: int) -> int:
+    """Number of labelled images ``plan`` asks for from a pool of ``pool_images`` images."""
+    return _labeled_target(plan, pool_images)
+
+
+def spread_positions(n: int, target: int, seed: int) -> list[int]:
+    """``target`` of the positions ``0..n-1``, evenly spaced (stride ``n / target``) from an
+    offset within the first stride drawn with ``default_rng(seed)``; deterministic, sorted."""
+    if not 1 <= target <= n:
+        raise SplitError(f"cannot draw {target} of {n} images")
+    stride = n / target
+    offset = float(np.random.default_rng(seed).uniform(0.0, stride))
+    return [min(n - 1, int(offset + i * stride)) for i in range(target)]

@@ -63,6 +63,11 @@ def build_summary(
             "all_written_masks": _class_fractions(masked, labels),
             **{split: _class_fractions(m, labels) for split, m in splits.items() if with_masks[split] and m},
         },
+        # how many of the training pool's groups (subjects, video blocks, cases) the labelled set spans
+        "labeled_groups": {
+            "groups": len({c.sample.group for c in splits.get("training", ())}),
+            "pool_groups": len({c.sample.group for s in ("training", "unlabeled") for c in splits.get(s, ())}),
+        },
         "image_sizes_wxh": dict(sizes.most_common()),
         "spacing_mm": _spacing_range(everything),
         "conversions": dict(Counter(note for c in everything for note in c.notes).most_common()),
@@ -77,6 +82,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     for split, counts in summary["splits"].items():
         masks = "" if counts["masks_written"] or not counts["images"] else ", masks hidden"
         lines.append(f"  {split:<11}{counts['images']:>7} images {counts['groups']:>6} groups{masks}")
+    span = summary.get("labeled_groups")
+    if span and span["pool_groups"]:
+        lines.append(f"  labelled images span {span['groups']} of the training pool's {span['pool_groups']} groups")
     fractions = summary["class_pixel_fractions"]["all_written_masks"]
     lines.append("  class pixel fractions: " + ", ".join(f"{k} {v:.4f}" for k, v in fractions.items()))
     sizes = summary["image_sizes_wxh"]
