@@ -13,7 +13,7 @@ from . import runtime as _runtime
 # OMP_WAIT_POLICY=PASSIVE unless set, repeated library warnings once (see custom/runtime.py)
 _runtime.apply_defaults()
 
-_SUBMODULES = {"baselines", "biometry", "checkpoint", "cli", "compare", "data", "demo_data", "distributed", "ema", "evaluation", "inference", "logs", "losses", "metrics", "mixup", "networks",
+_SUBMODULES = {"baselines", "biometry", "checkpoint", "cli", "compare", "data", "demo_data", "deploy_meta", "distributed", "ema", "evaluation", "inference", "logs", "losses", "metrics", "mixup", "networks",
                "package", "runtime", "schedules", "terms", "trainer", "transforms"}
 
 

@@ -305,8 +305,9 @@ class BestModelSaver(_monai_checkpoint_saver()):
     replaces it. MONAI's alternative (``key_metric_save_state`` + ``CheckpointLoader``) stores
     the list inside ``model.pt`` itself, which would no longer be a plain state dict.
 
-    ``model_config``: a :class:`custom.deploy_meta.ModelConfig` whose ``write()`` runs before
-    each write of ``model.pt`` (what inference needs to rebuild the networks).
+    ``model_config``: a :class:`custom.deploy_meta.ModelConfig`: when the saver is built
+    (before training) it refuses to replace weights of another configuration, and its
+    ``write()`` runs before each write of ``model.pt`` (what inference needs to rebuild the networks).
     """
 
     def __init__(self, save_dir: str, save_dict: dict, key_metric_filename: str = "model.pt",
@@ -318,6 +319,8 @@ class BestModelSaver(_monai_checkpoint_saver()):
                          key_metric_negative_sign=key_metric_negative_sign)
         self.filename, self.sign = key_metric_filename, -1.0 if key_metric_negative_sign else 1.0
         self.model_config = model_config
+        if model_config is not None:  # before training: never replace weights of another configuration silently
+            model_config.refuse_replacing()
         before = getattr(model_config, "write", None)
         self._key_metric_checkpoint.save_handler = _atomic_disk_saver()(save_dir, key_metric_filename, before)
 

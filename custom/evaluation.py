@@ -90,17 +90,13 @@ def case_record(pred_xy: np.ndarray, gt_xy: np.ndarray, num_classes: int, spacin
     return row
 
 
-def overlay_image(image_rc: np.ndarray, gt_rc: np.ndarray, pred_rc: np.ndarray) -> np.ndarray:
-    """RGB uint8: the image in grey, reference outline green, prediction outline red."""
-    from skimage.segmentation import find_boundaries
+def overlay_image(image_rc: np.ndarray, gt_rc: np.ndarray | None, pred_rc: np.ndarray,
+                  class_names: Mapping[int, str] | Sequence[str] | None = None) -> np.ndarray:
+    """RGB uint8 of the frame's size: one colour per class, prediction filled, reference
+    outlined, and a legend naming the classes (:func:`custom.overlays.overlay_image`)."""
+    from .overlays import overlay_image as draw
 
-    img = np.asarray(image_rc, dtype=np.float32)
-    lo, hi = float(img.min()), float(img.max())
-    grey = ((img - lo) / (hi - lo + 1e-8) * 255).astype(np.uint8)
-    rgb = np.stack([grey] * 3, axis=-1)
-    rgb[find_boundaries(gt_rc, mode="inner") & (gt_rc > 0)] = (0, 255, 0)
-    rgb[find_boundaries(pred_rc, mode="inner") & (pred_rc > 0)] = (255, 0, 0)
-    return rgb
+    return draw(image_rc, gt_rc, pred_rc, class_names)
 
 
 def write_report(rows: Sequence[Mapping[str, Any]], output_dir: str, class_names: Mapping[int, str] | Sequence[str],
@@ -213,7 +209,7 @@ class SegmentationReport:
             image = np.squeeze(np.asarray(_loader(image_file), dtype=np.float32))
             if image.ndim == 3:
                 image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
-            rgb = overlay_image(image.T, read_label_map(label_file).T, self._last_pred[row["name"]].T)
+            rgb = overlay_image(image.T, read_label_map(label_file).T, self._last_pred[row["name"]].T, self.class_names)
             Image.fromarray(rgb).save(os.path.join(folder, f"{tag}_{row['name']}_dice{row['dice']:.3f}.png"))
 
 

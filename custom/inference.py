@@ -17,6 +17,7 @@ from monai.transforms import MapTransform, SaveImage
 
 from .cli import parse_bool
 from .losses import InformationDivergenceLoss
+from .overlays import at_frame_size
 
 __all__ = ["IMAGE_SUFFIXES", "list_inputs", "InputScreen", "screen_inputs", "BAD_INPUTS_NAME", "SaveMaskd",
            "DisagreementWriter", "is_nifti"]
@@ -222,8 +223,8 @@ class DisagreementWriter:
     On each batch (after the CNN's forward pass) it computes ``p1 = softmax(CNN(x))``,
     ``p2 = softmax(Transformer(x))`` and the information divergence
     ``KL(p1 || p2) + MIG(p1, p2)`` per pixel (the method's ``L_ID`` before averaging).
-    It writes ``<stem>_disagreement.npy`` (float32 map at the network's input size) and a
-    PNG heat map, and at the end ``disagreement.json`` with each image's mean divergence,
+    It writes ``<stem>_disagreement.npy`` (float32 map at the frame's size, resized bilinearly
+    from the network's input size, as the masks are) and a PNG heat map, and at the end ``disagreement.json`` with each image's mean divergence,
     highest first, so users can spot the images the model is unsure about.
     """
 
@@ -249,7 +250,8 @@ class DisagreementWriter:
         self.transformer.eval()
         p1 = torch.softmax(logits.float(), 1)
         p2 = torch.softmax(self.transformer(x).float(), 1)
-        maps = self.divergence(p1, p2).cpu().numpy()
+        # per-pixel maps at each frame's own size (like the masks), not the network's input size
+        maps = at_frame_size(self.divergence(p1, p2), batch[self.image_key])
         names = batch[self.image_key].meta.get("filename_or_obj", [f"image_{len(self.scores) + i}" for i in range(len(maps))])
         os.makedirs(self.output_dir, exist_ok=True)
         for name, m in zip(names, maps):
