@@ -163,3 +163,90 @@ def test_labeled_draw_bad_value_is_one_clear_line(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         "error: --labeled-draw videos: must be one of groups, frames"]
+
+
+# ----------------------------------------------------------------- outputs: class names, overlays, maps at frame size
+
+
+def _bundle_run(*args, timeout=600):
+    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=timeout, env=_env_without_omp())
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def _frames(folder, sizes):
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        image = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        label = np.zeros((h, w), np.uint8)
+        label[h // 4: h // 2, w // 4: w // 2], label[h // 2 + 2:, w // 2 + 2:] = 1, 2
+        Image.fromarray(image).save(folder / f"f{i}.png")
+        Image.fromarray(label).save(folder / f"f{i}_label.png")
+        paths.append((folder / f"f{i}.png", folder / f"f{i}_label.png"))
+    return paths
+
+
+def test_overlay_has_one_colour_per_class_and_a_legend():
+    import numpy as np
+
+    from custom.overlays import class_colour, overlay_image
+
+    gt = np.zeros((160, 256), np.int64)
+    gt[80:100, 50:80], gt[110:150, 150:220] = 1, 2
+    rgb = overlay_image(np.full(gt.shape, 100.0), gt, gt, {1: "pubic_symphysis", 2: "fetal_head"})
+    assert rgb.shape == (160, 256, 3) and rgb.dtype == np.uint8
+    grey = tuple(rgb[-1, 0])
+    assert tuple(rgb[80, 65]) == class_colour(1) and tuple(rgb[110, 180]) == class_colour(2)  # reference outlines
+    assert class_colour(1) != class_colour(2)
+    fill_1, fill_2 = tuple(rgb[90, 65]), tuple(rgb[130, 180])  # prediction fills, one colour per class
+    assert len({grey, fill_1, fill_2}) == 3
+    assert len({tuple(v) for v in rgb[:30, :120].reshape(-1, 3)}) > 3, "no legend in the corner"
+    only_pred = overlay_image(np.full(gt.shape, 100.0), None, gt)
+    assert tuple(only_pred[80, 65]) != class_colour(1)  # inference: no reference outline
+
+
+def test_disagreement_map_is_at_the_frame_size_and_evaluation_names_the_classes(tmp_path):
+    import json
+
+    import numpy as np
+    import torch
+
+    from custom.networks import SwinUnet, UNeXt
+
+    torch.manual_seed(0)
+    torch.save(UNeXt(1, 3).state_dict(), tmp_path / "model.pt")
+    swin = SwinUnet(img_size=64, in_channels=1, out_channels=3, embed_dim=12, num_heads=(1, 1, 2, 2), window_size=4)
+    (tmp_path / "train_state").mkdir()
+    torch.save({"transformer": swin.state_dict()}, tmp_path / "train_state" / "train_state.pt")
+    pairs = _frames(tmp_path / "in", [(80, 112), (64, 64)])
+    scale = ["--image_size", "[64,64]", "--num_classes", "3", "--transformer_def#embed_dim", "12",
+             "--transformer_def#num_heads", "[1,1,2,2]", "--transformer_def#window_size", "4"]
+    inputs = [str(p[0]) for p in pairs]
+    _bundle_run("--config_file", str([str(REPO / "bundle/configs" / c) for c in ("common.yaml", "inference.yaml")]),
+                "--meta_file", str(REPO / "bundle/configs/metadata.json"), "--input_path", str(inputs),
+                "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--with_disagreement", "true",
+                "--save_overlays", "true", *scale)
+    out = tmp_path / "out" / "inference"
+    for i, (h, w) in enumerate([(80, 112), (64, 64)]):
+        assert np.load(out / f"f{i}_disagreement.npy").shape == (h, w)
+        from PIL import Image
+
+        assert np.array(Image.open(out / f"f{i}_disagreement.png")).shape == (h, w)
+        assert np.array(Image.open(out / f"f{i}_mask.png")).shape == (h, w)
+    # evaluation names the classes as the datalist does
+    entries = [{"image": str(img), "label": str(lab), "name": img.stem} for img, lab in pairs]
+    datalist = {"num_classes": 3, "labels": {"background": 0, "pubic_symphysis": 1, "fetal_head": 2}, "test": entries}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "datalist.json").write_text(json.dumps(datalist))
+    _bundle_run("evaluating", "--config_file",
+                str([str(REPO / "bundle/configs" / c) for c in ("common.yaml", "train.yaml", "evaluate.yaml")]),
+                "--meta_file", str(REPO / "bundle/configs/metadata.json"), "--dataset_dir", str(tmp_path / "data"),
+                "--ckpt_path", str(tmp_path / "model.pt"), "--output_dir", str(tmp_path / "eval"), "--n_overlays", "1", *scale)
+    summary = (tmp_path / "eval" / "evaluation" / "summary.md").read_text()
+    assert "pubic_symphysis" in summary and "fetal_head" in summary and "class_1" not in summary

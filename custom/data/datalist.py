@@ -9,7 +9,7 @@ from typing import Any
 
 from .splits import SPLITS
 
-__all__ = ["DATALIST_NAME", "PATH_KEYS", "load_datalist", "load_split", "datalist_num_classes"]
+__all__ = ["DATALIST_NAME", "PATH_KEYS", "load_datalist", "load_split", "datalist_num_classes", "datalist_class_names"]
 
 DATALIST_NAME = "datalist.json"
 PATH_KEYS = ("image", "label")
@@ -77,3 +77,17 @@ def datalist_num_classes(path: str | Path, default: int = 2) -> int:
             return int(json.load(handle).get("num_classes", default))
     except (OSError, ValueError):
         return default
+
+
+def datalist_class_names(path: str | Path, num_classes: int) -> dict[int, str]:
+    """Foreground ``{label: name}`` from a datalist's ``labels`` (``{name: label}``, written by
+    ``custom.data prepare``); ``class_<label>`` for labels it does not name or when absent."""
+    path = Path(path)
+    file = path / DATALIST_NAME if path.is_dir() else path
+    try:
+        with file.open(encoding="utf-8") as handle:
+            labels = json.load(handle).get("labels") or {}
+        named = {int(label): str(name) for name, label in labels.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        named = {}
+    return {c: named.get(c, f"class_{c}") for c in range(1, int(num_classes))}
