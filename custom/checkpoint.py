@@ -17,34 +17,13 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from .atomic import atomic_torch_save  # noqa: F401 - re-exported: the one atomic writer lives in custom.atomic
 from .cli import parse_bool
 
 __all__ = ["safe_torch_load", "TrainingStateSaver", "atomic_torch_save", "load_training_state", "resume_training", "random_states",
            "set_random_states", "load_network_weights", "WeightsLoader", "BestModelSaver"]
 
 logger = logging.getLogger(__name__)
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _state_of(obj: Any) -> dict[str, Any]:
@@ -221,6 +200,11 @@ def load_network_weights(network: torch.nn.Module, path: str, key: str | None = 
         state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict")
+    bad = [name for name, value in state.items() if isinstance(value, torch.Tensor) and value.is_floating_point()
+           and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} weight tensor(s) hold NaN/Inf values (e.g. '{bad[0]}'); the checkpoint is "
+                         "corrupt or from a diverged training: use another one")
     target = network.module if hasattr(network, "module") and isinstance(network.module, torch.nn.Module) else network
     try:
         target.load_state_dict(state)

@@ -13,7 +13,6 @@ comparison command.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.transforms import LoadImage
 
+from .atomic import atomic_open, atomic_write, atomic_write_json, atomic_write_text
 from .biometry import head_circumference_mm
 from .metrics import evaluate_case, summarize, summary_markdown
 
@@ -121,21 +121,17 @@ def write_report(rows: Sequence[Mapping[str, Any]], output_dir: str, class_names
     keys: list[str] = []
     for r in rows:
         keys.extend(k for k in r if k not in keys)
-    tmp = os.path.join(output_dir, ".per_image.csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(os.path.join(output_dir, "per_image.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, os.path.join(output_dir, "per_image.csv"))
-    with open(os.path.join(output_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=float)
+    atomic_write_json(os.path.join(output_dir, "summary.json"), summary, default=float)
     md = summary_markdown(summary)
     if hc_rows:
         h = summary["head_circumference"]
         md += (f"\n\nHead circumference absolute difference ({h['unit']}, reference: {h['reference']}): "
                f"{h['abs_diff_mean']:.2f} ± {h['abs_diff_std']:.2f} over {h['n']} images ({h['n_no_ellipse']} without a head ellipse)\n")
-    with open(os.path.join(output_dir, "summary.md"), "w") as f:
-        f.write(md)
+    atomic_write_text(os.path.join(output_dir, "summary.md"), md)
     return summary
 
 
@@ -210,7 +206,8 @@ class SegmentationReport:
             if image.ndim == 3:
                 image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
             rgb = overlay_image(image.T, read_label_map(label_file).T, self._last_pred[row["name"]].T, self.class_names)
-            Image.fromarray(rgb).save(os.path.join(folder, f"{tag}_{row['name']}_dice{row['dice']:.3f}.png"))
+            atomic_write(os.path.join(folder, f"{tag}_{row['name']}_dice{row['dice']:.3f}.png"),
+                         lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
 
 
 @torch.no_grad()

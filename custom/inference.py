@@ -3,7 +3,6 @@ overlays, and the CNN-Transformer disagreement (per-pixel map and per-image scor
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -13,14 +12,15 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
-from monai.transforms import MapTransform, SaveImage
+from monai.transforms import MapTransform
 
+from .atomic import atomic_write, atomic_write_json
 from .cli import parse_bool
 from .losses import InformationDivergenceLoss
 from .overlays import at_frame_size
 
 __all__ = ["IMAGE_SUFFIXES", "list_inputs", "InputScreen", "screen_inputs", "BAD_INPUTS_NAME", "SaveMaskd",
-           "DisagreementWriter", "is_nifti"]
+           "DisagreementWriter", "is_nifti", "MaskWriteError", "FiniteOutputCheck"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +146,18 @@ class InputScreen:
                            self.report_path)
         return good
 
+    def add_bad(self, file: str, reason: str) -> None:
+        """An input found bad during the run (e.g. its mask cannot be written): listed like the others."""
+        self.bad.append({"file": file, "reason": reason})
+        logger.warning("bad input %s: %s", file, reason)
+
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self.write)
 
     def write(self, engine: Engine | None = None) -> None:
-        os.makedirs(self.output_dir, exist_ok=True)
-        with open(self.report_path, "w") as f:
-            json.dump(self.bad, f, indent=2)
+        from .atomic import atomic_write_json
+
+        atomic_write_json(self.report_path, self.bad, indent=2)
         if self.bad:
             print(f"{len(self.bad)} bad input(s) skipped, listed in {self.report_path}:")
             for b in self.bad:
@@ -167,23 +172,53 @@ def screen_inputs(entries: Sequence[Mapping[str, str]], output_dir: str, **kwarg
     return good
 
 
+def _spatial_shape_of(mask: Any) -> tuple[int, ...] | None:
+    """The input's own spatial shape as LoadImage read it (``spatial_shape`` of the mask's meta)."""
+    meta = getattr(mask, "meta", None)
+    value = meta.get("spatial_shape") if isinstance(meta, Mapping) else None
+    if value is None:
+        return None
+    try:
+        shape = np.asarray(torch.as_tensor(value) if not isinstance(value, np.ndarray) else value).astype(np.int64).ravel()
+    except (TypeError, ValueError):
+        return None
+    return tuple(int(v) for v in shape) if shape.size else None
+
+
+def _squeezed(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(s) for s in shape if int(s) != 1)
+
+
+def _size(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+class MaskWriteError(ValueError):
+    """A mask could not be written (or not at its input's size); the message names the file and why."""
+
+
 class SaveMaskd(MapTransform):
     """Save a label map (``1 x X x Y`` at the original size) next to nothing else: PNG for 2-D
-    image files, NIfTI (with the input's affine) for NIfTI inputs, as ``<stem>_mask.<ext>``.
+    image files, NIfTI (with the input's affine and its own array shape, e.g. ``64 x 64 x 1``)
+    for NIfTI inputs, as ``<stem>_mask.<ext>``.
 
-    Uses MONAI's ``SaveImage`` writers; an existing output is never overwritten unless
-    ``overwrite`` is set (a clear ``FileExistsError`` names it).
+    Each file gets a fresh MONAI writer (``PILWriter`` / ``NibabelWriter``): nothing is carried
+    from one file to the next (MONAI's ``SaveImage`` keeps a ``channel_dim`` it guessed for one
+    file, which broke every later mask of a batch). Every file is written atomically
+    (:mod:`custom.atomic`) and read back: a mask is written at its input's size and orientation,
+    or not at all. A mask that cannot be written (file name too long, a mismatching size, ...)
+    makes its input a bad input, listed by ``screen`` (the run's :class:`InputScreen`) with the
+    reason; without ``screen`` it raises :class:`MaskWriteError`. An existing output is never
+    overwritten unless ``overwrite`` is set (a clear ``FileExistsError`` names it).
     """
 
     def __init__(self, keys, output_dir: str, source_key: str = "image", overwrite: bool = False,
-                 postfix: str = "mask", overlay: bool = False, allow_missing_keys: bool = False) -> None:
+                 postfix: str = "mask", overlay: bool = False, allow_missing_keys: bool = False,
+                 screen: InputScreen | None = None) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir, self.source_key, self.overwrite, self.postfix = output_dir, source_key, parse_bool(overwrite, "overwrite"), postfix
         self.overlay = parse_bool(overlay, "save_overlays")
-        common = dict(output_dir=output_dir, output_postfix=postfix, output_dtype=np.uint8, resample=False,
-                      separate_folder=False, print_log=False)
-        self.png = SaveImage(output_ext=".png", scale=None, **common)
-        self.nifti = SaveImage(output_ext=".nii.gz", **common)
+        self.screen = screen
 
     def output_path(self, source: str) -> str:
         return mask_output_path(self.output_dir, source, self.postfix)
@@ -196,25 +231,82 @@ class SaveMaskd(MapTransform):
             target = self.output_path(source or "mask.png")
             if os.path.exists(target) and not self.overwrite:
                 raise FileExistsError(f"{target} exists; refusing to overwrite it (set overwrite to replace outputs)")
-            os.makedirs(self.output_dir, exist_ok=True)
-            (self.nifti if is_nifti(source) else self.png)(mask.to(torch.uint8) if isinstance(mask, torch.Tensor) else mask)
+            try:
+                self._write_mask(mask, source, target)
+                if self.overlay and source:
+                    self._save_overlay(source, np.squeeze(np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)))
+            except (MaskWriteError, OSError) as e:
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                reason = f"cannot write its mask {os.path.basename(target)}: {reason}" if isinstance(e, OSError) else reason
+                if self.screen is None:
+                    raise MaskWriteError(f"{source or target}: {reason}") from e
+                self.screen.add_bad(source or target, reason)
+                d[f"{key}_path"] = None
+                continue
             d[f"{key}_path"] = target
-            if self.overlay and source:
-                self._save_overlay(source, np.squeeze(np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)))
         return d
 
+    def _write_mask(self, mask: Any, source: str, target: str) -> None:
+        from monai.data import NibabelWriter, PILWriter
+        from monai.transforms import LoadImage
+
+        from .atomic import atomic_path
+
+        array = (mask.detach().cpu() if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))).to(torch.uint8)
+        array = array.as_tensor() if hasattr(array, "as_tensor") else array
+        if array.ndim == 2:
+            array = array[None]
+        expected = _spatial_shape_of(mask) or tuple(array.shape[1:])
+        if _squeezed(array.shape[1:]) != _squeezed(expected) or array.shape[0] != 1:
+            raise MaskWriteError(f"the mask came out {_size(array.shape[1:])} for an input of {_size(expected)}; "
+                                 "not written")
+        array = array.reshape(1, *expected)  # the input's own axes (a 64x64x1 NIfTI gets a 64x64x1 mask)
+        meta = dict(mask.meta) if hasattr(mask, "meta") else {}
+        nifti = is_nifti(source)
+        with atomic_path(target) as tmp:
+            writer = NibabelWriter(output_dtype=np.uint8) if nifti else PILWriter(output_dtype=np.uint8, scale=None)
+            writer.set_data_array(array, channel_dim=0, squeeze_end_dims=not nifti)
+            writer.set_metadata(meta, resample=False)
+            if nifti:  # the input's own array shape (MONAI pads to 3-D + channel): a 64x64x1 input gets a 64x64x1 mask
+                writer.data_obj = writer.data_obj.reshape(expected)
+            writer.write(tmp, verbose=False)
+            written = LoadImage(image_only=True)(tmp)  # a fresh reader per file
+            if _squeezed(written.shape) != _squeezed(expected) or (nifti and tuple(written.shape) != tuple(expected)):
+                raise MaskWriteError(f"the written mask is {_size(written.shape)} for an input of {_size(expected)}; not written")
 
     def _save_overlay(self, source: str, mask_xy: np.ndarray) -> None:
         from monai.transforms import LoadImage
         from PIL import Image
 
+        from .atomic import atomic_write
         from .evaluation import overlay_image
 
         image = np.squeeze(np.asarray(LoadImage(image_only=True)(source), dtype=np.float32))
         if image.ndim == 3:
             image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
         rgb = overlay_image(image.T, np.zeros_like(mask_xy.T), mask_xy.T.astype(np.int64))
-        Image.fromarray(rgb).save(os.path.join(self.output_dir, f"{_stem(source)}_overlay.png"))
+        atomic_write(os.path.join(self.output_dir, f"{_stem(source)}_overlay.png"), lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+
+
+class FiniteOutputCheck:
+    """Handler: stop with an error naming the checkpoint when the network's output for an input is
+    not finite (NaN/Inf), instead of writing the all-background masks an argmax of NaN gives."""
+
+    def __init__(self, ckpt_path: str, pred_key: str = "pred", image_key: str = "image") -> None:
+        self.ckpt_path, self.pred_key, self.image_key = ckpt_path, pred_key, image_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        pred = engine.state.output[self.pred_key]
+        if bool(torch.isfinite(torch.as_tensor(pred)).all()):
+            return
+        image = engine.state.batch.get(self.image_key) if isinstance(engine.state.batch, Mapping) else None
+        names = getattr(image, "meta", {}).get("filename_or_obj", ["this input"]) if image is not None else ["this input"]
+        name = names[0] if isinstance(names, (list, tuple)) and names else names
+        raise ValueError(f"{self.ckpt_path}: the network output for {name} holds NaN/Inf values; the checkpoint is "
+                         "corrupt or does not fit these inputs (no mask written)")
 
 
 class DisagreementWriter:
@@ -257,13 +349,14 @@ class DisagreementWriter:
         for name, m in zip(names, maps):
             stem = _stem(str(name))
             self.scores[str(name)] = float(m.mean())
-            np.save(os.path.join(self.output_dir, f"{stem}_disagreement.npy"), m.T.astype(np.float32))
+            atomic_write(os.path.join(self.output_dir, f"{stem}_disagreement.npy"),
+                         lambda tmp, m=m: np.save(tmp, m.T.astype(np.float32)))
             heat = np.clip(m.T / (np.log(2) * 2), 0, 1)  # KL + MIG of a confident 50/50 split is about 2 ln 2
-            Image.fromarray((heat * 255).astype(np.uint8)).save(os.path.join(self.output_dir, f"{stem}_disagreement.png"))
+            atomic_write(os.path.join(self.output_dir, f"{stem}_disagreement.png"),
+                         lambda tmp, heat=heat: Image.fromarray((heat * 255).astype(np.uint8)).save(tmp, format="PNG"))
 
     def write(self, engine: Engine | None = None) -> None:
         ranked = sorted(self.scores.items(), key=lambda kv: kv[1], reverse=True)
         doc = {"score": "mean over pixels of KL(p_cnn || p_transformer) + MIG(p_cnn, p_transformer)",
                "images": [{"image": k, "disagreement": v} for k, v in ranked]}
-        with open(os.path.join(self.output_dir, "disagreement.json"), "w") as f:
-            json.dump(doc, f, indent=2)
+        atomic_write_json(os.path.join(self.output_dir, "disagreement.json"), doc, indent=2)

@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write, atomic_write_text
 from .cli import OptionError, parse_bool
 
 __all__ = ["package", "bundle_root", "PackagingError", "main"]
@@ -83,7 +84,7 @@ def _rewrite_common(path: Path) -> None:
         # makes `custom.package` resolve whatever that list holds
         text = text[: match.end()] + f"\n{match.group('indent')}- $import custom.package" + text[match.end():]
     if f'bundle_root: "{PACKAGED_BUNDLE_ROOT}"' in text:  # already a packaged copy
-        path.write_text(text, encoding="utf-8")
+        atomic_write_text(path, text)
         return
     text = _BUNDLE_ROOT_LINE.sub(
         "# packaged bundle: the folder of this copy, found at run time (override with --bundle_root DIR)\n"
@@ -91,7 +92,7 @@ def _rewrite_common(path: Path) -> None:
         text,
         count=1,
     )
-    path.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
 
 
 def _usage(name: str) -> str:
@@ -215,9 +216,9 @@ def package(
             shutil.copytree(source / "docs", docs, ignore=_IGNORE)
         docs.mkdir(exist_ok=True)
         usage = _usage(name)
-        (docs / "PACKAGE.md").write_text(usage, encoding="utf-8")
+        atomic_write_text(docs / "PACKAGE.md", usage)
         if not (docs / "README.md").exists():
-            (docs / "README.md").write_text(usage, encoding="utf-8")
+            atomic_write_text(docs / "README.md", usage)
         if (source / "LICENSE").is_file():
             shutil.copy2(source / "LICENSE", target / "LICENSE")
 
@@ -227,7 +228,8 @@ def package(
         raise
 
     if zip_:
-        shutil.make_archive(str(out_dir / name), "zip", root_dir=out_dir, base_dir=name)
+        # make_archive adds ".zip" to the temporary file's name without it: it writes that very file
+        atomic_write(zip_path, lambda tmp: shutil.make_archive(tmp[: -len(".zip")], "zip", root_dir=out_dir, base_dir=name))
     return target
 
 

@@ -139,3 +139,197 @@ def test_inference_config_disables_the_disagreement_for_with_disagreement_false(
     handlers = parser.get("handlers")
     disabled = [h for h in handlers if isinstance(h, dict) and "_disabled_" in h]
     assert disabled and all(parser.get_parsed_content(f"handlers#{handlers.index(h)}#_disabled_") is True for h in disabled)
+
+
+# ----------------------------------------------------------------------------- item 6: atomic writes
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
+    from custom.atomic import atomic_write, atomic_write_json, atomic_write_text
+
+    target = tmp_path / "summary.json"
+    atomic_write_json(target, {"old": 1})
+
+    def half_then_crash(tmp: str) -> None:
+        Path(tmp).write_text('{"new": ')
+        raise KeyboardInterrupt  # a kill between the first bytes and the end
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, half_then_crash)
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"], "no temporary file may stay"
+    atomic_write_text(tmp_path / "x.md", "hello")
+    assert (tmp_path / "x.md").read_text() == "hello" and (tmp_path / "x.md").stat().st_mode & 0o044 == 0o044
+
+
+def test_checkpoint_reexports_the_one_atomic_torch_save() -> None:
+    import custom.atomic
+    import custom.checkpoint
+
+    assert custom.checkpoint.atomic_torch_save is custom.atomic.atomic_torch_save
+
+
+def _interrupted_rename(monkeypatch) -> None:
+    """Every atomic write dies just before its rename (as a SIGKILL there would)."""
+    import custom.atomic
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the rename")
+
+    monkeypatch.setattr(custom.atomic.os, "replace", killed)
+
+
+def test_a_kill_while_writing_leaves_no_mask_and_no_report_under_their_names(tmp_path: Path, monkeypatch) -> None:
+    import torch
+    from monai.data import MetaTensor
+
+    from custom.evaluation import write_report
+    from custom.inference import SaveMaskd
+
+    _interrupted_rename(monkeypatch)
+    saver = SaveMaskd("pred", str(tmp_path / "inf"))
+    mask = MetaTensor(torch.ones(1, 8, 6), meta={"filename_or_obj": "/x/a.png", "spatial_shape": np.array([8, 6])})
+    with pytest.raises(KeyboardInterrupt):
+        saver({"pred": mask})
+    assert not (tmp_path / "inf" / "a_mask.png").exists()
+    rows = [{"name": "a", "dice": 1.0, "hd95": 0.0, "asd": 0.0, "unit": "px"}]
+    with pytest.raises((KeyboardInterrupt, Exception)):
+        write_report(rows, str(tmp_path / "ev"), ["head"])
+    assert not any(p.name in ("per_image.csv", "summary.json", "summary.md") for p in (tmp_path / "ev").iterdir())
+
+
+# ----------------------------------------------------------------------------- items 1, 2, 13: inference masks
+
+
+def make_dicom(path: Path, array: np.ndarray) -> None:
+    """A valid single-frame 8-bit DICOM written with pydicom."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "OT", "synthetic"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Rows, ds.Columns = array.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = [0, 0, 0], [1, 0, 0, 0, 1, 0], [0.5, 0.5]
+    ds.PixelData = np.ascontiguousarray(array, np.uint8).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def random_model(path: Path, classes: int = 2) -> str:
+    import torch
+
+    from custom.networks import UNeXt
+
+    torch.manual_seed(0)
+    torch.save(UNeXt(1, classes).state_dict(), path)
+    return str(path)
+
+
+def run_inference(tmp_path: Path, inputs: Path, model: str, **more) -> Path:
+    """The bundle's inference.yaml, in this process, at 64 px."""
+    from monai.bundle import run
+
+    from conftest import CONFIGS
+
+    out = tmp_path / "out"
+    run(config_file=[str(CONFIGS / "common.yaml"), str(CONFIGS / "inference.yaml")], input_path=str(inputs),
+        ckpt_path=model, output_dir=str(out), image_size=[64, 64], num_classes=2, **more)
+    return out / "inference"
+
+
+def read_shape(path: Path) -> tuple[int, ...]:
+    from monai.transforms import LoadImage
+
+    return tuple(LoadImage(image_only=True)(str(path)).shape)
+
+
+def test_save_mask_carries_nothing_from_one_file_to_the_next(tmp_path: Path) -> None:
+    """MONAI's SaveImage kept the channel_dim it guessed for a file with a 3-entry spatial shape
+    (a DICOM read as 64x64x1): that mask and every later PNG's came out 1 x 64 (all zero)."""
+    import torch
+    from monai.data import MetaTensor
+
+    from custom.inference import SaveMaskd
+
+    saver = SaveMaskd("pred", str(tmp_path))
+    first = MetaTensor(torch.ones(1, 64, 64), meta={"filename_or_obj": "/x/ok.dcm", "spatial_shape": (64, 64, 1)})
+    later = MetaTensor(torch.ones(1, 56, 40), meta={"filename_or_obj": "/x/z.png", "spatial_shape": np.array([56, 40])})
+    saver({"pred": first})
+    saver({"pred": later})
+    assert read_shape(tmp_path / "ok_mask.png") == (64, 64) and read_shape(tmp_path / "z_mask.png") == (56, 40)
+    assert np.asarray(Image.open(tmp_path / "z_mask.png")).min() == 1
+
+
+def test_a_dicom_in_the_batch_spoils_nothing_and_a_3d_nifti_keeps_its_axes(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    inputs = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    save_png(inputs / "a.png", rng.integers(0, 256, (40, 56), dtype=np.uint8))
+    make_dicom(inputs / "ok.dcm", rng.integers(0, 256, (48, 36), dtype=np.uint8))
+    (inputs / "z.png").write_bytes((inputs / "a.png").read_bytes())
+    affine = np.diag([0.5, 0.7, 1.0, 1.0])
+    nib.save(nib.Nifti1Image((rng.random((64, 64, 1)) * 255).astype(np.float32), affine), str(inputs / "vol.nii.gz"))
+    out = run_inference(tmp_path, inputs, random_model(tmp_path / "model.pt"))
+    for name in ("a", "ok", "z"):
+        source = inputs / (f"{name}.dcm" if name == "ok" else f"{name}.png")
+        assert read_shape(out / f"{name}_mask.png") == read_shape(source), name
+    assert (out / "a_mask.png").read_bytes() == (out / "z_mask.png").read_bytes()
+    nii = nib.load(str(out / "vol_mask.nii.gz"))
+    assert nii.shape == (64, 64, 1) and np.allclose(nii.affine, affine)
+    assert json.loads((out / "bad_inputs.json").read_text()) == []
+
+
+def test_an_input_whose_mask_name_is_too_long_is_reported_and_the_rest_written(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    image = np.random.default_rng(0).integers(0, 256, (20, 24), dtype=np.uint8)
+    save_png(inputs / "a.png", image)
+    long = inputs / ("L" * 250 + ".png")  # fits; its mask's name (+ "_mask") does not
+    save_png(long, image)
+    out = run_inference(tmp_path, inputs, random_model(tmp_path / "model.pt"))
+    assert (out / "a_mask.png").is_file()
+    bad = json.loads((out / "bad_inputs.json").read_text())
+    assert [b["file"] for b in bad] == [str(long)] and "File name too long" in bad[0]["reason"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "bad_inputs.json"]
+
+
+# ----------------------------------------------------------------------------- item 3: non-finite checkpoint
+
+
+def test_a_nan_checkpoint_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    import torch
+
+    from custom.checkpoint import load_network_weights
+    from custom.networks import UNeXt
+
+    net = UNeXt(1, 2)
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    path = tmp_path / "nan.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=rf"^{path}: \d+ weight tensor\(s\) hold NaN/Inf values"):
+        load_network_weights(UNeXt(1, 2), str(path))
+
+
+def test_a_non_finite_network_output_stops_inference_naming_the_checkpoint() -> None:
+    import torch
+    from types import SimpleNamespace
+
+    from monai.data import MetaTensor
+
+    from custom.inference import FiniteOutputCheck
+
+    image = MetaTensor(torch.zeros(1, 1, 4, 4), meta={"filename_or_obj": ["/x/a.png"]})
+    engine = SimpleNamespace(state=SimpleNamespace(output={"pred": torch.full((1, 2, 4, 4), float("nan"))},
+                                                   batch={"image": image}))
+    with pytest.raises(ValueError, match=r"^/m/model.pt: the network output for /x/a.png holds NaN/Inf"):
+        FiniteOutputCheck("/m/model.pt")(engine)
+    engine.state.output["pred"] = torch.zeros(1, 2, 4, 4)
+    FiniteOutputCheck("/m/model.pt")(engine)

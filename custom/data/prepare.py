@@ -7,13 +7,13 @@ only when complete (``staging``). Nothing is written when validation fails.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_json
 from ..cli import parse_bool
 from .datalist import DATALIST_NAME
 from .errors import DataValidationError, Problem, SplitError
@@ -284,10 +284,8 @@ def _write_splits(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON."""
-    with path.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-        handle.write("\n")
+    """Write ``data`` as indented JSON (atomically)."""
+    atomic_write_json(path, data, indent=1)
 
 
 def _skipped_report(problems: Sequence[Problem]) -> str:
