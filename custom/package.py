@@ -95,6 +95,27 @@ def _rewrite_common(path: Path) -> None:
     atomic_write_text(path, text)
 
 
+# one merged, self-contained config per workflow, as model-zoo bundles ship them
+# (`configs/inference.json` runs alone); MONAI has no includes, so the lists are merged here
+WORKFLOW_CONFIGS = {
+    "train": ("common.yaml", "train.yaml"),
+    "evaluate": ("common.yaml", "train.yaml", "evaluate.yaml"),
+    "inference": ("common.yaml", "inference.yaml"),
+}
+
+
+def _write_workflow_configs(configs: Path) -> None:
+    """Write ``configs/<workflow>.json``: the workflow's config list merged by MONAI's own
+    ``ConfigParser`` (left to right, ``a#b`` keys as nested overrides), unresolved."""
+    from monai.bundle import ConfigParser
+
+    for workflow, files in WORKFLOW_CONFIGS.items():
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        merged = {k: v for k, v in parser.get().items() if k != "_meta_"}  # --meta_file fills it at run time
+        ConfigParser.export_config_file(merged, str(configs / f"{workflow}.json"), fmt="json", indent=1)
+
+
 def _usage(name: str) -> str:
     return f"""# {name}: running this packaged bundle
 
@@ -102,7 +123,19 @@ This folder is a self-contained MONAI bundle: `configs/`, `models/model.pt` (the
 weights), `docs/`, `LICENSE` and the Python components the configs import, in `custom/`.
 The configs import `custom`, so the bundle folder must be on `sys.path` (MONAI Label adds it
 itself). `bundle_root` is found at run time from the imported `custom` package; pass
-`--bundle_root` to set it explicitly. Run from anywhere (`B` is this folder):
+`--bundle_root` to set it explicitly.
+
+Each workflow also has one merged, self-contained config, as model-zoo bundles do:
+`configs/inference.json`, `configs/evaluate.json` and `configs/train.json` (the config lists
+below, merged). From this folder (`python -m` puts it on `sys.path`):
+
+```bash
+python -m monai.bundle run --config_file configs/inference.json --meta_file configs/metadata.json --input_path IMAGES --infer_output_dir OUT
+python -m monai.bundle run evaluating --config_file configs/evaluate.json --meta_file configs/metadata.json --dataset_dir DATA
+python -m monai.bundle run training --config_file configs/train.json --meta_file configs/metadata.json --dataset_dir DATA
+```
+
+Run from anywhere (`B` is this folder):
 
 ```bash
 B=/path/to/{name}
@@ -193,6 +226,7 @@ def package(
     try:
         shutil.copytree(source / "configs", target / "configs", ignore=_IGNORE)
         _rewrite_common(target / "configs" / "common.yaml")
+        _write_workflow_configs(target / "configs")
         shutil.copytree(package_src, target / "custom", ignore=_IGNORE)
 
         models = target / "models"

@@ -250,3 +250,38 @@ def test_disagreement_map_is_at_the_frame_size_and_evaluation_names_the_classes(
                 "--ckpt_path", str(tmp_path / "model.pt"), "--output_dir", str(tmp_path / "eval"), "--n_overlays", "1", *scale)
     summary = (tmp_path / "eval" / "evaluation" / "summary.md").read_text()
     assert "pubic_symphysis" in summary and "fetal_head" in summary and "class_1" not in summary
+
+
+# ----------------------------------------------------------------- one self-contained config per workflow
+
+
+def test_packaged_bundle_runs_inference_from_one_merged_config(tmp_path):
+    """Like a model-zoo bundle: `configs/inference.json` alone, run from the bundle folder."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from custom.networks import UNeXt
+    from custom.package import WORKFLOW_CONFIGS, package
+
+    torch.manual_seed(0)
+    torch.save(UNeXt(1, 2).state_dict(), tmp_path / "model.pt")
+    bundle = package(str(tmp_path / "dist"), weights=str(tmp_path / "model.pt"))
+    for workflow in WORKFLOW_CONFIGS:
+        merged = json.loads((bundle / "configs" / f"{workflow}.json").read_text())
+        assert "$import custom" in merged["imports"] and "_meta_" not in merged
+    evaluate = json.loads((bundle / "configs" / "evaluate.json").read_text())
+    assert evaluate["validate"]["dataset"]["_target_"] == "Dataset" and "evaluating" in evaluate
+    assert "training" in json.loads((bundle / "configs" / "train.json").read_text())
+    (frame,) = [p for p, _ in _frames(tmp_path / "in", [(70, 90)])]
+    env = {k: v for k, v in _env_without_omp().items() if k not in {"PYTHONPATH", "PYTHONHOME"}}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                          "--meta_file", "configs/metadata.json", "--input_path", str(frame), "--infer_output_dir",
+                          str(tmp_path / "out"), "--image_size", "[64,64]"],
+                         cwd=bundle, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    from PIL import Image
+
+    assert np.array(Image.open(tmp_path / "out" / "f0_mask.png")).shape == (70, 90)
