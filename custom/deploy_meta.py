@@ -21,7 +21,8 @@ from typing import Any
 
 from .cli import parse_bool
 
-__all__ = ["FILENAME", "ModelConfigError", "config_path", "read", "value", "datalist_labels", "differences", "check", "ModelConfig"]
+__all__ = ["FILENAME", "ModelConfigError", "config_path", "read", "value", "datalist_labels", "differences", "check", "ModelConfig", "network_data_format",
+           "write_network_data_format"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +117,14 @@ def check(path: str | os.PathLike | None, record: Mapping) -> bool:
     return True
 
 
-def _write_json(path: str, data: Mapping) -> None:
+def _write_json(path: str, data: Mapping, sort_keys: bool = True) -> None:
     """Temporary file in the same folder, fsync, rename: never a partial file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            json.dump(data, f, indent=2, sort_keys=sort_keys)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -166,3 +167,30 @@ class ModelConfig:
     def write(self) -> None:
         if read(self.path) != self.record:
             _write_json(self.path, self.record)
+
+
+def network_data_format(meta: Mapping, record: Mapping) -> dict:
+    """``meta`` (a bundle's metadata.json) with ``network_data_format`` set from ``record``:
+    input channels and size, output classes, their names and size."""
+    out = json.loads(json.dumps(meta))
+    fmt = out.setdefault("network_data_format", {})
+    image = fmt.setdefault("inputs", {}).setdefault("image", {})
+    pred = fmt.setdefault("outputs", {}).setdefault("pred", {})
+    size, n = list(record.get("image_size", image.get("spatial_shape", []))), int(record.get("num_classes", 2))
+    image.update(num_channels=int(record.get("in_channels", 1)), spatial_shape=size)
+    image["channel_def"] = {str(c): "image" for c in range(image["num_channels"])}
+    names = {int(v): str(k) for k, v in (record.get("labels") or {}).items()}
+    old = pred.get("channel_def", {})
+    pred.update(num_channels=n, spatial_shape=size,
+                channel_def={str(c): names.get(c, old.get(str(c), "background" if c == 0 else f"class_{c}")) for c in range(n)})
+    return out
+
+
+def write_network_data_format(metadata_file: str | os.PathLike, record_file: str | os.PathLike) -> None:
+    """Rewrite ``metadata_file`` (atomically) to describe the weights recorded in ``record_file``."""
+    record = read(record_file)
+    if record is None:
+        return
+    with open(metadata_file, encoding="utf-8") as f:
+        meta = json.load(f)
+    _write_json(os.fspath(metadata_file), network_data_format(meta, record), sort_keys=False)

@@ -233,6 +233,13 @@ def package(
         models.mkdir()
         if weights_path.is_file():
             shutil.copy2(weights_path, models / "model.pt")
+            # what the weights were trained with travels with them (custom/deploy_meta.py)
+            recorded = weights_path.parent / "model_config.json"
+            if recorded.is_file():
+                from .deploy_meta import write_network_data_format
+
+                shutil.copy2(recorded, models / "model_config.json")
+                write_network_data_format(target / "configs" / "metadata.json", recorded)
             if with_exports_:
                 for export in ("model.ts", "model.onnx"):
                     found = weights_path.parent / export

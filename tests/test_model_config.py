@@ -129,3 +129,21 @@ def test_a_second_training_of_another_configuration_is_refused(trained, demo_dat
     assert json.loads((models / "model_config.json").read_text())["transformer_def"]["embed_dim"] == 24
     assert (models / "model.pt").read_bytes() != before
     torch.load(models / "model.pt", weights_only=True)
+
+
+def test_package_and_monailabel_follow_the_recorded_weights(trained, tmp_path):
+    from custom.monailabel_app.lib.bundle_config import BundleSettings
+    from custom.package import package
+
+    models = trained / "models"
+    target = package(str(tmp_path / "dist"), name="b", weights=str(models / "model.pt"))
+    meta = json.loads((target / "configs" / "metadata.json").read_text())
+    fmt = meta["network_data_format"]
+    assert fmt["inputs"]["image"]["spatial_shape"] == fmt["outputs"]["pred"]["spatial_shape"] == [64, 64]
+    assert fmt["outputs"]["pred"]["num_channels"] == 2 and fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "head"}
+    assert (target / "models" / "model_config.json").read_bytes() == (models / "model_config.json").read_bytes()
+
+    settings = BundleSettings.from_conf({"bundle_root": str(REPO / "bundle"), "models_dir": str(models)})
+    assert settings.num_classes == 2 and settings.labels == ["head"]
+    parser = settings.parser("inference")
+    assert parser.get_parsed_content("transformer").encoder.patch_embed.proj.out_channels == 12

@@ -61,10 +61,17 @@ class BundleSettings:
         bundle_root = _resolve(_get(conf, "bundle_root", "FETAL_US_BUNDLE_ROOT", default_bundle_root()))
         models_dir = _resolve(_get(conf, "models_dir", "FETAL_US_MODELS_DIR", os.path.join(bundle_root, "models")))
         output_dir = _resolve(_get(conf, "output_dir", "FETAL_US_OUTPUT_DIR", os.path.join(models_dir, "monailabel_eval")))
-        num_classes = int(_get(conf, "num_classes", "FETAL_US_NUM_CLASSES", 2))
+        # classes and their names default to those recorded beside the weights (models/model_config.json)
+        ensure_repo_on_path()
+        from custom.deploy_meta import config_path, value
+
+        recorded = config_path(models_dir)
+        num_classes = int(_get(conf, "num_classes", "FETAL_US_NUM_CLASSES", value(recorded, "num_classes", 2)))
+        names = {int(v): k for k, v in (value(recorded, "labels", None) or {}).items()}
         labels = _get(conf, "labels", "FETAL_US_LABELS", None)
-        labels = [s.strip() for s in labels.split(",") if s.strip()] if labels else DEFAULT_LABELS.get(
-            num_classes, [f"label_{i}" for i in range(1, num_classes)])
+        labels = [s.strip() for s in labels.split(",") if s.strip()] if labels else (
+            [names[c] for c in range(1, num_classes)] if set(range(1, num_classes)) <= set(names) else DEFAULT_LABELS.get(
+                num_classes, [f"label_{i}" for i in range(1, num_classes)]))
         if len(labels) != num_classes - 1:
             raise ValueError(f"labels {labels} must name the {num_classes - 1} foreground classes of num_classes={num_classes}")
         overrides = _get(conf, "config_overrides", "FETAL_US_CONFIG_OVERRIDES", "")
