@@ -157,8 +157,9 @@ PYTHONPATH=$B python -m monai.bundle onnx_export network_def --filepath $B/model
     --converter_kwargs "{{'input_names': ['image'], 'output_names': ['pred'], 'dynamic_axes': {{'image': {{0: 'batch'}}, 'pred': {{0: 'batch'}}}}}}"
 ```
 
-Use the `image_size` / `num_classes` the weights were trained with (e.g. add
-`'$B/configs/cpu_small.yaml'` to the config list, or `--num_classes 3`). Training, evaluation
+The image size, classes and network widths the weights were trained with come from
+`models/model_config.json` (give the ONNX export that image size); an explicit, different
+value is refused. Training, evaluation
 and the data-preparation CLI (`PYTHONPATH=$B python -m custom.data prepare ...`) work the same
 way. Configs execute Python expressions: run bundles from trusted sources only.
 """
