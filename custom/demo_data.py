@@ -69,22 +69,52 @@ def _spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+DEMO_MARKER = ".fetal_us_demo_dataset"
+DEMO_DESCRIPTION = "synthetic fetal-head-like ultrasound demo set"
+
+
+def _made_by_demo(out: Path) -> bool:
+    """Whether ``out`` is a folder this module wrote: its marker file, or (sets written before the
+    marker existed) a ``datalist.json`` describing the demo set with a spec hash."""
+    if (out / DEMO_MARKER).is_file():
+        return True
+    try:
+        doc = json.loads((out / "datalist.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("description") == DEMO_DESCRIPTION and "spec_hash" in doc
+
+
 def ensure_demo_dataset(out_dir: str, n_labeled: int = 8, n_unlabeled: int = 64, n_validation: int = 16,
                         size: int = 64, seed: int = 2025) -> str:
     """Write the demo set to ``out_dir`` unless an identical one is already there; returns
     the datalist path. Written to a temporary folder first and moved into place, so an
-    interrupted generation never leaves a half-written set."""
+    interrupted generation never leaves a half-written set.
+
+    ``out_dir`` must be new, empty, or a demo set this function wrote (it carries the marker
+    file ``.fetal_us_demo_dataset``); anything else (a prepared dataset, say) is refused with a
+    ``FileExistsError`` naming it, and nothing there is touched.
+    """
+    from .atomic import atomic_write_text
+
     spec = dict(n_labeled=n_labeled, n_unlabeled=n_unlabeled, n_validation=n_validation, size=size, seed=seed, version=1)
     out = Path(out_dir)
     datalist = out / "datalist.json"
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"dataset_dir {out}: exists and is not a folder; the demo writes its synthetic set into "
+                              "a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not _made_by_demo(out):
+        raise FileExistsError(f"dataset_dir {out}: not empty and not a demo set (no {DEMO_MARKER}); the demo refuses to "
+                              "replace it: point dataset_dir at a new or empty folder")
     if datalist.is_file():
         try:
             if json.loads(datalist.read_text()).get("spec_hash") == _spec_hash(spec):
                 return str(datalist)
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, AttributeError):
             pass
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo_tmp_", dir=out.parent))
+    previous = None
     try:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
@@ -99,13 +129,21 @@ def ensure_demo_dataset(out_dir: str, n_labeled: int = 8, n_unlabeled: int = 64,
                 Image.fromarray(mask).save(tmp / "labels" / name)
                 entry = {"image": f"images/{name}", "label": f"labels/{name}", "group": f"{split}_{i:03d}"}
                 lists[split].append(entry)
-        doc = {"description": "synthetic fetal-head-like ultrasound demo set", "labels": {"background": 0, "head": 1},
+        doc = {"description": DEMO_DESCRIPTION, "labels": {"background": 0, "head": 1},
                "num_classes": 2, "spec": spec, "spec_hash": _spec_hash(spec), **lists}
-        (tmp / "datalist.json").write_text(json.dumps(doc, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
+        atomic_write_text(tmp / "datalist.json", json.dumps(doc, indent=1))
+        atomic_write_text(tmp / DEMO_MARKER, "written by custom.demo_data.ensure_demo_dataset; the demo may replace this folder\n")
+        if out.exists():  # an empty folder or an older demo set: moved aside, removed once the new one is in place
+            previous = Path(tempfile.mkdtemp(prefix=".demo_old_", dir=out.parent))
+            os.replace(out, previous / "set")
         os.replace(tmp, out)
+    except BaseException:
+        if previous is not None and not out.exists():
+            os.replace(previous / "set", out)  # put the old set back
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
     return str(datalist)

@@ -146,12 +146,19 @@ class SegmentationReport:
             The reference HC is the datalist entry's ``hc_mm`` (HC18's CSV) when present,
             otherwise the ellipse fitted to the reference mask.
         n_overlays: how many best and how many worst cases get an overlay PNG.
+        overwrite: replace an existing non-empty ``output_dir``. Without it such a folder is
+            refused before the evaluation starts; with it the whole report is written into a
+            temporary sibling folder that replaces ``output_dir`` at the end (never a mix of old
+            and new files).
     """
 
     def __init__(self, output_dir: str, num_classes: int, class_names: Mapping[int, str] | Sequence[str] | None = None,
                  head_class: int | None = None, n_overlays: int = 3, pred_key: str = "pred", image_key: str = "image",
-                 label_key: str = "label") -> None:
+                 label_key: str = "label", overwrite: bool = False) -> None:
+        from .cli import parse_bool
+
         self.output_dir, self.num_classes = output_dir, int(num_classes)
+        self.overwrite = parse_bool(overwrite, "overwrite")
         self.class_names = class_names or [f"class_{c}" for c in range(1, self.num_classes)]
         self.head_class, self.n_overlays = head_class, int(n_overlays)
         self.pred_key, self.image_key, self.label_key = pred_key, image_key, label_key
@@ -160,7 +167,7 @@ class SegmentationReport:
         self.summary: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.STARTED, lambda _: (self.check_output_dir(), self.rows.clear()))
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.COMPLETED, self.write)
 
@@ -185,9 +192,28 @@ class SegmentationReport:
             self._last_pred = getattr(self, "_last_pred", {})
             self._last_pred[name] = pred.astype(np.uint8)
 
+    def check_output_dir(self) -> None:
+        """Refuse an existing non-empty ``output_dir`` (unless ``overwrite``) or one that is a file."""
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise FileExistsError(f"{self.output_dir}: the evaluation output folder is an existing file")
+        if os.path.isdir(self.output_dir) and os.listdir(self.output_dir) and not self.overwrite:
+            raise FileExistsError(f"{self.output_dir}: the evaluation output folder exists and is not empty; "
+                                  "pass --overwrite true to replace it (or choose another --eval_output_dir)")
+
     def write(self, engine: Engine | None = None) -> None:
-        self.summary = write_report(self.rows, self.output_dir, self.class_names)
-        self._write_overlays()
+        from pathlib import Path
+
+        from .data.staging import staging_directory
+
+        self.check_output_dir()
+        final = self.output_dir
+        with staging_directory(Path(final), overwrite=self.overwrite) as staging:
+            self.output_dir = str(staging)
+            try:
+                self.summary = write_report(self.rows, self.output_dir, self.class_names)
+                self._write_overlays()
+            finally:
+                self.output_dir = final
         logger.info("evaluation of %d images written to %s: mean Dice %.4f", len(self.rows), self.output_dir,
                     self.summary["overall"]["dice_mean"])
 

@@ -192,9 +192,12 @@ def test_a_kill_while_writing_leaves_no_mask_and_no_report_under_their_names(tmp
     with pytest.raises(KeyboardInterrupt):
         saver({"pred": mask})
     assert not (tmp_path / "inf" / "a_mask.png").exists()
-    rows = [{"name": "a", "dice": 1.0, "hd95": 0.0, "asd": 0.0, "unit": "px"}]
-    with pytest.raises((KeyboardInterrupt, Exception)):
-        write_report(rows, str(tmp_path / "ev"), ["head"])
+    from custom.evaluation import case_record
+
+    gt = np.zeros((8, 8), np.int64)
+    gt[2:6, 2:6] = 1
+    with pytest.raises(KeyboardInterrupt):
+        write_report([case_record(gt, gt, 2, None, "a")], str(tmp_path / "ev"), ["head"])
     assert not any(p.name in ("per_image.csv", "summary.json", "summary.md") for p in (tmp_path / "ev").iterdir())
 
 
@@ -333,3 +336,53 @@ def test_a_non_finite_network_output_stops_inference_naming_the_checkpoint() -> 
         FiniteOutputCheck("/m/model.pt")(engine)
     engine.state.output["pred"] = torch.zeros(1, 2, 4, 4)
     FiniteOutputCheck("/m/model.pt")(engine)
+
+
+# ----------------------------------------------------------------------------- item 5: the demo's folder
+
+
+def test_the_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    from custom.demo_data import DEMO_MARKER, ensure_demo_dataset
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "datalist.json").write_text(json.dumps({"training": [{"image": "images/a.png"}]}))
+    before = (prepared / "datalist.json").read_bytes()
+    with pytest.raises(FileExistsError, match=rf"^dataset_dir {prepared}: not empty and not a demo set"):
+        ensure_demo_dataset(str(prepared), n_labeled=1, n_unlabeled=1, n_validation=1, size=16)
+    assert sorted(p.name for p in prepared.iterdir()) == ["datalist.json"] and (prepared / "datalist.json").read_bytes() == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ensure_demo_dataset(str(empty), n_labeled=1, n_unlabeled=1, n_validation=1, size=16)
+    assert (empty / DEMO_MARKER).is_file()
+    ensure_demo_dataset(str(empty), n_labeled=2, n_unlabeled=1, n_validation=1, size=16)  # its own set: replaced
+    assert len(json.loads((empty / "datalist.json").read_text())["training"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "prepared"]
+
+
+# ----------------------------------------------------------------------------- item 7: evaluation output folder
+
+
+def _report(out: Path, overwrite: bool = False):
+    from custom.evaluation import SegmentationReport, case_record
+
+    report = SegmentationReport(str(out), num_classes=2, class_names=["head"], n_overlays=0, overwrite=overwrite)
+    mask = np.zeros((8, 8), np.int64)
+    mask[2:6, 2:6] = 1
+    report.rows = [case_record(mask, mask, 2, None, "a")]
+    return report
+
+
+def test_evaluation_refuses_a_non_empty_output_folder_and_replaces_it_whole_with_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    (out / "worst_old_dice0.100.png").write_bytes(b"old overlay")
+    (out / "per_image.csv").write_text("old")
+    with pytest.raises(FileExistsError, match=rf"^{out}: the evaluation output folder exists and is not empty"):
+        _report(out).check_output_dir()
+    with pytest.raises(FileExistsError):
+        _report(out).write()
+    assert (out / "per_image.csv").read_text() == "old"
+    _report(out, overwrite="true").write()
+    assert sorted(p.name for p in out.iterdir()) == ["per_image.csv", "summary.json", "summary.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"], "no staging folder may stay"
