@@ -178,3 +178,18 @@ def test_trainer_updates_and_saves_the_further_teachers():
         SemiSupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=data, networks={"cnn": net},
                               optimizers={"cnn": torch.optim.SGD(net.parameters(), lr=0.1)},
                               supervised_loss=SupervisedLoss(), teachers={"transformer": teacher})
+
+
+def test_frozen_norm_statistics_keeps_running_statistics_but_normalises_with_the_batch():
+    from custom.methods import frozen_norm_statistics
+
+    torch.manual_seed(0)
+    net = UNeXt(1, 2).train()
+    state = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    x = torch.rand(2, 1, 32, 32) * 5
+    with frozen_norm_statistics(net):
+        out = net(x)
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items() if "running" in k)
+    assert torch.allclose(out, net(x), atol=1e-5), "batch statistics are still used"
+    assert any(not torch.equal(state[k], v) for k, v in net.state_dict().items() if "running_mean" in k)
+    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -11,8 +11,8 @@ network leads the cross terms of the paper's method.
 """
 
 from .copy_paste import BidirectionalCopyPasteTerm, copy_paste_pairs
-from .perturb import cutmix, gaussian_blur, random_boxes, strong_intensity
+from .perturb import cutmix, frozen_norm_statistics, gaussian_blur, random_boxes, strong_intensity
 from .weak_to_strong import WeakToStrongTerm
 
 __all__ = ["WeakToStrongTerm", "BidirectionalCopyPasteTerm", "copy_paste_pairs", "random_boxes", "cutmix",
-           "strong_intensity", "gaussian_blur"]
+           "strong_intensity", "gaussian_blur", "frozen_norm_statistics"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -11,7 +12,7 @@ from monai.networks.utils import one_hot
 
 from ..losses import SMOOTH, confidence_mask, hard_labels
 from ..terms import IterationContext, UnsupervisedTerm
-from .perturb import cutmix, random_boxes
+from .perturb import cutmix, frozen_norm_statistics, random_boxes
 
 __all__ = ["copy_paste_pairs", "BidirectionalCopyPasteTerm"]
 
@@ -54,19 +55,23 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
     ``L = w_gt L(ground-truth pixels) + w_pl L(pseudo-labelled pixels)``, ``w_gt = 1``,
     ``w_pl = unlabeled_weight`` (0.5 in BCP), each ``L`` being the masked soft Dice (MONAI's
     ``MaskedDiceLoss``) plus the masked mean cross-entropy. ``confidence`` > 0 further keeps
-    only the pseudo-labelled pixels where the teacher is at least that sure (BCP: 0).
+    only the pseudo-labelled pixels where the teacher is at least that sure (BCP: 0). With
+    ``clean_statistics`` (default) the forward of the mixed images leaves the batch-normalisation
+    running statistics as the clean images set them (:func:`custom.methods.frozen_norm_statistics`).
     """
 
     name = "bcp"
     own_graph = True  # its own forward of the mixed images; only detached teacher values from outside
 
     def __init__(self, role: str = "cnn", weight: Callable[[int], float] | float = 1.0, unlabeled_weight: float = 0.5,
-                 box_area: float = 4 / 9, confidence: float = 0.0, name: str | None = None) -> None:
+                 box_area: float = 4 / 9, confidence: float = 0.0, clean_statistics: bool = True,
+                 name: str | None = None) -> None:
         super().__init__(weight, name)
         if not 0.0 <= confidence < 1.0:
             raise ValueError(f"confidence must be within [0, 1), got {confidence}")
         self.role, self.unlabeled_weight = role, float(unlabeled_weight)
         self.box_area, self.confidence = float(box_area), float(confidence)
+        self.clean_statistics = bool(clean_statistics)
         self.dice = MaskedDiceLoss(include_background=True, to_onehot_y=False, squared_pred=True, batch=True,
                                    smooth_nr=SMOOTH, smooth_dr=SMOOTH)
 
@@ -88,6 +93,7 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
         if self.confidence > 0:
             conf = confidence_mask(p_t, self.confidence)
             pl = pl * torch.cat([cutmix(conf, torch.zeros_like(conf), box), cutmix(torch.zeros_like(conf), conf, box)])
-        with ctx.autocast():
-            logits = ctx.networks[self.role](images).float()
+        net = ctx.networks[self.role]
+        with ctx.autocast(), (frozen_norm_statistics(net) if self.clean_statistics else contextlib.nullcontext()):
+            logits = net(images).float()
         return self._region_loss(logits, targets, gt) + self.unlabeled_weight * self._region_loss(logits, targets, pl)

@@ -9,14 +9,17 @@ device. The blur itself is torchvision's ``gaussian_blur``.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
+from torch import nn
 from torchvision.transforms.functional import gaussian_blur as _tv_gaussian_blur
 
 from ..terms import perturb_intensity
 
-__all__ = ["random_boxes", "cutmix", "gaussian_blur", "strong_intensity"]
+__all__ = ["random_boxes", "cutmix", "gaussian_blur", "strong_intensity", "frozen_norm_statistics"]
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -86,3 +89,28 @@ def strong_intensity(x: torch.Tensor, generator: torch.Generator | None = None, 
     if blur_prob > 0:
         out = gaussian_blur(out, blur_prob, blur_sigma, generator).clamp(0.0, 1.0)
     return out
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@contextlib.contextmanager
+def frozen_norm_statistics(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, batch-normalisation layers of ``module`` still normalise with the batch's
+    statistics (training mode) but leave their running statistics unchanged (momentum 0).
+
+    The running statistics are what the network normalises with at inference, so they are kept
+    to the images it will see there: strongly perturbed, CutMixed or copy-pasted views would
+    pull them away from clean frames (the UNeXt is sensitive to them: see bundle/docs/comparison.md,
+    "the shared-batch drop"). PyTorch has no switch for this, hence the small context manager.
+    """
+    saved = []
+    for m in module.modules():
+        if isinstance(m, _BATCH_NORMS) and m.track_running_stats and m.momentum is not None:
+            saved.append((m, m.momentum))
+            m.momentum = 0.0
+    try:
+        yield module
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum

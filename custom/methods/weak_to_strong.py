@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from ..losses import CrossPseudoSupervisionLoss
 from ..terms import IterationContext, UnsupervisedTerm
-from .perturb import cutmix, random_boxes, strong_intensity
+from .perturb import cutmix, frozen_norm_statistics, random_boxes, strong_intensity
 
 __all__ = ["WeakToStrongTerm"]
 
@@ -41,7 +42,9 @@ class WeakToStrongTerm(UnsupervisedTerm):
     pseudo-labels on the pixels where the teacher is at least ``confidence`` sure
     (:meth:`custom.losses.CrossPseudoSupervisionLoss.pseudo`); the streams are weighted as in
     UniMatch: ``(1 - fp_weight) / views`` each strong view, ``fp_weight`` the FP stream
-    (0.25, 0.25, 0.5). It needs no second network, so it reaches ``role`` whichever network
+    (0.25, 0.25, 0.5). With ``clean_statistics`` (default) these forwards leave the network's
+    batch-normalisation running statistics as the clean images set them
+    (:func:`custom.methods.frozen_norm_statistics`). It needs no second network, so it reaches ``role`` whichever network
     leads the cross terms.
     """
 
@@ -51,7 +54,7 @@ class WeakToStrongTerm(UnsupervisedTerm):
     def __init__(self, role: str = "cnn", weight: Callable[[int], float] | float = 1.0, confidence: float = 0.95,
                  views: int = 2, cutmix_prob: float = 0.5, cutmix_area: tuple[float, float] = (0.02, 0.4),
                  feature_dropout: float = 0.5, fp_weight: float = 0.5, noise_std: float = 0.05, blur_prob: float = 0.5,
-                 name: str | None = None) -> None:
+                 clean_statistics: bool = True, name: str | None = None) -> None:
         super().__init__(weight, name)
         if views < 0 or not 0.0 <= fp_weight <= 1.0 or (views == 0 and fp_weight == 0.0):
             raise ValueError(f"need views >= 0 and fp_weight within [0, 1], not both empty; got views {views}, "
@@ -61,6 +64,7 @@ class WeakToStrongTerm(UnsupervisedTerm):
         self.role, self.views, self.fp_weight = role, int(views), float(fp_weight if views else 1.0)
         self.cutmix_prob, self.cutmix_area = float(cutmix_prob), tuple(float(a) for a in cutmix_area)
         self.feature_dropout, self.noise_std, self.blur_prob = float(feature_dropout), float(noise_std), float(blur_prob)
+        self.clean_statistics = bool(clean_statistics)
         self.criterion = CrossPseudoSupervisionLoss(confidence=confidence)
         #: share of unlabelled pixels above the confidence gate in the latest call
         self.last_confident_fraction = float("nan")
@@ -81,7 +85,8 @@ class WeakToStrongTerm(UnsupervisedTerm):
         if self.criterion.confidence > 0:
             self.last_confident_fraction = float((p_t.amax(dim=1) >= self.criterion.confidence).float().mean())
         total = x_u.new_zeros(())
-        with ctx.autocast():
+        frozen = frozen_norm_statistics(net) if self.clean_statistics else contextlib.nullcontext()
+        with ctx.autocast(), frozen:
             for _ in range(self.views):
                 x_s, target = self.strong_views(x_u, p_t, ctx.generator)
                 p_s = torch.softmax(net(x_s).float(), 1)
