@@ -386,3 +386,34 @@ def test_evaluation_refuses_a_non_empty_output_folder_and_replaces_it_whole_with
     _report(out, overwrite="true").write()
     assert sorted(p.name for p in out.iterdir()) == ["per_image.csv", "summary.json", "summary.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"], "no staging folder may stay"
+
+
+# ----------------------------------------------------------------------------- item 14: datalist schema
+
+
+MALFORMED_DATALISTS = {
+    "a list": (b'[{"image": "a.png"}]', r"the top level is a list; expected an object"),
+    "string entry": (b'{"test": ["a.png"]}', r"'test' entry 0 is a string; expected an object"),
+    "test as a dict": (b'{"test": {"image": "a.png"}}', r"'test' is an object; expected a list of entries"),
+    "label null": (b'{"test": [{"image": "a.png", "label": null}]}', r"'test' entry 0 \(a.png\): 'label' is null"),
+    "deep nesting": (b"[" * 100_000 + b"]" * 100_000, r"JSON nested too deeply"),
+    "utf-16": ('{"test": []}'.encode("utf-16"), r"the datalist is UTF-16 text; save it as UTF-8"),
+    "latin-1": ('{"test": [{"image": "\u00e9.png"}]}'.encode("latin-1"), r"the datalist is not UTF-8 text"),
+    "image number": (b'{"test": [{"image": 3}]}', r"'test' entry 0: 'image' is a number; expected a file path"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_DATALISTS))
+def test_a_malformed_datalist_is_one_clear_error_for_training_evaluation_and_compare(tmp_path: Path, case: str) -> None:
+    from custom.compare import load_test_entries
+    from custom.data.datalist import DatalistError, datalist_num_classes, load_split
+
+    content, message = MALFORMED_DATALISTS[case]
+    file = tmp_path / "datalist.json"
+    file.write_bytes(content)
+    pattern = rf"^{file}: {message}"
+    with pytest.raises(DatalistError, match=pattern):
+        load_split(file, "test")
+    with pytest.raises(DatalistError, match=pattern):
+        load_test_entries(tmp_path)
+    assert datalist_num_classes(file, 3) == 3

@@ -9,10 +9,80 @@ from typing import Any
 
 from .splits import SPLITS
 
-__all__ = ["DATALIST_NAME", "PATH_KEYS", "load_datalist", "load_split", "datalist_num_classes", "datalist_class_names"]
+__all__ = ["DATALIST_NAME", "PATH_KEYS", "DatalistError", "read_datalist_file", "validate_datalist", "load_datalist", "load_split", "datalist_num_classes", "datalist_class_names"]
 
 DATALIST_NAME = "datalist.json"
 PATH_KEYS = ("image", "label")
+
+
+class DatalistError(ValueError):
+    """A ``datalist.json`` that cannot be used; the message names the file, the key and the problem."""
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def validate_datalist(doc: Any, file: str | Path) -> dict[str, Any]:
+    """The one schema check of a datalist (training, evaluation and ``custom.compare`` all read
+    through it): an object whose lists (``training``, ``unlabeled``, ``validation``, ``test``) hold
+    objects with a non-empty ``image`` path and, where given, a ``label`` path. Raises
+    :class:`DatalistError` naming the file, the key and the problem."""
+    if not isinstance(doc, dict):
+        raise DatalistError(f"{file}: the top level is {_json_type(doc)}; expected an object with lists such as "
+                            "'training' and 'test'")
+    for split in SPLITS:
+        if split not in doc:
+            continue
+        entries = doc[split]
+        if not isinstance(entries, list):
+            raise DatalistError(f"{file}: '{split}' is {_json_type(entries)}; expected a list of entries")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise DatalistError(f"{file}: '{split}' entry {i} is {_json_type(entry)}; expected an object with an "
+                                    "'image' path")
+            image = entry.get("image")
+            if not isinstance(image, str) or not image:
+                what = "missing" if "image" not in entry else f"{_json_type(image)}" if image != "" else "empty"
+                raise DatalistError(f"{file}: '{split}' entry {i}: 'image' is {what}; expected a file path")
+            if "label" in entry and (not isinstance(entry["label"], str) or not entry["label"]):
+                label = entry["label"]
+                raise DatalistError(f"{file}: '{split}' entry {i} ({image}): 'label' is "
+                                    f"{_json_type(label) if label != '' else 'empty'}; expected a file path (leave the key "
+                                    "out for an image without a mask)")
+    if "num_classes" in doc and (isinstance(doc["num_classes"], bool) or not isinstance(doc["num_classes"], int)
+                                 or doc["num_classes"] < 2):
+        raise DatalistError(f"{file}: 'num_classes' is {doc['num_classes']!r}; expected an integer of at least 2")
+    if "labels" in doc and not isinstance(doc["labels"], dict):
+        raise DatalistError(f"{file}: 'labels' is {_json_type(doc['labels'])}; expected an object {{name: class id}}")
+    return doc
+
+
+def read_datalist_file(path: str | Path) -> dict[str, Any]:
+    """Parse and validate ``datalist.json`` (paths left as written); :class:`DatalistError` says what is wrong."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / DATALIST_NAME
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"datalist not found: {file} (prepare one with `python -m custom.data prepare`)") from e
+    except OSError as e:
+        raise DatalistError(f"{file}: cannot read the datalist ({e.strerror or e})") from e
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DatalistError(f"{file}: the datalist is UTF-16 text; save it as UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatalistError(f"{file}: the datalist is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatalistError(f"{file}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    except RecursionError as e:
+        raise DatalistError(f"{file}: JSON nested too deeply to be a datalist") from e
+    return validate_datalist(doc, file)
 
 
 def load_datalist(path: str | Path) -> dict[str, Any]:
@@ -25,8 +95,7 @@ def load_datalist(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / DATALIST_NAME
-    with path.open(encoding="utf-8") as handle:
-        datalist = json.load(handle)
+    datalist = read_datalist_file(path)
     base = path.resolve().parent
     for split in SPLITS:
         for entry in datalist.get(split, []):
@@ -73,9 +142,8 @@ def datalist_num_classes(path: str | Path, default: int = 2) -> int:
     path = Path(path)
     file = path / DATALIST_NAME if path.is_dir() else path
     try:
-        with file.open(encoding="utf-8") as handle:
-            return int(json.load(handle).get("num_classes", default))
-    except (OSError, ValueError):
+        return int(read_datalist_file(file).get("num_classes", default))
+    except (OSError, ValueError):  # a missing or malformed datalist is reported where its lists are read
         return default
 
 
@@ -85,8 +153,7 @@ def datalist_class_names(path: str | Path, num_classes: int) -> dict[int, str]:
     path = Path(path)
     file = path / DATALIST_NAME if path.is_dir() else path
     try:
-        with file.open(encoding="utf-8") as handle:
-            labels = json.load(handle).get("labels") or {}
+        labels = read_datalist_file(file).get("labels") or {}
         named = {int(label): str(name) for name, label in labels.items()}
     except (OSError, ValueError, TypeError, AttributeError):
         named = {}
