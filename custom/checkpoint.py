@@ -171,10 +171,25 @@ def safe_torch_load(path: str, what: str = "checkpoint", hint: str = "") -> Any:
     name the file: ``FileNotFoundError`` when absent, ``ValueError`` when unreadable."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: {path}{hint}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"cannot read {what} {path}: empty file (0 bytes)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a checkpoint, or a pickle carrying code
-        raise ValueError(f"cannot read {what} {path}: {e}") from e
+        raise ValueError(f"cannot read {what} {path}: {_load_failure(e)}") from e
+
+
+def _load_failure(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line, without PyTorch's advice to load
+    with ``weights_only=False`` (which would run whatever code the file carries: never do that)."""
+    text = str(error)
+    if "weights_only" in text or "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+        detail = " ".join(detail.split("Check the documentation", 1)[0].split())
+        return ("not a PyTorch checkpoint of plain tensors (corrupt, truncated, or holding pickled objects that are "
+                f"refused because loading them could run code){f': {detail}' if detail else ''}")
+    text = " ".join(text.split())
+    return f"not a readable PyTorch checkpoint ({type(error).__name__}{f': {text[:200]}' if text else ''})"
 
 
 def load_training_state(path: str, objects: Mapping[str, Any], engine: Engine | None = None) -> dict[str, Any]:

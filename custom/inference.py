@@ -123,6 +123,8 @@ class InputScreen:
     def __call__(self, entries: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
         from .data.preflight import PreflightError
 
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise FileExistsError(f"{self.output_dir}: the inference output folder (infer_output_dir) is an existing file")
         good, self.bad = [], []
         for entry in entries:
             reason = screen_file(entry["image"], self.transform, self.intensity_range, self.timeout_s)

@@ -417,3 +417,55 @@ def test_a_malformed_datalist_is_one_clear_error_for_training_evaluation_and_com
     with pytest.raises(DatalistError, match=pattern):
         load_test_entries(tmp_path)
     assert datalist_num_classes(file, 3) == 3
+
+
+# ----------------------------------------------------------------------------- item 15: one clear line each
+
+
+def test_prepare_bad_group_regex_is_one_line_naming_the_option(tmp_path: Path, monkeypatch, capsys) -> None:
+    from custom.data.__main__ import main
+
+    source = folder_source(tmp_path / "src")
+    argv = [a if a != r"^(s\d+)" else "(unclosed" for a in PREPARE]
+    status = run_main(main, argv + ["--source", str(source), "--out", str(tmp_path / "out")], monkeypatch)
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: --group-regex '(unclosed': not a valid regular expression")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_prepare_reports_folders_and_broken_links_named_like_images(tmp_path: Path) -> None:
+    from custom.data import DataValidationError
+    from custom.data.prepare import prepare
+
+    source = folder_source(tmp_path / "src")
+    (source / "images" / "dir.png").mkdir()
+    (source / "images" / "dangling.png").symlink_to(source / "images" / "nothing.png")
+    (source / "labels" / "loop.png").symlink_to(source / "labels" / "loop.png")
+    with pytest.raises(DataValidationError) as caught:
+        prepare("folder", source, tmp_path / "out", group_regex=r"^(s\d+)", progress=False, quiet=True)
+    found = {p.file: p.message for p in caught.value.problems}
+    assert found["images/dir.png"].startswith("a folder, not an image file")
+    assert found["images/dangling.png"].startswith("dangling symbolic link")
+    assert found["labels/loop.png"].startswith("symbolic-link loop")
+
+
+def test_inference_output_path_that_is_a_file_is_named(tmp_path: Path) -> None:
+    from custom.inference import InputScreen
+
+    out = tmp_path / "out"
+    out.write_text("a file")
+    with pytest.raises(FileExistsError, match=rf"^{out}: the inference output folder \(infer_output_dir\) is an existing file$"):
+        InputScreen(str(out))([{"image": str(tmp_path / "a.png")}])
+
+
+@pytest.mark.parametrize("content,reason", [(b"", r"empty file \(0 bytes\)$"),
+                                            (bytes(range(256)) * 3, r"not a PyTorch checkpoint of plain tensors"),
+                                            (b"hello world garbage", r"not a readable PyTorch checkpoint \(")])
+def test_unreadable_checkpoints_say_why_and_never_suggest_weights_only_false(tmp_path: Path, content, reason) -> None:
+    from custom.checkpoint import safe_torch_load
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^cannot read checkpoint {path}: {reason}") as caught:
+        safe_torch_load(str(path))
+    assert "weights_only=False" not in str(caught.value) and "\n" not in str(caught.value)

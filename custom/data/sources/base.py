@@ -87,6 +87,30 @@ def list_files(directory: Path, suffixes: Iterable[str] = SUPPORTED_SUFFIXES) ->
     )
 
 
+def unusable_entries(directory: Path, root: Path, suffixes: Iterable[str] = SUPPORTED_SUFFIXES) -> list[Problem]:
+    """Entries of ``directory`` named like an image (``x.png``) that :func:`list_files` leaves out
+    because they are not regular files: a folder, a dangling symbolic link, a symbolic-link loop."""
+    wanted = set(suffixes)
+    problems = []
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or full_suffix(path) not in wanted or path.is_file():
+            continue
+        if path.is_symlink():
+            try:
+                path.resolve(strict=True)
+                why = "symbolic link to something that is not a file"
+            except RuntimeError:
+                why = "symbolic-link loop"
+            except OSError as e:
+                why = "symbolic-link loop" if "loop" in str(e).lower() or getattr(e, "errno", None) == 40 else "dangling symbolic link (its target does not exist)"
+        elif path.is_dir():
+            why = "a folder, not an image file"
+        else:
+            why = "not a regular file"
+        problems.append(Problem(relative(path, root), f"{why}; skipped"))
+    return problems
+
+
 def pair_by_name(
     images: list[Path],
     masks: list[Path],

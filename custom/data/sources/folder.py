@@ -14,9 +14,10 @@ import functools
 import re
 from pathlib import Path
 
+from ...cli import OptionError
 from ..errors import Problem, SourceLayoutError
 from ..readers import NIFTI_SUFFIXES, full_suffix, read_image_plane, read_mask_plane, strip_suffix
-from .base import Discovery, Sample, SourceOptions, list_files, pair_by_name, relative
+from .base import Discovery, Sample, SourceOptions, list_files, pair_by_name, relative, unusable_entries
 
 __all__ = ["class_labels", "discover_folder"]
 
@@ -67,7 +68,11 @@ def discover_folder(source: Path, options: SourceOptions) -> Discovery:
         image_key=lambda p: strip_suffix(p) + suffix,
         expected_mask=lambda p: f"{relative(label_dir, source)}/{strip_suffix(p)}{suffix}.*",
     )
-    pattern = re.compile(options.group_regex) if options.group_regex else None
+    try:
+        pattern = re.compile(options.group_regex) if options.group_regex else None
+    except re.error as e:
+        raise OptionError(f"--group-regex {options.group_regex!r}: not a valid regular expression ({e})") from e
+    problems = unusable_entries(image_dir, source) + unusable_entries(label_dir, source) + problems
     samples: list[Sample] = []
     for image, mask in pairs:
         group = _group_of(strip_suffix(image), pattern)
