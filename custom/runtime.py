@@ -10,12 +10,19 @@ before torch wherever the project starts Python itself).
   imports torch before any config, so the README's bundle commands set it on the command line.
 - warnings that MONAI repeats for every image reader it builds (``nvImageCodec is not
   available``, 50-315 times a run) are shown once per process.
+- in a ``python -m monai.bundle`` run, an input error that the project's own code raises
+  (``FileExistsError``, ``FileNotFoundError``, ``ValueError`` and their subclasses, raised in
+  ``custom/``: an existing output, a missing checkpoint, a bad option or list) ends the run
+  with ``error: <its message>`` on one line (status 1) instead of MONAI's chained
+  traceback; the message itself stays where the error is raised. ``CUSTOM_TRACEBACK=1``
+  shows the full traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 __all__ = ["OMP_DEFAULT", "apply_defaults", "OnceFilter"]
@@ -50,3 +57,46 @@ def apply_defaults() -> None:
             logger.addFilter(OnceFilter())
     for message in _ONCE_WARNINGS:
         warnings.filterwarnings("once", message=message)
+    if _is_bundle_run() and not isinstance(sys.excepthook, _OneLineErrors):
+        sys.excepthook = _OneLineErrors(sys.excepthook)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_INPUT_ERRORS = (FileExistsError, FileNotFoundError, ValueError)
+
+
+def _is_bundle_run() -> bool:
+    """Whether this process is ``python -m monai.bundle ...`` (also under torchrun)."""
+    argv0 = os.path.normpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return argv0.endswith(os.path.join("monai", "bundle", "__main__.py"))
+
+
+def input_error_of(error: BaseException) -> BaseException | None:
+    """The first exception in ``error``'s chain (itself, then its causes) that is an input error
+    raised by the project's own code (the innermost traceback frame lies in ``custom/``)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _INPUT_ERRORS) and current.__traceback__ is not None:
+            tb = current.__traceback__
+            while tb.tb_next is not None:
+                tb = tb.tb_next
+            if os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
+                return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class _OneLineErrors:
+    """``sys.excepthook`` for bundle runs: the project's input errors as one line."""
+
+    def __init__(self, previous) -> None:
+        self.previous = previous
+
+    def __call__(self, kind, error, tb) -> None:
+        found = None if os.environ.get("CUSTOM_TRACEBACK") == "1" else input_error_of(error)
+        if found is None:
+            self.previous(kind, error, tb)
+            return
+        sys.stderr.write(f"error: {found}\n")  # the interpreter then exits with status 1

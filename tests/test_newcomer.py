@@ -285,3 +285,27 @@ def test_packaged_bundle_runs_inference_from_one_merged_config(tmp_path):
     from PIL import Image
 
     assert np.array(Image.open(tmp_path / "out" / "f0_mask.png")).shape == (70, 90)
+
+
+def test_rerun_into_an_existing_inference_folder_is_one_line(tmp_path):
+    """The refusal's message (raised in custom.inference) without MONAI's chained traceback."""
+    import torch
+
+    from custom.networks import UNeXt
+
+    torch.save(UNeXt(1, 2).state_dict(), tmp_path / "model.pt")
+    (frame,) = [p for p, _ in _frames(tmp_path / "in", [(64, 64)])]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+           str([str(REPO / "bundle/configs" / c) for c in ("common.yaml", "inference.yaml")]),
+           "--meta_file", str(REPO / "bundle/configs/metadata.json"), "--input_path", str(frame),
+           "--ckpt_path", str(tmp_path / "model.pt"), "--infer_output_dir", str(tmp_path / "out"), "--image_size", "[64,64]"]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=_env_without_omp())
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=_env_without_omp())
+    assert again.returncode != 0
+    assert "Traceback" not in again.stderr
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "refusing to overwrite" in errors[0], again.stderr[-2000:]
+    verbose = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                             env={**_env_without_omp(), "CUSTOM_TRACEBACK": "1"})
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr and "FileExistsError" in verbose.stderr
