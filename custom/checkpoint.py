@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from .atomic import atomic_torch_save  # noqa: F401 - re-exported: the one atomic writer lives in custom.atomic
+from .atomic import atomic_torch_save, remove_leftovers  # noqa: F401 - re-exported: the one atomic writer lives in custom.atomic
 from .cli import parse_bool
 
 __all__ = ["safe_torch_load", "TrainingStateSaver", "atomic_torch_save", "load_training_state", "resume_training", "random_states",
@@ -128,6 +128,7 @@ class TrainingStateSaver:
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
+        remove_leftovers(self.save_dir, ".tmp_*.pt", "partial training state")  # of a run killed mid-write
         if self.resume:  # when the run starts, before Ignite sets up the epoch from the iteration counter
             engine.add_event_handler(Events.STARTED, lambda e: resume_training(self, e))
         if self.save_interval > 0:

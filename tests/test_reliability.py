@@ -469,3 +469,33 @@ def test_unreadable_checkpoints_say_why_and_never_suggest_weights_only_false(tmp
     with pytest.raises(ValueError, match=rf"^cannot read checkpoint {path}: {reason}") as caught:
         safe_torch_load(str(path))
     assert "weights_only=False" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- item 8: leftovers of a kill
+
+
+def test_leftovers_of_a_killed_run_are_removed_on_the_next_start(tmp_path: Path, caplog) -> None:
+    from ignite.engine import Engine
+
+    from custom.checkpoint import TrainingStateSaver
+    from custom.data.prepare import prepare
+
+    state_dir = tmp_path / "train_state"
+    state_dir.mkdir()
+    (state_dir / ".tmp_abc123.pt").write_bytes(b"partial")
+    (state_dir / "train_state.pt").write_bytes(b"kept")
+    with caplog.at_level("WARNING"):
+        TrainingStateSaver(str(state_dir), {}, save_interval=0).attach(Engine(lambda e, b: None))
+    assert sorted(p.name for p in state_dir.iterdir()) == ["train_state.pt"]
+    assert ".tmp_abc123.pt" in caplog.text
+
+    source = folder_source(tmp_path / "src")
+    partial = tmp_path / ".out.partial-xyz"
+    (partial / "images").mkdir(parents=True)
+    previous = tmp_path / ".out.previous-keep"
+    previous.mkdir()
+    with caplog.at_level("WARNING"):
+        prepare("folder", source, tmp_path / "out", group_regex=r"^(s\d+)", val_fraction=0.2, test_fraction=0.2,
+                progress=False, quiet=True)
+    assert not partial.exists() and previous.is_dir() and (tmp_path / "out" / "datalist.json").is_file()
+    assert ".out.partial-xyz" in caplog.text

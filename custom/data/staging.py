@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..atomic import remove_leftovers
+
 __all__ = ["check_output_target", "staging_directory"]
 
 
@@ -35,6 +37,8 @@ def check_output_target(out: Path, source: Path, overwrite: bool) -> None:
 def staging_directory(out: Path, *, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary folder next to ``out``; on success it replaces ``out``, on error it is removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    # what a killed run of the same command left beside ``out`` (never a ``.previous-`` folder: it may hold the old output)
+    remove_leftovers(out.parent, f".{out.name}.partial-*", "partial output folder")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield staging
