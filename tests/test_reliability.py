@@ -499,3 +499,28 @@ def test_leftovers_of_a_killed_run_are_removed_on_the_next_start(tmp_path: Path,
                 progress=False, quiet=True)
     assert not partial.exists() and previous.is_dir() and (tmp_path / "out" / "datalist.json").is_file()
     assert ".out.partial-xyz" in caplog.text
+
+
+# ----------------------------------------------------------------------------- item 12: header size limit
+
+
+def test_a_header_claiming_gigapixels_is_refused_before_reading(tmp_path: Path) -> None:
+    import gzip
+
+    import nibabel as nib
+
+    from custom.data.preflight import load_channel_first
+    from custom.data.prepare import prepare
+    from custom.data import DataValidationError
+
+    source = folder_source(tmp_path / "src", groups=3)
+    header = nib.Nifti1Header()
+    header.set_data_shape((30000, 30000))
+    header.set_data_dtype(np.float32)
+    bomb = source / "images" / "s00.nii.gz"
+    bomb.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 1000))  # a few kB, claims 3.6 GB
+    (source / "images" / "s00.png").unlink()
+    with pytest.raises(DataValidationError, match=r"images/s00\.nii\.gz: header declares 900,000,000 pixels, more than"):
+        prepare("folder", source, tmp_path / "out", group_regex=r"^(s\d+)", progress=False, quiet=True)
+    with pytest.raises(ValueError, match=r"^header declares 900,000,000 pixels"):
+        load_channel_first(bomb)

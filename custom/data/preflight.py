@@ -93,6 +93,13 @@ def load_channel_first(path: str | Path) -> np.ndarray:
         raise FileNotFoundError("file not found")
     if os.path.getsize(path) == 0:
         raise ValueError("empty file (0 bytes)")
+    from .errors import ReadError
+    from .readers import check_header_size
+
+    try:
+        check_header_size(Path(path))  # the same limit as `prepare`, before any pixel is decoded
+    except ReadError as e:
+        raise ValueError(str(e)) from e
     try:
         with np.errstate(all="ignore"):
             data = LoadImage(image_only=True, ensure_channel_first=True)(path)

@@ -78,6 +78,50 @@ def strip_suffix(path: Path | str) -> str:
     return name[: len(name) - len(full_suffix(name))]
 
 
+# largest image accepted, checked from the header before any pixel is decoded (ultrasound frames
+# are well below 1 megapixel; a corrupt or hostile header can claim gigapixels)
+MAX_PIXELS = 64_000_000
+
+
+def header_pixel_count(path: Path) -> int | None:
+    """Pixels (times channels/slices) a file's header declares, read without decoding pixels; None if unknown."""
+    suffix = full_suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        import nibabel as nib
+
+        return int(np.prod(nib.load(str(path)).shape, dtype=np.int64))
+    if suffix in PIL_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return int(image.size[0]) * int(image.size[1])
+    if suffix in (".dcm", ".dicom"):
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        return int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if suffix in SITK_SUFFIXES:
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return int(np.prod(reader.GetSize(), dtype=np.int64))
+    return None
+
+
+def check_header_size(path: Path, max_pixels: int | None = None) -> None:
+    """``ReadError`` when the header declares more than ``max_pixels`` (default :data:`MAX_PIXELS`)."""
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    try:
+        count = header_pixel_count(Path(path))
+    except Exception:  # an unreadable header is reported by the decoder with its reason
+        return
+    if count is not None and limit > 0 and count > limit:
+        raise ReadError(f"header declares {count:,} pixels, more than the limit of {limit:,} "
+                        f"({limit / 1e6:g} megapixels); not read")
+
+
 def read_raw(path: Path, *, for_mask: bool = False) -> RawArray:
     """Decode one file; raises ``ReadError`` saying why when it is missing, empty or undecodable."""
     if not path.is_file():
@@ -85,6 +129,7 @@ def read_raw(path: Path, *, for_mask: bool = False) -> RawArray:
     if path.stat().st_size == 0:
         raise ReadError("empty file (0 bytes)")
     suffix = full_suffix(path)
+    check_header_size(path)
     try:
         if suffix in PIL_SUFFIXES:
             return _read_with_pil(path, for_mask=for_mask)
