@@ -125,3 +125,36 @@ def test_cropped_distances_equal_full_image_ones_in_order_and_monai_hd95():
                 np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)  # same pixels, same (row-major) order
             assert monai_hd95(pred == c, gt == c, spacing) == pytest.approx(
                 reference_monai_hd95(pred == c, gt == c, spacing), rel=TOL, abs=TOL)
+
+
+# -------------------------------------------------------------- python -m custom.bench evaluate
+def _bench_evaluate(*args: str):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    return subprocess.run([sys.executable, "-m", "custom.bench", "evaluate", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.skipif(not PSFHS_LABELS.is_dir(), reason=f"real PSFHS masks absent ({PSFHS_LABELS})")
+def test_bench_evaluate_json_reports_frames_per_second_beside_the_reference():
+    import json
+
+    proc = _bench_evaluate("--frames", "4", "--reference", "true", "--n-overlays", "1", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout
+    r = json.loads(lines[0])
+    assert r["frames"] == 4 and r["frame_shapes"] == [[256, 256]] and r["overlays"] == 2
+    for key in ("score_frames_per_s", "path_frames_per_s", "reference_score_frames_per_s", "speedup_vs_reference"):
+        assert r[key] > 0, key
+    assert set(r["ms_per_frame"]) == {"load", "resize_back", "score"} and 0 < r["mean_dice"] <= 1
+
+
+def test_bench_evaluate_missing_dataset_is_one_line(tmp_path):
+    proc = _bench_evaluate("--dataset-dir", str(tmp_path / "nowhere"), "--frames", "2")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--dataset-dir" in errors[0] and "Traceback" not in proc.stderr, proc.stderr
