@@ -18,6 +18,10 @@ nothing else on stdout)::
     # overlays), optionally beside the previous metrics implementation kept in tests/
     python -m custom.bench evaluate --frames 100 --threads 1 --reference true
 
+    # the GPU check (custom.gpu_check): one JSON file of the train/infer benchmarks at 448 px and
+    # short real PSFHS trainings; --tiny true runs it on the CPU at 64 px (its test)
+    python -m custom.bench gpu --out gpu_check.json
+
 On a machine whose cores are shared with other jobs, run with ``OMP_WAIT_POLICY=PASSIVE``
 (it must be set before torch loads; the value is recorded in the result's ``config``):
 OpenMP's default spin-waiting of the idle threads costs far more than the compute there.
@@ -251,8 +255,10 @@ class _Floor:
 def bench_train(image_size: int = 224, batch_size: int = 5, labeled_bs: int = 1, iterations: int = 10, warmup: int = 3,
                 threads: int = 2, amp: str = "none", channels_last: bool = False, compile: bool = False,
                 device: str = "cpu", data: str = "random", dataset_dir: str | None = None, method: str = "paper",
-                num_workers: int = 0, floor: bool = True, overrides: dict | None = None, quiet: bool = False) -> dict:
-    """Median seconds per training iteration and the compute floor of the same run (see module doc)."""
+                num_workers: int = 0, floor: bool = True, overrides: dict | None = None, quiet: bool = False,
+                compile_backend: str | None = None) -> dict:
+    """Median seconds per training iteration and the compute floor of the same run (see module doc).
+    ``compile_backend``: the ``torch.compile`` backend with ``compile`` (default: inductor)."""
     torch.set_num_threads(int(threads))
     dev = torch.device(device)
     if amp not in ("none", "bf16", "fp16"):
@@ -290,10 +296,11 @@ def bench_train(image_size: int = 224, batch_size: int = 5, labeled_bs: int = 1,
             if trainer.teacher is not None:
                 trainer.teacher.to(memory_format=torch.channels_last)
         if compile:
+            how = {"backend": compile_backend} if compile_backend else {}
             for net in trainer.networks.values():
-                net.compile()  # in place: parameter names (EMA update, checkpoints) unchanged
+                net.compile(**how)  # in place: parameter names (EMA update, checkpoints) unchanged
             if trainer.teacher is not None:
-                trainer.teacher.module.compile()
+                trainer.teacher.module.compile(**how)
         in_channels = int(parser.get_parsed_content("in_channels"))
         shape = (int(batch_size), in_channels, int(image_size), int(image_size))
         autocast = trainer._autocast if hasattr(trainer, "_autocast") else contextlib.nullcontext
@@ -323,7 +330,8 @@ def bench_train(image_size: int = 224, batch_size: int = 5, labeled_bs: int = 1,
         "peak_rss_mb": _peak_rss_mb(),
         "config": {"method": method, "image_size": image_size, "batch_size": batch_size, "labeled_bs": labeled_bs,
                    "iterations": iterations, "warmup": warmup, "threads": threads, "amp": amp,
-                   "channels_last": channels_last, "compile": compile, "device": str(dev), "data": data,
+                   "channels_last": channels_last, "compile": compile, "compile_backend": compile_backend,
+                   "device": str(dev), "data": data,
                    "num_workers": num_workers, "torch": torch.__version__, "overrides": overrides or {},
                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                    "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_") or _MMAP_THRESHOLD.get("kib")},
@@ -605,7 +613,7 @@ def _print_evaluate(r: dict) -> None:
 
 
 class Bench:
-    """Benchmarks of the trainer (``train``) and of the deployed UNeXt (``infer``)."""
+    """Benchmarks of the trainer (``train``), the deployed UNeXt (``infer``), the evaluation (``evaluate``) and the GPU check (``gpu``)."""
 
     def train(self, image_size: int = 224, batch_size: int = 5, labeled_bs: int = 1, iterations: int = 10,
               warmup: int = 3, threads: int = 2, amp: str = "none", channels_last: bool = False, compile: bool = False,
@@ -644,6 +652,35 @@ class Bench:
         reference, json = parse_bool(reference, "reference"), parse_bool(json, "json")
         r = bench_evaluate(dataset_dir, frames, threads, num_classes, n_overlays, reference, quiet=False)
         _emit(r, json, _print_evaluate)
+
+    def gpu(self, out: str | None = None, tiny: bool = False, dataset_dir: str | None = None,
+            iterations: int | None = None, threads: int | None = None, stages: Any = None):
+        """The GPU check (``custom.gpu_check``): train benchmark at 448 px (fp32, bf16, compile),
+        inference benchmark, short real PSFHS trainings of paper.yaml and the default with their
+        test Dice; one JSON file ``--out`` written atomically after every stage. ``--tiny true``:
+        the same on the CPU at 64 px in about a minute. ``--iterations`` of the real trainings
+        (default 300; tiny 3), ``--stages "[train_fp32, infer]"`` a subset."""
+        from .gpu_check import STAGES, run_gpu_check
+
+        if not out:
+            raise OptionError("--out: give the path of the JSON file to write, e.g. --out gpu_check.json")
+        tiny = parse_bool(tiny, "tiny")
+        if stages is None:
+            chosen = STAGES
+        elif isinstance(stages, str):
+            chosen = tuple(x.strip() for x in stages.strip("[]()").split(",") if x.strip())
+        else:
+            chosen = tuple(str(x) for x in stages)
+        unknown = [x for x in chosen if x not in STAGES]
+        if unknown:
+            raise OptionError(f"--stages: unknown {unknown}; known: {list(STAGES)}")
+        r = run_gpu_check(out, tiny=tiny, dataset_dir=dataset_dir, iterations=iterations, threads=threads,
+                          stages=chosen)
+        for name, record in r["stages"].items():
+            line = f"{record['seconds']:7.1f} s" + ("" if record["ok"] else f"  FAILED: {record['error'][:200]}")
+            print(f"  {name:14s} {line}", file=sys.stderr)
+        print(f"gpu check on {r['device']}: {len(r['stages']) - len(r['failed'])}/{len(r['stages'])} stages ok, "
+              f"written to {out}")
 
 
 _JSON_STDOUT = None  # the real stdout while main() routes every other print to stderr
