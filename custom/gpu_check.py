@@ -7,7 +7,7 @@ stage, so a run stopped half-way still leaves the finished stages):
 * ``environment``: torch, CUDA, cuDNN, MONAI versions, the device name and memory;
 * ``train_fp32``, ``train_bf16``, ``train_compile``: :func:`custom.bench.bench_train` at 448 px
   (the paper's method, batch 5 with 1 labelled, synthetic data): fp32, bf16 autocast,
-  ``torch.compile`` (fp32);
+  ``torch.compile`` (fp32, inductor, without the compute-floor measurement);
 * ``infer``: :func:`custom.bench.bench_infer` (the deployed UNeXt on the CPU variants) and the
   same network on the GPU (batch 1 latency, batch 8 throughput, fp32 and bf16 autocast);
 * ``prepare_psfhs``: ``python -m custom.data prepare psfhs`` of ``../shared/data/psfhs`` into a
@@ -160,10 +160,9 @@ def run_gpu_check(out: str | os.PathLike, tiny: bool = False, dataset_dir: str |
     prepared = work / "psfhs"
 
     def train_compile():
+        # no floor measurement: its extra input shapes and grad modes would each be compiled again;
         # tiny (CPU): dynamo's tracing with the eager backend, not inductor's C++ compilation (minutes on 2 cores)
-        # and no floor measurement: its extra input shapes would each be traced again
-        kw = dict(train_kw, floor=False) if tiny else train_kw
-        return bench_train(compile=True, compile_backend="eager" if tiny else None, **kw)
+        return bench_train(compile=True, compile_backend="eager" if tiny else None, **dict(train_kw, floor=False))
 
     plan: dict[str, Callable[[], Any]] = {
         "environment": lambda: _environment(device),
