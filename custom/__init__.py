@@ -7,14 +7,15 @@ pay for importing torch-heavy modules it does not use.
 """
 
 import importlib
+import pkgutil
 
 from . import runtime as _runtime
 
 # OMP_WAIT_POLICY=PASSIVE unless set, repeated library warnings once (see custom/runtime.py)
 _runtime.apply_defaults()
 
-_SUBMODULES = {"baselines", "biometry", "checkpoint", "cli", "compare", "data", "demo_data", "deploy_meta", "distributed", "ema", "evaluation", "inference", "logs", "losses", "metrics", "mixup", "networks",
-               "package", "runtime", "schedules", "terms", "trainer", "transforms"}
+# every module and package of this folder (found on disk, so none is forgotten)
+_SUBMODULES = {m.name for m in pkgutil.iter_modules(__path__)}
 
 
 def __getattr__(name: str):

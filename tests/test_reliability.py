@@ -141,6 +141,24 @@ def test_inference_config_disables_the_disagreement_for_with_disagreement_false(
     assert disabled and all(parser.get_parsed_content(f"handlers#{handlers.index(h)}#_disabled_") is True for h in disabled)
 
 
+@pytest.mark.parametrize("value, disabled", [("false", True), ("true", False), ("0", True), ("yes", False)])
+def test_train_config_booleans_from_the_command_line_are_parsed(value, disabled) -> None:
+    """``--validate_transformer false`` switches the Swin-Unet's validation (and the leader choice) off."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / f) for f in
+                        ("common.yaml", "train.yaml")])
+    parser["validate_transformer"] = value
+    handlers = parser.get("train#handlers")
+    for target in ("custom.trainer.NetworkValidationHandler", "custom.terms.LeaderSelector"):
+        index = next(i for i, h in enumerate(handlers) if h.get("_target_") == target)
+        assert parser.get_parsed_content(f"train#handlers#{index}#_disabled_") is disabled
+    parser["validate_transformer"] = "perhaps"
+    with pytest.raises(Exception, match="validate_transformer"):
+        parser.get_parsed_content(f"train#handlers#{index}#_disabled_")
+
+
 # ----------------------------------------------------------------------------- item 6: atomic writes
 
 
