@@ -267,7 +267,7 @@ EXPECTED = {  # method -> (roles, term class name or None, teacher role or None)
     "unimatch": (("cnn",), "WeakToStrongTerm", None),
     "bcp": (("cnn",), "BidirectionalCopyPasteTerm", None),
 }
-CNN_TEACHER = {"unimatch", "bcp"}  # methods with an EMA teacher of the UNeXt in trainer.teachers
+CNN_TEACHER = {"unimatch", "bcp", "ours"}  # methods with an EMA teacher of the UNeXt in trainer.teachers
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -74,7 +74,7 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 def _reference_terms(nets: dict, teacher, x_l, y_l, x_u, generator_state, coupling: str,
-                     confidence: float = 0.0) -> dict[str, float]:
+                     confidence: float = 0.0, cnn_teacher=None) -> dict[str, float]:
     """The paper (``coupling="both"``: one forward of [x_l; x_u], every pixel) or the default
     (``"follower"``: x_l and x_u forwarded apart, the CNN leading, pixels gated by its confidence)."""
     x = torch.cat([x_l, x_u])
@@ -110,7 +110,40 @@ def _reference_terms(nets: dict, teacher, x_l, y_l, x_u, generator_state, coupli
         mig = _entropy(p1) + _entropy(p2) - _entropy(0.5 * (p1 + p2))
         keep = p1.amax(1) >= confidence
         out["loss_id"] = (mig + kl)[keep].mean()
+        if cnn_teacher is not None:  # the default's copy-paste term, drawing its boxes after ICT's lambdas
+            out["loss_bcp"] = _reference_copy_paste(nets["cnn"], cnn_teacher, x_l, y_l, x_u, g)
     return {k: float(v) for k, v in out.items()}
+
+
+def _reference_copy_paste(net, teacher, x_l, y_l, x_u, g, unlabeled_weight: float = 0.5) -> torch.Tensor:
+    """BCP written out: per unlabelled image j and labelled image j mod L, a box of two thirds of
+    each side at a uniform place; the labelled box pasted into the unlabelled image and the
+    reverse; 0.5 (Dice + CE) on the ground-truth pixels plus 0.5 x the same on the teacher's
+    pseudo-labelled pixels."""
+    n, _, h, w = x_u.shape
+    keep = torch.rand(n, generator=g, dtype=torch.float64)  # the box probability draw (1: always a box)
+    torch.rand(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64)  # area, ratio: fixed
+    pos = torch.rand(2, n, generator=g, dtype=torch.float64)
+    assert bool((keep < 1.0).all())
+    bh, bw = round(h * 2 / 3), round(w * 2 / 3)
+    box = torch.zeros(n, 1, h, w)
+    for j in range(n):
+        top, left = int(pos[0, j] * (h - bh + 1)), int(pos[1, j] * (w - bw + 1))
+        box[j, :, top:top + bh, left:left + bw] = 1
+    y_u = torch.softmax(teacher(x_u), 1).argmax(1, keepdim=True).float()
+    idx = torch.arange(n) % x_l.shape[0]
+    xl, yl = x_l[idx], y_l[idx].float()
+    images = torch.cat([x_u * (1 - box) + xl * box, xl * (1 - box) + x_u * box])
+    targets = torch.cat([y_u * (1 - box) + yl * box, yl * (1 - box) + y_u * box])
+    gt = torch.cat([box, 1 - box])[:, 0] > 0.5
+    logits = net(images)
+    probs = torch.softmax(logits, 1)
+    ce = F.cross_entropy(logits, targets[:, 0].long(), reduction="none")
+
+    def region(mask):
+        return 0.5 * (_dice(probs, targets, mask) + ce[mask].mean())
+
+    return region(gt) + unlabeled_weight * region(~gt)
 
 
 @pytest.mark.parametrize("coupling", ["both", "follower"])
@@ -127,6 +160,8 @@ def test_one_trainer_iteration_equals_the_reference_math(tmp_path, demo_dataset,
     assert all(t.direction == coupling for t in trainer.terms if hasattr(t, "direction"))
     nets = {role: copy.deepcopy(net).train() for role, net in trainer.networks.items()}
     teacher = copy.deepcopy(trainer.teacher.module)
+    cnn_teacher = copy.deepcopy(trainer.teachers["cnn"].module) if "cnn" in trainer.teachers else None
+    assert (cnn_teacher is not None) == (coupling == "follower"), "the default's copy-paste term has its EMA teacher"
     assert teacher.training == (coupling == "both")  # paper.yaml: the EMA teacher in train mode
     generator_state = trainer.generator.get_state()
 
@@ -140,22 +175,25 @@ def test_one_trainer_iteration_equals_the_reference_math(tmp_path, demo_dataset,
     stream.next = next_unlabeled
     trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: captured.update(labeled=e.state.batch))
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: captured.update(terms=logged_terms(e.state.output)))
-    calls: dict[str, list[int]] = {"cnn": [], "transformer": [], "teacher": []}
+    calls: dict[str, list[int]] = {"cnn": [], "transformer": [], "teacher": [], "cnn_teacher": []}
     for role, net in trainer.networks.items():
         net.register_forward_hook(lambda m, inp, out, role=role: calls[role].append(inp[0].shape[0]))
     trainer.teacher.module.register_forward_hook(lambda m, inp, out: calls["teacher"].append(inp[0].shape[0]))
+    if cnn_teacher is not None:
+        trainer.teachers["cnn"].module.register_forward_hook(lambda m, inp, out: calls["cnn_teacher"].append(inp[0].shape[0]))
     trainer.run()
 
     # each network forwards once on the whole batch (the paper) or once on each part (the default);
     # ICT: Swin once on the mixed pairs, teacher once on the unlabelled
+    # the default: the UNeXt once more on the 8 copy-paste images, its EMA teacher once on the unlabelled
     if coupling == "both":
-        assert calls == {"cnn": [6], "transformer": [6, 2], "teacher": [4]}
+        assert calls == {"cnn": [6], "transformer": [6, 2], "teacher": [4], "cnn_teacher": []}
     else:
-        assert calls == {"cnn": [2, 4], "transformer": [2, 4, 2], "teacher": [4]}
+        assert calls == {"cnn": [2, 4, 8], "transformer": [2, 4, 2], "teacher": [4], "cnn_teacher": [4]}
     plain = lambda v: v.as_tensor() if hasattr(v, "as_tensor") else torch.as_tensor(v)  # noqa: E731
     x_l, y_l = plain(captured["labeled"]["image"]).float(), plain(captured["labeled"]["label"])
     x_u = plain(captured["unlabeled"]["image"]).float()
-    expected = _reference_terms(nets, teacher, x_l, y_l, x_u, generator_state, coupling, confidence)
+    expected = _reference_terms(nets, teacher, x_l, y_l, x_u, generator_state, coupling, confidence, cnn_teacher)
     if coupling == "follower":
         with torch.no_grad():
             conf = torch.softmax(nets["cnn"](x_u), 1).amax(1)

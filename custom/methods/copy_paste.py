@@ -56,15 +56,16 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
     ``w_pl = unlabeled_weight`` (0.5 in BCP), each ``L`` being the masked soft Dice (MONAI's
     ``MaskedDiceLoss``) plus the masked mean cross-entropy. ``confidence`` > 0 further keeps
     only the pseudo-labelled pixels where the teacher is at least that sure (BCP: 0). With
-    ``clean_statistics`` (default) the forward of the mixed images leaves the batch-normalisation
-    running statistics as the clean images set them (:func:`custom.methods.frozen_norm_statistics`).
+    ``clean_statistics`` the forward of the mixed images leaves the batch-normalisation
+    running statistics as the clean images set them (:func:`custom.methods.frozen_norm_statistics`;
+    off by default, as in BCP: the mixed images are realistic mosaics).
     """
 
     name = "bcp"
     own_graph = True  # its own forward of the mixed images; only detached teacher values from outside
 
     def __init__(self, role: str = "cnn", weight: Callable[[int], float] | float = 1.0, unlabeled_weight: float = 0.5,
-                 box_area: float = 4 / 9, confidence: float = 0.0, clean_statistics: bool = True,
+                 box_area: float = 4 / 9, confidence: float = 0.0, clean_statistics: bool = False,
                  name: str | None = None) -> None:
         super().__init__(weight, name)
         if not 0.0 <= confidence < 1.0:

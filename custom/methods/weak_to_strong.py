@@ -42,9 +42,10 @@ class WeakToStrongTerm(UnsupervisedTerm):
     pseudo-labels on the pixels where the teacher is at least ``confidence`` sure
     (:meth:`custom.losses.CrossPseudoSupervisionLoss.pseudo`); the streams are weighted as in
     UniMatch: ``(1 - fp_weight) / views`` each strong view, ``fp_weight`` the FP stream
-    (0.25, 0.25, 0.5). With ``clean_statistics`` (default) these forwards leave the network's
+    (0.25, 0.25, 0.5). With ``clean_statistics`` these forwards leave the network's
     batch-normalisation running statistics as the clean images set them
-    (:func:`custom.methods.frozen_norm_statistics`). It needs no second network, so it reaches ``role`` whichever network
+    (:func:`custom.methods.frozen_norm_statistics`; off by default, as in UniMatch, where it
+    was not better in one validation run). It needs no second network, so it reaches ``role`` whichever network
     leads the cross terms.
     """
 
@@ -54,7 +55,7 @@ class WeakToStrongTerm(UnsupervisedTerm):
     def __init__(self, role: str = "cnn", weight: Callable[[int], float] | float = 1.0, confidence: float = 0.95,
                  views: int = 2, cutmix_prob: float = 0.5, cutmix_area: tuple[float, float] = (0.02, 0.4),
                  feature_dropout: float = 0.5, fp_weight: float = 0.5, noise_std: float = 0.05, blur_prob: float = 0.5,
-                 clean_statistics: bool = True, name: str | None = None) -> None:
+                 clean_statistics: bool = False, name: str | None = None) -> None:
         super().__init__(weight, name)
         if views < 0 or not 0.0 <= fp_weight <= 1.0 or (views == 0 and fp_weight == 0.0):
             raise ValueError(f"need views >= 0 and fp_weight within [0, 1], not both empty; got views {views}, "
