@@ -1,4 +1,4 @@
-"""Speed and memory benchmarks of the trainer and of the deployed UNeXt (issue 8).
+"""Speed and memory benchmarks of the trainer and of the deployed UNeXt.
 
 Subcommands (a ``fire`` CLI, progress bars on stderr, ``--json`` prints one JSON object and
 nothing else on stdout)::
@@ -454,7 +454,7 @@ def bench_infer(sizes: Sequence[int] = (256, 448), threads: int = 2, batch: int 
 
 # -------------------------------------------------------------------------------- evaluate
 DEFAULT_PSFHS = REPO.parent / "shared" / "data" / "psfhs"
-REFERENCE_METRICS = REPO / "tests" / "metrics_reference.py"  # the pre-issue-17 implementation, test-only
+REFERENCE_METRICS = REPO / "tests" / "metrics_reference.py"  # the previous (slower) implementation, test-only
 
 
 def _reference_evaluate_case() -> Callable:

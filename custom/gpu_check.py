@@ -1,4 +1,4 @@
-"""One GPU check (issue 17 item 5): ``python -m custom.bench gpu --out FILE.json [--tiny true]``.
+"""One GPU check: ``python -m custom.bench gpu --out FILE.json [--tiny true]``.
 
 Stages, each timed and recorded in the one JSON file whatever the others do (a failing stage
 records its error and the end of its traceback; the file is rewritten atomically after every

@@ -18,7 +18,7 @@ truth ``G = (gt == c)``:
 Empty masks follow :data:`EMPTY_POLICY`. Units are mm when a spacing is given, pixels
 otherwise; every result carries its unit.
 
-Speed (issue 17 item 4): every distance of a class is computed on the bounding box of
+Speed: every distance of a class is computed on the bounding box of
 ``P u G`` only. Pixels outside that box belong to neither mask, so the erosion (background
 outside the image) and the distance to the nearest surface pixel (all surface pixels lie
 inside) are the same on the box as on the whole image; the surfaces and the two directed
