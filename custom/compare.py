@@ -12,8 +12,8 @@ is ``common.yaml, train.yaml, methods/<method>.yaml, *overrides`` plus the run's
 ``num_classes`` from the datalist, ``max_iterations``). Each trained UNeXt (the ``model.pt``
 the validation keeps) is evaluated on the datalist's ``test`` list at the ORIGINAL image size:
 argmax at the training size, resized back with nearest neighbour, scored by
-:func:`custom.metrics.evaluate_case` (in mm when the entry has a ``spacing``) and summarised by
-:func:`custom.metrics.summarize`.
+:func:`custom.evaluation.evaluate_network` with the run's own deterministic transforms (in mm
+when the entry has a ``spacing``) and summarised by :func:`custom.metrics.summarize`.
 
 Outputs in ``OUT``: ``runs.csv`` (one row per method x seed), ``per_image.csv``,
 ``comparison.md`` (mean ± std over seeds per method, the scale and the command),
@@ -53,7 +53,6 @@ __all__ = [
     "class_names_of",
     "build_runs",
     "train_run",
-    "evaluate_network",
     "evaluate_run",
     "run_comparison",
     "method_file",
@@ -289,51 +288,6 @@ def train_run(spec: RunSpec, launcher: str = "subprocess", threads: int | None =
 # ---------------------------------------------------------------------------- evaluation
 
 
-def evaluate_network(network, entries: Sequence[Mapping[str, Any]], preprocessing, num_classes: int,
-                     device: str = "cpu") -> list[dict[str, Any]]:
-    """Per-image metrics of ``network`` on ``entries`` at their original size.
-
-    For each entry: ``preprocessing({"image": path})`` (the bundle's deterministic transforms:
-    load, grey, scale, resize to the training size) -> ``argmax(network(x))`` -> nearest-neighbour
-    resize to the label's original size -> :func:`custom.metrics.evaluate_case`. The label is
-    read by MONAI's ``LoadImage`` like the image, so both share its axis order (x, y for 2D
-    files); an entry's ``spacing`` is given in the same (x, y) order by ``custom.data``, so it
-    is passed as is (distances in mm); without one, in pixels.
-
-    This is the one function to replace by a shared evaluation (e.g. ``custom.evaluation``).
-    """
-    import torch
-    from monai.transforms import LoadImage, Resize
-
-    from .metrics import evaluate_case
-
-    load_label = LoadImage(image_only=True, ensure_channel_first=True)
-    network = network.to(device).eval()
-    rows = []
-    with torch.no_grad():
-        for entry in entries:
-            image = preprocessing({"image": entry["image"]})["image"]
-            image = torch.as_tensor(image, dtype=torch.float32)[None].to(device)
-            pred = network(image).argmax(dim=1).float().cpu()  # 1 x h x w
-            gt = torch.as_tensor(load_label(entry["label"]))[:1]  # 1 x H x W
-            pred = Resize(spatial_size=tuple(gt.shape[1:]), mode="nearest")(pred)
-            row = evaluate_case(torch.as_tensor(pred)[0].round().long(), gt[0].round().long(), num_classes,
-                                entry.get("spacing"))
-            row["image"] = str(entry["image"])
-            row["name"] = str(entry.get("name") or Path(entry["image"]).stem)
-            rows.append(row)
-    return rows
-
-
-def _shared_evaluation():
-    """``custom.evaluation.evaluate_network`` (the evaluate config's evaluation) when the tree has it."""
-    try:
-        from .evaluation import evaluate_network as shared
-    except ImportError:
-        return None
-    return shared
-
-
 def head_class_of(datalist: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> int | None:
     """The head label when the test entries carry a reference head circumference (HC18's ``hc_mm``)."""
     labels = datalist.get("labels")
@@ -346,22 +300,20 @@ def head_class_of(datalist: Mapping[str, Any], entries: Sequence[Mapping[str, An
 def evaluate_run(spec: RunSpec, entries: Sequence[Mapping[str, Any]], device: str = "cpu",
                  head_class: int | None = None) -> list[dict[str, Any]]:
     """Build the run's UNeXt from its merged config, load ``model.pt`` and evaluate it on ``entries``
-    at the original size: with ``custom.evaluation.evaluate_network`` when present (it adds the
-    head circumference error for ``head_class``), else with :func:`evaluate_network` here."""
+    at the original size with :func:`custom.evaluation.evaluate_network` and the run's own
+    deterministic transforms (the head circumference error for ``head_class``)."""
     import torch
     from monai.transforms import Compose
+
+    from .evaluation import evaluate_network
 
     parser = _merged_config(spec.config_files, spec.overrides)
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(spec.model_path, map_location="cpu", weights_only=True))
     num_classes = int(parser.get_parsed_content("num_classes"))
-    shared = _shared_evaluation()
-    if shared is not None:
-        rows, _ = shared(network, entries, list(parser.get_parsed_content("image_size")), num_classes, head_class=head_class,
-                         intensity_range=list(parser.get_parsed_content("intensity_range")), device=device)
-        return rows
     preprocessing = Compose(parser.get_parsed_content("deterministic_transforms"))
-    return evaluate_network(network, entries, preprocessing, num_classes, device)
+    rows, _ = evaluate_network(network, entries, preprocessing, num_classes, head_class=head_class, device=device)
+    return rows
 
 
 # ------------------------------------------------------------------------------- the scale

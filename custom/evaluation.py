@@ -16,7 +16,7 @@ import csv
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -237,27 +237,27 @@ class SegmentationReport:
 
 
 @torch.no_grad()
-def evaluate_network(network: torch.nn.Module, entries: Sequence[Mapping[str, Any]], image_size: Sequence[int],
+def evaluate_network(network: torch.nn.Module, entries: Sequence[Mapping[str, Any]], preprocessing: Callable,
                      num_classes: int, output_dir: str | None = None, class_names=None, head_class: int | None = None,
-                     intensity_range: Sequence[float] = (0, 255), device: str | torch.device = "cpu") -> tuple[list[dict], dict | None]:
-    """Evaluate ``network`` on datalist ``entries`` at the original size (argmax at
-    ``image_size``, resized back with nearest), without a bundle config."""
-    from monai.transforms import Compose, EnsureChannelFirst, Resize, ScaleIntensityRange
+                     device: str | torch.device = "cpu") -> tuple[list[dict], dict | None]:
+    """Evaluate ``network`` on datalist ``entries`` at the original size without an engine: the
+    path of ``custom.compare`` (``evaluate.yaml`` runs the same per-image scoring, :func:`case_record`,
+    inside a MONAI evaluator).
 
-    from .transforms import ToGreyscaled
-
-    prep = Compose([EnsureChannelFirst(), ScaleIntensityRange(intensity_range[0], intensity_range[1], 0.0, 1.0, clip=True)])
+    ``preprocessing`` is the bundle config's own deterministic transforms
+    (``Compose(@deterministic_transforms)``: load, grey, scale, resize to the training size),
+    applied to ``{"image": path}``; the prediction (argmax at the training size) is resized back
+    to the reference mask's size with nearest neighbour and scored by :func:`case_record`
+    (in mm where the entry has a ``spacing``; head circumference error for ``head_class``).
+    """
     network = network.to(device).eval()
     rows = []
     for entry in entries:
-        raw = _loader(entry["image"])
-        img = ToGreyscaled("image")({"image": prep(raw)})["image"]
-        size = tuple(img.shape[1:])
-        x = Resize(tuple(image_size), mode="bilinear")(img).as_tensor()[None].float().to(device)
+        x = torch.as_tensor(preprocessing({"image": entry["image"]})["image"]).float()[None].to(device)
+        label = read_label_map(entry["label"])
         pred = network(x).argmax(1, keepdim=True).float()
-        pred = torch.nn.functional.interpolate(pred, size=size, mode="nearest")[0, 0].cpu().numpy().astype(np.int64)
+        pred = torch.nn.functional.interpolate(pred, size=label.shape, mode="nearest")[0, 0].cpu().numpy().astype(np.int64)
         name = entry.get("name") or os.path.splitext(os.path.basename(entry["image"]))[0]
-        rows.append(case_record(pred, read_label_map(entry["label"]), num_classes, _spacing_of(entry), name, head_class,
-                                entry.get("hc_mm")))
+        rows.append(case_record(pred, label, num_classes, _spacing_of(entry), name, head_class, entry.get("hc_mm")))
     summary = write_report(rows, output_dir, class_names or [f"class_{c}" for c in range(1, num_classes)]) if output_dir else None
     return rows, summary

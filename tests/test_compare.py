@@ -135,41 +135,18 @@ def test_evaluation_is_at_the_original_size_in_mm_when_the_spacing_is_known(tmp_
     parser.update({"image_size": [64, 64]})
     pre = Compose(parser.get_parsed_content("deterministic_transforms"))
     entry = {"image": str(tmp_path / "img.png"), "label": str(tmp_path / "lab.png")}
-    (row,) = compare.evaluate_network(_Threshold(), [entry], pre, num_classes=2)
+    from custom.evaluation import evaluate_network
+
+    (row,), _ = evaluate_network(_Threshold(), [entry], pre, num_classes=2)
     assert row["dice"] == pytest.approx(1.0) and row["hd95"] == 0.0 and row["unit"] == "px"
     mask_shift = np.zeros_like(mask)
     mask_shift[8:24, 14:38] = 1  # the prediction is 2 pixels off along x
     Image.fromarray(mask_shift * 255).save(tmp_path / "img.png")
-    (row,) = compare.evaluate_network(_Threshold(), [{**entry, "spacing": [0.5, 0.5]}], pre, num_classes=2)
-    (row_px,) = compare.evaluate_network(_Threshold(), [entry], pre, num_classes=2)
+    (row,), _ = evaluate_network(_Threshold(), [{**entry, "spacing": [0.5, 0.5]}], pre, num_classes=2)
+    (row_px,), _ = evaluate_network(_Threshold(), [entry], pre, num_classes=2)
     assert row_px["unit"] == "px" and row_px["hd95"] >= 2.0 and row_px["dice"] < 1.0
     assert row["unit"] == "mm" and row["hd95"] == pytest.approx(0.5 * row_px["hd95"])
     assert row["asd"] == pytest.approx(0.5 * row_px["asd"]) and row["dice"] == pytest.approx(row_px["dice"])
-
-
-def test_the_fallback_evaluation_agrees_with_custom_evaluation(tmp_path):
-    shared = compare._shared_evaluation()
-    if shared is None:
-        pytest.skip("custom.evaluation is absent: the comparison uses its own evaluate_network")
-    from monai.bundle import ConfigParser
-    from monai.transforms import Compose
-
-    rng = np.random.default_rng(0)
-    entries = []
-    for i in range(2):
-        image = (rng.random((40, 56)) * 255).astype(np.uint8)
-        label = (image > 128).astype(np.uint8)
-        Image.fromarray(image).save(tmp_path / f"i{i}.png")
-        Image.fromarray(label).save(tmp_path / f"l{i}.png")
-        entries.append({"image": str(tmp_path / f"i{i}.png"), "label": str(tmp_path / f"l{i}.png"), "spacing": [0.2, 0.2]})
-    parser = ConfigParser()
-    parser.read_config(str(compare.CONFIGS / "common.yaml"))
-    parser.update({"image_size": [64, 64]})
-    mine = compare.evaluate_network(_Threshold(), entries, Compose(parser.get_parsed_content("deterministic_transforms")), 2)
-    theirs, _ = shared(_Threshold(), entries, [64, 64], 2)
-    for a, b in zip(mine, theirs):
-        for key in ("dice", "hd95", "asd", "unit"):
-            assert a[key] == pytest.approx(b[key]), key
 
 
 def test_methods_are_names_or_override_files_and_the_gap_share_is_computed():
