@@ -25,8 +25,19 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-__all__ = ["TMP_PREFIX", "full_suffix", "atomic_path", "atomic_write", "atomic_open", "atomic_write_text",
-           "atomic_write_json", "atomic_torch_save", "atomic_copy", "fsync_dir", "remove_leftovers"]
+__all__ = [
+    "TMP_PREFIX",
+    "full_suffix",
+    "atomic_path",
+    "atomic_write",
+    "atomic_open",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "atomic_copy",
+    "fsync_dir",
+    "remove_leftovers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +154,9 @@ def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> str:
     return atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
-def remove_leftovers(folder: str | os.PathLike, pattern: str = TMP_PREFIX + "*", what: str = "temporary file") -> list[str]:
+def remove_leftovers(
+    folder: str | os.PathLike, pattern: str = TMP_PREFIX + "*", what: str = "temporary file"
+) -> list[str]:
     """Delete what an interrupted run left in ``folder`` (files or folders matching ``pattern``); logs each one."""
     removed = []
     for leftover in sorted(glob.glob(os.path.join(glob.escape(os.fspath(folder)), pattern))):

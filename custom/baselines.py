@@ -20,6 +20,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
@@ -43,7 +44,9 @@ __all__ = [
 ]
 
 
-def clipped_noise(x: torch.Tensor, std: float = 0.1, clip: float = 0.2, generator: torch.Generator | None = None) -> torch.Tensor:
+def clipped_noise(
+    x: torch.Tensor, std: float = 0.1, clip: float = 0.2, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``n = clip(N(0, std^2), -clip, clip)`` shaped like ``x`` (the mean teacher's input noise).
 
     Drawn on the generator's device (CPU) and moved to ``x``'s, so a seeded generator makes
@@ -75,8 +78,14 @@ class MeanTeacherTerm(UnsupervisedTerm):
 
     name = "mt"
 
-    def __init__(self, role: str = "cnn", weight: Callable[[int], float] | float = 1.0, noise_std: float = 0.1,
-                 noise_clip: float = 0.2, name: str | None = None) -> None:
+    def __init__(
+        self,
+        role: str = "cnn",
+        weight: Callable[[int], float] | float = 1.0,
+        noise_std: float = 0.1,
+        noise_clip: float = 0.2,
+        name: str | None = None,
+    ) -> None:
         super().__init__(weight, name)
         self.role, self.noise_std, self.noise_clip = role, float(noise_std), float(noise_clip)
 
@@ -84,7 +93,9 @@ class MeanTeacherTerm(UnsupervisedTerm):
         teacher = _teacher(ctx, type(self).__name__)
         x_u = ctx.unlabeled_images
         with torch.no_grad(), ctx.autocast():
-            p_t = torch.softmax(teacher(x_u + clipped_noise(x_u, self.noise_std, self.noise_clip, ctx.generator)).float(), 1)
+            p_t = torch.softmax(
+                teacher(x_u + clipped_noise(x_u, self.noise_std, self.noise_clip, ctx.generator)).float(), 1
+            )
         return torch.mean((ctx.unlabeled_probs(self.role) - p_t) ** 2)
 
 
@@ -107,14 +118,26 @@ class UncertaintyAwareMeanTeacherTerm(UnsupervisedTerm):
 
     name = "uamt"
 
-    def __init__(self, role: str = "cnn", weight: Callable[[int], float] | float = 1.0, total_iterations: int = 1,
-                 passes: int = 8, noise_std: float = 0.1, noise_clip: float = 0.2, threshold_start: float = 0.75,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        role: str = "cnn",
+        weight: Callable[[int], float] | float = 1.0,
+        total_iterations: int = 1,
+        passes: int = 8,
+        noise_std: float = 0.1,
+        noise_clip: float = 0.2,
+        threshold_start: float = 0.75,
+        name: str | None = None,
+    ) -> None:
         super().__init__(weight, name)
         if passes < 1:
             raise ValueError(f"passes must be >= 1, got {passes}")
         self.role, self.total_iterations, self.passes = role, int(total_iterations), int(passes)
-        self.noise_std, self.noise_clip, self.threshold_start = float(noise_std), float(noise_clip), float(threshold_start)
+        self.noise_std, self.noise_clip, self.threshold_start = (
+            float(noise_std),
+            float(noise_clip),
+            float(threshold_start),
+        )
         self.last_mask_fraction = float("nan")
 
     def threshold(self, iteration: int, num_classes: int) -> float:
@@ -123,11 +146,16 @@ class UncertaintyAwareMeanTeacherTerm(UnsupervisedTerm):
         return (self.threshold_start + (1.0 - self.threshold_start) * ramp) * math.log(num_classes)
 
     @torch.no_grad()
-    def uncertainty(self, teacher: Callable, x_u: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``U = -sum_c mu_c log(mu_c + 1e-6)`` (``B x 1 x H x W``) of the mean of ``passes`` noisy teacher softmaxes."""
+    def uncertainty(
+        self, teacher: Callable, x_u: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``U = -sum_c mu_c log(mu_c + 1e-6)`` (``B x 1 x H x W``), ``mu`` the mean of ``passes`` noisy teacher
+        softmaxes."""
         mu = 0.0
         for _ in range(self.passes):
-            mu = mu + torch.softmax(teacher(x_u + clipped_noise(x_u, self.noise_std, self.noise_clip, generator)).float(), 1)
+            mu = mu + torch.softmax(
+                teacher(x_u + clipped_noise(x_u, self.noise_std, self.noise_clip, generator)).float(), 1
+            )
         mu = mu / self.passes
         return -(mu * torch.log(mu + 1e-6)).sum(dim=1, keepdim=True)
 
@@ -135,7 +163,9 @@ class UncertaintyAwareMeanTeacherTerm(UnsupervisedTerm):
         teacher = _teacher(ctx, type(self).__name__)
         x_u, p_s = ctx.unlabeled_images, ctx.unlabeled_probs(self.role)
         with torch.no_grad(), ctx.autocast():
-            p_t = torch.softmax(teacher(x_u + clipped_noise(x_u, self.noise_std, self.noise_clip, ctx.generator)).float(), 1)
+            p_t = torch.softmax(
+                teacher(x_u + clipped_noise(x_u, self.noise_std, self.noise_clip, ctx.generator)).float(), 1
+            )
             u = self.uncertainty(teacher, x_u, ctx.generator)
         mask = (u < self.threshold(ctx.iteration, p_s.shape[1])).to(p_s.dtype)
         self.last_mask_fraction = float(mask.mean())
@@ -155,8 +185,13 @@ class ICTTerm(InterpolationConsistencyTerm):
 
     name = "ict"
 
-    def __init__(self, roles: Sequence[str] = ("cnn",), weight: Callable[[int], float] | float = 1.0, alpha: float = 0.2,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        roles: Sequence[str] = ("cnn",),
+        weight: Callable[[int], float] | float = 1.0,
+        alpha: float = 0.2,
+        name: str | None = None,
+    ) -> None:
         super().__init__(roles=roles, weight=weight, alpha=alpha, name=name)
 
 
@@ -175,9 +210,20 @@ class ConvDiscriminator(nn.Module):
         widths = (ndf, 2 * ndf, 4 * ndf, 8 * ndf)
         layers, c_in = [], num_classes + in_channels
         for i, c_out in enumerate(widths):
-            layers.append(Convolution(2, c_in, c_out, strides=2, kernel_size=4, padding=1, adn_ordering="AD", norm=None,
-                                      act=("leakyrelu", {"negative_slope": 0.2}),
-                                      dropout=dropout if i < len(widths) - 1 else None))
+            layers.append(
+                Convolution(
+                    2,
+                    c_in,
+                    c_out,
+                    strides=2,
+                    kernel_size=4,
+                    padding=1,
+                    adn_ordering="AD",
+                    norm=None,
+                    act=("leakyrelu", {"negative_slope": 0.2}),
+                    dropout=dropout if i < len(widths) - 1 else None,
+                )
+            )
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c_in, 2)
@@ -223,8 +269,14 @@ class AdversarialTerm(UnsupervisedTerm):
 
     name = "dan"
 
-    def __init__(self, discriminator: nn.Module, optimizer: torch.optim.Optimizer, role: str = "cnn",
-                 weight: Callable[[int], float] | float = 1.0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        discriminator: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        role: str = "cnn",
+        weight: Callable[[int], float] | float = 1.0,
+        name: str | None = None,
+    ) -> None:
         super().__init__(weight, name)
         self.discriminator, self.optimizer, self.role = discriminator, optimizer, role
         self.last_discriminator_loss = float("nan")
@@ -233,7 +285,7 @@ class AdversarialTerm(UnsupervisedTerm):
         """One optimiser step of ``D`` on ``L_D``; returns ``L_D`` (detached)."""
         p = ctx.probs[self.role].detach()
         d = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)
-        d[:ctx.labeled_bs] = 1
+        d[: ctx.labeled_bs] = 1
         self.discriminator.train()
         with torch.enable_grad():
             loss = F.cross_entropy(self.discriminator(p, ctx.images), d)
@@ -273,9 +325,15 @@ class DeepCoTrainingTerm(UnsupervisedTerm):
 
     name = "dct"
 
-    def __init__(self, roles: Sequence[str] = ("cnn", "cnn2"), weight: Callable[[int], float] | float = 1.0,
-                 view_weight: float = 1.0, cot_weight: float = 1.0, rotations: Sequence[int] = (1, 2, 3),
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        roles: Sequence[str] = ("cnn", "cnn2"),
+        weight: Callable[[int], float] | float = 1.0,
+        view_weight: float = 1.0,
+        cot_weight: float = 1.0,
+        rotations: Sequence[int] = (1, 2, 3),
+        name: str | None = None,
+    ) -> None:
         super().__init__(weight, name)
         self.roles, self.view_weight, self.cot_weight = tuple(roles), float(view_weight), float(cot_weight)
         if len(self.roles) != 2:
@@ -286,8 +344,11 @@ class DeepCoTrainingTerm(UnsupervisedTerm):
         self.last_rotation = 0
 
     def draw_rotation(self, generator: torch.Generator | None) -> int:
-        i = int(torch.randint(len(self.rotations), (1,), generator=generator)) if generator is not None else \
-            int(torch.randint(len(self.rotations), (1,)))
+        i = (
+            int(torch.randint(len(self.rotations), (1,), generator=generator))
+            if generator is not None
+            else int(torch.randint(len(self.rotations), (1,)))
+        )
         return self.rotations[i]
 
     @staticmethod
@@ -305,14 +366,16 @@ class DeepCoTrainingTerm(UnsupervisedTerm):
             with ctx.autocast():
                 q_a = torch.softmax(ctx.networks[a](x_r).float(), 1)
                 q_b = torch.softmax(ctx.networks[b](x_r).float(), 1)
-            view = torch.mean((q_a - torch.rot90(p_b.detach(), k, dims=(2, 3))) ** 2) + \
-                torch.mean((q_b - torch.rot90(p_a.detach(), k, dims=(2, 3))) ** 2)
+            view = torch.mean((q_a - torch.rot90(p_b.detach(), k, dims=(2, 3))) ** 2) + torch.mean(
+                (q_b - torch.rot90(p_a.detach(), k, dims=(2, 3))) ** 2
+            )
             total = total + self.view_weight * view
         return total
 
 
-def _cross_pseudo_label_loss(ctx: IterationContext, a: str, b: str, dice: nn.Module, dice_weight: float,
-                             ce_weight: float) -> torch.Tensor:
+def _cross_pseudo_label_loss(
+    ctx: IterationContext, a: str, b: str, dice: nn.Module, dice_weight: float, ce_weight: float
+) -> torch.Tensor:
     """``sum over (r, s) in {(a, b), (b, a)}: dice_weight Dice(p_r,u, y_hat_s) + ce_weight CE(z_r,u, y_hat_s)``,
     ``y_hat_s = argmax(p_s,u.detach())``, ``z`` the logits."""
     total = ctx.logits[a].new_zeros(())
@@ -321,7 +384,7 @@ def _cross_pseudo_label_loss(ctx: IterationContext, a: str, b: str, dice: nn.Mod
         if dice_weight:
             total = total + dice_weight * dice(ctx.unlabeled_probs(r), y_hat)
         if ce_weight:
-            total = total + ce_weight * F.cross_entropy(ctx.logits[r][ctx.labeled_bs:], y_hat[:, 0])
+            total = total + ce_weight * F.cross_entropy(ctx.logits[r][ctx.labeled_bs :], y_hat[:, 0])
     return total
 
 
@@ -336,8 +399,14 @@ class CPSTerm(CrossPseudoSupervisionTerm):
 
     name = "cps"
 
-    def __init__(self, roles: Sequence[str] = ("cnn", "cnn2"), weight: Callable[[int], float] | float = 1.0,
-                 dice_weight: float = 1.0, ce_weight: float = 0.0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        roles: Sequence[str] = ("cnn", "cnn2"),
+        weight: Callable[[int], float] | float = 1.0,
+        dice_weight: float = 1.0,
+        ce_weight: float = 0.0,
+        name: str | None = None,
+    ) -> None:
         super().__init__(roles=roles, weight=weight, direction="both", name=name)
         self.dice_weight, self.ce_weight = float(dice_weight), float(ce_weight)
 
@@ -359,8 +428,14 @@ class CrossTeachingTerm(UnsupervisedTerm):
 
     name = "ct"
 
-    def __init__(self, roles: Sequence[str] = ("cnn", "transformer"), weight: Callable[[int], float] | float = 1.0,
-                 dice_weight: float = 1.0, ce_weight: float = 0.0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        roles: Sequence[str] = ("cnn", "transformer"),
+        weight: Callable[[int], float] | float = 1.0,
+        dice_weight: float = 1.0,
+        ce_weight: float = 0.0,
+        name: str | None = None,
+    ) -> None:
         super().__init__(weight, name)
         self.roles = tuple(roles)
         if len(self.roles) != 2:
@@ -393,8 +468,12 @@ def labeled_union_datalist(datalist_file: str, dataset_dir: str) -> list[dict]:
         raise ValueError(
             f"fully_supervised trains on the masks of the unlabelled images, but none of the {len(unlabeled)} "
             f"'unlabeled' entries of {datalist_file} has a 'label' (the set was prepared with --hide-unlabeled-masks). "
-            "Prepare the data again without --hide-unlabeled-masks for this bound.")
+            "Prepare the data again without --hide-unlabeled-masks for this bound."
+        )
     if len(with_mask) < len(unlabeled):
-        warnings.warn(f"fully_supervised: {len(unlabeled) - len(with_mask)} of {len(unlabeled)} unlabelled entries "
-                      "have no mask and are left out", stacklevel=2)
+        warnings.warn(
+            f"fully_supervised: {len(unlabeled) - len(with_mask)} of {len(unlabeled)} unlabelled entries "
+            "have no mask and are left out",
+            stacklevel=2,
+        )
     return labeled + with_mask

@@ -195,22 +195,37 @@ class _IterationTimer:
 class _Floor:
     """The compute floor of one iteration, in plain PyTorch, component by component."""
 
-    def __init__(self, trainer, image_shape: Sequence[int], labeled_bs: int, device: torch.device,
-                 autocast: Callable, channels_last: bool, seed: int = 0) -> None:
+    def __init__(
+        self,
+        trainer,
+        image_shape: Sequence[int],
+        labeled_bs: int,
+        device: torch.device,
+        autocast: Callable,
+        channels_last: bool,
+        seed: int = 0,
+    ) -> None:
         g = torch.Generator().manual_seed(seed)
         b = image_shape[0]
         self.x = torch.rand(*image_shape, generator=g).to(device)
         self.x_u = self.x[labeled_bs:]
         half = self.x_u.shape[0] // 2
-        self.x_mix = (0.5 * self.x_u[:half] + 0.5 * self.x_u[half:2 * half]) if half else None
+        self.x_mix = (0.5 * self.x_u[:half] + 0.5 * self.x_u[half : 2 * half]) if half else None
         if channels_last:
-            self.x, self.x_u = self.x.contiguous(memory_format=torch.channels_last), self.x_u.contiguous(memory_format=torch.channels_last)
+            self.x, self.x_u = (
+                self.x.contiguous(memory_format=torch.channels_last),
+                self.x_u.contiguous(memory_format=torch.channels_last),
+            )
             if self.x_mix is not None:
                 self.x_mix = self.x_mix.contiguous(memory_format=torch.channels_last)
         self.trainer, self.device, self.autocast = trainer, device, autocast
         ict_roles: list[str] = []
         for term in trainer.terms:
-            if hasattr(term, "alpha") and hasattr(term, "roles") and type(term).__name__ == "InterpolationConsistencyTerm":
+            if (
+                hasattr(term, "alpha")
+                and hasattr(term, "roles")
+                and type(term).__name__ == "InterpolationConsistencyTerm"
+            ):
                 ict_roles += list(term.roles)
         self.components: dict[str, Callable[[], None]] = {}
         for role, net in trainer.networks.items():
@@ -229,12 +244,14 @@ class _Floor:
             with self.autocast():
                 y = net(x)
             y.float().mean().backward()
+
         return run
 
     def _fwd_no_grad(self, net, x):
         def run():
             with torch.no_grad(), self.autocast():
                 net(x)
+
         return run
 
     def measure_once(self, record: bool = True) -> None:
@@ -252,11 +269,26 @@ class _Floor:
         return {k: _median(v) for k, v in self.times.items()}
 
 
-def bench_train(image_size: int = 224, batch_size: int = 5, labeled_bs: int = 1, iterations: int = 10, warmup: int = 3,
-                threads: int = 2, amp: str = "none", channels_last: bool = False, compile: bool = False,
-                device: str = "cpu", data: str = "random", dataset_dir: str | None = None, method: str = "paper",
-                num_workers: int = 0, floor: bool = True, overrides: dict | None = None, quiet: bool = False,
-                compile_backend: str | None = None) -> dict:
+def bench_train(
+    image_size: int = 224,
+    batch_size: int = 5,
+    labeled_bs: int = 1,
+    iterations: int = 10,
+    warmup: int = 3,
+    threads: int = 2,
+    amp: str = "none",
+    channels_last: bool = False,
+    compile: bool = False,
+    device: str = "cpu",
+    data: str = "random",
+    dataset_dir: str | None = None,
+    method: str = "paper",
+    num_workers: int = 0,
+    floor: bool = True,
+    overrides: dict | None = None,
+    quiet: bool = False,
+    compile_backend: str | None = None,
+) -> dict:
     """Median seconds per training iteration and the compute floor of the same run (see module doc).
     ``compile_backend``: the ``torch.compile`` backend with ``compile`` (default: inductor)."""
     torch.set_num_threads(int(threads))
@@ -269,7 +301,9 @@ def bench_train(image_size: int = 224, batch_size: int = 5, labeled_bs: int = 1,
             dataset_dir = _synthetic_dataset(tmp, int(image_size))
         elif data == "real":
             if not dataset_dir:
-                raise ValueError("--data real needs --dataset-dir (a folder prepared by `python -m custom.data prepare`)")
+                raise ValueError(
+                    "--data real needs --dataset-dir (a folder prepared by `python -m custom.data prepare`)"
+                )
         else:
             raise ValueError(f"--data must be random or real, got {data!r}")
         cfg = {
@@ -328,13 +362,26 @@ def bench_train(image_size: int = 224, batch_size: int = 5, labeled_bs: int = 1,
         "data_wait_s": _median(wait),
         "data_wait_fraction": float(sum(wait) / sum(it)) if it else float("nan"),
         "peak_rss_mb": _peak_rss_mb(),
-        "config": {"method": method, "image_size": image_size, "batch_size": batch_size, "labeled_bs": labeled_bs,
-                   "iterations": iterations, "warmup": warmup, "threads": threads, "amp": amp,
-                   "channels_last": channels_last, "compile": compile, "compile_backend": compile_backend,
-                   "device": str(dev), "data": data,
-                   "num_workers": num_workers, "torch": torch.__version__, "overrides": overrides or {},
-                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                   "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_") or _MMAP_THRESHOLD.get("kib")},
+        "config": {
+            "method": method,
+            "image_size": image_size,
+            "batch_size": batch_size,
+            "labeled_bs": labeled_bs,
+            "iterations": iterations,
+            "warmup": warmup,
+            "threads": threads,
+            "amp": amp,
+            "channels_last": channels_last,
+            "compile": compile,
+            "compile_backend": compile_backend,
+            "device": str(dev),
+            "data": data,
+            "num_workers": num_workers,
+            "torch": torch.__version__,
+            "overrides": overrides or {},
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_") or _MMAP_THRESHOLD.get("kib"),
+        },
     }
     if fl is not None:
         comps = fl.medians()
@@ -370,7 +417,9 @@ def _torchscript(net: torch.nn.Module, example: torch.Tensor) -> tuple[torch.nn.
 def _onnx_session(net: torch.nn.Module, example: torch.Tensor, path: str, threads: int):
     import onnxruntime as ort
 
-    kwargs = dict(input_names=["image"], output_names=["pred"], dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}})
+    kwargs = dict(
+        input_names=["image"], output_names=["pred"], dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}
+    )
     with torch.no_grad(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         try:
             torch.onnx.export(net, (example,), path, dynamo=False, opset_version=17, **kwargs)
@@ -385,12 +434,20 @@ def _onnx_session(net: torch.nn.Module, example: torch.Tensor, path: str, thread
 
     def run(x: torch.Tensor):
         return session.run(None, {"image": x.numpy()})[0]
+
     return run
 
 
-def bench_infer(sizes: Sequence[int] = (256, 448), threads: int = 2, batch: int = 8, reps: int = 10, warmup: int = 2,
-                num_classes: int = 2, variants: Sequence[str] = ("eager", "channels_last", "torchscript", "onnxruntime"),
-                quiet: bool = False) -> dict:
+def bench_infer(
+    sizes: Sequence[int] = (256, 448),
+    threads: int = 2,
+    batch: int = 8,
+    reps: int = 10,
+    warmup: int = 2,
+    num_classes: int = 2,
+    variants: Sequence[str] = ("eager", "channels_last", "torchscript", "onnxruntime"),
+    quiet: bool = False,
+) -> dict:
     """Latency (batch 1, median ms per image) and throughput (batch ``batch``, images/s) of the
     deployed UNeXt per variant; the variants are measured round-robin (same load) and compared
     with eager in the same run."""
@@ -401,9 +458,19 @@ def bench_infer(sizes: Sequence[int] = (256, 448), threads: int = 2, batch: int 
         variants = [v.strip() for v in variants.strip("[]()").split(",")]
     torch.manual_seed(0)
     net = _deployed_unext(num_classes)
-    out: dict[str, Any] = {"benchmark": "infer", "sizes": {}, "config": {
-        "threads": threads, "batch": batch, "reps": reps, "warmup": warmup, "num_classes": num_classes,
-        "torch": torch.__version__, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
+    out: dict[str, Any] = {
+        "benchmark": "infer",
+        "sizes": {},
+        "config": {
+            "threads": threads,
+            "batch": batch,
+            "reps": reps,
+            "warmup": warmup,
+            "num_classes": num_classes,
+            "torch": torch.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        },
+    }
     with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:
         for size in sizes:
             x1 = torch.rand(1, 1, int(size), int(size))
@@ -439,8 +506,12 @@ def bench_infer(sizes: Sequence[int] = (256, 448), threads: int = 2, batch: int 
             res = {}
             for v, tv in times.items():
                 b1, bn = _median(tv["b1"]), _median(tv["bn"])
-                res[v] = {"latency_ms": 1000 * b1, "images_per_s_batch1": 1.0 / b1,
-                          "images_per_s": int(batch) / bn, "batch_ms": 1000 * bn}
+                res[v] = {
+                    "latency_ms": 1000 * b1,
+                    "images_per_s_batch1": 1.0 / b1,
+                    "images_per_s": int(batch) / bn,
+                    "batch_ms": 1000 * bn,
+                }
                 if v in notes:
                     res[v]["how"] = notes[v]
             if "eager" in res:
@@ -486,8 +557,15 @@ def _resize_back(pred_low: torch.Tensor, size: Sequence[int]):
     return torch.nn.functional.interpolate(pred_low, size=tuple(size), mode="nearest")[0, 0].numpy().astype(np.int64)
 
 
-def bench_evaluate(dataset_dir: str | None = None, frames: int = 100, threads: int = 1, num_classes: int = 3,
-                   n_overlays: int = 3, reference: bool = False, quiet: bool = False) -> dict:
+def bench_evaluate(
+    dataset_dir: str | None = None,
+    frames: int = 100,
+    threads: int = 1,
+    num_classes: int = 3,
+    n_overlays: int = 3,
+    reference: bool = False,
+    quiet: bool = False,
+) -> dict:
     """Frames/s of the evaluation path on real label maps (``labels/*.png`` of ``dataset_dir``,
     default ``../shared/data/psfhs``): reading the reference (``read_label_map``), the resize
     back of a network-like low-resolution prediction, the per-image metrics (Dice, pooled HD95,
@@ -502,8 +580,10 @@ def bench_evaluate(dataset_dir: str | None = None, frames: int = 100, threads: i
     root = Path(dataset_dir) if dataset_dir else DEFAULT_PSFHS
     labels = sorted((root / "labels").glob("*.png")) if (root / "labels").is_dir() else []
     if not labels:
-        raise OptionError(f"--dataset-dir: no labels/*.png under {root} (expected a PSFHS-style folder "
-                          "with images/ and labels/, default ../shared/data/psfhs)")
+        raise OptionError(
+            f"--dataset-dir: no labels/*.png under {root} (expected a PSFHS-style folder "
+            "with images/ and labels/, default ../shared/data/psfhs)"
+        )
     if int(frames) < 1:
         raise OptionError(f"--frames: expected a positive number of frames, got {frames!r}")
     labels = labels[: int(frames)]
@@ -540,8 +620,11 @@ def bench_evaluate(dataset_dir: str | None = None, frames: int = 100, threads: i
     t = time.perf_counter()
     for r in picks:
         image_file = root / "images" / f"{r['name']}.png"
-        image = np.squeeze(np.asarray(_loader(str(image_file)), dtype=np.float32)) if image_file.is_file() else \
-            np.zeros(preds[r["name"]].shape, np.float32)
+        image = (
+            np.squeeze(np.asarray(_loader(str(image_file)), dtype=np.float32))
+            if image_file.is_file()
+            else np.zeros(preds[r["name"]].shape, np.float32)
+        )
         if image.ndim == 3:
             image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
         overlay_image(image.T, read_label_map(str(root / "labels" / f"{r['name']}.png")).T, preds[r["name"]].T)
@@ -560,10 +643,15 @@ def bench_evaluate(dataset_dir: str | None = None, frames: int = 100, threads: i
         "overlays": len(picks),
         "overlays_s": overlays_s,
         "mean_dice": float(np.mean([r["dice"] for r in rows])),
-        "config": {"dataset_dir": str(root), "threads": int(threads), "num_classes": int(num_classes),
-                   "metrics": "dice, hd95 (pooled), asd, hd95_monai", "prediction": "reference at 64 px, shifted, "
-                   "resized back with nearest", "torch": torch.__version__,
-                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+        "config": {
+            "dataset_dir": str(root),
+            "threads": int(threads),
+            "num_classes": int(num_classes),
+            "metrics": "dice, hd95 (pooled), asd, hd95_monai",
+            "prediction": "reference at 64 px, shifted, resized back with nearest",
+            "torch": torch.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        },
     }
     if stage["score_reference"]:
         result["reference_score_frames_per_s"] = n / sum(stage["score_reference"])
@@ -574,76 +662,151 @@ def bench_evaluate(dataset_dir: str | None = None, frames: int = 100, threads: i
 # ------------------------------------------------------------------------------------ CLI
 def _print_train(r: dict) -> None:
     c = r["config"]
-    print(f"train: {c['method']} method, {c['image_size']} px, batch {c['batch_size']} ({c['labeled_bs']} labelled), "
-          f"{c['threads']} threads, amp {c['amp']}, channels_last {c['channels_last']}, compile {c['compile']}, "
-          f"{c['device']}, data {c['data']}, num_workers {c['num_workers']}")
+    print(
+        f"train: {c['method']} method, {c['image_size']} px, batch {c['batch_size']} ({c['labeled_bs']} labelled), "
+        f"{c['threads']} threads, amp {c['amp']}, channels_last {c['channels_last']}, compile {c['compile']}, "
+        f"{c['device']}, data {c['data']}, num_workers {c['num_workers']}"
+    )
     print(f"  iteration (median of {len(r['iteration_s_all'])}): {r['iteration_s']:.3f} s")
     if "floor_s" in r:
         comps = ", ".join(f"{k} {v:.3f}" for k, v in r["floor_components_s"].items())
         print(f"  compute floor: {r['floor_s']:.3f} s ({comps})")
         print(f"  iteration / floor: {r['floor_ratio']:.3f}")
     print(f"  data-loader wait: {100 * r['data_wait_fraction']:.1f}% of the iteration time")
-    print(f"  peak RSS: {r['peak_rss_mb']:.0f} MB" + (f", peak CUDA: {r['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in r else ""))
+    print(
+        f"  peak RSS: {r['peak_rss_mb']:.0f} MB"
+        + (f", peak CUDA: {r['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in r else "")
+    )
 
 
 def _print_infer(r: dict) -> None:
     c = r["config"]
-    print(f"infer: UNeXt ({c['num_classes']} classes), {c['threads']} threads, batch 1 latency and batch {c['batch']} throughput")
+    print(
+        f"infer: UNeXt ({c['num_classes']} classes), {c['threads']} threads, "
+        f"batch 1 latency and batch {c['batch']} throughput"
+    )
     for size, res in r["sizes"].items():
         print(f"  {size} px")
         for v, m in res.items():
             extra = f" [{m['how']}]" if "how" in m else ""
-            print(f"    {v:14s} {m['latency_ms']:8.1f} ms/img (x{m.get('latency_ratio_vs_eager', 1):.2f})  "
-                  f"{m['images_per_s']:7.2f} img/s (x{m.get('throughput_ratio_vs_eager', 1):.2f}){extra}")
+            print(
+                f"    {v:14s} {m['latency_ms']:8.1f} ms/img (x{m.get('latency_ratio_vs_eager', 1):.2f})  "
+                f"{m['images_per_s']:7.2f} img/s (x{m.get('throughput_ratio_vs_eager', 1):.2f}){extra}"
+            )
     print(f"  peak RSS: {r['peak_rss_mb']:.0f} MB")
 
 
 def _print_evaluate(r: dict) -> None:
     c = r["config"]
-    print(f"evaluate: {r['frames']} frames {r['frame_shapes']} of {c['dataset_dir']}, {c['num_classes']} classes "
-          f"({c['metrics']}), {c['threads']} thread(s)")
-    print(f"  scoring: {r['score_frames_per_s']:.1f} frames/s" + (
-        f"  (previous implementation: {r['reference_score_frames_per_s']:.1f} frames/s, "
-        f"x{r['speedup_vs_reference']:.1f})" if "reference_score_frames_per_s" in r else ""))
-    print(f"  whole path (read reference, resize back, score, report, {r['overlays']} overlays): "
-          f"{r['path_frames_per_s']:.1f} frames/s")
-    print("  ms/frame: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ms_per_frame"].items())
-          + f"; report {r['report_s']:.2f} s, overlays {r['overlays_s']:.2f} s")
+    print(
+        f"evaluate: {r['frames']} frames {r['frame_shapes']} of {c['dataset_dir']}, {c['num_classes']} classes "
+        f"({c['metrics']}), {c['threads']} thread(s)"
+    )
+    print(
+        f"  scoring: {r['score_frames_per_s']:.1f} frames/s"
+        + (
+            f"  (previous implementation: {r['reference_score_frames_per_s']:.1f} frames/s, "
+            f"x{r['speedup_vs_reference']:.1f})"
+            if "reference_score_frames_per_s" in r
+            else ""
+        )
+    )
+    print(
+        f"  whole path (read reference, resize back, score, report, {r['overlays']} overlays): "
+        f"{r['path_frames_per_s']:.1f} frames/s"
+    )
+    print(
+        "  ms/frame: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in r["ms_per_frame"].items())
+        + f"; report {r['report_s']:.2f} s, overlays {r['overlays_s']:.2f} s"
+    )
     print(f"  mean Dice of the synthetic predictions: {r['mean_dice']:.4f}")
 
 
 class Bench:
-    """Benchmarks of the trainer (``train``), the deployed UNeXt (``infer``), the evaluation (``evaluate``) and the GPU check (``gpu``)."""
+    """Benchmarks of the trainer (``train``), the deployed UNeXt (``infer``), the evaluation (``evaluate``)
+    and the GPU check (``gpu``)."""
 
-    def train(self, image_size: int = 224, batch_size: int = 5, labeled_bs: int = 1, iterations: int = 10,
-              warmup: int = 3, threads: int = 2, amp: str = "none", channels_last: bool = False, compile: bool = False,
-              device: str = "cpu", data: str = "random", dataset_dir: str | None = None, method: str = "paper",
-              num_workers: int = 0, floor: bool = True, overrides: dict | None = None, mmap_threshold_kib: int | None = None,
-              json: bool = False):
+    def train(
+        self,
+        image_size: int = 224,
+        batch_size: int = 5,
+        labeled_bs: int = 1,
+        iterations: int = 10,
+        warmup: int = 3,
+        threads: int = 2,
+        amp: str = "none",
+        channels_last: bool = False,
+        compile: bool = False,
+        device: str = "cpu",
+        data: str = "random",
+        dataset_dir: str | None = None,
+        method: str = "paper",
+        num_workers: int = 0,
+        floor: bool = True,
+        overrides: dict | None = None,
+        mmap_threshold_kib: int | None = None,
+        json: bool = False,
+    ):
         """Median s/iteration of the trainer, the compute floor, their ratio, loader wait, peak memory.
 
         ``--method paper`` (default: common + train + paper.yaml) or a methods/ file name
         (``ours``); ``--overrides "{'transformer_def#window_size': 4}"`` any config value;
         ``--mmap-threshold-kib 128``: freed large buffers go back to the system (see
         :func:`set_mmap_threshold`), recorded in the result's ``config``."""
-        channels_last, compile, floor, json = (parse_bool(v, n) for v, n in (
-            (channels_last, "channels-last"), (compile, "compile"), (floor, "floor"), (json, "json")))
+        channels_last, compile, floor, json = (
+            parse_bool(v, n)
+            for v, n in ((channels_last, "channels-last"), (compile, "compile"), (floor, "floor"), (json, "json"))
+        )
         if mmap_threshold_kib:
             set_mmap_threshold(int(mmap_threshold_kib))
-        r = bench_train(image_size, batch_size, labeled_bs, iterations, warmup, threads, amp, channels_last, compile,
-                        device, data, dataset_dir, method, num_workers, floor, overrides, quiet=False)
+        r = bench_train(
+            image_size,
+            batch_size,
+            labeled_bs,
+            iterations,
+            warmup,
+            threads,
+            amp,
+            channels_last,
+            compile,
+            device,
+            data,
+            dataset_dir,
+            method,
+            num_workers,
+            floor,
+            overrides,
+            quiet=False,
+        )
         _emit(r, json, _print_train)
 
-    def infer(self, sizes: Any = (256, 448), threads: int = 2, batch: int = 8, reps: int = 10, warmup: int = 2,
-              num_classes: int = 2, variants: Any = ("eager", "channels_last", "torchscript", "onnxruntime"),
-              json: bool = False):
+    def infer(
+        self,
+        sizes: Any = (256, 448),
+        threads: int = 2,
+        batch: int = 8,
+        reps: int = 10,
+        warmup: int = 2,
+        num_classes: int = 2,
+        variants: Any = ("eager", "channels_last", "torchscript", "onnxruntime"),
+        json: bool = False,
+    ):
         """Latency and throughput of the deployed UNeXt: eager, channels-last, TorchScript, ONNX Runtime."""
         json = parse_bool(json, "json")
         r = bench_infer(sizes, threads, batch, reps, warmup, num_classes, variants, quiet=False)
         _emit(r, json, _print_infer)
 
-    def evaluate(self, dataset_dir: str | None = None, frames: int = 100, threads: int = 1, num_classes: int = 3,
-                 n_overlays: int = 3, reference: bool = False, json: bool = False):
+    def evaluate(
+        self,
+        dataset_dir: str | None = None,
+        frames: int = 100,
+        threads: int = 1,
+        num_classes: int = 3,
+        n_overlays: int = 3,
+        reference: bool = False,
+        json: bool = False,
+    ):
         """Frames/s of the evaluation path (metrics, resize back, report, overlays) on real label maps.
 
         ``--dataset-dir``: a folder with ``labels/*.png`` (and ``images/``), default
@@ -653,8 +816,15 @@ class Bench:
         r = bench_evaluate(dataset_dir, frames, threads, num_classes, n_overlays, reference, quiet=False)
         _emit(r, json, _print_evaluate)
 
-    def gpu(self, out: str | None = None, tiny: bool = False, dataset_dir: str | None = None,
-            iterations: int | None = None, threads: int | None = None, stages: Any = None):
+    def gpu(
+        self,
+        out: str | None = None,
+        tiny: bool = False,
+        dataset_dir: str | None = None,
+        iterations: int | None = None,
+        threads: int | None = None,
+        stages: Any = None,
+    ):
         """The GPU check (``custom.gpu_check``): train benchmark at 448 px (fp32, bf16, compile),
         inference benchmark, short real PSFHS trainings of paper.yaml and the default with their
         test Dice; one JSON file ``--out`` written atomically after every stage. ``--tiny true``:
@@ -674,13 +844,16 @@ class Bench:
         unknown = [x for x in chosen if x not in STAGES]
         if unknown:
             raise OptionError(f"--stages: unknown {unknown}; known: {list(STAGES)}")
-        r = run_gpu_check(out, tiny=tiny, dataset_dir=dataset_dir, iterations=iterations, threads=threads,
-                          stages=chosen)
+        r = run_gpu_check(
+            out, tiny=tiny, dataset_dir=dataset_dir, iterations=iterations, threads=threads, stages=chosen
+        )
         for name, record in r["stages"].items():
             line = f"{record['seconds']:7.1f} s" + ("" if record["ok"] else f"  FAILED: {record['error'][:200]}")
             print(f"  {name:14s} {line}", file=sys.stderr)
-        print(f"gpu check on {r['device']}: {len(r['stages']) - len(r['failed'])}/{len(r['stages'])} stages ok, "
-              f"written to {out}")
+        print(
+            f"gpu check on {r['device']}: {len(r['stages']) - len(r['failed'])}/{len(r['stages'])} stages ok, "
+            f"written to {out}"
+        )
 
 
 _JSON_STDOUT = None  # the real stdout while main() routes every other print to stderr
@@ -696,7 +869,8 @@ def _emit(result: dict, as_json: bool, printer: Callable[[dict], None]) -> None:
 
 
 def _wants_json(args: Sequence[str]) -> bool:
-    """Whether the command line asks for ``--json`` (``--json``, ``--json true``, ``--json=yes``; not ``--json false``)."""
+    """Whether the command line asks for ``--json`` (``--json``, ``--json true``, ``--json=yes``; not
+    ``--json false``)."""
     args = list(args)
     for i, arg in enumerate(args):
         if arg.startswith("--json="):
@@ -723,7 +897,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _main(argv: Sequence[str] | None = None) -> None:
     import fire
 
-    if as_json := _wants_json(argv if argv is not None else sys.argv[1:]):
+    if _wants_json(argv if argv is not None else sys.argv[1:]):
         # keep stdout for the one JSON object: anything else that prints goes to stderr
         global _JSON_STDOUT
         _JSON_STDOUT, sys.stdout = sys.stdout, sys.stderr

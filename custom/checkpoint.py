@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,8 +19,18 @@ from ignite.engine import Engine, Events
 from .atomic import atomic_torch_save, remove_leftovers  # noqa: F401 - re-exported: the one atomic writer lives in custom.atomic
 from .cli import parse_bool
 
-__all__ = ["safe_torch_load", "TrainingStateSaver", "atomic_torch_save", "load_training_state", "resume_training", "random_states",
-           "set_random_states", "load_network_weights", "WeightsLoader", "BestModelSaver"]
+__all__ = [
+    "safe_torch_load",
+    "TrainingStateSaver",
+    "atomic_torch_save",
+    "load_training_state",
+    "resume_training",
+    "random_states",
+    "set_random_states",
+    "load_network_weights",
+    "WeightsLoader",
+    "BestModelSaver",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +39,10 @@ def _state_of(obj: Any) -> dict[str, Any]:
     """``state_dict()``, except for an evaluator, whose best metric is what a resume needs
     (so that a worse model never replaces ``model.pt`` after a restart)."""
     if isinstance(obj, Engine):
-        return {"best_metric": float(getattr(obj.state, "best_metric", -1)),
-                "best_metric_epoch": int(getattr(obj.state, "best_metric_epoch", -1))}
+        return {
+            "best_metric": float(getattr(obj.state, "best_metric", -1)),
+            "best_metric_epoch": int(getattr(obj.state, "best_metric_epoch", -1)),
+        }
     return obj.state_dict()
 
 
@@ -67,8 +78,13 @@ def _randomizables(obj: Any, found: list | None = None, seen: set | None = None)
 
 def _np_state_to_torch(state: tuple) -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = state
-    return {"name": name, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos), "has_gauss": int(has_gauss),
-            "cached": float(cached)}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype("int64")),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
 def _np_state_from_torch(d: Mapping[str, Any]) -> tuple:
@@ -84,8 +100,12 @@ def random_states(datasets: Sequence[Any] = ()) -> dict[str, Any]:
 
     import numpy as np
 
-    out = {"torch": torch.get_rng_state(), "numpy": _np_state_to_torch(np.random.get_state()), "python": random.getstate(),
-           "transforms": [[_np_state_to_torch(t.R.get_state()) for t in _randomizables(ds)] for ds in datasets]}
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": _np_state_to_torch(np.random.get_state()),
+        "python": random.getstate(),
+        "transforms": [[_np_state_to_torch(t.R.get_state()) for t in _randomizables(ds)] for ds in datasets],
+    }
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
@@ -104,7 +124,9 @@ def set_random_states(state: Mapping[str, Any], datasets: Sequence[Any] = ()) ->
     for ds, states in zip(datasets, state.get("transforms", [])):
         transforms = _randomizables(ds)
         if len(transforms) != len(states):
-            raise ValueError(f"training state has {len(states)} random transforms for a dataset that has {len(transforms)}")
+            raise ValueError(
+                f"training state has {len(states)} random transforms for a dataset that has {len(transforms)}"
+            )
         for t, st in zip(transforms, states):
             t.R.set_state(_np_state_from_torch(st))
 
@@ -115,11 +137,21 @@ class TrainingStateSaver:
     the random transforms of ``datasets``) to ``save_dir/filename`` every ``save_interval``
     epochs and at the end, atomically. :func:`resume_training` reads it back."""
 
-    def __init__(self, save_dir: str, save_dict: Mapping[str, Any], save_interval: int = 1,
-                 filename: str = "train_state.pt", datasets: Sequence[Any] = (), resume: bool = False) -> None:
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: Mapping[str, Any],
+        save_interval: int = 1,
+        filename: str = "train_state.pt",
+        datasets: Sequence[Any] = (),
+        resume: bool = False,
+    ) -> None:
         self.save_dir, self.save_dict = save_dir, dict(save_dict)
         self.save_interval, self.filename = int(save_interval), filename
-        self.datasets, self.resume = list(datasets), parse_bool(resume, "resume")  # `--resume false` arrives as a string
+        self.datasets, self.resume = (
+            list(datasets),
+            parse_bool(resume, "resume"),
+        )  # `--resume false` arrives as a string
         self.engine: Engine | None = None
 
     @property
@@ -187,8 +219,10 @@ def _load_failure(error: Exception) -> str:
     if "weights_only" in text or "Weights only load failed" in text:
         detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
         detail = " ".join(detail.split("Check the documentation", 1)[0].split())
-        return ("not a PyTorch checkpoint of plain tensors (corrupt, truncated, or holding pickled objects that are "
-                f"refused because loading them could run code){f': {detail}' if detail else ''}")
+        return (
+            "not a PyTorch checkpoint of plain tensors (corrupt, truncated, or holding pickled objects that are "
+            f"refused because loading them could run code){f': {detail}' if detail else ''}"
+        )
     text = " ".join(text.split())
     return f"not a readable PyTorch checkpoint ({type(error).__name__}{f': {text[:200]}' if text else ''})"
 
@@ -216,16 +250,23 @@ def load_network_weights(network: torch.nn.Module, path: str, key: str | None = 
         state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict")
-    bad = [name for name, value in state.items() if isinstance(value, torch.Tensor) and value.is_floating_point()
-           and not bool(torch.isfinite(value).all())]
+    bad = [
+        name
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
     if bad:
-        raise ValueError(f"{path}: {len(bad)} weight tensor(s) hold NaN/Inf values (e.g. '{bad[0]}'); the checkpoint is "
-                         "corrupt or from a diverged training: use another one")
+        raise ValueError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN/Inf values (e.g. '{bad[0]}'); the checkpoint is "
+            "corrupt or from a diverged training: use another one"
+        )
     target = network.module if hasattr(network, "module") and isinstance(network.module, torch.nn.Module) else network
     try:
         target.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"{path} does not fit {type(target).__name__} (wrong num_classes, in_channels or network?): {e}") from e
+        raise ValueError(
+            f"{path} does not fit {type(target).__name__} (wrong num_classes, in_channels or network?): {e}"
+        ) from e
     return network
 
 
@@ -240,6 +281,7 @@ class WeightsLoader:
 
 
 # --------------------------------------------------------------------- the best model (model.pt)
+
 
 def _readable_by_all(path: str) -> None:
     """``mkstemp`` creates 0600 files; ``model.pt`` is shared with servers run by other users
@@ -310,13 +352,28 @@ class BestModelSaver(_monai_checkpoint_saver()):
     ``write()`` runs before each write of ``model.pt`` (what inference needs to rebuild the networks).
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, key_metric_filename: str = "model.pt",
-                 key_metric_name: str | None = None, key_metric_negative_sign: bool = False,
-                 key_metric_greater_or_equal: bool = False, model_config: Any = None, name: str | None = None) -> None:
-        super().__init__(save_dir=save_dir, save_dict=save_dict, name=name, save_key_metric=True,
-                         key_metric_name=key_metric_name, key_metric_n_saved=1, key_metric_filename=key_metric_filename,
-                         key_metric_greater_or_equal=key_metric_greater_or_equal,
-                         key_metric_negative_sign=key_metric_negative_sign)
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        key_metric_filename: str = "model.pt",
+        key_metric_name: str | None = None,
+        key_metric_negative_sign: bool = False,
+        key_metric_greater_or_equal: bool = False,
+        model_config: Any = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            save_dir=save_dir,
+            save_dict=save_dict,
+            name=name,
+            save_key_metric=True,
+            key_metric_name=key_metric_name,
+            key_metric_n_saved=1,
+            key_metric_filename=key_metric_filename,
+            key_metric_greater_or_equal=key_metric_greater_or_equal,
+            key_metric_negative_sign=key_metric_negative_sign,
+        )
         self.filename, self.sign = key_metric_filename, -1.0 if key_metric_negative_sign else 1.0
         self.model_config = model_config
         if model_config is not None:  # before training: never replace weights of another configuration silently
@@ -341,9 +398,17 @@ class BestModelSaver(_monai_checkpoint_saver()):
         if checkpoint._saved or best_epoch is None or best_epoch < 0:
             return
         if not os.path.isfile(self.path):
-            logger.warning("the training state records a best %.4f at epoch %d but %s is absent: the next validation "
-                           "writes it", engine.state.best_metric, best_epoch, self.path)
+            logger.warning(
+                "the training state records a best %.4f at epoch %d but %s is absent: the next validation writes it",
+                engine.state.best_metric,
+                best_epoch,
+                self.path,
+            )
             return
         checkpoint._saved = [Checkpoint.Item(self.sign * float(engine.state.best_metric), self.filename)]
-        logger.info("%s holds the best %.4f of epoch %d: only a better validation replaces it", self.path,
-                    engine.state.best_metric, best_epoch)
+        logger.info(
+            "%s holds the best %.4f of epoch %d: only a better validation replaces it",
+            self.path,
+            engine.state.best_metric,
+            best_epoch,
+        )

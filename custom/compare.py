@@ -67,8 +67,20 @@ CONFIGS = REPO / "bundle" / "configs"
 METHOD_DIR = CONFIGS / "methods"
 BASE_CONFIGS = (CONFIGS / "common.yaml", CONFIGS / "train.yaml")
 META_FILE = CONFIGS / "metadata.json"
-METHODS: tuple[str, ...] = ("ours", "labeled_only", "fully_supervised", "mean_teacher", "uamt", "ict", "dan", "dct", "cps",
-                            "cross_teaching", "unimatch", "bcp")
+METHODS: tuple[str, ...] = (
+    "ours",
+    "labeled_only",
+    "fully_supervised",
+    "mean_teacher",
+    "uamt",
+    "ict",
+    "dan",
+    "dct",
+    "cps",
+    "cross_teaching",
+    "unimatch",
+    "bcp",
+)
 METRICS: tuple[str, ...] = ("dice", "hd95", "asd")
 DONE, TRAINED = "done.json", "trained.json"
 
@@ -126,8 +138,10 @@ def load_test_entries(dataset_dir: str | Path, split: str = "test") -> list[dict
     datalist = load_datalist(_datalist_path(dataset_dir))
     entries = datalist.get(split) or []
     if not entries:
-        raise ValueError(f"{_datalist_path(dataset_dir)} has no '{split}' entries to evaluate on "
-                         f"(it has {[k for k, v in datalist.items() if isinstance(v, list)]}); use --split")
+        raise ValueError(
+            f"{_datalist_path(dataset_dir)} has no '{split}' entries to evaluate on "
+            f"(it has {[k for k, v in datalist.items() if isinstance(v, list)]}); use --split"
+        )
     missing = [e["image"] for e in entries if not e.get("label")]
     if missing:
         raise ValueError(f"{len(missing)} '{split}' entries have no label, e.g. {missing[0]}")
@@ -202,18 +216,28 @@ def method_file(method: str) -> tuple[str, Path]:
         return path.stem, path
     path = METHOD_DIR / f"{method}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown method {method!r}; known: {sorted(p.stem for p in METHOD_DIR.glob('*.yaml'))}, "
-                         "or give the path of a YAML override")
+        raise ValueError(
+            f"unknown method {method!r}; known: {sorted(p.stem for p in METHOD_DIR.glob('*.yaml'))}, "
+            "or give the path of a YAML override"
+        )
     return method, path
 
 
-def build_runs(dataset_dir: str | Path, methods: Sequence[str], seeds: Sequence[int], overrides: Sequence[str] = (),
-               out: str | Path = "runs/comparison", max_iterations: int | None = None) -> list[RunSpec]:
+def build_runs(
+    dataset_dir: str | Path,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Sequence[str] = (),
+    out: str | Path = "runs/comparison",
+    max_iterations: int | None = None,
+) -> list[RunSpec]:
     """One :class:`RunSpec` per method x seed (methods outer), with config hashes."""
     dataset_dir = Path(dataset_dir).resolve()
     datalist_file = _datalist_path(dataset_dir)
     if not datalist_file.is_file():
-        raise FileNotFoundError(f"no datalist.json in {dataset_dir}: prepare the data with `python -m custom.data prepare`")
+        raise FileNotFoundError(
+            f"no datalist.json in {dataset_dir}: prepare the data with `python -m custom.data prepare`"
+        )
     datalist_text = datalist_file.read_text(encoding="utf-8")
     datalist = json.loads(datalist_text)
     resolved = [method_file(m) for m in methods]
@@ -229,20 +253,33 @@ def build_runs(dataset_dir: str | Path, methods: Sequence[str], seeds: Sequence[
         files = [str(p) for p in BASE_CONFIGS] + [str(path)] + extra
         for seed in seeds:
             run_dir = Path(out).resolve() / "runs" / method / f"seed{seed}"
-            values: dict[str, Any] = {"bundle_root": str(REPO / "bundle"), "dataset_dir": str(dataset_dir), "seed": int(seed),
-                                      "ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "eval")}
+            values: dict[str, Any] = {
+                "bundle_root": str(REPO / "bundle"),
+                "dataset_dir": str(dataset_dir),
+                "seed": int(seed),
+                "ckpt_dir": str(run_dir / "models"),
+                "output_dir": str(run_dir / "eval"),
+            }
             if "num_classes" in datalist:
                 values["num_classes"] = int(datalist["num_classes"])
             if max_iterations is not None:  # a short run: epochs and validation interval fit inside it
                 merged = _merged_config(files)
                 values["max_iterations"] = int(max_iterations)
                 values["train#epoch_length"] = _capped(merged.get("train#epoch_length"), str(int(max_iterations)))
-                values["val_interval"] = _capped(merged.get("val_interval", 1), "custom.trainer.iterations_to_epochs("
-                                                 f"{int(max_iterations)}, @train#epoch_length)")
+                values["val_interval"] = _capped(
+                    merged.get("val_interval", 1),
+                    f"custom.trainer.iterations_to_epochs({int(max_iterations)}, @train#epoch_length)",
+                )
             hashed = {k: v for k, v in values.items() if k not in ("ckpt_dir", "output_dir", "bundle_root")}
-            hash_inputs = {"method": method, "values": hashed, "datalist": _sha(datalist_text),
-                           "configs": {Path(f).name if Path(f).parent in (CONFIGS, METHOD_DIR) else f: _sha(Path(f).read_text())
-                                       for f in files}}
+            hash_inputs = {
+                "method": method,
+                "values": hashed,
+                "datalist": _sha(datalist_text),
+                "configs": {
+                    Path(f).name if Path(f).parent in (CONFIGS, METHOD_DIR) else f: _sha(Path(f).read_text())
+                    for f in files
+                },
+            }
             runs.append(RunSpec(method, int(seed), files, values, run_dir, hash_inputs))
     return runs
 
@@ -297,8 +334,9 @@ def head_class_of(datalist: Mapping[str, Any], entries: Sequence[Mapping[str, An
     return heads[0] if len(heads) == 1 else None
 
 
-def evaluate_run(spec: RunSpec, entries: Sequence[Mapping[str, Any]], device: str = "cpu",
-                 head_class: int | None = None) -> list[dict[str, Any]]:
+def evaluate_run(
+    spec: RunSpec, entries: Sequence[Mapping[str, Any]], device: str = "cpu", head_class: int | None = None
+) -> list[dict[str, Any]]:
     """Build the run's UNeXt from its merged config, load ``model.pt`` and evaluate it on ``entries``
     at the original size with :func:`custom.evaluation.evaluate_network` and the run's own
     deterministic transforms (the head circumference error for ``head_class``)."""
@@ -331,7 +369,9 @@ def describe_scale(spec: RunSpec, datalist: Mapping[str, Any]) -> dict[str, Any]
         except (KeyError, ValueError):
             return default
 
-    channels = (parser.get("network_def") or {}).get("channels") or inspect.signature(UNeXt).parameters["channels"].default
+    channels = (parser.get("network_def") or {}).get("channels") or inspect.signature(UNeXt).parameters[
+        "channels"
+    ].default
     return {
         "image_size": list(value("image_size")),
         "max_iterations": int(value("max_iterations")),
@@ -350,11 +390,14 @@ def describe_scale(spec: RunSpec, datalist: Mapping[str, Any]) -> dict[str, Any]
 def scale_line(scale: Mapping[str, Any]) -> str:
     c = scale["counts"]
     size = "x".join(str(s) for s in scale["image_size"])
-    return (f"{size} px input, {scale['max_iterations']} iterations, batch {scale['batch_size']} "
-            f"({scale['labeled_bs']} labelled), lr {scale['learning_rate']}, UNeXt channels {tuple(scale['unext_channels'])}, "
-            f"Swin-Unet embed {scale['swin_embed_dim']} depths {scale['swin_depths']} heads {scale['swin_num_heads']} "
-            f"window {scale['swin_window_size']}; {c['training']} labelled / {c['unlabeled']} unlabelled / "
-            f"{c['validation']} validation / {c['test']} test images")
+    return (
+        f"{size} px input, {scale['max_iterations']} iterations, batch {scale['batch_size']} "
+        f"({scale['labeled_bs']} labelled), lr {scale['learning_rate']}, "
+        f"UNeXt channels {tuple(scale['unext_channels'])}, "
+        f"Swin-Unet embed {scale['swin_embed_dim']} depths {scale['swin_depths']} heads {scale['swin_num_heads']} "
+        f"window {scale['swin_window_size']}; {c['training']} labelled / {c['unlabeled']} unlabelled / "
+        f"{c['validation']} validation / {c['test']} test images"
+    )
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -362,17 +405,27 @@ def scale_line(scale: Mapping[str, Any]) -> str:
 
 def _run_row(done: Mapping[str, Any]) -> dict[str, Any]:
     overall, classes = done["summary"]["overall"], done["summary"]["classes"]
-    row = {"method": done["method"], "seed": done["seed"], "n_images": done["summary"]["n_images"],
-           "unit": done["summary"]["unit"]}
+    row = {
+        "method": done["method"],
+        "seed": done["seed"],
+        "n_images": done["summary"]["n_images"],
+        "unit": done["summary"]["unit"],
+    }
     for m in METRICS + ("hd95_monai",):
         row[m] = overall[f"{m}_mean"]
     for name, entry in classes.items():
         row[f"dice_{name}"] = entry["dice_mean"]
     if "hc_abs_diff_mean" in done["summary"]:
         row["hc_abs_diff"] = done["summary"]["hc_abs_diff_mean"]
-    row.update({"n_empty_pred": overall["n_empty_pred"], "max_iterations": done["scale"]["max_iterations"],
-                "train_seconds": done.get("train_seconds"), "eval_seconds": done.get("eval_seconds"),
-                "config_hash": done["config_hash"]})
+    row.update(
+        {
+            "n_empty_pred": overall["n_empty_pred"],
+            "max_iterations": done["scale"]["max_iterations"],
+            "train_seconds": done.get("train_seconds"),
+            "eval_seconds": done.get("eval_seconds"),
+            "config_hash": done["config_hash"],
+        }
+    )
     return row
 
 
@@ -408,15 +461,18 @@ def aggregate(runs: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict
         hc = [r["summary"].get("hc_abs_diff_mean") for r in done]
         if all(v is not None for v in hc):
             entry["hc_abs_diff"] = float(np.mean(hc))
-            entry["hc_abs_diff_std"] = float(np.std(hc, ddof=1)) if len(hc) > 1 else float(done[0]["summary"]["hc_abs_diff_std"])
+            entry["hc_abs_diff_std"] = (
+                float(np.std(hc, ddof=1)) if len(hc) > 1 else float(done[0]["summary"]["hc_abs_diff_std"])
+            )
             entry["hc_unit"] = done[0]["summary"].get("hc_unit", "mm")
         entry["spread"] = "std over seeds (ddof=1)" if len(done) > 1 else "std over test images (one seed)"
         out[method] = entry
     return out
 
 
-def gap_shares(table: Mapping[str, Mapping[str, Any]], lower: str = "labeled_only",
-               upper: str = "fully_supervised") -> dict[str, dict[str, float | bool]]:
+def gap_shares(
+    table: Mapping[str, Mapping[str, Any]], lower: str = "labeled_only", upper: str = "fully_supervised"
+) -> dict[str, dict[str, float | bool]]:
     """Per method, against the labelled-only (A) and fully supervised (C) rows: ``gap_share``
     ``(B - A) / (C - A)`` of mean Dice (1: as good as full supervision, 0: no gain, < 0: worse
     than labelled only) and ``never_below``: ``mean - std >= A's mean`` (std over seeds). Empty
@@ -426,13 +482,23 @@ def gap_shares(table: Mapping[str, Mapping[str, Any]], lower: str = "labeled_onl
     a, c = table[lower]["dice"], table[upper]["dice"]
     if not c > a:
         return {}
-    return {method: {"gap_share": (e["dice"] - a) / (c - a), "never_below": e["dice"] - e["dice_std"] >= a}
-            for method, e in table.items() if method not in (lower, upper)}
+    return {
+        method: {"gap_share": (e["dice"] - a) / (c - a), "never_below": e["dice"] - e["dice_std"] >= a}
+        for method, e in table.items()
+        if method not in (lower, upper)
+    }
 
 
-def comparison_markdown(table: Mapping[str, Mapping[str, Any]], scale: Mapping[str, Any], command: str,
-                        dataset_dir: str, split: str, seeds: Sequence[int], class_names: Mapping[int, str],
-                        failed: Sequence[str] = ()) -> str:
+def comparison_markdown(
+    table: Mapping[str, Mapping[str, Any]],
+    scale: Mapping[str, Any],
+    command: str,
+    dataset_dir: str,
+    split: str,
+    seeds: Sequence[int],
+    class_names: Mapping[int, str],
+    failed: Sequence[str] = (),
+) -> str:
     """The Markdown report: the command, the scale, the table of mean ± std per method."""
     unit = next(iter(table.values()))["unit"] if table else "px"
     spreads = sorted({e["spread"] for e in table.values()})
@@ -448,12 +514,16 @@ def comparison_markdown(table: Mapping[str, Mapping[str, Any]], scale: Mapping[s
         "",
         f"Scale: {scale_line(scale)}; seeds {', '.join(str(s) for s in seeds)}.",
         "",
-        f"| Method | Dice | HD95 ({unit}) | ASD ({unit}) | " + " | ".join(f"Dice {n}" for n in class_names.values()) + " |"
+        f"| Method | Dice | HD95 ({unit}) | ASD ({unit}) | "
+        + " | ".join(f"Dice {n}" for n in class_names.values())
+        + " |"
         + (f" HC abs. diff ({hc_unit}) |" if with_hc else ""),
         "|---|---|---|---|" + "---|" * (len(class_names) + with_hc),
     ]
     for method, e in table.items():
-        cells = [f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if m == "dice" else f"{e[m]:.2f} ± {e[m + '_std']:.2f}" for m in METRICS]
+        cells = [
+            f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if m == "dice" else f"{e[m]:.2f} ± {e[m + '_std']:.2f}" for m in METRICS
+        ]
         cells += [f"{e[f'dice_{n}']:.3f} ± {e[f'dice_{n}_std']:.3f}" for n in class_names.values()]
         if with_hc:
             cells.append(f"{e['hc_abs_diff']:.2f} ± {e['hc_abs_diff_std']:.2f}" if "hc_abs_diff" in e else "n/a")
@@ -461,20 +531,34 @@ def comparison_markdown(table: Mapping[str, Mapping[str, Any]], scale: Mapping[s
     lines += [
         "",
         f"Mean over classes and test images per run; ± is the {' / '.join(spreads)}. Distances in {unit}"
-        + (" (pixel spacing from the datalist)" if unit == "mm" else " (no pixel spacing in the datalist)") + ". "
-        "HD95: 95th percentile of the pooled surface distances of both directions; ASD: mean of the two directed means. "
+        + (" (pixel spacing from the datalist)" if unit == "mm" else " (no pixel spacing in the datalist)")
+        + ". "
+        "HD95: 95th percentile of the pooled surface distances of both directions; "
+        "ASD: mean of the two directed means. "
         "Empty predictions score Dice 0 and the image diagonal as distance (metrics.md)."
-        + (" HC abs. diff: |head circumference of the ellipse fitted to the predicted head - reference HC| "
-           "(the HC18 challenge's score)." if with_hc else ""),
+        + (
+            " HC abs. diff: |head circumference of the ellipse fitted to the predicted head - reference HC| "
+            "(the HC18 challenge's score)."
+            if with_hc
+            else ""
+        ),
     ]
     shares = gap_shares(table)
     if shares:
         a, c = table["labeled_only"]["dice"], table["fully_supervised"]["dice"]
-        lines += ["", f"Against labelled-only (A, Dice {a:.3f}) and fully supervised (C, {c:.3f}): the share of the A-to-C "
-                  "gap each method closes, (B - A) / (C - A), and whether its mean minus one std stays at or above A.", "",
-                  "| Method | Dice | gap closed | mean - std >= A |", "|---|---|---|---|"]
-        lines += [f"| {m} | {table[m]['dice']:.3f} ± {table[m]['dice_std']:.3f} | {v['gap_share']:.0%} | "
-                  f"{'yes' if v['never_below'] else 'no'} |" for m, v in shares.items()]
+        lines += [
+            "",
+            f"Against labelled-only (A, Dice {a:.3f}) and fully supervised (C, {c:.3f}): the share of the A-to-C "
+            "gap each method closes, (B - A) / (C - A), and whether its mean minus one std stays at or above A.",
+            "",
+            "| Method | Dice | gap closed | mean - std >= A |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {m} | {table[m]['dice']:.3f} ± {table[m]['dice_std']:.3f} | {v['gap_share']:.0%} | "
+            f"{'yes' if v['never_below'] else 'no'} |"
+            for m, v in shares.items()
+        ]
     if failed:
         lines += ["", f"Failed runs (not in the table): {', '.join(failed)}."]
     return "\n".join(lines) + "\n"
@@ -497,7 +581,9 @@ def comparison_plot(table: Mapping[str, Mapping[str, Any]], path: Path, title: s
         ax.bar(range(len(methods)), means, yerr=stds, capsize=3, color=colors)
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=45, ha="right", fontsize=8)
-        ax.set_title("Dice (higher is better)" if metric == "dice" else f"{metric.upper()} (lower is better)", fontsize=10)
+        ax.set_title(
+            "Dice (higher is better)" if metric == "dice" else f"{metric.upper()} (lower is better)", fontsize=10
+        )
         if metric != "dice":
             ax.set_ylabel(unit)
     if title:
@@ -510,10 +596,26 @@ def comparison_plot(table: Mapping[str, Mapping[str, Any]], path: Path, title: s
 # ------------------------------------------------------------------------------ the driver
 
 
-def _command_line(dataset_dir: str, methods: Sequence[str], seeds: Sequence[int], overrides: Sequence[str], out: str,
-                  max_iterations: int | None, split: str) -> str:
-    parts = ["python", "-m", "custom.compare", "--dataset-dir", str(dataset_dir), "--methods", ",".join(methods),
-             "--seeds", ",".join(str(s) for s in seeds)]
+def _command_line(
+    dataset_dir: str,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Sequence[str],
+    out: str,
+    max_iterations: int | None,
+    split: str,
+) -> str:
+    parts = [
+        "python",
+        "-m",
+        "custom.compare",
+        "--dataset-dir",
+        str(dataset_dir),
+        "--methods",
+        ",".join(methods),
+        "--seeds",
+        ",".join(str(s) for s in seeds),
+    ]
     if overrides:
         parts += ["--override", ",".join(overrides)]
     parts += ["--out", str(out)]
@@ -524,10 +626,19 @@ def _command_line(dataset_dir: str, methods: Sequence[str], seeds: Sequence[int]
     return shlex.join(parts)
 
 
-def run_comparison(dataset_dir: str, methods: Any = METHODS, seeds: Any = (0,), override: Any = (),
-                   out: str = "runs/comparison", max_iterations: int | None = None, split: str = "test",
-                   launcher: str = "subprocess", threads: int | None = None, device: str | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+def run_comparison(
+    dataset_dir: str,
+    methods: Any = METHODS,
+    seeds: Any = (0,),
+    override: Any = (),
+    out: str = "runs/comparison",
+    max_iterations: int | None = None,
+    split: str = "test",
+    launcher: str = "subprocess",
+    threads: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train and evaluate every method x seed (skipping finished runs), then write the outputs.
 
     Returns ``{"table": per-method aggregates, "runs": [done records], "trained": [run names
@@ -583,27 +694,52 @@ def run_comparison(dataset_dir: str, methods: Any = METHODS, seeds: Any = (0,), 
 
     table = aggregate(done_records, names_l)
     scale = done_records[0]["scale"] if done_records else describe_scale(specs[0], datalist)
-    num_classes = len(done_records[0]["summary"]["classes"]) + 1 if done_records else int(datalist.get("num_classes", 2))
+    num_classes = (
+        len(done_records[0]["summary"]["classes"]) + 1 if done_records else int(datalist.get("num_classes", 2))
+    )
     class_names = class_names_of(datalist, num_classes)
     _write_csv(out_dir / "runs.csv", [_run_row(r) for r in done_records])
-    _write_csv(out_dir / "per_image.csv", [{"method": r["method"], "seed": r["seed"], **row} for r in done_records
-                                           for row in r["per_image"]])
-    _write_json_atomic(out_dir / "scale.json", {"scale": scale, "scale_line": scale_line(scale), "command": command,
-                                                "dataset_dir": str(Path(dataset_dir).resolve()), "split": split,
-                                                "seeds": seeds_l, "methods": methods_l})
+    _write_csv(
+        out_dir / "per_image.csv",
+        [{"method": r["method"], "seed": r["seed"], **row} for r in done_records for row in r["per_image"]],
+    )
+    _write_json_atomic(
+        out_dir / "scale.json",
+        {
+            "scale": scale,
+            "scale_line": scale_line(scale),
+            "command": command,
+            "dataset_dir": str(Path(dataset_dir).resolve()),
+            "split": split,
+            "seeds": seeds_l,
+            "methods": methods_l,
+        },
+    )
     (out_dir / "comparison.md").write_text(
-        comparison_markdown(table, scale, command, str(Path(dataset_dir).resolve()), split, seeds_l, class_names, failed),
-        encoding="utf-8")
+        comparison_markdown(
+            table, scale, command, str(Path(dataset_dir).resolve()), split, seeds_l, class_names, failed
+        ),
+        encoding="utf-8",
+    )
     if table:
         comparison_plot(table, out_dir / "comparison.png", title=scale_line(scale))
     if failed:
-        raise RuntimeError(f"{len(failed)} run(s) failed: {failed}; the outputs in {out_dir} hold the others. "
-                           "Run the same command again to retry them.")
+        raise RuntimeError(
+            f"{len(failed)} run(s) failed: {failed}; the outputs in {out_dir} hold the others. "
+            "Run the same command again to retry them."
+        )
     return {"table": table, "runs": done_records, "trained": trained, "failed": failed, "out": str(out_dir)}
 
 
-def _train_and_evaluate(spec: RunSpec, entries: Sequence[Mapping[str, Any]], datalist: Mapping[str, Any], launcher: str,
-                        threads: int | None, device: str, split: str) -> dict[str, Any]:
+def _train_and_evaluate(
+    spec: RunSpec,
+    entries: Sequence[Mapping[str, Any]],
+    datalist: Mapping[str, Any],
+    launcher: str,
+    threads: int | None,
+    device: str,
+    split: str,
+) -> dict[str, Any]:
     """Train (unless ``trained.json`` matches), evaluate, write ``done.json`` last; return its record."""
     from .metrics import summarize
 
@@ -623,13 +759,31 @@ def _train_and_evaluate(spec: RunSpec, entries: Sequence[Mapping[str, Any]], dat
     eval_seconds = time.perf_counter() - start
     num_classes = int(_merged_config(spec.config_files, spec.overrides).get_parsed_content("num_classes"))
     summary = summarize(rows, class_names_of(datalist, num_classes))
-    hc = [r["hc_abs_diff"] for r in rows if isinstance(r.get("hc_abs_diff"), (int, float)) and math.isfinite(r["hc_abs_diff"])]
+    hc = [
+        r["hc_abs_diff"]
+        for r in rows
+        if isinstance(r.get("hc_abs_diff"), (int, float)) and math.isfinite(r["hc_abs_diff"])
+    ]
     if hc:  # HC18: the challenge's score, |HC(prediction) - HC(reference)| from fitted ellipses
-        summary["hc_abs_diff_mean"], summary["hc_abs_diff_std"], summary["hc_n"] = float(np.mean(hc)), float(np.std(hc)), len(hc)
+        summary["hc_abs_diff_mean"], summary["hc_abs_diff_std"], summary["hc_n"] = (
+            float(np.mean(hc)),
+            float(np.std(hc)),
+            len(hc),
+        )
         summary["hc_unit"] = rows[0].get("hc_unit", "mm")
-    record = {"method": spec.method, "seed": spec.seed, "config_hash": spec.config_hash, "split": split,
-              "config_files": spec.config_files, "overrides": spec.overrides, "scale": describe_scale(spec, datalist),
-              "summary": summary, "per_image": rows, "train_seconds": train_seconds, "eval_seconds": eval_seconds}
+    record = {
+        "method": spec.method,
+        "seed": spec.seed,
+        "config_hash": spec.config_hash,
+        "split": split,
+        "config_files": spec.config_files,
+        "overrides": spec.overrides,
+        "scale": describe_scale(spec, datalist),
+        "summary": summary,
+        "per_image": rows,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+    }
     _write_json_atomic(spec.run_dir / DONE, record)
     return record
 
@@ -638,11 +792,22 @@ def main() -> None:
     """``python -m custom.compare``: :func:`run_comparison` as a command (fire)."""
     import fire
 
-    def compare(dataset_dir: str, methods: Any = ",".join(METHODS), seeds: Any = "0", override: Any = (),
-                out: str = "runs/comparison", max_iterations: int | None = None, split: str = "test",
-                launcher: str = "subprocess", threads: int | None = None, device: str | None = None) -> None:
+    def compare(
+        dataset_dir: str,
+        methods: Any = ",".join(METHODS),
+        seeds: Any = "0",
+        override: Any = (),
+        out: str = "runs/comparison",
+        max_iterations: int | None = None,
+        split: str = "test",
+        launcher: str = "subprocess",
+        threads: int | None = None,
+        device: str | None = None,
+    ) -> None:
         """Train every method x seed on DATASET_DIR and compare them on its test list (see custom.compare)."""
-        result = run_comparison(dataset_dir, methods, seeds, override, out, max_iterations, split, launcher, threads, device)
+        result = run_comparison(
+            dataset_dir, methods, seeds, override, out, max_iterations, split, launcher, threads, device
+        )
         print((Path(result["out"]) / "comparison.md").read_text(encoding="utf-8"))
 
     fire.Fire(compare)

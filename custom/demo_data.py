@@ -49,7 +49,7 @@ def synthetic_head_image(size: int, rng: np.random.Generator) -> tuple[np.ndarra
     tissue = 0.35 + 0.08 * ndimage.gaussian_filter(rng.standard_normal((size, size)), 3)
     img = tissue.copy()
     img[head] = 0.18 + 0.05 * rng.random()  # fluid-filled brain is darker
-    rim = np.exp(-((rho - 1.0) / 0.07) ** 2)  # bright skull
+    rim = np.exp(-(((rho - 1.0) / 0.07) ** 2))  # bright skull
     img += (0.55 + 0.2 * rng.random()) * rim
     midline = (np.abs(v) < 0.05) & (np.abs(u) < 0.8)
     img[midline] += 0.25
@@ -85,8 +85,9 @@ def _made_by_demo(out: Path) -> bool:
     return isinstance(doc, dict) and doc.get("description") == DEMO_DESCRIPTION and "spec_hash" in doc
 
 
-def ensure_demo_dataset(out_dir: str, n_labeled: int = 8, n_unlabeled: int = 64, n_validation: int = 16,
-                        size: int = 64, seed: int = 2025) -> str:
+def ensure_demo_dataset(
+    out_dir: str, n_labeled: int = 8, n_unlabeled: int = 64, n_validation: int = 16, size: int = 64, seed: int = 2025
+) -> str:
     """Write the demo set to ``out_dir`` unless an identical one is already there; returns
     the datalist path. Written to a temporary folder first and moved into place, so an
     interrupted generation never leaves a half-written set.
@@ -97,15 +98,21 @@ def ensure_demo_dataset(out_dir: str, n_labeled: int = 8, n_unlabeled: int = 64,
     """
     from .atomic import atomic_write_text
 
-    spec = dict(n_labeled=n_labeled, n_unlabeled=n_unlabeled, n_validation=n_validation, size=size, seed=seed, version=1)
+    spec = dict(
+        n_labeled=n_labeled, n_unlabeled=n_unlabeled, n_validation=n_validation, size=size, seed=seed, version=1
+    )
     out = Path(out_dir)
     datalist = out / "datalist.json"
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"dataset_dir {out}: exists and is not a folder; the demo writes its synthetic set into "
-                              "a new or empty folder")
+        raise FileExistsError(
+            f"dataset_dir {out}: exists and is not a folder; the demo writes its synthetic set into "
+            "a new or empty folder"
+        )
     if out.is_dir() and any(out.iterdir()) and not _made_by_demo(out):
-        raise FileExistsError(f"dataset_dir {out}: not empty and not a demo set (no {DEMO_MARKER}); the demo refuses to "
-                              "replace it: point dataset_dir at a new or empty folder")
+        raise FileExistsError(
+            f"dataset_dir {out}: not empty and not a demo set (no {DEMO_MARKER}); the demo refuses to "
+            "replace it: point dataset_dir at a new or empty folder"
+        )
     if datalist.is_file():
         try:
             if json.loads(datalist.read_text()).get("spec_hash") == _spec_hash(spec):
@@ -129,10 +136,18 @@ def ensure_demo_dataset(out_dir: str, n_labeled: int = 8, n_unlabeled: int = 64,
                 Image.fromarray(mask).save(tmp / "labels" / name)
                 entry = {"image": f"images/{name}", "label": f"labels/{name}", "group": f"{split}_{i:03d}"}
                 lists[split].append(entry)
-        doc = {"description": DEMO_DESCRIPTION, "labels": {"background": 0, "head": 1},
-               "num_classes": 2, "spec": spec, "spec_hash": _spec_hash(spec), **lists}
+        doc = {
+            "description": DEMO_DESCRIPTION,
+            "labels": {"background": 0, "head": 1},
+            "num_classes": 2,
+            "spec": spec,
+            "spec_hash": _spec_hash(spec),
+            **lists,
+        }
         atomic_write_text(tmp / "datalist.json", json.dumps(doc, indent=1))
-        atomic_write_text(tmp / DEMO_MARKER, "written by custom.demo_data.ensure_demo_dataset; the demo may replace this folder\n")
+        atomic_write_text(
+            tmp / DEMO_MARKER, "written by custom.demo_data.ensure_demo_dataset; the demo may replace this folder\n"
+        )
         if out.exists():  # an empty folder or an older demo set: moved aside, removed once the new one is in place
             previous = Path(tempfile.mkdtemp(prefix=".demo_old_", dir=out.parent))
             os.replace(out, previous / "set")

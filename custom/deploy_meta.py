@@ -21,8 +21,19 @@ from typing import Any
 
 from .cli import parse_bool
 
-__all__ = ["FILENAME", "ModelConfigError", "config_path", "read", "value", "datalist_labels", "differences", "check", "ModelConfig", "network_data_format",
-           "write_network_data_format"]
+__all__ = [
+    "FILENAME",
+    "ModelConfigError",
+    "config_path",
+    "read",
+    "value",
+    "datalist_labels",
+    "differences",
+    "check",
+    "ModelConfig",
+    "network_data_format",
+    "write_network_data_format",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +111,11 @@ def _flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
 def differences(recorded: Mapping, given: Mapping) -> list[str]:
     """``key: recorded X, given Y`` for each setting present in both that differs."""
     rec, giv = _flatten(_norm(recorded)), _flatten(_norm(given))
-    return [f"{k}={giv[k]!r} but the weights were trained with {k}={rec[k]!r}" for k in rec
-            if k in giv and giv[k] is not None and rec[k] != giv[k]]
+    return [
+        f"{k}={giv[k]!r} but the weights were trained with {k}={rec[k]!r}"
+        for k in rec
+        if k in giv and giv[k] is not None and rec[k] != giv[k]
+    ]
 
 
 def check(path: str | os.PathLike | None, record: Mapping) -> bool:
@@ -112,8 +126,9 @@ def check(path: str | os.PathLike | None, record: Mapping) -> bool:
         return True
     diff = differences(data, record)
     if diff:
-        raise ModelConfigError(f"{'; '.join(diff)} ({path}): drop the override, or point ckpt_dir at weights "
-                               "trained with it")
+        raise ModelConfigError(
+            f"{'; '.join(diff)} ({path}): drop the override, or point ckpt_dir at weights trained with it"
+        )
     return True
 
 
@@ -155,14 +170,20 @@ class ModelConfig:
             return
         recorded = read(self.path)
         if recorded is None:
-            logger.warning("%s has no %s beside it (trained before it was recorded): it will be replaced by this "
-                           "training's best model", self.weights, FILENAME)
+            logger.warning(
+                "%s has no %s beside it (trained before it was recorded): it will be replaced by this "
+                "training's best model",
+                self.weights,
+                FILENAME,
+            )
             return
         diff = differences(recorded, self.record)
         if diff:
-            raise ModelConfigError(f"{self.weights} holds weights of another configuration ({diff[0]}"
-                                   f"{'; ...' if len(diff) > 1 else ''}): pass --overwrite_model true to replace "
-                                   "them, or a new --ckpt_dir")
+            raise ModelConfigError(
+                f"{self.weights} holds weights of another configuration ({diff[0]}"
+                f"{'; ...' if len(diff) > 1 else ''}): pass --overwrite_model true to replace "
+                "them, or a new --ckpt_dir"
+            )
 
     def write(self) -> None:
         if read(self.path) != self.record:
@@ -181,8 +202,11 @@ def network_data_format(meta: Mapping, record: Mapping) -> dict:
     image["channel_def"] = {str(c): "image" for c in range(image["num_channels"])}
     names = {int(v): str(k) for k, v in (record.get("labels") or {}).items()}
     old = pred.get("channel_def", {})
-    pred.update(num_channels=n, spatial_shape=size,
-                channel_def={str(c): names.get(c, old.get(str(c), "background" if c == 0 else f"class_{c}")) for c in range(n)})
+    pred.update(
+        num_channels=n,
+        spatial_shape=size,
+        channel_def={str(c): names.get(c, old.get(str(c), "background" if c == 0 else f"class_{c}")) for c in range(n)},
+    )
     return out
 
 

@@ -77,8 +77,13 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def setup(backend: str | None = None, device: torch.device | str | None = None, seed: int | None = None,
-          timeout_minutes: float = 30.0, quiet_non_zero_ranks: bool = True) -> int:
+def setup(
+    backend: str | None = None,
+    device: torch.device | str | None = None,
+    seed: int | None = None,
+    timeout_minutes: float = 30.0,
+    quiet_non_zero_ranks: bool = True,
+) -> int:
     """Initialise the default process group from torchrun's environment (``RANK``,
     ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) unless it is already initialised; pin
     this process to ``device`` when it is a CUDA device; seed MONAI/torch/numpy/random with
@@ -99,8 +104,13 @@ def setup(backend: str | None = None, device: torch.device | str | None = None, 
         set_determinism(seed=int(seed) + rank)
     if quiet_non_zero_ranks and rank > 0:
         logging.getLogger().setLevel(logging.WARNING)
-    logger.info("process group %s: rank %d of %d (local rank %s)", dist.get_backend(), rank, dist.get_world_size(),
-                os.environ.get("LOCAL_RANK", "?"))
+    logger.info(
+        "process group %s: rank %d of %d (local rank %s)",
+        dist.get_backend(),
+        rank,
+        dist.get_world_size(),
+        os.environ.get("LOCAL_RANK", "?"),
+    )
     return rank
 
 
@@ -203,6 +213,7 @@ class LeaderBroadcast:
         chosen = broadcast_object(local, self.src)
         if chosen != local:
             self.mismatches += 1
-            logging.getLogger(__name__).warning("rank %d: leader %r replaced by rank %d's %r", get_rank(), local,
-                                                self.src, chosen)
+            logging.getLogger(__name__).warning(
+                "rank %d: leader %r replaced by rank %d's %r", get_rank(), local, self.src, chosen
+            )
         engine.leader = chosen

@@ -73,8 +73,15 @@ def read_label_map(path: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def case_record(pred_xy: np.ndarray, gt_xy: np.ndarray, num_classes: int, spacing_rc: tuple[float, float] | None,
-                name: str, head_class: int | None = None, reference_hc_mm: float | None = None) -> dict[str, Any]:
+def case_record(
+    pred_xy: np.ndarray,
+    gt_xy: np.ndarray,
+    num_classes: int,
+    spacing_rc: tuple[float, float] | None,
+    name: str,
+    head_class: int | None = None,
+    reference_hc_mm: float | None = None,
+) -> dict[str, Any]:
     """Metrics of one image. Arrays are in MONAI's (x, y) order; they are transposed to
     (row, column) so that ``spacing_rc`` (row, column spacing in mm) applies as written."""
     pred, gt = np.asarray(pred_xy).T, np.asarray(gt_xy).T
@@ -85,13 +92,22 @@ def case_record(pred_xy: np.ndarray, gt_xy: np.ndarray, num_classes: int, spacin
         px = spacing_rc[0] if spacing_rc else 1.0
         hc = head_circumference_mm(pred == head_class, px)
         ref = float(reference_hc_mm) if reference_hc_mm is not None else head_circumference_mm(gt == head_class, px)
-        row.update(hc=hc, hc_ref=ref, hc_abs_diff=abs(hc - ref) if not (math.isnan(hc) or math.isnan(ref)) else float("nan"),
-                   hc_unit="mm" if spacing_rc else "px", hc_ref_source="csv" if reference_hc_mm is not None else "reference mask")
+        row.update(
+            hc=hc,
+            hc_ref=ref,
+            hc_abs_diff=abs(hc - ref) if not (math.isnan(hc) or math.isnan(ref)) else float("nan"),
+            hc_unit="mm" if spacing_rc else "px",
+            hc_ref_source="csv" if reference_hc_mm is not None else "reference mask",
+        )
     return row
 
 
-def overlay_image(image_rc: np.ndarray, gt_rc: np.ndarray | None, pred_rc: np.ndarray,
-                  class_names: Mapping[int, str] | Sequence[str] | None = None) -> np.ndarray:
+def overlay_image(
+    image_rc: np.ndarray,
+    gt_rc: np.ndarray | None,
+    pred_rc: np.ndarray,
+    class_names: Mapping[int, str] | Sequence[str] | None = None,
+) -> np.ndarray:
     """RGB uint8 of the frame's size: one colour per class, prediction filled, reference
     outlined, and a legend naming the classes (:func:`custom.overlays.overlay_image`)."""
     from .overlays import overlay_image as draw
@@ -99,8 +115,12 @@ def overlay_image(image_rc: np.ndarray, gt_rc: np.ndarray | None, pred_rc: np.nd
     return draw(image_rc, gt_rc, pred_rc, class_names)
 
 
-def write_report(rows: Sequence[Mapping[str, Any]], output_dir: str, class_names: Mapping[int, str] | Sequence[str],
-                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def write_report(
+    rows: Sequence[Mapping[str, Any]],
+    output_dir: str,
+    class_names: Mapping[int, str] | Sequence[str],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """``per_image.csv``, ``summary.json`` and ``summary.md`` in ``output_dir``; returns the summary."""
     if not rows:
         raise ValueError("no image was evaluated: the evaluation list is empty")
@@ -111,7 +131,9 @@ def write_report(rows: Sequence[Mapping[str, Any]], output_dir: str, class_names
         diffs = np.array([r["hc_abs_diff"] for r in hc_rows], dtype=float)
         valid = diffs[~np.isnan(diffs)]
         summary["head_circumference"] = {
-            "unit": hc_rows[0]["hc_unit"], "n": int(len(hc_rows)), "n_no_ellipse": int(np.isnan(diffs).sum()),
+            "unit": hc_rows[0]["hc_unit"],
+            "n": int(len(hc_rows)),
+            "n_no_ellipse": int(np.isnan(diffs).sum()),
             "abs_diff_mean": float(valid.mean()) if len(valid) else float("nan"),
             "abs_diff_std": float(valid.std()) if len(valid) else float("nan"),
             "reference": hc_rows[0]["hc_ref_source"],
@@ -129,8 +151,11 @@ def write_report(rows: Sequence[Mapping[str, Any]], output_dir: str, class_names
     md = summary_markdown(summary)
     if hc_rows:
         h = summary["head_circumference"]
-        md += (f"\n\nHead circumference absolute difference ({h['unit']}, reference: {h['reference']}): "
-               f"{h['abs_diff_mean']:.2f} ± {h['abs_diff_std']:.2f} over {h['n']} images ({h['n_no_ellipse']} without a head ellipse)\n")
+        md += (
+            f"\n\nHead circumference absolute difference ({h['unit']}, reference: {h['reference']}): "
+            f"{h['abs_diff_mean']:.2f} ± {h['abs_diff_std']:.2f} over {h['n']} images "
+            f"({h['n_no_ellipse']} without a head ellipse)\n"
+        )
     atomic_write_text(os.path.join(output_dir, "summary.md"), md)
     return summary
 
@@ -152,9 +177,18 @@ class SegmentationReport:
             and new files).
     """
 
-    def __init__(self, output_dir: str, num_classes: int, class_names: Mapping[int, str] | Sequence[str] | None = None,
-                 head_class: int | None = None, n_overlays: int = 3, pred_key: str = "pred", image_key: str = "image",
-                 label_key: str = "label", overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        num_classes: int,
+        class_names: Mapping[int, str] | Sequence[str] | None = None,
+        head_class: int | None = None,
+        n_overlays: int = 3,
+        pred_key: str = "pred",
+        image_key: str = "image",
+        label_key: str = "label",
+        overwrite: bool = False,
+    ) -> None:
         from .cli import parse_bool
 
         self.output_dir, self.num_classes = output_dir, int(num_classes)
@@ -185,8 +219,15 @@ class SegmentationReport:
                 pred = pred.argmax(0)
             gt = read_label_map(label_file)
             hc_ref = _as_list(entry.get("hc_mm"))
-            row = case_record(pred, gt, self.num_classes, _spacing_of(entry), name, self.head_class,
-                              float(hc_ref[0]) if hc_ref else None)
+            row = case_record(
+                pred,
+                gt,
+                self.num_classes,
+                _spacing_of(entry),
+                name,
+                self.head_class,
+                float(hc_ref[0]) if hc_ref else None,
+            )
             self.rows.append(row)
             self.cases[name] = (image_file, label_file)
             self._last_pred = getattr(self, "_last_pred", {})
@@ -197,8 +238,10 @@ class SegmentationReport:
         if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
             raise FileExistsError(f"{self.output_dir}: the evaluation output folder is an existing file")
         if os.path.isdir(self.output_dir) and os.listdir(self.output_dir) and not self.overwrite:
-            raise FileExistsError(f"{self.output_dir}: the evaluation output folder exists and is not empty; "
-                                  "pass --overwrite true to replace it (or choose another --eval_output_dir)")
+            raise FileExistsError(
+                f"{self.output_dir}: the evaluation output folder exists and is not empty; "
+                "pass --overwrite true to replace it (or choose another --eval_output_dir)"
+            )
 
     def write(self, engine: Engine | None = None) -> None:
         from pathlib import Path
@@ -214,8 +257,12 @@ class SegmentationReport:
                 self._write_overlays()
             finally:
                 self.output_dir = final
-        logger.info("evaluation of %d images written to %s: mean Dice %.4f", len(self.rows), self.output_dir,
-                    self.summary["overall"]["dice_mean"])
+        logger.info(
+            "evaluation of %d images written to %s: mean Dice %.4f",
+            len(self.rows),
+            self.output_dir,
+            self.summary["overall"]["dice_mean"],
+        )
 
     def _write_overlays(self) -> None:
         from PIL import Image
@@ -225,21 +272,32 @@ class SegmentationReport:
         folder = os.path.join(self.output_dir, "overlays")
         os.makedirs(folder, exist_ok=True)
         ranked = sorted(self.rows, key=lambda r: r["dice"])
-        picks = [("worst", r) for r in ranked[: self.n_overlays]] + [("best", r) for r in ranked[::-1][: self.n_overlays]]
+        picks = [("worst", r) for r in ranked[: self.n_overlays]] + [
+            ("best", r) for r in ranked[::-1][: self.n_overlays]
+        ]
         for tag, row in picks:
             image_file, label_file = self.cases[row["name"]]
             image = np.squeeze(np.asarray(_loader(image_file), dtype=np.float32))
             if image.ndim == 3:
                 image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
             rgb = overlay_image(image.T, read_label_map(label_file).T, self._last_pred[row["name"]].T, self.class_names)
-            atomic_write(os.path.join(folder, f"{tag}_{row['name']}_dice{row['dice']:.3f}.png"),
-                         lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+            atomic_write(
+                os.path.join(folder, f"{tag}_{row['name']}_dice{row['dice']:.3f}.png"),
+                lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"),
+            )
 
 
 @torch.no_grad()
-def evaluate_network(network: torch.nn.Module, entries: Sequence[Mapping[str, Any]], preprocessing: Callable,
-                     num_classes: int, output_dir: str | None = None, class_names=None, head_class: int | None = None,
-                     device: str | torch.device = "cpu") -> tuple[list[dict], dict | None]:
+def evaluate_network(
+    network: torch.nn.Module,
+    entries: Sequence[Mapping[str, Any]],
+    preprocessing: Callable,
+    num_classes: int,
+    output_dir: str | None = None,
+    class_names=None,
+    head_class: int | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[list[dict], dict | None]:
     """Evaluate ``network`` on datalist ``entries`` at the original size without an engine: the
     path of ``custom.compare`` (``evaluate.yaml`` runs the same per-image scoring, :func:`case_record`,
     inside a MONAI evaluator).
@@ -256,8 +314,14 @@ def evaluate_network(network: torch.nn.Module, entries: Sequence[Mapping[str, An
         x = torch.as_tensor(preprocessing({"image": entry["image"]})["image"]).float()[None].to(device)
         label = read_label_map(entry["label"])
         pred = network(x).argmax(1, keepdim=True).float()
-        pred = torch.nn.functional.interpolate(pred, size=label.shape, mode="nearest")[0, 0].cpu().numpy().astype(np.int64)
+        pred = (
+            torch.nn.functional.interpolate(pred, size=label.shape, mode="nearest")[0, 0].cpu().numpy().astype(np.int64)
+        )
         name = entry.get("name") or os.path.splitext(os.path.basename(entry["image"]))[0]
         rows.append(case_record(pred, label, num_classes, _spacing_of(entry), name, head_class, entry.get("hc_mm")))
-    summary = write_report(rows, output_dir, class_names or [f"class_{c}" for c in range(1, num_classes)]) if output_dir else None
+    summary = (
+        write_report(rows, output_dir, class_names or [f"class_{c}" for c in range(1, num_classes)])
+        if output_dir
+        else None
+    )
     return rows, summary

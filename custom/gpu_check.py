@@ -42,22 +42,45 @@ __all__ = ["STAGES", "TINY_SWIN", "run_gpu_check"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PSFHS = REPO.parent / "shared" / "data" / "psfhs"
-TINY_SWIN = {"transformer_def#embed_dim": 12, "transformer_def#num_heads": [1, 1, 2, 2], "transformer_def#window_size": 4}
-STAGES = ("environment", "train_fp32", "train_bf16", "train_compile", "infer", "prepare_psfhs", "real_paper",
-          "real_default")
+TINY_SWIN = {
+    "transformer_def#embed_dim": 12,
+    "transformer_def#num_heads": [1, 1, 2, 2],
+    "transformer_def#window_size": 4,
+}
+STAGES = (
+    "environment",
+    "train_fp32",
+    "train_bf16",
+    "train_compile",
+    "infer",
+    "prepare_psfhs",
+    "real_paper",
+    "real_default",
+)
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
     import monai
 
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-                           "cuda_available": torch.cuda.is_available(), "cuda": torch.version.cuda,
-                           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-                           "device": str(device), "cpu_count": os.cpu_count(), "host": platform.node()}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "host": platform.node(),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(device_name=props.name, device_memory_gib=props.total_memory / 2**30,
-                   capability=f"{props.major}.{props.minor}", bf16_supported=torch.cuda.is_bf16_supported())
+        env.update(
+            device_name=props.name,
+            device_memory_gib=props.total_memory / 2**30,
+            capability=f"{props.major}.{props.minor}",
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
     else:
         env["device_name"] = platform.processor() or "cpu"
     return env
@@ -83,7 +106,10 @@ def _infer_on_device(device: torch.device, sizes: tuple[int, ...], batch: int, r
                         _sync(device)
                         if r >= warmup:
                             times[b].append(time.perf_counter() - t)
-            out[f"{size}_{dtype}"] = {"latency_ms": 1000 * _median(times[1]), "images_per_s": batch / _median(times[batch])}
+            out[f"{size}_{dtype}"] = {
+                "latency_ms": 1000 * _median(times[1]),
+                "images_per_s": batch / _median(times[batch]),
+            }
     return out
 
 
@@ -91,11 +117,36 @@ def _prepare(dataset_dir: Path, out: Path, tiny: bool) -> dict:
     """``python -m custom.data prepare psfhs`` into ``out`` (a subprocess: the command users run)."""
     if not (dataset_dir / "images").is_dir():
         raise FileNotFoundError(f"PSFHS frames not found at {dataset_dir} (expected images/ and labels/)")
-    split = (["--limit", "40", "--block-size", "8", "--labeled-every", "4", "--test-fraction", "0.2",
-              "--val-fraction", "0.2"] if tiny else ["--labeled-every", "20", "--test-ids", "4500-4799",
-                                                      "--val-fraction", "0.05"])
-    cmd = [sys.executable, "-m", "custom.data", "prepare", "psfhs", "--source", str(dataset_dir), "--out", str(out),
-           *split, "--seed", "0"]
+    split = (
+        [
+            "--limit",
+            "40",
+            "--block-size",
+            "8",
+            "--labeled-every",
+            "4",
+            "--test-fraction",
+            "0.2",
+            "--val-fraction",
+            "0.2",
+        ]
+        if tiny
+        else ["--labeled-every", "20", "--test-ids", "4500-4799", "--val-fraction", "0.05"]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "custom.data",
+        "prepare",
+        "psfhs",
+        "--source",
+        str(dataset_dir),
+        "--out",
+        str(out),
+        *split,
+        "--seed",
+        "0",
+    ]
     proc = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
@@ -105,16 +156,20 @@ def _prepare(dataset_dir: Path, out: Path, tiny: bool) -> dict:
     return {"command": " ".join(cmd), "splits": {k: len(v) for k, v in datalist.items() if isinstance(v, list)}}
 
 
-def _real_training(method: str, dataset_dir: Path, work: Path, iterations: int, tiny: bool, device: str,
-                   threads: int | None) -> dict:
+def _real_training(
+    method: str, dataset_dir: Path, work: Path, iterations: int, tiny: bool, device: str, threads: int | None
+) -> dict:
     """Train ``method`` for ``iterations`` with ``custom.compare``'s pieces, then the test Dice."""
     from .compare import build_runs, class_names_of, evaluate_run, head_class_of, load_test_entries, train_run
     from .data import load_datalist
     from .metrics import summarize
 
     override = work / f"override_{Path(method).stem}.yaml"
-    lines = ["image_size: [64, 64]", "batch_size: 4", "labeled_bs: 2",
-             *[f"{k}: {v}" for k, v in TINY_SWIN.items()]] if tiny else ["image_size: [448, 448]"]
+    lines = (
+        ["image_size: [64, 64]", "batch_size: 4", "labeled_bs: 2", *[f"{k}: {v}" for k, v in TINY_SWIN.items()]]
+        if tiny
+        else ["image_size: [448, 448]"]
+    )
     lines.append(f"device: \"$torch.device('{device}')\"")
     atomic_write_text(override, "\n".join(lines) + "\n")
     spec = build_runs(dataset_dir, [method], [0], [str(override)], work / "runs", max_iterations=iterations)[0]
@@ -127,16 +182,31 @@ def _real_training(method: str, dataset_dir: Path, work: Path, iterations: int, 
     rows = evaluate_run(spec, entries, device, head_class_of(datalist, entries))
     eval_s = time.perf_counter() - t
     summary = summarize(rows, class_names_of(datalist, int(datalist.get("num_classes", 3))))
-    return {"method": spec.method, "config_files": [Path(f).name for f in spec.config_files[:-1]],
-            "iterations": iterations, "train_s": train_s, "eval_s": eval_s, "test_images": len(rows),
-            "test_dice": summary["overall"]["dice_mean"], "test_hd95": summary["overall"]["hd95_mean"],
-            "test_asd": summary["overall"]["asd_mean"], "unit": summary["unit"],
-            "dice_per_class": {name: c["dice_mean"] for name, c in summary["classes"].items()}}
+    return {
+        "method": spec.method,
+        "config_files": [Path(f).name for f in spec.config_files[:-1]],
+        "iterations": iterations,
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "test_images": len(rows),
+        "test_dice": summary["overall"]["dice_mean"],
+        "test_hd95": summary["overall"]["hd95_mean"],
+        "test_asd": summary["overall"]["asd_mean"],
+        "unit": summary["unit"],
+        "dice_per_class": {name: c["dice_mean"] for name, c in summary["classes"].items()},
+    }
 
 
-def run_gpu_check(out: str | os.PathLike, tiny: bool = False, dataset_dir: str | os.PathLike | None = None,
-                  iterations: int | None = None, threads: int | None = None, quiet: bool = False,
-                  stages: tuple[str, ...] = STAGES, _stage_hook: Callable[[str], None] | None = None) -> dict:
+def run_gpu_check(
+    out: str | os.PathLike,
+    tiny: bool = False,
+    dataset_dir: str | os.PathLike | None = None,
+    iterations: int | None = None,
+    threads: int | None = None,
+    quiet: bool = False,
+    stages: tuple[str, ...] = STAGES,
+    _stage_hook: Callable[[str], None] | None = None,
+) -> dict:
     """Run the stages (module doc), writing ``out`` atomically after each; returns the result."""
     from .bench import _progress, bench_infer, bench_train
 
@@ -150,11 +220,23 @@ def run_gpu_check(out: str | os.PathLike, tiny: bool = False, dataset_dir: str |
     iterations = int(iterations or (3 if tiny else 300))
     data = Path(dataset_dir) if dataset_dir else DEFAULT_PSFHS
     size = 64 if tiny else 448
-    train_kw: dict[str, Any] = dict(image_size=size, iterations=2 if tiny else 20, warmup=1 if tiny else 5,
-                                    threads=threads, device=str(device), quiet=True,
-                                    overrides=dict(TINY_SWIN) if tiny else None)
-    result: dict[str, Any] = {"check": "gpu", "tiny": bool(tiny), "device": str(device), "started": time.time(),
-                              "stages": {}, "failed": []}
+    train_kw: dict[str, Any] = dict(
+        image_size=size,
+        iterations=2 if tiny else 20,
+        warmup=1 if tiny else 5,
+        threads=threads,
+        device=str(device),
+        quiet=True,
+        overrides=dict(TINY_SWIN) if tiny else None,
+    )
+    result: dict[str, Any] = {
+        "check": "gpu",
+        "tiny": bool(tiny),
+        "device": str(device),
+        "started": time.time(),
+        "stages": {},
+        "failed": [],
+    }
     work_root = tempfile.mkdtemp(prefix="gpu_check_")
     work = Path(work_root)
     prepared = work / "psfhs"
@@ -169,12 +251,22 @@ def run_gpu_check(out: str | os.PathLike, tiny: bool = False, dataset_dir: str |
         "train_fp32": lambda: bench_train(amp="none", **train_kw),
         "train_bf16": lambda: bench_train(amp="bf16", **train_kw),
         "train_compile": train_compile,
-        "infer": lambda: {"cpu": bench_infer(sizes=(64,) if tiny else (256, 448), threads=threads, batch=2 if tiny else 8,
-                                             reps=2 if tiny else 10, warmup=1 if tiny else 2, num_classes=3, quiet=True),
-                          **({"cuda": _infer_on_device(device, (256, 448), 8, 20, 5)} if cuda else {})},
+        "infer": lambda: {
+            "cpu": bench_infer(
+                sizes=(64,) if tiny else (256, 448),
+                threads=threads,
+                batch=2 if tiny else 8,
+                reps=2 if tiny else 10,
+                warmup=1 if tiny else 2,
+                num_classes=3,
+                quiet=True,
+            ),
+            **({"cuda": _infer_on_device(device, (256, 448), 8, 20, 5)} if cuda else {}),
+        },
         "prepare_psfhs": lambda: _prepare(data, prepared, tiny),
-        "real_paper": lambda: _real_training(str(REPO / "bundle" / "configs" / "paper.yaml"), prepared, work, iterations,
-                                             tiny, str(device), threads),
+        "real_paper": lambda: _real_training(
+            str(REPO / "bundle" / "configs" / "paper.yaml"), prepared, work, iterations, tiny, str(device), threads
+        ),
         "real_default": lambda: _real_training("ours", prepared, work, iterations, tiny, str(device), threads),
     }
     unknown = [s for s in stages if s not in plan]
@@ -191,8 +283,11 @@ def run_gpu_check(out: str | os.PathLike, tiny: bool = False, dataset_dir: str |
                 value = plan[name]()
                 record: dict[str, Any] = {"ok": True, "result": value}
             except Exception as error:  # noqa: BLE001 - one stage's failure is recorded, the others still run
-                record = {"ok": False, "error": f"{type(error).__name__}: {error}",
-                          "traceback": traceback.format_exc()[-3000:]}
+                record = {
+                    "ok": False,
+                    "error": f"{type(error).__name__}: {error}",
+                    "traceback": traceback.format_exc()[-3000:],
+                }
                 result["failed"].append(name)
             record["seconds"] = time.perf_counter() - t
             result["stages"][name] = record

@@ -19,8 +19,18 @@ from .cli import parse_bool
 from .losses import InformationDivergenceLoss
 from .overlays import at_frame_size
 
-__all__ = ["IMAGE_SUFFIXES", "list_inputs", "InputScreen", "screen_inputs", "BAD_INPUTS_NAME", "SaveMaskd",
-           "DisagreementWriter", "is_nifti", "MaskWriteError", "FiniteOutputCheck"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "list_inputs",
+    "InputScreen",
+    "screen_inputs",
+    "BAD_INPUTS_NAME",
+    "SaveMaskd",
+    "DisagreementWriter",
+    "is_nifti",
+    "MaskWriteError",
+    "FiniteOutputCheck",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +86,12 @@ def mask_output_path(output_dir: str, source: str, postfix: str = "mask") -> str
     return os.path.join(output_dir, f"{_stem(source)}_{postfix}{ext}")
 
 
-def screen_file(path: str, transform: Callable | None = None, intensity_range: Sequence[float] | None = None,
-                timeout_s: float | None = 60.0) -> str | None:
+def screen_file(
+    path: str,
+    transform: Callable | None = None,
+    intensity_range: Sequence[float] | None = None,
+    timeout_s: float | None = 60.0,
+) -> str | None:
     """Why ``path`` cannot be segmented (``None``: it can). Reads it with MONAI's ``LoadImage``
     (readable, 2-D or 2-D + 1/3/4 channels, finite values, within ``intensity_range``), then
     runs ``transform`` (the inference preprocessing) on it, all within ``timeout_s`` seconds."""
@@ -108,9 +122,16 @@ class InputScreen:
     report at the end of the run.
     """
 
-    def __init__(self, output_dir: str, transform: Callable | None = None, intensity_range: Sequence[float] | None = None,
-                 fail_on_bad_input: bool = False, overwrite: bool = False, timeout_s: float | None = 60.0,
-                 postfix: str = "mask") -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        transform: Callable | None = None,
+        intensity_range: Sequence[float] | None = None,
+        fail_on_bad_input: bool = False,
+        overwrite: bool = False,
+        timeout_s: float | None = 60.0,
+        postfix: str = "mask",
+    ) -> None:
         self.output_dir, self.transform, self.intensity_range = output_dir, transform, intensity_range
         self.fail_on_bad_input = parse_bool(fail_on_bad_input, "fail_on_bad_input")
         self.overwrite, self.timeout_s, self.postfix = parse_bool(overwrite, "overwrite"), timeout_s, postfix
@@ -124,7 +145,9 @@ class InputScreen:
         from .data.preflight import PreflightError
 
         if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
-            raise FileExistsError(f"{self.output_dir}: the inference output folder (infer_output_dir) is an existing file")
+            raise FileExistsError(
+                f"{self.output_dir}: the inference output folder (infer_output_dir) is an existing file"
+            )
         good, self.bad = [], []
         for entry in entries:
             reason = screen_file(entry["image"], self.transform, self.intensity_range, self.timeout_s)
@@ -134,18 +157,32 @@ class InputScreen:
                 self.bad.append({"file": entry["image"], "reason": reason})
                 logger.warning("bad input %s: %s", entry["image"], reason)
         if self.bad and self.fail_on_bad_input:
-            raise PreflightError([(b["file"], b["reason"]) for b in self.bad], context="the inference inputs (fail_on_bad_input)")
+            raise PreflightError(
+                [(b["file"], b["reason"]) for b in self.bad], context="the inference inputs (fail_on_bad_input)"
+            )
         if not good:
-            raise PreflightError([(b["file"], b["reason"]) for b in self.bad], context="the inference inputs: none is usable")
+            raise PreflightError(
+                [(b["file"], b["reason"]) for b in self.bad], context="the inference inputs: none is usable"
+            )
         if not self.overwrite:
-            existing = [p for p in [self.report_path] + [mask_output_path(self.output_dir, e["image"], self.postfix) for e in good]
-                        if os.path.exists(p)]
+            existing = [
+                p
+                for p in [self.report_path]
+                + [mask_output_path(self.output_dir, e["image"], self.postfix) for e in good]
+                if os.path.exists(p)
+            ]
             if existing:
-                raise FileExistsError(f"{existing[0]} exists; refusing to overwrite it (set overwrite to replace outputs"
-                                      f"{f'; {len(existing)} outputs exist' if len(existing) > 1 else ''})")
+                raise FileExistsError(
+                    f"{existing[0]} exists; refusing to overwrite it (set overwrite to replace outputs"
+                    f"{f'; {len(existing)} outputs exist' if len(existing) > 1 else ''})"
+                )
         if self.bad:
-            logger.warning("%d of %d inputs are bad and are skipped (listed in %s at the end)", len(self.bad), len(entries),
-                           self.report_path)
+            logger.warning(
+                "%d of %d inputs are bad and are skipped (listed in %s at the end)",
+                len(self.bad),
+                len(entries),
+                self.report_path,
+            )
         return good
 
     def add_bad(self, file: str, reason: str) -> None:
@@ -181,7 +218,9 @@ def _spatial_shape_of(mask: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
-        shape = np.asarray(torch.as_tensor(value) if not isinstance(value, np.ndarray) else value).astype(np.int64).ravel()
+        shape = (
+            np.asarray(torch.as_tensor(value) if not isinstance(value, np.ndarray) else value).astype(np.int64).ravel()
+        )
     except (TypeError, ValueError):
         return None
     return tuple(int(v) for v in shape) if shape.size else None
@@ -214,11 +253,24 @@ class SaveMaskd(MapTransform):
     overwritten unless ``overwrite`` is set (a clear ``FileExistsError`` names it).
     """
 
-    def __init__(self, keys, output_dir: str, source_key: str = "image", overwrite: bool = False,
-                 postfix: str = "mask", overlay: bool = False, allow_missing_keys: bool = False,
-                 screen: InputScreen | None = None) -> None:
+    def __init__(
+        self,
+        keys,
+        output_dir: str,
+        source_key: str = "image",
+        overwrite: bool = False,
+        postfix: str = "mask",
+        overlay: bool = False,
+        allow_missing_keys: bool = False,
+        screen: InputScreen | None = None,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.output_dir, self.source_key, self.overwrite, self.postfix = output_dir, source_key, parse_bool(overwrite, "overwrite"), postfix
+        self.output_dir, self.source_key, self.overwrite, self.postfix = (
+            output_dir,
+            source_key,
+            parse_bool(overwrite, "overwrite"),
+            postfix,
+        )
         self.overlay = parse_bool(overlay, "save_overlays")
         self.screen = screen
 
@@ -236,10 +288,14 @@ class SaveMaskd(MapTransform):
             try:
                 self._write_mask(mask, source, target)
                 if self.overlay and source:
-                    self._save_overlay(source, np.squeeze(np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)))
+                    self._save_overlay(
+                        source, np.squeeze(np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask))
+                    )
             except (MaskWriteError, OSError) as e:
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                reason = f"cannot write its mask {os.path.basename(target)}: {reason}" if isinstance(e, OSError) else reason
+                reason = (
+                    f"cannot write its mask {os.path.basename(target)}: {reason}" if isinstance(e, OSError) else reason
+                )
                 if self.screen is None:
                     raise MaskWriteError(f"{source or target}: {reason}") from e
                 self.screen.add_bad(source or target, reason)
@@ -254,14 +310,17 @@ class SaveMaskd(MapTransform):
 
         from .atomic import atomic_path
 
-        array = (mask.detach().cpu() if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))).to(torch.uint8)
+        array = (mask.detach().cpu() if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))).to(
+            torch.uint8
+        )
         array = array.as_tensor() if hasattr(array, "as_tensor") else array
         if array.ndim == 2:
             array = array[None]
         expected = _spatial_shape_of(mask) or tuple(array.shape[1:])
         if _squeezed(array.shape[1:]) != _squeezed(expected) or array.shape[0] != 1:
-            raise MaskWriteError(f"the mask came out {_size(array.shape[1:])} for an input of {_size(expected)}; "
-                                 "not written")
+            raise MaskWriteError(
+                f"the mask came out {_size(array.shape[1:])} for an input of {_size(expected)}; not written"
+            )
         array = array.reshape(1, *expected)  # the input's own axes (a 64x64x1 NIfTI gets a 64x64x1 mask)
         meta = dict(mask.meta) if hasattr(mask, "meta") else {}
         nifti = is_nifti(source)
@@ -274,7 +333,9 @@ class SaveMaskd(MapTransform):
             writer.write(tmp, verbose=False)
             written = LoadImage(image_only=True)(tmp)  # a fresh reader per file
             if _squeezed(written.shape) != _squeezed(expected) or (nifti and tuple(written.shape) != tuple(expected)):
-                raise MaskWriteError(f"the written mask is {_size(written.shape)} for an input of {_size(expected)}; not written")
+                raise MaskWriteError(
+                    f"the written mask is {_size(written.shape)} for an input of {_size(expected)}; not written"
+                )
 
     def _save_overlay(self, source: str, mask_xy: np.ndarray) -> None:
         from monai.transforms import LoadImage
@@ -287,7 +348,10 @@ class SaveMaskd(MapTransform):
         if image.ndim == 3:
             image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
         rgb = overlay_image(image.T, np.zeros_like(mask_xy.T), mask_xy.T.astype(np.int64))
-        atomic_write(os.path.join(self.output_dir, f"{_stem(source)}_overlay.png"), lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+        atomic_write(
+            os.path.join(self.output_dir, f"{_stem(source)}_overlay.png"),
+            lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"),
+        )
 
 
 class FiniteOutputCheck:
@@ -305,10 +369,14 @@ class FiniteOutputCheck:
         if bool(torch.isfinite(torch.as_tensor(pred)).all()):
             return
         image = engine.state.batch.get(self.image_key) if isinstance(engine.state.batch, Mapping) else None
-        names = getattr(image, "meta", {}).get("filename_or_obj", ["this input"]) if image is not None else ["this input"]
+        names = (
+            getattr(image, "meta", {}).get("filename_or_obj", ["this input"]) if image is not None else ["this input"]
+        )
         name = names[0] if isinstance(names, (list, tuple)) and names else names
-        raise ValueError(f"{self.ckpt_path}: the network output for {name} holds NaN/Inf values; the checkpoint is "
-                         "corrupt or does not fit these inputs (no mask written)")
+        raise ValueError(
+            f"{self.ckpt_path}: the network output for {name} holds NaN/Inf values; the checkpoint is "
+            "corrupt or does not fit these inputs (no mask written)"
+        )
 
 
 class DisagreementWriter:
@@ -318,12 +386,19 @@ class DisagreementWriter:
     ``p2 = softmax(Transformer(x))`` and the information divergence
     ``KL(p1 || p2) + MIG(p1, p2)`` per pixel (the method's ``L_ID`` before averaging).
     It writes ``<stem>_disagreement.npy`` (float32 map at the frame's size, resized bilinearly
-    from the network's input size, as the masks are) and a PNG heat map, and at the end ``disagreement.json`` with each image's mean divergence,
-    highest first, so users can spot the images the model is unsure about.
+    from the network's input size, as the masks are) and a PNG heat map, and at the end
+    ``disagreement.json`` with each image's mean divergence, highest first, so users can spot
+    the images the model is unsure about.
     """
 
-    def __init__(self, transformer: torch.nn.Module, output_dir: str, kl_weight: float = 1.0, mig_weight: float = 1.0,
-                 image_key: str = "image") -> None:
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        output_dir: str,
+        kl_weight: float = 1.0,
+        mig_weight: float = 1.0,
+        image_key: str = "image",
+    ) -> None:
         self.transformer, self.output_dir, self.image_key = transformer, output_dir, image_key
         self.divergence = InformationDivergenceLoss(kl_weight=kl_weight, mig_weight=mig_weight, reduction="none")
         self.scores: dict[str, float] = {}
@@ -346,19 +421,27 @@ class DisagreementWriter:
         p2 = torch.softmax(self.transformer(x).float(), 1)
         # per-pixel maps at each frame's own size (like the masks), not the network's input size
         maps = at_frame_size(self.divergence(p1, p2), batch[self.image_key])
-        names = batch[self.image_key].meta.get("filename_or_obj", [f"image_{len(self.scores) + i}" for i in range(len(maps))])
+        names = batch[self.image_key].meta.get(
+            "filename_or_obj", [f"image_{len(self.scores) + i}" for i in range(len(maps))]
+        )
         os.makedirs(self.output_dir, exist_ok=True)
         for name, m in zip(names, maps):
             stem = _stem(str(name))
             self.scores[str(name)] = float(m.mean())
-            atomic_write(os.path.join(self.output_dir, f"{stem}_disagreement.npy"),
-                         lambda tmp, m=m: np.save(tmp, m.T.astype(np.float32)))
+            atomic_write(
+                os.path.join(self.output_dir, f"{stem}_disagreement.npy"),
+                lambda tmp, m=m: np.save(tmp, m.T.astype(np.float32)),
+            )
             heat = np.clip(m.T / (np.log(2) * 2), 0, 1)  # KL + MIG of a confident 50/50 split is about 2 ln 2
-            atomic_write(os.path.join(self.output_dir, f"{stem}_disagreement.png"),
-                         lambda tmp, heat=heat: Image.fromarray((heat * 255).astype(np.uint8)).save(tmp, format="PNG"))
+            atomic_write(
+                os.path.join(self.output_dir, f"{stem}_disagreement.png"),
+                lambda tmp, heat=heat: Image.fromarray((heat * 255).astype(np.uint8)).save(tmp, format="PNG"),
+            )
 
     def write(self, engine: Engine | None = None) -> None:
         ranked = sorted(self.scores.items(), key=lambda kv: kv[1], reverse=True)
-        doc = {"score": "mean over pixels of KL(p_cnn || p_transformer) + MIG(p_cnn, p_transformer)",
-               "images": [{"image": k, "disagreement": v} for k, v in ranked]}
+        doc = {
+            "score": "mean over pixels of KL(p_cnn || p_transformer) + MIG(p_cnn, p_transformer)",
+            "images": [{"image": k, "disagreement": v} for k, v in ranked],
+        }
         atomic_write_json(os.path.join(self.output_dir, "disagreement.json"), doc, indent=2)

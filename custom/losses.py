@@ -44,8 +44,15 @@ class SupervisedLoss(DiceCELoss):
 
     def __init__(self, ce_weight: float = 0.5, dice_weight: float = 0.5, smooth: float = SMOOTH) -> None:
         super().__init__(
-            include_background=True, to_onehot_y=True, softmax=True, squared_pred=True, batch=True,
-            smooth_nr=smooth, smooth_dr=smooth, lambda_dice=dice_weight, lambda_ce=ce_weight,
+            include_background=True,
+            to_onehot_y=True,
+            softmax=True,
+            squared_pred=True,
+            batch=True,
+            smooth_nr=smooth,
+            smooth_dr=smooth,
+            lambda_dice=dice_weight,
+            lambda_ce=ce_weight,
         )
 
 
@@ -54,8 +61,15 @@ class SoftDiceLoss(DiceLoss):
     squared denominator, background included, smooth 1e-5, mean over classes."""
 
     def __init__(self, smooth: float = SMOOTH) -> None:
-        super().__init__(include_background=True, to_onehot_y=True, softmax=False, squared_pred=True, batch=True,
-                         smooth_nr=smooth, smooth_dr=smooth)
+        super().__init__(
+            include_background=True,
+            to_onehot_y=True,
+            softmax=False,
+            squared_pred=True,
+            batch=True,
+            smooth_nr=smooth,
+            smooth_dr=smooth,
+        )
 
 
 def hard_labels(p: torch.Tensor) -> torch.Tensor:
@@ -92,8 +106,14 @@ class CrossPseudoSupervisionLoss(nn.Module):
         self.confidence = float(confidence)
         self.dice = SoftDiceLoss(smooth)
         # one-hot targets are masked (an integer label map zeroed by the mask would read as background)
-        self.masked_dice = MaskedDiceLoss(include_background=True, to_onehot_y=False, squared_pred=True, batch=True,
-                                          smooth_nr=smooth, smooth_dr=smooth)
+        self.masked_dice = MaskedDiceLoss(
+            include_background=True,
+            to_onehot_y=False,
+            squared_pred=True,
+            batch=True,
+            smooth_nr=smooth,
+            smooth_dr=smooth,
+        )
 
     def pseudo(self, p_student: torch.Tensor, p_teacher: torch.Tensor) -> torch.Tensor:
         """``Dice(p_student, argmax p_teacher)``, on the teacher's confident pixels when gated."""
@@ -144,11 +164,18 @@ class InformationDivergenceLoss(nn.Module):
     divergence score), ``"none"`` (the per-pixel map ``B x H x W``).
     """
 
-    def __init__(self, kl_weight: float = 1.0, mig_weight: float = 1.0, eps: float = EPS, reduction: str = "mean") -> None:
+    def __init__(
+        self, kl_weight: float = 1.0, mig_weight: float = 1.0, eps: float = EPS, reduction: str = "mean"
+    ) -> None:
         super().__init__()
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        self.kl_weight, self.mig_weight, self.eps, self.reduction = float(kl_weight), float(mig_weight), float(eps), reduction
+        self.kl_weight, self.mig_weight, self.eps, self.reduction = (
+            float(kl_weight),
+            float(mig_weight),
+            float(eps),
+            reduction,
+        )
 
     def terms(self, p1: torch.Tensor, p2: torch.Tensor) -> dict[str, torch.Tensor]:
         """The two per-pixel maps ``{"kl": B x H x W, "mig": B x H x W}``, unweighted."""

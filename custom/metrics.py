@@ -194,9 +194,7 @@ def directed_surface_distances(
     return np.asarray(distance_to_y[surface_from.astype(bool)], dtype=np.float64)
 
 
-def surface_distances(
-    pred: np.ndarray, gt: np.ndarray, spacing: SpacingArg = None
-) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: SpacingArg = None) -> tuple[np.ndarray, np.ndarray]:
     """``(d(P->G), d(G->P))`` of two non-empty binary masks, each in row-major order of its
     surface pixels. Computed on the bounding box of ``P u G`` (equal to the full image's
     values, see the module docstring)."""
@@ -291,8 +289,16 @@ def evaluate_case(pred: Array, gt: Array, num_classes: int, spacing: SpacingArg 
     row: dict[str, Any] = {}
     for c in range(1, num_classes):
         m = binary_metrics(p == c, g == c, spacing)
-        row.update({f"dice_{c}": m.dice, f"hd95_{c}": m.hd95, f"asd_{c}": m.asd, f"hd95_monai_{c}": m.hd95_monai,
-                    f"empty_pred_{c}": m.empty_pred, f"empty_gt_{c}": m.empty_gt})
+        row.update(
+            {
+                f"dice_{c}": m.dice,
+                f"hd95_{c}": m.hd95,
+                f"asd_{c}": m.asd,
+                f"hd95_monai_{c}": m.hd95_monai,
+                f"empty_pred_{c}": m.empty_pred,
+                f"empty_gt_{c}": m.empty_gt,
+            }
+        )
     classes = range(1, num_classes)
     for name in METRIC_NAMES:
         row[name] = float(np.mean([row[f"{name}_{c}"] for c in classes]))
@@ -385,8 +391,7 @@ def summarize(
 def summary_markdown(summary: Mapping[str, Any], digits: int = 3) -> str:
     """A Markdown table ``mean ± std`` per class and over classes, with unit, counts and policy."""
     unit = summary["unit"]
-    header = (f"| Class | Dice | HD95 ({unit}) | ASD ({unit}) | HD95 MONAI ({unit}) "
-              "| Empty pred. | Empty GT |")
+    header = f"| Class | Dice | HD95 ({unit}) | ASD ({unit}) | HD95 MONAI ({unit}) | Empty pred. | Empty GT |"
     lines = [header, "|---|---|---|---|---|---|---|"]
 
     def fmt(entry: Mapping[str, Any], metric: str) -> str:

@@ -9,8 +9,9 @@ import torch
 __all__ = ["sample_mix_lambda", "mix_pairs", "interpolation_mixup"]
 
 
-def sample_mix_lambda(n: int, alpha: float = 0.5, generator: torch.Generator | None = None,
-                      device: torch.device | str | None = None) -> torch.Tensor:
+def sample_mix_lambda(
+    n: int, alpha: float = 0.5, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
     """``n`` mixing weights ``lambda ~ Beta(alpha, alpha)``, shaped ``n x 1 x 1 x 1``.
 
     Drawn as ``G1 / (G1 + G2)`` with ``G ~ Gamma(alpha)`` so that an explicit ``generator``
@@ -29,8 +30,12 @@ def mix_pairs(a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor) -> torch.Tens
     return (1 - lam) * a + lam * b
 
 
-def interpolation_mixup(x_u: torch.Tensor, teacher_probs: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
-                        alpha: float = 0.5, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def interpolation_mixup(
+    x_u: torch.Tensor,
+    teacher_probs: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    alpha: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split the unlabelled batch into halves ``ua``, ``ub`` and mix them.
 
     Args:
@@ -51,6 +56,6 @@ def interpolation_mixup(x_u: torch.Tensor, teacher_probs: torch.Tensor | Callabl
         probs = teacher_probs(x_u) if callable(teacher_probs) else teacher_probs
         probs = probs.detach()
     lam = sample_mix_lambda(half, alpha, generator).to(device=x_u.device, dtype=x_u.dtype)
-    x_mix = mix_pairs(x_u[:half], x_u[half:2 * half], lam)
-    target = mix_pairs(probs[:half], probs[half:2 * half], lam)
+    x_mix = mix_pairs(x_u[:half], x_u[half : 2 * half], lam)
+    target = mix_pairs(probs[:half], probs[half : 2 * half], lam)
     return x_mix, target, lam

@@ -28,8 +28,13 @@ def _names(class_names: Mapping[int, str] | Sequence[str] | None, labels: Sequen
     return {c: given.get(c, f"class {c}") for c in labels}
 
 
-def overlay_image(image_rc: np.ndarray, gt_rc: np.ndarray | None, pred_rc: np.ndarray,
-                  class_names: Mapping[int, str] | Sequence[str] | None = None, legend: bool = True) -> np.ndarray:
+def overlay_image(
+    image_rc: np.ndarray,
+    gt_rc: np.ndarray | None,
+    pred_rc: np.ndarray,
+    class_names: Mapping[int, str] | Sequence[str] | None = None,
+    legend: bool = True,
+) -> np.ndarray:
     """RGB uint8 of the frame's size: the image in grey, each class's prediction filled
     translucent in the class's colour, its reference outlined in the same colour, and (with
     ``legend``) a key in the top-left corner naming each class's colour and what fill and
@@ -100,7 +105,7 @@ def at_frame_size(maps: Any, image: Any) -> list[np.ndarray]:
     out = []
     for m, shape in zip(maps, _frame_shapes(image, len(maps))):
         if shape is not None:
-            shape = tuple(shape[: m.ndim]) if len(shape) >= m.ndim and all(d == 1 for d in shape[m.ndim:]) else None
+            shape = tuple(shape[: m.ndim]) if len(shape) >= m.ndim and all(d == 1 for d in shape[m.ndim :]) else None
         if shape is not None and shape != tuple(m.shape):
             m = F.interpolate(m[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0]
         out.append(m.numpy())

@@ -82,7 +82,7 @@ def _rewrite_common(path: Path) -> None:
     if "$import custom.package" not in text:
         # `custom` loads its submodules lazily from a fixed list; importing this one explicitly
         # makes `custom.package` resolve whatever that list holds
-        text = text[: match.end()] + f"\n{match.group('indent')}- $import custom.package" + text[match.end():]
+        text = text[: match.end()] + f"\n{match.group('indent')}- $import custom.package" + text[match.end() :]
     if f'bundle_root: "{PACKAGED_BUNDLE_ROOT}"' in text:  # already a packaged copy
         atomic_write_text(path, text)
         return
@@ -162,7 +162,7 @@ The image size, classes and network widths the weights were trained with come fr
 value is refused. Training, evaluation
 and the data-preparation CLI (`PYTHONPATH=$B python -m custom.data prepare ...`) work the same
 way. Configs execute Python expressions: run bundles from trusted sources only.
-"""
+"""  # noqa: E501
 
 
 def package(
@@ -194,8 +194,14 @@ def package(
         the bundle folder written.
     """
     zip_, allow_missing, overwrite_, with_exports_ = (
-        parse_bool(v, n) for v, n in ((zip, "zip"), (allow_missing_weights, "allow-missing-weights"), (overwrite, "overwrite"),
-                                      (with_exports, "with-exports")))
+        parse_bool(v, n)
+        for v, n in (
+            (zip, "zip"),
+            (allow_missing_weights, "allow-missing-weights"),
+            (overwrite, "overwrite"),
+            (with_exports, "with-exports"),
+        )
+    )
     if not name or os.sep in name or name in {".", ".."} or (os.altsep and os.altsep in name):
         raise PackagingError(f"--name must be a plain folder name, got {name!r}")
     source = Path(bundle_dir).resolve() if bundle_dir else Path(bundle_root())
@@ -271,12 +277,16 @@ def package(
 
     if zip_:
         # make_archive adds ".zip" to the temporary file's name without it: it writes that very file
-        atomic_write(zip_path, lambda tmp: shutil.make_archive(tmp[: -len(".zip")], "zip", root_dir=out_dir, base_dir=name))
+        atomic_write(
+            zip_path, lambda tmp: shutil.make_archive(tmp[: -len(".zip")], "zip", root_dir=out_dir, base_dir=name)
+        )
     return target
 
 
 def _check_no_absolute_paths(configs: Path, roots: list[Path]) -> None:
-    patterns = {str(r): re.compile(r"(?<![\w.-])" + re.escape(str(r)) + r"(?![\w.-])") for r in roots if str(r) not in {"", "/"}}
+    patterns = {
+        str(r): re.compile(r"(?<![\w.-])" + re.escape(str(r)) + r"(?![\w.-])") for r in roots if str(r) not in {"", "/"}
+    }
     for file in configs.rglob("*"):
         if file.is_file():
             text = file.read_text(encoding="utf-8", errors="replace")
@@ -285,9 +295,16 @@ def _check_no_absolute_paths(configs: Path, roots: list[Path]) -> None:
                 raise PackagingError(f"{file}: contains the absolute path {found[0]}; configs must stay relocatable")
 
 
-def _command(out: str, name: str = DEFAULT_NAME, weights: str | None = None, zip: Any = False,  # noqa: A002
-             allow_missing_weights: Any = False, overwrite: Any = False, bundle_dir: str | None = None,
-             with_exports: Any = True) -> None:
+def _command(
+    out: str,
+    name: str = DEFAULT_NAME,
+    weights: str | None = None,
+    zip: Any = False,  # noqa: A002
+    allow_missing_weights: Any = False,
+    overwrite: Any = False,
+    bundle_dir: str | None = None,
+    with_exports: Any = True,
+) -> None:
     """Write the self-contained bundle OUT/NAME/ (and OUT/NAME.zip with --zip true).
 
     Flags: --name (folder name, default fetal_us_ssl), --weights (default bundle/models/model.pt),
@@ -296,8 +313,16 @@ def _command(out: str, name: str = DEFAULT_NAME, weights: str | None = None, zip
     model.ts / model.onnx found beside the weights). Errors exit with status 2 and a message.
     """
     try:
-        target = package(out, name=name, weights=weights, zip=zip, allow_missing_weights=allow_missing_weights,
-                         overwrite=overwrite, bundle_dir=bundle_dir, with_exports=with_exports)
+        target = package(
+            out,
+            name=name,
+            weights=weights,
+            zip=zip,
+            allow_missing_weights=allow_missing_weights,
+            overwrite=overwrite,
+            bundle_dir=bundle_dir,
+            with_exports=with_exports,
+        )
     except (PackagingError, OptionError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

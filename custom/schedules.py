@@ -16,8 +16,14 @@ def sigmoid_rampup(current: float, length: float) -> float:
     return math.exp(-5.0 * phase * phase)
 
 
-def ramp_weight(iteration: int, beta: float, total_iterations: int, ramp_steps: int = 200,
-                ramp_fraction: float = 1.0, start: int = 0) -> float:
+def ramp_weight(
+    iteration: int,
+    beta: float,
+    total_iterations: int,
+    ramp_steps: int = 200,
+    ramp_fraction: float = 1.0,
+    start: int = 0,
+) -> float:
     """The weight ``w(t) = beta * exp(-5 (1 - s / ramp_steps)^2)``, ``s = clip((t - start) // r, 0, ramp_steps)``.
 
     ``r`` is chosen so that the ramp spans ``ramp_fraction`` of the iterations after ``start``
@@ -59,8 +65,14 @@ class RampUp:
         ramp_steps: the reference's 200 ramp steps.
     """
 
-    def __init__(self, beta: float = 1.0, total_iterations: int = 1, ramp_fraction: float = 1.0, start: int = 0,
-                 ramp_steps: int = 200) -> None:
+    def __init__(
+        self,
+        beta: float = 1.0,
+        total_iterations: int = 1,
+        ramp_fraction: float = 1.0,
+        start: int = 0,
+        ramp_steps: int = 200,
+    ) -> None:
         self.beta, self.total_iterations = float(beta), int(total_iterations)
         self.ramp_fraction, self.start, self.ramp_steps = float(ramp_fraction), int(start), int(ramp_steps)
 
@@ -68,4 +80,7 @@ class RampUp:
         return ramp_weight(iteration, self.beta, self.total_iterations, self.ramp_steps, self.ramp_fraction, self.start)
 
     def __repr__(self) -> str:
-        return f"RampUp(beta={self.beta}, total_iterations={self.total_iterations}, ramp_fraction={self.ramp_fraction}, start={self.start})"
+        return (
+            f"RampUp(beta={self.beta}, total_iterations={self.total_iterations}, "
+            f"ramp_fraction={self.ramp_fraction}, start={self.start})"
+        )

@@ -16,8 +16,13 @@ import torch
 from torch import nn
 
 from .ema import EMATeacher
-from .losses import (CrossPseudoSupervisionLoss, InformationDivergenceLoss, InterpolationConsistencyLoss, confidence_mask,
-                     masked_mean)
+from .losses import (
+    CrossPseudoSupervisionLoss,
+    InformationDivergenceLoss,
+    InterpolationConsistencyLoss,
+    confidence_mask,
+    masked_mean,
+)
 from .mixup import interpolation_mixup
 
 __all__ = [
@@ -63,17 +68,19 @@ class IterationContext:
         if key not in self.cache:
             teacher = self.teachers.get(role)
             if teacher is None:
-                raise RuntimeError(f"no EMA teacher of {role!r}: set train#trainer#teachers, e.g. {{{role}: '@cnn_teacher'}}")
+                raise RuntimeError(
+                    f"no EMA teacher of {role!r}: set train#trainer#teachers, e.g. {{{role}: '@cnn_teacher'}}"
+                )
             with torch.no_grad(), self.autocast():
                 self.cache[key] = torch.softmax(teacher(self.unlabeled_images).float(), 1)
         return self.cache[key]
 
     @property
     def unlabeled_images(self) -> torch.Tensor:
-        return self.images[self.labeled_bs:]
+        return self.images[self.labeled_bs :]
 
     def unlabeled_probs(self, role: str) -> torch.Tensor:
-        return self.probs[role][self.labeled_bs:]
+        return self.probs[role][self.labeled_bs :]
 
     def teacher_student(self, roles: Sequence[str]) -> tuple[str, str]:
         """``(leader, follower)`` among two roles; the leader is the trainer's current one
@@ -129,8 +136,14 @@ class CrossPseudoSupervisionTerm(UnsupervisedTerm):
 
     name = "cps"
 
-    def __init__(self, roles: Sequence[str] = ("cnn", "transformer"), weight=1.0, direction: str = "both",
-                 confidence: float = 0.0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        roles: Sequence[str] = ("cnn", "transformer"),
+        weight=1.0,
+        direction: str = "both",
+        confidence: float = 0.0,
+        name: str | None = None,
+    ) -> None:
         super().__init__(weight, name)
         self.roles, self.direction = tuple(roles), _check_direction(direction)
         self.criterion = CrossPseudoSupervisionLoss(confidence=confidence)
@@ -165,9 +178,18 @@ class InformationDivergenceTerm(UnsupervisedTerm):
 
     name = "id"
 
-    def __init__(self, roles: Sequence[str] = ("cnn", "transformer"), weight=1.0, kl_weight: float = 1.0,
-                 mig_weight: float = 1.0, unlabeled_only: bool = False, direction: str = "both",
-                 confidence: float = 0.0, reverse_kl: bool = False, name: str | None = None) -> None:
+    def __init__(
+        self,
+        roles: Sequence[str] = ("cnn", "transformer"),
+        weight=1.0,
+        kl_weight: float = 1.0,
+        mig_weight: float = 1.0,
+        unlabeled_only: bool = False,
+        direction: str = "both",
+        confidence: float = 0.0,
+        reverse_kl: bool = False,
+        name: str | None = None,
+    ) -> None:
         super().__init__(weight, name)
         if not 0.0 <= confidence < 1.0:
             raise ValueError(f"confidence must be within [0, 1), got {confidence}")
@@ -178,7 +200,9 @@ class InformationDivergenceTerm(UnsupervisedTerm):
     def _pair(self, target: torch.Tensor, model: torch.Tensor, sources: Sequence[torch.Tensor]) -> torch.Tensor:
         """``mean(MIG(target, model) + KL(target || model))`` (reversed: ``KL(model || target)``),
         over the pixels where one of ``sources`` is confident when gated."""
-        per_pixel = self.criterion(model, target) if self.reverse_kl else self.criterion(target, model)  # MIG is symmetric
+        per_pixel = (
+            self.criterion(model, target) if self.reverse_kl else self.criterion(target, model)
+        )  # MIG is symmetric
         if self.confidence <= 0:
             return per_pixel.mean()
         mask = torch.stack([confidence_mask(p, self.confidence) for p in sources]).amax(dim=0)
@@ -207,7 +231,9 @@ class InterpolationConsistencyTerm(UnsupervisedTerm):
     name = "ict"
     own_graph = True  # its loss needs none of the shared forward: the trainer backpropagates it apart
 
-    def __init__(self, roles: Sequence[str] = ("transformer",), weight=1.0, alpha: float = 0.5, name: str | None = None) -> None:
+    def __init__(
+        self, roles: Sequence[str] = ("transformer",), weight=1.0, alpha: float = 0.5, name: str | None = None
+    ) -> None:
         super().__init__(weight, name)
         self.roles, self.alpha = tuple(roles), float(alpha)
         self.criterion = InterpolationConsistencyLoss()
@@ -216,16 +242,22 @@ class InterpolationConsistencyTerm(UnsupervisedTerm):
         if ctx.teacher is None:
             raise RuntimeError("InterpolationConsistencyTerm needs an EMA teacher: set the trainer's teacher")
         with ctx.autocast():
-            x_mix, target, _ = interpolation_mixup(ctx.unlabeled_images, lambda x: torch.softmax(ctx.teacher(x).float(), 1),
-                                                   self.alpha, ctx.generator)
+            x_mix, target, _ = interpolation_mixup(
+                ctx.unlabeled_images, lambda x: torch.softmax(ctx.teacher(x).float(), 1), self.alpha, ctx.generator
+            )
             total = 0.0
             for role in self.roles:
                 total = total + self.criterion(torch.softmax(ctx.networks[role](x_mix).float(), 1), target)
         return total
 
 
-def perturb_intensity(x: torch.Tensor, gamma: tuple[float, float] = (0.5, 1.5), scale: tuple[float, float] = (0.8, 1.2),
-                      noise_std: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
+def perturb_intensity(
+    x: torch.Tensor,
+    gamma: tuple[float, float] = (0.5, 1.5),
+    scale: tuple[float, float] = (0.8, 1.2),
+    noise_std: float = 0.05,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """A strongly perturbed copy of images in [0, 1]: per image ``clip(s * x ** g + n, 0, 1)``
     with ``g ~ U(gamma)``, ``s ~ U(scale)`` (drawn from ``generator``) and Gaussian noise ``n``
     of std ``noise_std``; the same intensity changes as the labelled augmentation, applied to
@@ -251,8 +283,14 @@ class SelfTrainingTerm(UnsupervisedTerm):
     name = "self"
     own_graph = True  # its own forward of the perturbed images; only detached values of the shared one
 
-    def __init__(self, roles: Sequence[str] = ("cnn",), weight=1.0, confidence: float = 0.9, noise_std: float = 0.05,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        roles: Sequence[str] = ("cnn",),
+        weight=1.0,
+        confidence: float = 0.9,
+        noise_std: float = 0.05,
+        name: str | None = None,
+    ) -> None:
         super().__init__(weight, name)
         self.roles, self.noise_std = tuple(roles), float(noise_std)
         self.criterion = CrossPseudoSupervisionLoss(confidence=confidence)

@@ -192,10 +192,21 @@ class SemiSupervisedTrainer(Trainer):
         if forward not in FORWARD_MODES:
             raise ValueError(f"forward must be one of {FORWARD_MODES}, got {forward!r}")
         super().__init__(
-            device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
-            non_blocking=non_blocking, iteration_update=None, postprocessing=postprocessing, key_metric=key_train_metric,
-            additional_metrics=additional_metrics, metric_cmp_fn=metric_cmp_fn, handlers=train_handlers, amp=amp,
-            event_names=None, event_to_attr=None, decollate=decollate,
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            iteration_update=None,
+            postprocessing=postprocessing,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            handlers=train_handlers,
+            amp=amp,
+            event_names=None,
+            event_to_attr=None,
+            decollate=decollate,
         )
         self.networks = nn.ModuleDict(dict(networks))
         if deployed_role not in self.networks:
@@ -246,11 +257,13 @@ class SemiSupervisedTrainer(Trainer):
     def extra_state_dict(self) -> dict[str, Any]:
         """What ``Engine.state_dict`` lacks for an exact resume: the mixup generator, the
         labelled loader's shuffle generator, the unlabelled stream's position and the leader."""
-        return {"generator": self.generator.get_state() if self.generator is not None else None,
-                "labeled": self.labeled.state_dict(),
-                "unlabeled": self.unlabeled.state_dict() if self.unlabeled is not None else None,
-                "leader": self.leader,
-                "teachers": {role: t.state_dict() for role, t in self.teachers.items()}}
+        return {
+            "generator": self.generator.get_state() if self.generator is not None else None,
+            "labeled": self.labeled.state_dict(),
+            "unlabeled": self.unlabeled.state_dict() if self.unlabeled is not None else None,
+            "leader": self.leader,
+            "teachers": {role: t.state_dict() for role, t in self.teachers.items()},
+        }
 
     def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("generator") is not None and self.generator is not None:
@@ -286,7 +299,9 @@ class SemiSupervisedTrainer(Trainer):
 
         with engine._autocast():
             if engine.forward_mode == "separate" and labeled_bs < x.shape[0]:
-                logits = {role: torch.cat([net(x[:labeled_bs]), net(x[labeled_bs:])]) for role, net in engine.networks.items()}
+                logits = {
+                    role: torch.cat([net(x[:labeled_bs]), net(x[labeled_bs:])]) for role, net in engine.networks.items()
+                }
             else:
                 logits = {role: net(x) for role, net in engine.networks.items()}
         logits = {role: v.float() for role, v in logits.items()}
@@ -299,9 +314,20 @@ class SemiSupervisedTrainer(Trainer):
             sup = engine.supervised_loss(logits[role][:labeled_bs], y_l)
             out[f"loss_sup_{role}"] = sup.detach()
             total = total + sup
-        ctx = IterationContext(images=x, labels=y_l, labeled_bs=labeled_bs, networks=dict(engine.networks), logits=logits,
-                               probs=probs, teacher=engine.teacher, iteration=t, generator=engine.generator,
-                               autocast=engine._autocast, leader=engine.leader, teachers=engine.teachers)
+        ctx = IterationContext(
+            images=x,
+            labels=y_l,
+            labeled_bs=labeled_bs,
+            networks=dict(engine.networks),
+            logits=logits,
+            probs=probs,
+            teacher=engine.teacher,
+            iteration=t,
+            generator=engine.generator,
+            autocast=engine._autocast,
+            leader=engine.leader,
+            teachers=engine.teachers,
+        )
         deferred = []
         for term in engine.terms:
             w = term.weight(t)
@@ -357,17 +383,23 @@ class SemiSupervisedTrainer(Trainer):
         else:
             loss.backward()
 
-    def _nonfinite(self, out: dict, total: torch.Tensor, logits: Mapping[str, torch.Tensor], labeled_bs: int,
-                   t: int) -> dict:
+    def _nonfinite(
+        self, out: dict, total: torch.Tensor, logits: Mapping[str, torch.Tensor], labeled_bs: int, t: int
+    ) -> dict:
         """A non-finite loss: raise (``nonfinite="stop"``) or skip the step, naming the terms."""
-        bad = [k for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor) and not torch.isfinite(v)]
-        message = f"non-finite loss at iteration {t + 1}: terms {bad or ['total']} (values {[float(out[k]) for k in bad]})"
+        bad = [
+            k for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor) and not torch.isfinite(v)
+        ]
+        message = (
+            f"non-finite loss at iteration {t + 1}: terms {bad or ['total']} (values {[float(out[k]) for k in bad]})"
+        )
         if self.nonfinite == "stop":
             raise FloatingPointError(message)
         return self._skip_step(out, total, logits, labeled_bs, message)
 
-    def _skip_step(self, out: dict, total: torch.Tensor, logits: Mapping[str, torch.Tensor], labeled_bs: int,
-                   message: str) -> dict:
+    def _skip_step(
+        self, out: dict, total: torch.Tensor, logits: Mapping[str, torch.Tensor], labeled_bs: int, message: str
+    ) -> dict:
         """``nonfinite="skip"``: no backward, no optimiser step, no EMA update; count and log it."""
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)

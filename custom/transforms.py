@@ -29,12 +29,16 @@ class ToGreyscaled(MapTransform):
             if img.ndim == 4 and img.shape[-1] == 1:
                 img = img[..., 0]
             if img.ndim != 3:
-                raise ValueError(f"{key}: expected a 2D image (C x H x W after loading), got shape {tuple(img.shape)}"
-                                 f" from {getattr(img, 'meta', {}).get('filename_or_obj', 'unknown file')}")
+                raise ValueError(
+                    f"{key}: expected a 2D image (C x H x W after loading), got shape {tuple(img.shape)}"
+                    f" from {getattr(img, 'meta', {}).get('filename_or_obj', 'unknown file')}"
+                )
             if img.shape[0] in (3, 4):
                 img = img[:3].float().mean(dim=0, keepdim=True)
             elif img.shape[0] != 1:
-                raise ValueError(f"{key}: cannot make {img.shape[0]} channels greyscale"
-                                 f" ({getattr(img, 'meta', {}).get('filename_or_obj', 'unknown file')})")
+                raise ValueError(
+                    f"{key}: cannot make {img.shape[0]} channels greyscale"
+                    f" ({getattr(img, 'meta', {}).get('filename_or_obj', 'unknown file')})"
+                )
             d[key] = img
         return d

@@ -29,8 +29,20 @@ from custom.mixup import interpolation_mixup
 from custom.terms import IterationContext
 
 S = 1e-5
-METHODS = ("ours", "labeled_only", "fully_supervised", "mean_teacher", "uamt", "ict", "dan", "dct", "cps", "cross_teaching",
-           "unimatch", "bcp")
+METHODS = (
+    "ours",
+    "labeled_only",
+    "fully_supervised",
+    "mean_teacher",
+    "uamt",
+    "ict",
+    "dan",
+    "dct",
+    "cps",
+    "cross_teaching",
+    "unimatch",
+    "bcp",
+)
 
 
 def reference_dice(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -50,14 +62,29 @@ def tiny_net(seed: int, classes: int = 2) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, classes, 1))
 
 
-def context(networks: dict, x: torch.Tensor, labeled_bs: int = 2, teacher=None, iteration: int = 0, seed: int = 0,
-            labels: torch.Tensor | None = None) -> IterationContext:
+def context(
+    networks: dict,
+    x: torch.Tensor,
+    labeled_bs: int = 2,
+    teacher=None,
+    iteration: int = 0,
+    seed: int = 0,
+    labels: torch.Tensor | None = None,
+) -> IterationContext:
     logits = {role: net(x) for role, net in networks.items()}
     if labels is None:
         labels = torch.zeros(labeled_bs, 1, *x.shape[2:])
-    return IterationContext(images=x, labels=labels, labeled_bs=labeled_bs, networks=networks, logits=logits,
-                            probs={r: torch.softmax(v, 1) for r, v in logits.items()}, teacher=teacher,
-                            iteration=iteration, generator=torch.Generator().manual_seed(seed))
+    return IterationContext(
+        images=x,
+        labels=labels,
+        labeled_bs=labeled_bs,
+        networks=networks,
+        logits=logits,
+        probs={r: torch.softmax(v, 1) for r, v in logits.items()},
+        teacher=teacher,
+        iteration=iteration,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def images(n: int = 6, size: int = 8, seed: int = 0) -> torch.Tensor:
@@ -130,8 +157,9 @@ def test_ict_term_is_the_mixup_consistency_on_the_cnn():
     assert term.roles == ("cnn",) and term.alpha == 0.2 and term.name == "ict"
     ctx = context({"cnn": net}, x, teacher=teacher, seed=5)
     loss = term.loss(ctx)
-    x_mix, target, _ = interpolation_mixup(x[2:], lambda z: torch.softmax(teacher(z), 1), 0.2,
-                                           torch.Generator().manual_seed(5))
+    x_mix, target, _ = interpolation_mixup(
+        x[2:], lambda z: torch.softmax(teacher(z), 1), 0.2, torch.Generator().manual_seed(5)
+    )
     expected = torch.mean((torch.softmax(net(x_mix), 1) - target) ** 2)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -174,23 +202,36 @@ def test_cps_term_with_two_roles_equals_the_hand_computed_dice_sum():
     expected = reference_dice(p1, p2.argmax(1, keepdim=True)) + reference_dice(p2, p1.argmax(1, keepdim=True))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     ce = CPSTerm(dice_weight=0.0, ce_weight=1.0).loss(ctx)
-    expected_ce = F.cross_entropy(ctx.logits["cnn"][2:], p2.argmax(1)) + F.cross_entropy(ctx.logits["cnn2"][2:], p1.argmax(1))
+    expected_ce = F.cross_entropy(ctx.logits["cnn"][2:], p2.argmax(1)) + F.cross_entropy(
+        ctx.logits["cnn2"][2:], p1.argmax(1)
+    )
     assert ce.item() == pytest.approx(expected_ce.item(), rel=1e-6)
 
 
 def test_cross_teaching_learns_from_detached_hard_labels():
     x = images()
-    logits = {"cnn": torch.randn(6, 3, 8, 8, requires_grad=True), "transformer": torch.randn(6, 3, 8, 8, requires_grad=True)}
+    logits = {
+        "cnn": torch.randn(6, 3, 8, 8, requires_grad=True),
+        "transformer": torch.randn(6, 3, 8, 8, requires_grad=True),
+    }
     probs = {r: torch.softmax(v, 1) for r, v in logits.items()}
-    ctx = IterationContext(images=x, labels=torch.zeros(2, 1, 8, 8), labeled_bs=2, networks={}, logits=logits, probs=probs,
-                           teacher=None, iteration=0)
+    ctx = IterationContext(
+        images=x,
+        labels=torch.zeros(2, 1, 8, 8),
+        labeled_bs=2,
+        networks={},
+        logits=logits,
+        probs=probs,
+        teacher=None,
+        iteration=0,
+    )
     loss = CrossTeachingTerm().loss(ctx)
     pc, pt = probs["cnn"][2:], probs["transformer"][2:]
     yc, yt = pc.detach().argmax(1, keepdim=True), pt.detach().argmax(1, keepdim=True)
     assert loss.item() == pytest.approx((reference_dice(pc, yt) + reference_dice(pt, yc)).item(), rel=1e-6)
     # the gradient into the CNN comes only from Dice(p_cnn, y_transformer): its own labels carry none
-    g_total, = torch.autograd.grad(loss, logits["cnn"])
-    g_direct, = torch.autograd.grad(reference_dice(torch.softmax(logits["cnn"], 1)[2:], yt), logits["cnn"])
+    (g_total,) = torch.autograd.grad(loss, logits["cnn"])
+    (g_direct,) = torch.autograd.grad(reference_dice(torch.softmax(logits["cnn"], 1)[2:], yt), logits["cnn"])
     assert torch.allclose(g_total, g_direct, atol=1e-7)
     assert g_total[:2].abs().sum() == 0  # labelled images are not part of the term
     with_ce = CrossTeachingTerm(ce_weight=0.5).loss(ctx)
@@ -213,8 +254,9 @@ def test_dct_is_zero_for_identical_rotation_equivariant_networks_and_positive_ot
     pa, pb = ctx.unlabeled_probs("cnn"), ctx.unlabeled_probs("cnn2")
     cot = (entropy(0.5 * (pa + pb)) - 0.5 * (entropy(pa) + entropy(pb))).mean()
     xr = torch.rot90(x[2:], k, (2, 3))
-    view = torch.mean((torch.softmax(different["cnn"](xr), 1) - torch.rot90(pb, k, (2, 3))) ** 2) + \
-        torch.mean((torch.softmax(different["cnn2"](xr), 1) - torch.rot90(pa, k, (2, 3))) ** 2)
+    view = torch.mean((torch.softmax(different["cnn"](xr), 1) - torch.rot90(pb, k, (2, 3))) ** 2) + torch.mean(
+        (torch.softmax(different["cnn2"](xr), 1) - torch.rot90(pa, k, (2, 3))) ** 2
+    )
     assert loss.item() == pytest.approx((cot + view).item(), rel=1e-5)
     assert cot.item() > 0 and view.item() > 0
 
@@ -227,7 +269,10 @@ def _datalist(tmp_path, unlabeled):
 
 
 def test_fully_supervised_list_adds_unlabelled_masks_and_fails_clearly_when_hidden(tmp_path):
-    path = _datalist(tmp_path, [{"image": "images/b.png", "label": "labels/b.png"}, {"image": "images/c.png", "label": "labels/c.png"}])
+    path = _datalist(
+        tmp_path,
+        [{"image": "images/b.png", "label": "labels/b.png"}, {"image": "images/c.png", "label": "labels/c.png"}],
+    )
     entries = labeled_union_datalist(path, str(tmp_path))
     assert [e["label"] for e in entries] == [str(tmp_path / f"labels/{n}.png") for n in "abc"]
     hidden = _datalist(tmp_path, [{"image": "images/b.png"}])
@@ -284,8 +329,12 @@ def test_every_method_config_trains_two_iterations(method, tmp_path, demo_datase
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(swin.SwinUnet, "__init__", counting)
-    wf = ConfigWorkflow(config_file=train_config_files(f"methods/{method}.yaml"), meta_file=str(CONFIGS / "metadata.json"),
-                        workflow_type="train", **tiny_overrides(tmp_path, demo_dataset))
+    wf = ConfigWorkflow(
+        config_file=train_config_files(f"methods/{method}.yaml"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type="train",
+        **tiny_overrides(tmp_path, demo_dataset),
+    )
     wf.initialize()
     trainer = wf.parser.get_parsed_content("train#trainer")
     outputs = []

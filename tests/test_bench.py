@@ -18,13 +18,18 @@ from ignite.engine import Events
 from custom.bench import build_trainer
 from custom.trainer import logged_terms
 
-TINY_SWIN = {"transformer_def#embed_dim": 12, "transformer_def#num_heads": [1, 1, 2, 2], "transformer_def#window_size": 4}
+TINY_SWIN = {
+    "transformer_def#embed_dim": 12,
+    "transformer_def#num_heads": [1, 1, 2, 2],
+    "transformer_def#window_size": 4,
+}
 
 
 def _bench(*args: str) -> dict:
     cmd = [sys.executable, "-m", "custom.bench", *args, "--json"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    )
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, f"--json must print one JSON object and nothing else, got:\n{proc.stdout[-2000:]}"
@@ -32,13 +37,31 @@ def _bench(*args: str) -> dict:
 
 
 def test_bench_train_json_reports_iteration_floor_and_ratio():
-    r = _bench("train", "--image-size", "64", "--iterations", "2", "--warmup", "1", "--threads", "1",
-               "--overrides", repr(TINY_SWIN), "--mmap-threshold-kib", "128")
+    r = _bench(
+        "train",
+        "--image-size",
+        "64",
+        "--iterations",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--overrides",
+        repr(TINY_SWIN),
+        "--mmap-threshold-kib",
+        "128",
+    )
     for key in ("iteration_s", "floor_s", "floor_ratio", "peak_rss_mb"):
         assert isinstance(r[key], float) and r[key] > 0, (key, r[key])
     assert r["floor_ratio"] >= 0.5, r  # the floor is a subset of the iteration's work (timing noise aside)
     assert 0.0 <= r["data_wait_fraction"] < 1.0
-    assert set(r["floor_components_s"]) == {"fwd_bwd_cnn", "fwd_bwd_transformer", "fwd_bwd_transformer_mix", "fwd_teacher"}
+    assert set(r["floor_components_s"]) == {
+        "fwd_bwd_cnn",
+        "fwd_bwd_transformer",
+        "fwd_bwd_transformer_mix",
+        "fwd_teacher",
+    }
     assert r["config"]["image_size"] == 64 and r["config"]["batch_size"] == 5 and r["config"]["labeled_bs"] == 1
     assert r["config"]["malloc_mmap_threshold"] == "128 KiB"
 
@@ -73,8 +96,9 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p + EPS)).sum(dim=1)
 
 
-def _reference_terms(nets: dict, teacher, x_l, y_l, x_u, generator_state, coupling: str,
-                     confidence: float = 0.0, cnn_teacher=None) -> dict[str, float]:
+def _reference_terms(
+    nets: dict, teacher, x_l, y_l, x_u, generator_state, coupling: str, confidence: float = 0.0, cnn_teacher=None
+) -> dict[str, float]:
     """The paper (``coupling="both"``: one forward of [x_l; x_u], every pixel) or the default
     (``"follower"``: x_l and x_u forwarded apart, the CNN leading, pixels gated by its confidence)."""
     x = torch.cat([x_l, x_u])
@@ -100,7 +124,7 @@ def _reference_terms(nets: dict, teacher, x_l, y_l, x_u, generator_state, coupli
         g.set_state(generator_state)
         gam = torch._standard_gamma(torch.full((2, half), 0.5), generator=g)
         lam = (gam[0] / (gam[0] + gam[1])).view(half, 1, 1, 1)
-        ua, ub = x_u[:half], x_u[half:2 * half]
+        ua, ub = x_u[:half], x_u[half : 2 * half]
         x_mix = (1 - lam) * ua + lam * ub
         target = (1 - lam) * torch.softmax(teacher(ua), 1) + lam * torch.softmax(teacher(ub), 1)
         out["loss_ict"] = ((torch.softmax(nets["transformer"](x_mix), 1) - target) ** 2).mean()
@@ -122,14 +146,17 @@ def _reference_copy_paste(net, teacher, x_l, y_l, x_u, g, unlabeled_weight: floa
     pseudo-labelled pixels."""
     n, _, h, w = x_u.shape
     keep = torch.rand(n, generator=g, dtype=torch.float64)  # the box probability draw (1: always a box)
-    torch.rand(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64)  # area, ratio: fixed
+    (
+        torch.rand(n, generator=g, dtype=torch.float64),
+        torch.rand(n, generator=g, dtype=torch.float64),
+    )  # area, ratio: fixed
     pos = torch.rand(2, n, generator=g, dtype=torch.float64)
     assert bool((keep < 1.0).all())
     bh, bw = round(h * 2 / 3), round(w * 2 / 3)
     box = torch.zeros(n, 1, h, w)
     for j in range(n):
         top, left = int(pos[0, j] * (h - bh + 1)), int(pos[1, j] * (w - bw + 1))
-        box[j, :, top:top + bh, left:left + bw] = 1
+        box[j, :, top : top + bh, left : left + bw] = 1
     y_u = torch.softmax(teacher(x_u), 1).argmax(1, keepdim=True).float()
     idx = torch.arange(n) % x_l.shape[0]
     xl, yl = x_l[idx], y_l[idx].float()
@@ -149,9 +176,17 @@ def _reference_copy_paste(net, teacher, x_l, y_l, x_u, g, unlabeled_weight: floa
 @pytest.mark.parametrize("coupling", ["both", "follower"])
 def test_one_trainer_iteration_equals_the_reference_math(tmp_path, demo_dataset, coupling):
     extra = ("paper.yaml",) if coupling == "both" else ()
-    overrides = tiny_overrides(tmp_path, demo_dataset, batch_size=6, labeled_bs=2, max_iterations=1,
-                               **{"train#epoch_length": 1, "transformer_def#drop_path_rate": 0.0})
-    if coupling == "follower":  # the default's gate, lowered to where an untrained 2-class UNeXt has pixels on both sides
+    overrides = tiny_overrides(
+        tmp_path,
+        demo_dataset,
+        batch_size=6,
+        labeled_bs=2,
+        max_iterations=1,
+        **{"train#epoch_length": 1, "transformer_def#drop_path_rate": 0.0},
+    )
+    if (
+        coupling == "follower"
+    ):  # the default's gate, lowered to where an untrained 2-class UNeXt has pixels on both sides
         overrides["confidence"] = GATE
     parser, trainer = build_trainer(train_config_files(*extra), overrides)
     confidence = float(parser.get_parsed_content("confidence"))
@@ -180,7 +215,9 @@ def test_one_trainer_iteration_equals_the_reference_math(tmp_path, demo_dataset,
         net.register_forward_hook(lambda m, inp, out, role=role: calls[role].append(inp[0].shape[0]))
     trainer.teacher.module.register_forward_hook(lambda m, inp, out: calls["teacher"].append(inp[0].shape[0]))
     if cnn_teacher is not None:
-        trainer.teachers["cnn"].module.register_forward_hook(lambda m, inp, out: calls["cnn_teacher"].append(inp[0].shape[0]))
+        trainer.teachers["cnn"].module.register_forward_hook(
+            lambda m, inp, out: calls["cnn_teacher"].append(inp[0].shape[0])
+        )
     trainer.run()
 
     # each network forwards once on the whole batch (the paper) or once on each part (the default);

@@ -19,14 +19,27 @@ from conftest import CONFIGS, REPO
 SCHEMA = CONFIGS / "meta_schema.json"
 METADATA = CONFIGS / "metadata.json"
 # any attempt to reach the network fails at once: the check must not need it
-OFFLINE_ENV = {**os.environ, "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-               "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": "",
-               "CUDA_VISIBLE_DEVICES": ""}
+OFFLINE_ENV = {
+    **os.environ,
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "",
+    "no_proxy": "",
+    "CUDA_VISIBLE_DEVICES": "",
+}
 
 
 def _monai_bundle(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=OFFLINE_ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=OFFLINE_ENV,
+    )
 
 
 def _verify_metadata(meta_file) -> subprocess.CompletedProcess:
@@ -38,11 +51,30 @@ def test_schema_is_a_valid_draft7_schema_requiring_the_model_zoo_fields():
 
     schema = json.loads(SCHEMA.read_text())
     jsonschema.Draft7Validator.check_schema(schema)
-    assert {"version", "changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-            "task", "description", "authors", "copyright", "network_data_format"} <= set(schema["required"])
+    assert {
+        "version",
+        "changelog",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "required_packages_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "network_data_format",
+    } <= set(schema["required"])
     io_required = set(schema["definitions"]["data_format"]["required"])
-    assert io_required == {"type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data",
-                           "channel_def"}
+    assert io_required == {
+        "type",
+        "format",
+        "num_channels",
+        "spatial_shape",
+        "dtype",
+        "value_range",
+        "is_patch_data",
+        "channel_def",
+    }
 
 
 def test_verify_metadata_passes_offline_with_the_shipped_schema():
@@ -83,16 +115,36 @@ def test_verify_net_in_out_matches_the_metadata():
     # num_classes pinned to the metadata's 2 output channels, so that a prepared datalist with
     # other classes lying around cannot change the network under test
     out_channels = json.loads(METADATA.read_text())["network_data_format"]["outputs"]["pred"]["num_channels"]
-    proc = _monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(METADATA),
-                         "--config_file", "['bundle/configs/common.yaml']", "--device", "cpu",
-                         "--num_classes", str(out_channels))
+    proc = _monai_bundle(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        str(METADATA),
+        "--config_file",
+        "['bundle/configs/common.yaml']",
+        "--device",
+        "cpu",
+        "--num_classes",
+        str(out_channels),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "verified with no error" in proc.stdout + proc.stderr
 
 
 def test_verify_net_in_out_detects_a_channel_mismatch():
-    proc = _monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(METADATA),
-                         "--config_file", "['bundle/configs/common.yaml']", "--device", "cpu", "--num_classes", "3",
-                         "--_meta_#network_data_format#inputs#image#spatial_shape", "[64, 64]")
+    proc = _monai_bundle(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        str(METADATA),
+        "--config_file",
+        "['bundle/configs/common.yaml']",
+        "--device",
+        "cpu",
+        "--num_classes",
+        "3",
+        "--_meta_#network_data_format#inputs#image#spatial_shape",
+        "[64, 64]",
+    )
     assert proc.returncode != 0
     assert "output channel number" in proc.stderr

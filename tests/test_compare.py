@@ -31,8 +31,11 @@ def tiny_set(tmp_path, demo_dataset) -> str:
 
 
 def scale_file(tmp_path: Path) -> str:
-    values = {k: v for k, v in tiny_overrides(tmp_path, "unused").items()
-              if k not in ("bundle_root", "dataset_dir", "ckpt_dir", "output_dir", "max_iterations")}
+    values = {
+        k: v
+        for k, v in tiny_overrides(tmp_path, "unused").items()
+        if k not in ("bundle_root", "dataset_dir", "ckpt_dir", "output_dir", "max_iterations")
+    }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(values))
     return str(path)
@@ -53,8 +56,16 @@ def test_short_runs_cap_the_epoch_length_and_validation_interval():
 
 def test_two_methods_one_seed_write_every_output_and_a_rerun_trains_nothing(tmp_path, tiny_set, monkeypatch):
     out = tmp_path / "cmp"
-    result = compare.run_comparison(tiny_set, methods="ours,labeled_only", seeds="0", override=scale_file(tmp_path),
-                                    out=str(out), max_iterations=2, launcher="inprocess", progress=False)
+    result = compare.run_comparison(
+        tiny_set,
+        methods="ours,labeled_only",
+        seeds="0",
+        override=scale_file(tmp_path),
+        out=str(out),
+        max_iterations=2,
+        launcher="inprocess",
+        progress=False,
+    )
     assert result["trained"] == ["ours/seed0", "labeled_only/seed0"] and not result["failed"]
     for name in ("runs.csv", "per_image.csv", "comparison.md", "comparison.png", "scale.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -74,16 +85,32 @@ def test_two_methods_one_seed_write_every_output_and_a_rerun_trains_nothing(tmp_
 
     calls = []
     monkeypatch.setattr(compare, "train_run", lambda *a, **k: calls.append(a))
-    again = compare.run_comparison(tiny_set, methods="ours,labeled_only", seeds="0", override=scale_file(tmp_path),
-                                   out=str(out), max_iterations=2, launcher="inprocess", progress=False)
+    again = compare.run_comparison(
+        tiny_set,
+        methods="ours,labeled_only",
+        seeds="0",
+        override=scale_file(tmp_path),
+        out=str(out),
+        max_iterations=2,
+        launcher="inprocess",
+        progress=False,
+    )
     assert calls == [] and again["trained"] == []
     assert {m: p.stat().st_mtime_ns for m, p in done.items()} == mtimes
     assert again["table"]["ours"]["dice"] == pytest.approx(result["table"]["ours"]["dice"])
 
     # an evaluation lost after training: evaluated again, not retrained
     done["labeled_only"].unlink()
-    third = compare.run_comparison(tiny_set, methods="ours,labeled_only", seeds="0", override=scale_file(tmp_path),
-                                   out=str(out), max_iterations=2, launcher="inprocess", progress=False)
+    third = compare.run_comparison(
+        tiny_set,
+        methods="ours,labeled_only",
+        seeds="0",
+        override=scale_file(tmp_path),
+        out=str(out),
+        max_iterations=2,
+        launcher="inprocess",
+        progress=False,
+    )
     assert calls == [] and third["trained"] == ["labeled_only/seed0"] and done["labeled_only"].is_file()
 
 
@@ -98,8 +125,14 @@ def test_a_changed_config_retrains_and_a_failed_run_does_not_stop_the_others(tmp
         torch.save(UNeXt(1, 2).state_dict(), spec.model_path)
 
     monkeypatch.setattr(compare, "train_run", fake_train)
-    kwargs = dict(methods="labeled_only,cps", seeds="0,1", override=scale_file(tmp_path), out=str(tmp_path / "cmp"),
-                  launcher="inprocess", progress=False)
+    kwargs = dict(
+        methods="labeled_only,cps",
+        seeds="0,1",
+        override=scale_file(tmp_path),
+        out=str(tmp_path / "cmp"),
+        launcher="inprocess",
+        progress=False,
+    )
     with pytest.raises(RuntimeError, match="2 run"):
         compare.run_comparison(tiny_set, max_iterations=2, **kwargs)
     assert calls == ["labeled_only/seed0", "labeled_only/seed1", "cps/seed0", "cps/seed1"]
@@ -161,8 +194,13 @@ def test_methods_are_names_or_override_files_and_the_gap_share_is_computed():
     def row(dice, std):
         return {"dice": dice, "dice_std": std}
 
-    table = {"labeled_only": row(0.70, 0.01), "fully_supervised": row(0.80, 0.01), "good": row(0.76, 0.02),
-             "harmful": row(0.65, 0.03), "noisy": row(0.71, 0.02)}
+    table = {
+        "labeled_only": row(0.70, 0.01),
+        "fully_supervised": row(0.80, 0.01),
+        "good": row(0.76, 0.02),
+        "harmful": row(0.65, 0.03),
+        "noisy": row(0.71, 0.02),
+    }
     shares = compare.gap_shares(table)
     assert set(shares) == {"good", "harmful", "noisy"}
     assert shares["good"]["gap_share"] == pytest.approx(0.6) and shares["good"]["never_below"]

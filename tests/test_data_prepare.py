@@ -600,8 +600,17 @@ def test_load_datalist_makes_paths_absolute(tmp_path: Path) -> None:
 def test_psfhs_labeled_every_labels_exactly_the_ids_divisible_by_n(tmp_path: Path) -> None:
     """The issue-10 protocol's split: labelled = pool ids divisible by 20, whatever their block."""
     out = tmp_path / "every20"
-    prepare("psfhs", PSFHS_DIR, out, labeled_every=20, test_ids="4500-4799", val_fraction=0.05, seed=0,
-            progress=False, quiet=True)
+    prepare(
+        "psfhs",
+        PSFHS_DIR,
+        out,
+        labeled_every=20,
+        test_ids="4500-4799",
+        val_fraction=0.05,
+        seed=0,
+        progress=False,
+        quiet=True,
+    )
     datalist = load_datalist(out)
     ids = {split: {int(Path(e["image"]).stem) for e in datalist[split]} for split in SPLITS}
     held_out = ids["test"] | ids["validation"]

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO, SHARED_DATA, require_shared
+from conftest import CONFIGS, REPO, require_shared
 from PIL import Image
 
 from custom.evaluation import case_record, write_report
@@ -65,13 +65,36 @@ def test_evaluate_config_writes_report_at_original_size_with_hc(tmp_path):
     hc = require_shared("hc18")
     names = ["000_HC", "001_HC", "010_2HC"]
     csv = {line.split(",")[0]: line.split(",") for line in (hc / "pixel_size_and_hc.csv").read_text().splitlines()[1:]}
-    entries = [{"image": str(hc / "images" / f"{n}.png"), "label": str(hc / "labels" / f"{n}.png"), "name": n,
-                "spacing": [float(csv[f"{n}.png"][1])] * 2, "hc_mm": float(csv[f"{n}.png"][2])} for n in names]
+    entries = [
+        {
+            "image": str(hc / "images" / f"{n}.png"),
+            "label": str(hc / "labels" / f"{n}.png"),
+            "name": n,
+            "spacing": [float(csv[f"{n}.png"][1])] * 2,
+            "hc_mm": float(csv[f"{n}.png"][2]),
+        }
+        for n in names
+    ]
     (tmp_path / "datalist.json").write_text(json.dumps({"num_classes": 2, "test": entries}))
     model = _random_model(tmp_path / "model.pt")
     configs = str([str(CONFIGS / c) for c in ("common.yaml", "train.yaml", "evaluate.yaml")])
-    _bundle("evaluating", "--config_file", configs, "--meta_file", str(CONFIGS / "metadata.json"), "--dataset_dir", str(tmp_path),
-            "--ckpt_path", model, "--output_dir", str(tmp_path / "out"), "--image_size", "[64,64]", "--head_class", "1")
+    _bundle(
+        "evaluating",
+        "--config_file",
+        configs,
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--dataset_dir",
+        str(tmp_path),
+        "--ckpt_path",
+        model,
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--image_size",
+        "[64,64]",
+        "--head_class",
+        "1",
+    )
     out = tmp_path / "out" / "evaluation"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_images"] == 3 and summary["unit"] == "mm"
@@ -92,9 +115,24 @@ def test_inference_writes_masks_of_the_original_size_png_and_nifti(tmp_path):
     nib.save(nib.Nifti1Image(img.T.copy(), affine), str(inputs / "scan.nii.gz"))
     model = _random_model(tmp_path / "model.pt", classes=3)
     configs = str([str(CONFIGS / c) for c in ("common.yaml", "inference.yaml")])
-    _bundle("--config_file", configs, "--meta_file", str(CONFIGS / "metadata.json"), "--input_path", str(inputs),
-            "--ckpt_path", model, "--output_dir", str(tmp_path / "out"), "--image_size", "[64,64]", "--num_classes", "3",
-            "--save_overlays", "true")
+    _bundle(
+        "--config_file",
+        configs,
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--input_path",
+        str(inputs),
+        "--ckpt_path",
+        model,
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--image_size",
+        "[64,64]",
+        "--num_classes",
+        "3",
+        "--save_overlays",
+        "true",
+    )
     out = tmp_path / "out" / "inference"
     for name, src in (("head", inputs / "head.png"), ("pelvis", inputs / "pelvis.png")):
         mask = np.array(Image.open(out / f"{name}_mask.png"))
@@ -105,10 +143,32 @@ def test_inference_writes_masks_of_the_original_size_png_and_nifti(tmp_path):
     assert np.squeeze(nii.get_fdata()).shape == img.T.shape
     assert np.allclose(nii.affine, affine)
     # a second run must not overwrite the outputs
-    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--meta_file",
-                          str(CONFIGS / "metadata.json"), "--input_path", str(inputs), "--ckpt_path", model, "--output_dir",
-                          str(tmp_path / "out"), "--image_size", "[64,64]", "--num_classes", "3"],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            configs,
+            "--meta_file",
+            str(CONFIGS / "metadata.json"),
+            "--input_path",
+            str(inputs),
+            "--ckpt_path",
+            model,
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--image_size",
+            "[64,64]",
+            "--num_classes",
+            "3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode != 0 and "refusing to overwrite" in (res.stdout + res.stderr)
 
 
@@ -116,11 +176,45 @@ def test_inference_reports_missing_checkpoint_and_input(tmp_path):
     configs = str([str(CONFIGS / c) for c in ("common.yaml", "inference.yaml")])
     png = tmp_path / "x.png"
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(png)
-    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--input_path", str(png),
-                          "--ckpt_path", str(tmp_path / "nope.pt"), "--output_dir", str(tmp_path / "o"), "--image_size", "[64,64]"],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            configs,
+            "--input_path",
+            str(png),
+            "--ckpt_path",
+            str(tmp_path / "nope.pt"),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--image_size",
+            "[64,64]",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode != 0 and "checkpoint not found" in res.stdout + res.stderr
-    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--input_path",
-                          str(tmp_path / "missing.png"), "--output_dir", str(tmp_path / "o")],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            configs,
+            "--input_path",
+            str(tmp_path / "missing.png"),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode != 0 and "input not found" in res.stdout + res.stderr

@@ -9,7 +9,7 @@ The commands are the ones documented for the bundle, at 64 px instead of 448 px:
         --ckpt_file bundle/models/model.pt --meta_file bundle/configs/metadata.json \
         --config_file "['bundle/configs/common.yaml']" --input_shape "[1, 1, 448, 448]" \
         --converter_kwargs "{'input_names': ['image'], 'output_names': ['pred'], 'dynamic_axes': {'image': {0: 'batch'}, 'pred': {0: 'batch'}}}"
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -28,8 +28,10 @@ from custom.networks import UNeXt
 SIZE = 64
 CLASSES = 2
 COMMON = "['bundle/configs/common.yaml']"
-ONNX_KWARGS = ("{'input_names': ['image'], 'output_names': ['pred'], "
-               "'dynamic_axes': {'image': {0: 'batch'}, 'pred': {0: 'batch'}}}")
+ONNX_KWARGS = (
+    "{'input_names': ['image'], 'output_names': ['pred'], "
+    "'dynamic_axes': {'image': {0: 'batch'}, 'pred': {0: 'batch'}}}"
+)
 
 
 def _random_unext(seed: int = 0) -> UNeXt:
@@ -45,13 +47,26 @@ def _random_unext(seed: int = 0) -> UNeXt:
 
 def _bundle_command(*args: str) -> list[str]:
     # num_classes pinned so that a prepared datalist lying around cannot change the network
-    return [sys.executable, "-m", "monai.bundle", *args, "--meta_file", "bundle/configs/metadata.json",
-            "--config_file", COMMON, "--image_size", f"[{SIZE}, {SIZE}]", "--num_classes", str(CLASSES)]
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        *args,
+        "--meta_file",
+        "bundle/configs/metadata.json",
+        "--config_file",
+        COMMON,
+        "--image_size",
+        f"[{SIZE}, {SIZE}]",
+        "--num_classes",
+        str(CLASSES),
+    ]
 
 
 def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    )
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
@@ -62,10 +77,34 @@ def exported(tmp_path_factory):
     ckpt = tmp / "model.pt"
     torch.save(net.state_dict(), ckpt)
     ts, onnx_file = tmp / "model.ts", tmp / "model.onnx"
-    _run(_bundle_command("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt),
-                         "--use_trace", "True", "--input_shape", f"[1, 1, {SIZE}, {SIZE}]"))
-    _run(_bundle_command("onnx_export", "network_def", "--filepath", str(onnx_file), "--ckpt_file", str(ckpt),
-                         "--input_shape", f"[1, 1, {SIZE}, {SIZE}]", "--converter_kwargs", ONNX_KWARGS))
+    _run(
+        _bundle_command(
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            str(ts),
+            "--ckpt_file",
+            str(ckpt),
+            "--use_trace",
+            "True",
+            "--input_shape",
+            f"[1, 1, {SIZE}, {SIZE}]",
+        )
+    )
+    _run(
+        _bundle_command(
+            "onnx_export",
+            "network_def",
+            "--filepath",
+            str(onnx_file),
+            "--ckpt_file",
+            str(ckpt),
+            "--input_shape",
+            f"[1, 1, {SIZE}, {SIZE}]",
+            "--converter_kwargs",
+            ONNX_KWARGS,
+        )
+    )
     return {"net": net, "ckpt": ckpt, "ts": ts, "onnx": onnx_file, "tmp": tmp}
 
 
@@ -115,7 +154,9 @@ def test_torchscript_scripting_export_when_scriptable(exported):
     if not _scriptable():
         pytest.skip("UNeXt is not scriptable (torch.jit.script fails on its input check): export uses --use_trace True")
     ts_file = exported["tmp"] / "model_scripted.ts"
-    _run(_bundle_command("ckpt_export", "network_def", "--filepath", str(ts_file), "--ckpt_file", str(exported["ckpt"])))
+    _run(
+        _bundle_command("ckpt_export", "network_def", "--filepath", str(ts_file), "--ckpt_file", str(exported["ckpt"]))
+    )
     ts = torch.jit.load(str(ts_file), map_location="cpu")
     x = torch.rand(2, 1, 96, 64)
     with torch.no_grad():

@@ -68,19 +68,35 @@ def generate(folder: Path, seed: int = SEED) -> dict[str, str]:
     def img(h=32, w=32, dtype=np.uint8):
         return (rng.random((h, w)) * 255).astype(dtype)
 
-    headers = {"png": b"\x89PNG\r\n\x1a\n", "jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "dcm": b"\x00" * 128 + b"DICM",
-               "nii": struct.pack("<i", 348)}
+    headers = {
+        "png": b"\x89PNG\r\n\x1a\n",
+        "jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
+        "dcm": b"\x00" * 128 + b"DICM",
+        "nii": struct.pack("<i", 348),
+    }
     for ext, head in headers.items():  # random bytes behind a valid magic number
         for i in range(15):
             put(f"rand_{ext}_{i:02d}.{ext}", head + rng.bytes(int(rng.integers(0, 3000))), "random bytes with header")
-    real = {"png": _png_bytes(img(48, 40)), "jpg": _jpeg_bytes(img(48, 40)), "nii.gz": _nifti_bytes(img(48, 40).astype(np.float32)),
-            "nii": nib.Nifti1Image(img(48, 40).astype(np.int16), np.eye(4)).to_bytes(), "tif": _tiff_bytes(img(48, 40))}
+    real = {
+        "png": _png_bytes(img(48, 40)),
+        "jpg": _jpeg_bytes(img(48, 40)),
+        "nii.gz": _nifti_bytes(img(48, 40).astype(np.float32)),
+        "nii": nib.Nifti1Image(img(48, 40).astype(np.int16), np.eye(4)).to_bytes(),
+        "tif": _tiff_bytes(img(48, 40)),
+    }
     for ext, data in real.items():  # real files cut short
         for i in range(10):
             cut = int(rng.integers(1, len(data) - 1))
             put(f"trunc_{ext.replace('.', '')}_{i:02d}.{ext}", data[:cut], "truncated")
-    shapes = {"line": (64,), "stack3": (32, 32, 3), "stack5": (32, 32, 5), "vol": (8, 16, 16), "tall": (1, 300), "dot": (1, 1),
-              "four_d": (8, 8, 2, 2)}
+    shapes = {
+        "line": (64,),
+        "stack3": (32, 32, 3),
+        "stack5": (32, 32, 5),
+        "vol": (8, 16, 16),
+        "tall": (1, 300),
+        "dot": (1, 1),
+        "four_d": (8, 8, 2, 2),
+    }
     for name, shape in shapes.items():  # odd shapes
         put(f"shape_{name}.nii.gz", _nifti_bytes((rng.random(shape) * 255).astype(np.float32)), f"shape {shape}")
     for c in (2, 5, 7):
@@ -89,8 +105,15 @@ def generate(folder: Path, seed: int = SEED) -> dict[str, str]:
     put("shape_la.png", _png_bytes((rng.random((24, 24, 2)) * 255).astype(np.uint8)), "grey + alpha")
     put("shape_rgba.png", _png_bytes((rng.random((24, 24, 4)) * 255).astype(np.uint8)), "RGBA")
     put("shape_stack_tiff.tif", _tiff_bytes((rng.random((6, 24, 24)) * 255).astype(np.uint8)), "multi-page")
-    dtypes = {"f64": np.float64, "i16": np.int16, "u16": np.uint16, "i32": np.int32, "f32": np.float32, "u8": np.uint8,
-              "i8": np.int8}
+    dtypes = {
+        "f64": np.float64,
+        "i16": np.int16,
+        "u16": np.uint16,
+        "i32": np.int32,
+        "f32": np.float32,
+        "u8": np.uint8,
+        "i8": np.int8,
+    }
     for name, dt in dtypes.items():  # dtypes, in range and out of range of the 8-bit scaling
         for scale, tag in ((1.0, "unit"), (255.0, "byte"), (40000.0, "wide")):
             if tag == "wide" and dt in (np.int8, np.uint8):
@@ -114,9 +137,25 @@ def generate(folder: Path, seed: int = SEED) -> dict[str, str]:
             put(f"nonfinite64_{tag}.nii.gz", _nifti_bytes(a.astype(np.float64)), "NaN/Inf")
     for ext in ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "nii", "nii.gz", "dcm"):  # zero-byte files
         put(f"zero_{ext.replace('.', '')}.{ext}", b"", "zero bytes")
-    for i, (w, h) in enumerate([(2**31 - 1, 2**31 - 1), (65535, 65535), (100000, 1), (1, 100000), (30000, 30000), (12000, 12000),
-                                (0, 10), (10, 0), (2**32 - 1, 5), (5000, 5000), (20000, 9000), (1, 1), (40000, 40000),
-                                (9000, 20000), (16384, 16384)]):
+    for i, (w, h) in enumerate(
+        [
+            (2**31 - 1, 2**31 - 1),
+            (65535, 65535),
+            (100000, 1),
+            (1, 100000),
+            (30000, 30000),
+            (12000, 12000),
+            (0, 10),
+            (10, 0),
+            (2**32 - 1, 5),
+            (5000, 5000),
+            (20000, 9000),
+            (1, 1),
+            (40000, 40000),
+            (9000, 20000),
+            (16384, 16384),
+        ]
+    ):
         ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
         idat = zlib.compress(rng.bytes(int(rng.integers(0, 64))))
         data = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
@@ -173,10 +212,33 @@ def test_inference_screening_and_one_run_on_the_fuzz_folder(tmp_path, fuzz_folde
     torch.manual_seed(0)
     torch.save(UNeXt(1, 2).state_dict(), tmp_path / "model.pt")
     configs = str([str(CONFIGS / c) for c in ("common.yaml", "inference.yaml")])
-    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--input_path", str(folder),
-                          "--ckpt_path", str(tmp_path / "model.pt"), "--output_dir", str(tmp_path / "out"),
-                          "--image_size", "[32,32]", "--num_classes", "2", "--input_check_timeout", str(PER_FILE_LIMIT_S)],
-                         cwd=REPO, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            configs,
+            "--input_path",
+            str(folder),
+            "--ckpt_path",
+            str(tmp_path / "model.pt"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--image_size",
+            "[32,32]",
+            "--num_classes",
+            "2",
+            "--input_check_timeout",
+            str(PER_FILE_LIMIT_S),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = tmp_path / "out" / "inference"
     report = {Path(r["file"]).name: r["reason"] for r in json.loads((out / "bad_inputs.json").read_text())}
@@ -212,8 +274,24 @@ def test_per_file_preparation_readers_fail_cleanly(fuzz_folder):
 
 
 def _prepare_cmd(source: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "custom.data", "prepare", "folder", "--source", str(source), "--out", str(out),
-            "--val-fraction", "0", "--test-fraction", "0", "--progress", "false", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "custom.data",
+        "prepare",
+        "folder",
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+        "--val-fraction",
+        "0",
+        "--test-fraction",
+        "0",
+        "--progress",
+        "false",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("fuzzed", ["images", "labels"])
@@ -226,7 +304,9 @@ def test_preparation_of_a_fuzzed_folder_lists_every_bad_file(tmp_path, fuzz_fold
     source = tmp_path / "src"
     (source / "images").mkdir(parents=True)
     (source / "labels").mkdir()
-    fuzz_dir, other_dir = (source / "images", source / "labels") if fuzzed == "images" else (source / "labels", source / "images")
+    fuzz_dir, other_dir = (
+        (source / "images", source / "labels") if fuzzed == "images" else (source / "labels", source / "images")
+    )
     for name in kinds:
         (fuzz_dir / name).write_bytes((folder / name).read_bytes())
         # the partner of every file: a plain 8-bit PNG of the fuzzed file's size where it has one
@@ -245,8 +325,9 @@ def test_preparation_of_a_fuzzed_folder_lists_every_bad_file(tmp_path, fuzz_fold
     bad = [n for n in kinds if kinds[n] in ("zero bytes", "NaN/Inf") or n.startswith("huge_0")]
     for name in bad:
         assert name in res.stderr, name
-    res = subprocess.run(_prepare_cmd(source, tmp_path / "out", "--skip-invalid"), capture_output=True, text=True, timeout=600,
-                         cwd=REPO)
+    res = subprocess.run(
+        _prepare_cmd(source, tmp_path / "out", "--skip-invalid"), capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert res.returncode in (0, PREPARE_ERROR_CODE), (res.returncode, res.stderr[-3000:])
     if res.returncode == 0:
         skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())

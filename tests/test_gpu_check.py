@@ -16,8 +16,14 @@ from custom.gpu_check import STAGES, run_gpu_check
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    return subprocess.run([sys.executable, "-m", "custom.bench", "gpu", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "custom.bench", "gpu", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
 def test_tiny_gpu_check_writes_every_stage_into_one_json(tmp_path):
@@ -49,17 +55,24 @@ def test_tiny_gpu_check_writes_every_stage_into_one_json(tmp_path):
 
 def test_a_failing_stage_is_recorded_and_the_next_still_runs(tmp_path):
     out = tmp_path / "gpu.json"
-    r = run_gpu_check(out, tiny=True, dataset_dir=tmp_path / "nowhere", stages=("prepare_psfhs", "environment"),
-                      quiet=True)
+    r = run_gpu_check(
+        out, tiny=True, dataset_dir=tmp_path / "nowhere", stages=("prepare_psfhs", "environment"), quiet=True
+    )
     assert r["failed"] == ["prepare_psfhs"]
-    assert "FileNotFoundError" in r["stages"]["prepare_psfhs"]["error"] and "nowhere" in r["stages"]["prepare_psfhs"]["error"]
+    assert (
+        "FileNotFoundError" in r["stages"]["prepare_psfhs"]["error"]
+        and "nowhere" in r["stages"]["prepare_psfhs"]["error"]
+    )
     assert r["stages"]["environment"]["ok"] and r["stages"]["environment"]["result"]["torch"]
     assert json.loads(out.read_text()) == json.loads(json.dumps(r, default=str))
 
 
 def test_bad_options_are_one_line(tmp_path):
-    for args, option in (([], "--out"), (["--out", str(tmp_path / "x.json"), "--stages", "[bogus]"], "--stages"),
-                         (["--out", str(tmp_path / "x.json"), "--tiny", "maybe"], "--tiny")):
+    for args, option in (
+        ([], "--out"),
+        (["--out", str(tmp_path / "x.json"), "--stages", "[bogus]"], "--stages"),
+        (["--out", str(tmp_path / "x.json"), "--tiny", "maybe"], "--tiny"),
+    ):
         proc = _cli(*args)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert proc.returncode == 2 and len(errors) == 1 and option in errors[0], (args, proc.stderr[-2000:])

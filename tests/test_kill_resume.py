@@ -21,18 +21,40 @@ SCORES = "0.3,0.5,0.4,0.6,0.2,0.1"
 
 
 def _cmd(tmp_path, dataset, models, **extra):
-    ov = tiny_overrides(tmp_path, dataset, max_iterations=12, ckpt_dir=str(models), output_dir=str(models / "eval"),
-                        validate_transformer=False, **extra)
-    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(train_config_files()),
-            "--meta_file", str(CONFIGS / "metadata.json")]
+    ov = tiny_overrides(
+        tmp_path,
+        dataset,
+        max_iterations=12,
+        ckpt_dir=str(models),
+        output_dir=str(models / "eval"),
+        validate_transformer=False,
+        **extra,
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str(train_config_files()),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+    ]
     for k, v in ov.items():
         args += [f"--{k}", repr(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else str(v)]
     return args
 
 
 def _run(args, kill_at=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "PYTHONPATH": f"{HOOKS}{os.pathsep}{REPO}",
-           "KILL_REPO": str(REPO), "KILL_SCORES": SCORES}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONHASHSEED": "0",
+        "PYTHONPATH": f"{HOOKS}{os.pathsep}{REPO}",
+        "KILL_REPO": str(REPO),
+        "KILL_SCORES": SCORES,
+    }
     env.pop("KILL_AT", None)
     if kill_at:
         env["KILL_AT"] = kill_at

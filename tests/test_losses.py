@@ -61,8 +61,8 @@ def test_cps_uses_the_other_networks_hard_labels_and_detaches_them():
     expected = reference_dice(p1, p2.argmax(1, keepdim=True)) + reference_dice(p2, p1.argmax(1, keepdim=True))
     assert torch.allclose(loss, expected, atol=1e-6)
     # the pseudo-label path carries no gradient: d L / d p1 comes only from Dice(p1, y2)
-    g1, = torch.autograd.grad(loss, p1, retain_graph=True)
-    g1_direct, = torch.autograd.grad(reference_dice(p1, p2.argmax(1, keepdim=True)), p1)
+    (g1,) = torch.autograd.grad(loss, p1, retain_graph=True)
+    (g1_direct,) = torch.autograd.grad(reference_dice(p1, p2.argmax(1, keepdim=True)), p1)
     assert torch.allclose(g1, g1_direct, atol=1e-7)
 
 
@@ -109,7 +109,9 @@ def test_divergence_terms_switch_off_and_weight():
     kl, mig = kl_divergence(p1, p2).mean(), mutual_information_gap(p1, p2).mean()
     assert InformationDivergenceLoss(kl_weight=0)(p1, p2).item() == pytest.approx(mig.item(), abs=1e-6)
     assert InformationDivergenceLoss(mig_weight=0)(p1, p2).item() == pytest.approx(kl.item(), abs=1e-6)
-    assert InformationDivergenceLoss(kl_weight=2, mig_weight=0.5)(p1, p2).item() == pytest.approx((2 * kl + 0.5 * mig).item(), abs=1e-6)
+    assert InformationDivergenceLoss(kl_weight=2, mig_weight=0.5)(p1, p2).item() == pytest.approx(
+        (2 * kl + 0.5 * mig).item(), abs=1e-6
+    )
 
 
 def test_divergence_reductions():
@@ -191,9 +193,9 @@ def test_sigmoid_rampup_and_ramp_weight():
 
 def test_poly_lr():
     assert poly_lr(0.01, 0, 100) == pytest.approx(0.01)
-    assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5**0.9)
     assert poly_lr(0.01, 150, 100) == 0.0
-    assert PolyLRLambda(100)(50) == pytest.approx(0.5 ** 0.9)
+    assert PolyLRLambda(100)(50) == pytest.approx(0.5**0.9)
 
 
 # ------------------------------------------------------------ confidence-gated cross terms (issue 10)
@@ -220,9 +222,13 @@ def test_gated_cps_is_the_reference_dice_on_the_teachers_confident_pixels_only()
     other.permute(0, 2, 3, 1)[keep] = torch.tensor([0.0, 0.0, 1.0])
     assert not torch.allclose(loss.pseudo(other, teacher), loss.pseudo(student, teacher))
     # gate 0 is the published CPS; a gate nothing passes gives 0
-    assert torch.allclose(CrossPseudoSupervisionLoss(confidence=0.0).pseudo(student, teacher),
-                          reference_dice(student, teacher.argmax(1, keepdim=True)))
-    assert float(CrossPseudoSupervisionLoss(confidence=0.999999).pseudo(student, torch.full_like(teacher, 1 / 3))) == 0.0
+    assert torch.allclose(
+        CrossPseudoSupervisionLoss(confidence=0.0).pseudo(student, teacher),
+        reference_dice(student, teacher.argmax(1, keepdim=True)),
+    )
+    assert (
+        float(CrossPseudoSupervisionLoss(confidence=0.999999).pseudo(student, torch.full_like(teacher, 1 / 3))) == 0.0
+    )
     with pytest.raises(ValueError, match="confidence"):
         CrossPseudoSupervisionLoss(confidence=1.0)
 
@@ -237,9 +243,17 @@ def test_gated_cps_gradient_reaches_the_student_only_on_confident_pixels():
 def _context(p_cnn, p_vit, leader="cnn", labeled_bs=0):
     from custom.terms import IterationContext
 
-    return IterationContext(images=torch.zeros(p_cnn.shape[0], 1, *p_cnn.shape[2:]), labels=torch.zeros(0),
-                            labeled_bs=labeled_bs, networks={}, logits={}, probs={"cnn": p_cnn, "transformer": p_vit},
-                            teacher=None, iteration=0, leader=leader)
+    return IterationContext(
+        images=torch.zeros(p_cnn.shape[0], 1, *p_cnn.shape[2:]),
+        labels=torch.zeros(0),
+        labeled_bs=labeled_bs,
+        networks={},
+        logits={},
+        probs={"cnn": p_cnn, "transformer": p_vit},
+        teacher=None,
+        iteration=0,
+        leader=leader,
+    )
 
 
 @pytest.mark.parametrize("direction", ["follower", "both"])
@@ -295,8 +309,17 @@ def test_self_training_term_is_gated_dice_of_the_perturbed_prediction_against_th
     with torch.no_grad():
         p_clean = torch.softmax(3 * net(x), 1)  # sharper than the net itself: confident pixels exist
     term = SelfTrainingTerm(roles=("cnn",), confidence=0.7, noise_std=0.05)
-    ctx = IterationContext(images=x, labels=torch.zeros(0), labeled_bs=2, networks={"cnn": net}, logits={},
-                           probs={"cnn": p_clean}, teacher=None, iteration=0, generator=torch.Generator().manual_seed(3))
+    ctx = IterationContext(
+        images=x,
+        labels=torch.zeros(0),
+        labeled_bs=2,
+        networks={"cnn": net},
+        logits={},
+        probs={"cnn": p_clean},
+        teacher=None,
+        iteration=0,
+        generator=torch.Generator().manual_seed(3),
+    )
     torch.manual_seed(5)
     value = term.loss(ctx)
     torch.manual_seed(5)

@@ -47,8 +47,8 @@ needs_psfhs = pytest.mark.skipif(
 def segments(shape: tuple[int, int], row: int, gt_cols: range, pred_cols: range) -> tuple[np.ndarray, np.ndarray]:
     """Two one-pixel-thick horizontal segments on ``row`` (label 1)."""
     pred, gt = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
-    gt[row, gt_cols.start:gt_cols.stop] = 1
-    pred[row, pred_cols.start:pred_cols.stop] = 1
+    gt[row, gt_cols.start : gt_cols.stop] = 1
+    pred[row, pred_cols.start : pred_cols.stop] = 1
     return pred, gt
 
 
@@ -282,9 +282,21 @@ def test_evaluate_batch_accepts_torch_b1hw_and_per_image_spacing():
 
 
 def _row(d1, d2, h1, h2, e1=False, unit="mm"):
-    r = {"dice_1": d1, "dice_2": d2, "hd95_1": h1, "hd95_2": h2, "asd_1": h1 / 2, "asd_2": h2 / 2,
-         "hd95_monai_1": h1, "hd95_monai_2": h2, "empty_pred_1": e1, "empty_pred_2": False,
-         "empty_gt_1": False, "empty_gt_2": False, "unit": unit}
+    r = {
+        "dice_1": d1,
+        "dice_2": d2,
+        "hd95_1": h1,
+        "hd95_2": h2,
+        "asd_1": h1 / 2,
+        "asd_2": h2 / 2,
+        "hd95_monai_1": h1,
+        "hd95_monai_2": h2,
+        "empty_pred_1": e1,
+        "empty_pred_2": False,
+        "empty_gt_1": False,
+        "empty_gt_2": False,
+        "unit": unit,
+    }
     return r
 
 

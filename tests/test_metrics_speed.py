@@ -45,7 +45,7 @@ def degraded_predictions(gt: np.ndarray, rng: np.random.Generator) -> list[np.nd
     noisy = gt.copy()
     for _ in range(6):
         y, x = rng.integers(0, gt.shape[0] - 8), rng.integers(0, gt.shape[1] - 8)
-        noisy[y:y + rng.integers(1, 8), x:x + rng.integers(1, 8)] = rng.integers(0, 3)
+        noisy[y : y + rng.integers(1, 8), x : x + rng.integers(1, 8)] = rng.integers(0, 3)
     out.append(noisy)
     lost = gt.copy()
     lost[lost == 1] = 0  # class 1 missing: empty prediction, penalty
@@ -124,7 +124,8 @@ def test_cropped_distances_equal_full_image_ones_in_order_and_monai_hd95():
             for a, b in zip(new, old):
                 np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)  # same pixels, same (row-major) order
             assert monai_hd95(pred == c, gt == c, spacing) == pytest.approx(
-                reference_monai_hd95(pred == c, gt == c, spacing), rel=TOL, abs=TOL)
+                reference_monai_hd95(pred == c, gt == c, spacing), rel=TOL, abs=TOL
+            )
 
 
 # -------------------------------------------------------------- python -m custom.bench evaluate
@@ -134,8 +135,14 @@ def _bench_evaluate(*args: str):
 
     from conftest import REPO
 
-    return subprocess.run([sys.executable, "-m", "custom.bench", "evaluate", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "custom.bench", "evaluate", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.mark.skipif(not PSFHS_LABELS.is_dir(), reason=f"real PSFHS masks absent ({PSFHS_LABELS})")

@@ -12,13 +12,15 @@ import torch
 import yaml
 from conftest import CONFIGS, REPO, tiny_overrides, train_config_files
 
-from custom.deploy_meta import ModelConfigError
-
 SCALES = ["cpu_small.yaml", "demo.yaml", "protocol.yaml", "protocol_cpu.yaml"]
 META = str(CONFIGS / "metadata.json")
 # the tiny size of tests/conftest.py, as a user would repeat it on every command
-SIZE = {"image_size": [64, 64], "transformer_def#embed_dim": 12, "transformer_def#num_heads": [1, 1, 2, 2],
-        "transformer_def#window_size": 4}
+SIZE = {
+    "image_size": [64, 64],
+    "transformer_def#embed_dim": 12,
+    "transformer_def#num_heads": [1, 1, 2, 2],
+    "transformer_def#window_size": 4,
+}
 
 
 def _cfg(*names):
@@ -39,8 +41,12 @@ def trained(tmp_path_factory, demo_dataset):
     from monai.bundle import run
 
     tmp = tmp_path_factory.mktemp("trained")
-    run(run_id="training", config_file=train_config_files("cpu_small.yaml"), meta_file=META,
-        **tiny_overrides(tmp, demo_dataset, validate_transformer=False))
+    run(
+        run_id="training",
+        config_file=train_config_files("cpu_small.yaml"),
+        meta_file=META,
+        **tiny_overrides(tmp, demo_dataset, validate_transformer=False),
+    )
     return tmp
 
 
@@ -63,16 +69,37 @@ def test_readme_inference_evaluate_export_with_cpu_small(trained, demo_dataset, 
     """The README's commands as written (cpu_small.yaml merged) plus the tests' tiny size."""
     from monai.bundle import ckpt_export, run
 
-    common = {"bundle_root": str(REPO / "bundle"), "ckpt_dir": str(trained / "models"), "dataset_dir": demo_dataset,
-              "output_dir": str(tmp_path / "out"), **SIZE}
-    run(config_file=_cfg("common.yaml", "cpu_small.yaml", "inference.yaml"), meta_file=META,
-        input_path=str(Path(demo_dataset) / "images"), **common)
+    common = {
+        "bundle_root": str(REPO / "bundle"),
+        "ckpt_dir": str(trained / "models"),
+        "dataset_dir": demo_dataset,
+        "output_dir": str(tmp_path / "out"),
+        **SIZE,
+    }
+    run(
+        config_file=_cfg("common.yaml", "cpu_small.yaml", "inference.yaml"),
+        meta_file=META,
+        input_path=str(Path(demo_dataset) / "images"),
+        **common,
+    )
     assert list((tmp_path / "out" / "inference").rglob("*.png"))
-    run(run_id="evaluating", config_file=_cfg("common.yaml", "train.yaml", "cpu_small.yaml", "evaluate.yaml"),
-        meta_file=META, eval_split="validation", **common)
+    run(
+        run_id="evaluating",
+        config_file=_cfg("common.yaml", "train.yaml", "cpu_small.yaml", "evaluate.yaml"),
+        meta_file=META,
+        eval_split="validation",
+        **common,
+    )
     assert (tmp_path / "out" / "evaluation" / "summary.md").is_file()
-    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(trained / "models" / "model.pt"),
-                meta_file=META, config_file=_cfg("common.yaml", "cpu_small.yaml"), input_shape=[1, 1, 64, 64], **common)
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=str(trained / "models" / "model.pt"),
+        meta_file=META,
+        config_file=_cfg("common.yaml", "cpu_small.yaml"),
+        input_shape=[1, 1, 64, 64],
+        **common,
+    )
     assert (tmp_path / "model.ts").is_file()
 
 
@@ -85,27 +112,51 @@ def test_consumers_without_the_scale_use_the_recorded_one(trained, demo_dataset,
     assert parser.get_parsed_content("image_size") == [64, 64]
     assert parser.get_parsed_content("transformer").encoder.patch_embed.proj.out_channels == 12
     # the disagreement map builds the Swin-Unet and loads its training-state weights
-    run(config_file=_cfg("common.yaml", "inference.yaml"), meta_file=META, bundle_root=str(REPO / "bundle"),
-        ckpt_dir=str(trained / "models"), output_dir=str(tmp_path / "out"), with_disagreement=True,
-        input_path=str(Path(demo_dataset) / "images"))
+    run(
+        config_file=_cfg("common.yaml", "inference.yaml"),
+        meta_file=META,
+        bundle_root=str(REPO / "bundle"),
+        ckpt_dir=str(trained / "models"),
+        output_dir=str(tmp_path / "out"),
+        with_disagreement=True,
+        input_path=str(Path(demo_dataset) / "images"),
+    )
     assert list((tmp_path / "out" / "inference").rglob("*.png"))
-    run(run_id="evaluating", config_file=_cfg("common.yaml", "train.yaml", "evaluate.yaml"), meta_file=META,
-        bundle_root=str(REPO / "bundle"), ckpt_dir=str(trained / "models"), dataset_dir=demo_dataset,
-        output_dir=str(tmp_path / "out"), eval_split="validation")
+    run(
+        run_id="evaluating",
+        config_file=_cfg("common.yaml", "train.yaml", "evaluate.yaml"),
+        meta_file=META,
+        bundle_root=str(REPO / "bundle"),
+        ckpt_dir=str(trained / "models"),
+        dataset_dir=demo_dataset,
+        output_dir=str(tmp_path / "out"),
+        eval_split="validation",
+    )
     summary = json.loads((tmp_path / "out" / "evaluation" / "summary.json").read_text())
     assert summary
 
 
-@pytest.mark.parametrize("override, named", [({"image_size": [32, 32]}, "image_size=[32, 32]"),
-                                             ({"transformer_def#embed_dim": 96}, "transformer_def.embed_dim=96"),
-                                             ({"num_classes": 3}, "num_classes=3")])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ({"image_size": [32, 32]}, "image_size=[32, 32]"),
+        ({"transformer_def#embed_dim": 96}, "transformer_def.embed_dim=96"),
+        ({"num_classes": 3}, "num_classes=3"),
+    ],
+)
 def test_an_explicit_contradicting_value_is_refused(trained, demo_dataset, tmp_path, override, named):
     from monai.bundle import run
 
     with pytest.raises(Exception) as err:
-        run(config_file=_cfg("common.yaml", "inference.yaml"), meta_file=META, bundle_root=str(REPO / "bundle"),
-            ckpt_dir=str(trained / "models"), output_dir=str(tmp_path / "out"),
-            input_path=str(Path(demo_dataset) / "images"), **override)
+        run(
+            config_file=_cfg("common.yaml", "inference.yaml"),
+            meta_file=META,
+            bundle_root=str(REPO / "bundle"),
+            ckpt_dir=str(trained / "models"),
+            output_dir=str(tmp_path / "out"),
+            input_path=str(Path(demo_dataset) / "images"),
+            **override,
+        )
     msg = [line for line in _chain(err.value).splitlines() if "but the weights were trained with" in line]
     assert msg and named in msg[0] and "model_config.json" in msg[0], _chain(err.value)[-2000:]
 
@@ -140,7 +191,10 @@ def test_package_and_monailabel_follow_the_recorded_weights(trained, tmp_path):
     meta = json.loads((target / "configs" / "metadata.json").read_text())
     fmt = meta["network_data_format"]
     assert fmt["inputs"]["image"]["spatial_shape"] == fmt["outputs"]["pred"]["spatial_shape"] == [64, 64]
-    assert fmt["outputs"]["pred"]["num_channels"] == 2 and fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "head"}
+    assert fmt["outputs"]["pred"]["num_channels"] == 2 and fmt["outputs"]["pred"]["channel_def"] == {
+        "0": "background",
+        "1": "head",
+    }
     assert (target / "models" / "model_config.json").read_bytes() == (models / "model_config.json").read_bytes()
 
     settings = BundleSettings.from_conf({"bundle_root": str(REPO / "bundle"), "models_dir": str(models)})

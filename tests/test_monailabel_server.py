@@ -15,9 +15,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
-import re
 import socket
 import subprocess
 import sys
@@ -115,8 +115,12 @@ def server(tmp_path_factory):
             files[stem] = studies / name
     tiny = tmp / "tiny.yaml"
     tiny.write_text(TINY_YAML)
-    configs = [REPO / "bundle" / "configs" / "common.yaml", REPO / "bundle" / "configs" / "inference.yaml",
-               APP / "configs" / "monailabel.yaml", tiny]
+    configs = [
+        REPO / "bundle" / "configs" / "common.yaml",
+        REPO / "bundle" / "configs" / "inference.yaml",
+        APP / "configs" / "monailabel.yaml",
+        tiny,
+    ]
 
     # seeded random weights at the tiny scale: model.pt (UNeXt) and a training state with the Transformer
     parser = _parser(configs, num_classes, models_dir)
@@ -136,18 +140,54 @@ def server(tmp_path_factory):
     port = _free_port()
     exe = Path(sys.executable).parent / "monailabel"
     launcher = [str(exe)] if exe.exists() else [sys.executable, "-m", "monailabel.main"]
-    cmd = [*launcher, "start_server", "--app", str(APP), "--studies", str(studies), "--host", "127.0.0.1",
-           "--port", str(port), "--log_config", str(log_config), "--conf", "models", MODEL, "--conf", "models_dir", str(models_dir),
-           "--conf", "config_overrides", str(tiny), "--conf", "num_classes", str(num_classes),
-           "--conf", "preload", "false", "--conf", "strategy_device", "cpu"]
+    cmd = [
+        *launcher,
+        "start_server",
+        "--app",
+        str(APP),
+        "--studies",
+        str(studies),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log_config",
+        str(log_config),
+        "--conf",
+        "models",
+        MODEL,
+        "--conf",
+        "models_dir",
+        str(models_dir),
+        "--conf",
+        "config_overrides",
+        str(tiny),
+        "--conf",
+        "num_classes",
+        str(num_classes),
+        "--conf",
+        "preload",
+        "false",
+        "--conf",
+        "strategy_device",
+        "cpu",
+    ]
     # the `monailabel` launcher runs `$MONAILABEL_PYEXE -m monailabel.main`: this interpreter
-    env = {**os.environ, "MONAILABEL_PYEXE": sys.executable, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO), "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
-           "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false", "OMP_NUM_THREADS": "2"}
+    env = {
+        **os.environ,
+        "MONAILABEL_PYEXE": sys.executable,
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(REPO),
+        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+        "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+        "OMP_NUM_THREADS": "2",
+    }
     env.pop("FETAL_US_MODELS_DIR", None)
     log = tmp / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -162,8 +202,17 @@ def server(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"server not answering /info/ after {STARTUP_TIMEOUT} s:\n{_tail(log)}")
             time.sleep(2)
-        yield {"url": url, "studies": studies, "models_dir": models_dir, "configs": configs, "source": source,
-               "num_classes": num_classes, "images": list(files), "files": files, "log": log}
+        yield {
+            "url": url,
+            "studies": studies,
+            "models_dir": models_dir,
+            "configs": configs,
+            "source": source,
+            "num_classes": num_classes,
+            "images": list(files),
+            "files": files,
+            "log": log,
+        }
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -190,8 +239,9 @@ def _divergences(server) -> dict[str, float]:
     cnn = parser.get_parsed_content("network_def", instantiate=True)
     transformer = parser.get_parsed_content("transformer_def", instantiate=True)
     custom.checkpoint.load_network_weights(cnn, str(server["models_dir"] / "model.pt"))
-    custom.checkpoint.load_network_weights(transformer, str(server["models_dir"] / "train_state" / "train_state.pt"),
-                                           key="transformer")
+    custom.checkpoint.load_network_weights(
+        transformer, str(server["models_dir"] / "train_state" / "train_state.pt"), key="transformer"
+    )
     cnn.eval(), transformer.eval()
     pre = Compose(parser.get_parsed_content("deterministic_transforms", instantiate=True))
     divergence = InformationDivergenceLoss(reduction="image")
@@ -221,8 +271,12 @@ def test_infer_returns_a_mask_of_the_image_size(server, which):
     import custom.checkpoint
 
     image = server["images"][which]
-    r = _check(requests.post(f"{server['url']}/infer/{MODEL}", params={"image": image, "output": "image"},
-                             timeout=REQUEST_TIMEOUT), server)
+    r = _check(
+        requests.post(
+            f"{server['url']}/infer/{MODEL}", params={"image": image, "output": "image"}, timeout=REQUEST_TIMEOUT
+        ),
+        server,
+    )
     assert r.content[:8] == b"\x89PNG\r\n\x1a\n", "the mask is not a PNG"
     mask = np.asarray(Image.open(io.BytesIO(r.content)))
     original = np.asarray(Image.open(server["files"][image]))
@@ -253,8 +307,9 @@ def test_twenty_concurrent_inference_requests_all_answer_correctly(server):
     images = [server["images"][i % len(server["images"])] for i in range(20)]
 
     def infer(image):
-        r = requests.post(f"{server['url']}/infer/{MODEL}", params={"image": image, "output": "image"},
-                          timeout=REQUEST_TIMEOUT)
+        r = requests.post(
+            f"{server['url']}/infer/{MODEL}", params={"image": image, "output": "image"}, timeout=REQUEST_TIMEOUT
+        )
         return image, r.status_code, r.content
 
     started = time.monotonic()
@@ -272,11 +327,16 @@ def test_twenty_concurrent_inference_requests_all_answer_correctly(server):
 
 def test_a_broken_image_gets_an_error_naming_it_and_the_server_keeps_serving(server):
     truncated = server["files"][server["images"][0]].read_bytes()[:200]
-    r = requests.put(f"{server['url']}/datastore/image", params={"image": "broken_frame"},
-                     files={"file": ("broken_frame.png", truncated, "image/png")}, timeout=REQUEST_TIMEOUT)
+    r = requests.put(
+        f"{server['url']}/datastore/image",
+        params={"image": "broken_frame"},
+        files={"file": ("broken_frame.png", truncated, "image/png")},
+        timeout=REQUEST_TIMEOUT,
+    )
     assert r.status_code == 200, r.text[:500]
-    r = requests.post(f"{server['url']}/infer/{MODEL}", params={"image": "broken_frame", "output": "image"},
-                      timeout=REQUEST_TIMEOUT)
+    r = requests.post(
+        f"{server['url']}/infer/{MODEL}", params={"image": "broken_frame", "output": "image"}, timeout=REQUEST_TIMEOUT
+    )
     assert r.status_code >= 400
     assert "broken_frame" in r.text, r.text[:1000]
     _check(requests.get(f"{server['url']}/info/", timeout=REQUEST_TIMEOUT), server)
@@ -284,21 +344,25 @@ def test_a_broken_image_gets_an_error_naming_it_and_the_server_keeps_serving(ser
     nxt = _check(requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server)
     assert nxt.json().get("id") != "broken_frame"
     # remove it again (the training test adds its own broken, labelled frame)
-    _check(requests.delete(f"{server['url']}/datastore/", params={"id": "broken_frame"}, timeout=REQUEST_TIMEOUT), server)
+    _check(
+        requests.delete(f"{server['url']}/datastore/", params={"id": "broken_frame"}, timeout=REQUEST_TIMEOUT), server
+    )
 
 
 def test_divergence_strategy_returns_the_most_disagreeing_image(server):
     expected = _divergences(server)
     best = max(expected, key=expected.get)
     t0 = time.monotonic()
-    first = _check(requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT),
-                   server).json()
+    first = _check(
+        requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server
+    ).json()
     t_first = time.monotonic() - t0
     assert first["id"] == best, (first, expected)
     assert first["disagreement"] == pytest.approx(expected[best], rel=1e-4, abs=1e-6)
     t0 = time.monotonic()
-    again = _check(requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT),
-                   server).json()
+    again = _check(
+        requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server
+    ).json()
     assert again["id"] == best and again["disagreement"] == first["disagreement"]
     print(f"divergence strategy: first call {t_first:.2f} s, cached call {time.monotonic() - t0:.2f} s")
 
@@ -309,17 +373,38 @@ def test_short_training_run_completes(server):
     for image in labelled:
         assert server["files"][image].suffix == ".png"
         with open(source / "labels" / f"{image}.png", "rb") as f:
-            _check(requests.put(f"{url}/datastore/label", params={"image": image, "tag": "final"},
-                                files={"label": (f"{image}.png", f, "image/png")}, data={"params": "{}"},
-                                timeout=REQUEST_TIMEOUT), server)
+            _check(
+                requests.put(
+                    f"{url}/datastore/label",
+                    params={"image": image, "tag": "final"},
+                    files={"label": (f"{image}.png", f, "image/png")},
+                    data={"params": "{}"},
+                    timeout=REQUEST_TIMEOUT,
+                ),
+                server,
+            )
     # a truncated frame with a valid mask: training leaves it out (logged by name) and trains on the rest
     truncated = server["files"][labelled[0]].read_bytes()[:200]
-    _check(requests.put(f"{url}/datastore/image", params={"image": "broken_labelled"},
-                        files={"file": ("broken_labelled.png", truncated, "image/png")}, timeout=REQUEST_TIMEOUT), server)
+    _check(
+        requests.put(
+            f"{url}/datastore/image",
+            params={"image": "broken_labelled"},
+            files={"file": ("broken_labelled.png", truncated, "image/png")},
+            timeout=REQUEST_TIMEOUT,
+        ),
+        server,
+    )
     with open(source / "labels" / f"{labelled[0]}.png", "rb") as f:
-        _check(requests.put(f"{url}/datastore/label", params={"image": "broken_labelled", "tag": "final"},
-                            files={"label": ("broken_labelled.png", f, "image/png")}, data={"params": "{}"},
-                            timeout=REQUEST_TIMEOUT), server)
+        _check(
+            requests.put(
+                f"{url}/datastore/label",
+                params={"image": "broken_labelled", "tag": "final"},
+                files={"label": ("broken_labelled.png", f, "image/png")},
+                data={"params": "{}"},
+                timeout=REQUEST_TIMEOUT,
+            ),
+            server,
+        )
     model_pt = server["models_dir"] / "model.pt"
     state_pt = server["models_dir"] / "train_state" / "train_state.pt"
     before = (model_pt.stat().st_mtime_ns, state_pt.stat().st_mtime_ns)
@@ -333,7 +418,9 @@ def test_short_training_run_completes(server):
             break
         time.sleep(3)
     else:
-        pytest.fail(f"training still running after {TRAIN_TIMEOUT} s: {json.dumps(status)[:3000]}\n{_tail(server['log'])}")
+        pytest.fail(
+            f"training still running after {TRAIN_TIMEOUT} s: {json.dumps(status)[:3000]}\n{_tail(server['log'])}"
+        )
     assert status.get("status") == "DONE", f"{json.dumps(status)[:3000]}\n{_tail(server['log'])}"
     assert state_pt.stat().st_mtime_ns > before[1], "training did not write the training state"
     assert model_pt.stat().st_mtime_ns > before[0], "training did not write model.pt"
@@ -360,8 +447,13 @@ def test_app_without_weights_registers_the_tasks_and_says_what_is_missing(tmp_pa
     shutil.copy2(source / "images" / name, studies / name)
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(TINY_YAML)
-    conf = {"models": MODEL, "models_dir": str(tmp_path / "models"), "config_overrides": str(tiny),
-            "num_classes": str(num_classes), "preload": "false"}
+    conf = {
+        "models": MODEL,
+        "models_dir": str(tmp_path / "models"),
+        "config_overrides": str(tiny),
+        "num_classes": str(num_classes),
+        "preload": "false",
+    }
     app_class = get_class_of_subclass_from_file("main", str(APP / "main.py"), "MONAILabelApp")
     app = app_class(str(APP), str(studies), conf)
     info = app.info()

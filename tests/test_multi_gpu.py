@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import CONFIGS, REPO, tiny_overrides, train_config_files
 
 WORLD = 2
@@ -50,8 +49,11 @@ def test_every_logging_or_saving_handler_is_disabled_on_other_ranks(extra):
     """multi_gpu_train.yaml disables handlers by list index: every handler that logs or
     saves must be hit, and nothing else (a reordered train.yaml would fail here)."""
     parser = _merged(*extra)
-    lists = {"train#handlers": parser["train#handlers"], "validate#handlers": parser["validate#handlers"],
-             "validate#transformer_evaluator#val_handlers": parser["validate#transformer_evaluator#val_handlers"]}
+    lists = {
+        "train#handlers": parser["train#handlers"],
+        "validate#handlers": parser["validate#handlers"],
+        "validate#transformer_evaluator#val_handlers": parser["validate#transformer_evaluator#val_handlers"],
+    }
     for where, handlers in lists.items():
         for i, h in enumerate(handlers):
             name = h["_target_"].rsplit(".", 1)[-1]
@@ -145,8 +147,12 @@ def _worker(rank: int, world: int, store: str, out_dir: str, dataset_dir: str) -
     from monai.bundle import ConfigWorkflow
 
     over = tiny_overrides(Path(out_dir) / f"cfg{rank}", dataset_dir)
-    wf = ConfigWorkflow(config_file=train_config_files(MULTI_GPU), meta_file=str(CONFIGS / "metadata.json"),
-                        workflow_type="train", **over)
+    wf = ConfigWorkflow(
+        config_file=train_config_files(MULTI_GPU),
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type="train",
+        **over,
+    )
     wf.initialize()
     teacher_cfg = wf.parser.get_parsed_content("teacher")  # before the trainer or anything else
     res["cfg_teacher"] = {k: v.clone() for k, v in teacher_cfg.state_dict().items()}
@@ -154,8 +160,10 @@ def _worker(rank: int, world: int, store: str, out_dir: str, dataset_dir: str) -
     res["cfg_network"] = {k: v.clone() for k, v in wf.parser.get_parsed_content("network").state_dict().items()}
     trainer = wf.parser.get_parsed_content("train#trainer")
     res["cfg_trainer_networks"] = {k: type(v).__name__ for k, v in trainer.networks.items()}
-    res["cfg_samplers"] = [type(wf.parser.get_parsed_content(k).sampler).__name__
-                           for k in ("train#dataloader", "train#unlabeled_dataloader", "validate#dataloader")]
+    res["cfg_samplers"] = [
+        type(wf.parser.get_parsed_content(k).sampler).__name__
+        for k in ("train#dataloader", "train#unlabeled_dataloader", "validate#dataloader")
+    ]
     res["cfg_handlers"] = [type(h).__name__ for h in wf.parser.get_parsed_content("train#trainer#train_handlers")]
     res["cfg_val_handlers"] = [type(h).__name__ for h in wf.parser.get_parsed_content("validate#handlers")]
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -216,7 +224,9 @@ def test_config_builds_the_teacher_after_the_ddp_broadcast(spawned):
     assert a["cfg_handlers"][-1] == b["cfg_handlers"][-1] == "LeaderBroadcast"
     assert {"StatsHandler", "TensorBoardStatsHandler", "ProgressBar"} <= set(a["cfg_handlers"])
     assert not {"StatsHandler", "TensorBoardStatsHandler", "ProgressBar"} & set(b["cfg_handlers"])
-    assert {"ValidationHandler", "NetworkValidationHandler", "LeaderSelector", "TrainingStateSaver"} <= set(b["cfg_handlers"])
+    assert {"ValidationHandler", "NetworkValidationHandler", "LeaderSelector", "TrainingStateSaver"} <= set(
+        b["cfg_handlers"]
+    )
     assert a["cfg_val_handlers"] == ["StatsHandler", "TensorBoardStatsHandler", "BestModelSaver"]
     assert b["cfg_val_handlers"] == []
 
@@ -226,16 +236,30 @@ def test_config_builds_the_teacher_after_the_ddp_broadcast(spawned):
 
 def _torchrun(tmp_path: Path, demo_dataset: str, name: str, **more) -> str:
     over = tiny_overrides(tmp_path, demo_dataset, max_iterations=4, dist_timeout_minutes=2, **more)
-    dump = (f"$torch.save({{'cnn': @network.state_dict(), 'transformer': @transformer.state_dict(), "
-            f"'teacher': @teacher.state_dict(), 'leader': @train#trainer.leader, "
-            f"'iteration': @train#trainer.state.iteration, 'best': @validate#evaluator.state.best_metric}}, "
-            f"'{tmp_path}/{name}_rank' + str(torch.distributed.get_rank()) + '.pt')")
+    dump = (
+        f"$torch.save({{'cnn': @network.state_dict(), 'transformer': @transformer.state_dict(), "
+        f"'teacher': @teacher.state_dict(), 'leader': @train#trainer.leader, "
+        f"'iteration': @train#trainer.state.iteration, 'best': @validate#evaluator.state.best_metric}}, "
+        f"'{tmp_path}/{name}_rank' + str(torch.distributed.get_rank()) + '.pt')"
+    )
     over["finalize"] = [dump, {"_target_": "custom.distributed.cleanup"}]
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(over))
     configs = train_config_files(MULTI_GPU) + [str(tmp_path / f"{name}.yaml")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-           "-m", "monai.bundle", "run", "training", "--config_file", str(configs),
-           "--meta_file", str(CONFIGS / "metadata.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD}",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str(configs),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+    ]
     start = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=420)
     log = proc.stdout + proc.stderr
@@ -257,8 +281,10 @@ def _rank_states(tmp_path: Path, name: str) -> list[dict]:
 
 
 # stops the run after its first epoch (as a crash would, but cleanly), to resume it
-STOP_AFTER_FIRST_EPOCH = ("$type('Stop', (), {'attach': lambda self, e: e.add_event_handler("
-                          "ignite.engine.Events.EPOCH_COMPLETED(once=1), lambda eng: eng.terminate())})()")
+STOP_AFTER_FIRST_EPOCH = (
+    "$type('Stop', (), {'attach': lambda self, e: e.add_event_handler("
+    "ignite.engine.Events.EPOCH_COMPLETED(once=1), lambda eng: eng.terminate())})()"
+)
 
 
 def test_torchrun_two_processes_train_identical_weights_save_once_and_resume(tmp_path, demo_dataset):
@@ -267,9 +293,16 @@ def test_torchrun_two_processes_train_identical_weights_save_once_and_resume(tmp
     ``resume: true`` to iteration 4 (ICT active, validation and leader selection after each
     epoch). After each, both ranks hold identical networks and teacher, and rank 0 alone
     wrote one model.pt, one training state and the TensorBoard logs."""
-    log = _torchrun(tmp_path, demo_dataset, "first", stop_after_first_epoch=STOP_AFTER_FIRST_EPOCH,
-                    **{"train#trainer#train_handlers":
-                       "$@ddp_first_handlers + @train#handlers + @ddp_last_handlers + [@stop_after_first_epoch]"})
+    log = _torchrun(
+        tmp_path,
+        demo_dataset,
+        "first",
+        stop_after_first_epoch=STOP_AFTER_FIRST_EPOCH,
+        **{
+            "train#trainer#train_handlers": "$@ddp_first_handlers + @train#handlers + @ddp_last_handlers"
+            " + [@stop_after_first_epoch]"
+        },
+    )
     states = _rank_states(tmp_path, "first")
     assert [s["iteration"] for s in states] == [2, 2]
     models = tmp_path / "models"
@@ -289,7 +322,9 @@ def test_torchrun_two_processes_train_identical_weights_save_once_and_resume(tmp
     full = torch.load(models / "train_state" / "train_state.pt", map_location="cpu", weights_only=True)
     assert full["trainer"]["iteration"] == 4
     # plain networks' keys (the teacher's own `module.` prefix is EMATeacher's, as in one process)
-    assert not any(k.startswith("module.") for k in full["cnn"]) and not any(k.startswith("module.") for k in full["transformer"])
+    assert not any(k.startswith("module.") for k in full["cnn"]) and not any(
+        k.startswith("module.") for k in full["transformer"]
+    )
     assert not any(k.startswith("module.module.") for k in full["teacher"])
     for key in ("cnn", "transformer", "teacher"):  # the final state is rank 0's, equal to every rank's
         assert all(torch.equal(full[key][k], states[0][key][k]) for k in full[key])

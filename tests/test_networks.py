@@ -69,8 +69,9 @@ def test_swin_unet_reference_parameter_count():
 
 @pytest.mark.parametrize("img_size,window", [(224, 7), (448, 7)])
 def test_swin_unet_reference_sizes(img_size, window):
-    m = SwinUnet(img_size=img_size, in_channels=1, out_channels=2, window_size=window, embed_dim=24,
-                 num_heads=(1, 2, 3, 4)).eval()
+    m = SwinUnet(
+        img_size=img_size, in_channels=1, out_channels=2, window_size=window, embed_dim=24, num_heads=(1, 2, 3, 4)
+    ).eval()
     with torch.no_grad():
         assert m(torch.rand(1, 1, img_size, img_size)).shape == (1, 2, img_size, img_size)
 
@@ -98,8 +99,12 @@ def _timm_swin_tiny_state(tmp_path, layout: str):
     if layout == "microsoft":  # original layout: downsample at the end of a stage, plain head
         import re
 
-        state = {re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k).replace("head.fc.", "head."): v
-                 for k, v in state.items()}
+        state = {
+            re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k).replace(
+                "head.fc.", "head."
+            ): v
+            for k, v in state.items()
+        }
         assert "layers.0.downsample.reduction.weight" in state
         state = {"model": state}
     path = tmp_path / f"swin_tiny_{layout}.pth"

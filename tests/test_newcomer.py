@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 README = REPO / "README.md"
@@ -47,8 +46,14 @@ def test_ci_test_keeps_the_existing_environment(tmp_path):
     if not python.is_file():
         pytest.skip("no .venv in the repository (CI builds it)")
     before = python.resolve()
-    res = subprocess.run(["bash", ".ci/test", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/test_losses.py"],
-                         cwd=REPO, capture_output=True, text=True, timeout=600, env=_env_without_omp())
+    res = subprocess.run(
+        ["bash", ".ci/test", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/test_losses.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env_without_omp(),
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert re.search(r"tests/test_losses\.py: \d+", res.stdout), res.stdout
     assert python.is_file() and python.resolve() == before
@@ -59,10 +64,12 @@ def test_importing_custom_sets_omp_wait_policy_unless_set(given, expected):
     env = _env_without_omp()
     if given:
         env["OMP_WAIT_POLICY"] = given
-    code = ("import sys, os, custom; assert 'torch' not in sys.modules, 'custom imported torch';"
-            "import subprocess; print(os.environ['OMP_WAIT_POLICY']);"
-            "print(subprocess.run([sys.executable, '-c', 'import os; print(os.environ[\"OMP_WAIT_POLICY\"])'],"
-            " capture_output=True, text=True).stdout.strip())")
+    code = (
+        "import sys, os, custom; assert 'torch' not in sys.modules, 'custom imported torch';"
+        "import subprocess; print(os.environ['OMP_WAIT_POLICY']);"
+        "print(subprocess.run([sys.executable, '-c', 'import os; print(os.environ[\"OMP_WAIT_POLICY\"])'],"
+        " capture_output=True, text=True).stdout.strip())"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [expected, expected]  # set in the process and inherited by its children
@@ -82,11 +89,14 @@ def test_quick_start_demo_line_logs_every_log_every_iterations_and_warns_once(tm
     assert len(demo) == 1 and "OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m monai.bundle run training" in demo[0]
     if not (REPO / ".venv" / "bin" / "python").is_file():
         pytest.skip("no .venv in the repository (CI builds it)")
-    tiny = (f" --dataset_dir {tmp_path / 'demo'} --ckpt_dir {tmp_path / 'models'} --output_dir {tmp_path / 'eval'}"
-            " --max_iterations 6 --train#epoch_length 3 --log_every 2 --ict_start 0"
-            " --transformer_def#embed_dim 12 --transformer_def#num_heads '[1,1,2,2]'")
-    res = subprocess.run(["bash", "-c", demo[0] + tiny], cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env=_env_without_omp())
+    tiny = (
+        f" --dataset_dir {tmp_path / 'demo'} --ckpt_dir {tmp_path / 'models'} --output_dir {tmp_path / 'eval'}"
+        " --max_iterations 6 --train#epoch_length 3 --log_every 2 --ict_start 0"
+        " --transformer_def#embed_dim 12 --transformer_def#num_heads '[1,1,2,2]'"
+    )
+    res = subprocess.run(
+        ["bash", "-c", demo[0] + tiny], cwd=REPO, capture_output=True, text=True, timeout=600, env=_env_without_omp()
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     iteration_lines = [line for line in res.stdout.splitlines() if re.search(r"Epoch: \d+/\d+, Iter: \d+/\d+ --", line)]
     assert len(iteration_lines) == 3, iteration_lines
@@ -113,8 +123,8 @@ def test_quick_start_demo_line_logs_every_log_every_iterations_and_warns_once(tm
 
 
 def _synthetic_psfhs(root, n=200):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     for folder in ("images", "labels"):
@@ -146,31 +156,67 @@ def test_psfhs_labelled_fraction_spans_the_video_blocks_by_default(tmp_path, cap
 
     src = _synthetic_psfhs(tmp_path / "src")
     options = {} if draw is None else {"labeled_draw": draw}
-    summary = prepare("psfhs", src, tmp_path / "out", labeled_fraction=0.1, test_ids="150-199", val_fraction=0, seed=0,
-                      progress=False, **options)
+    summary = prepare(
+        "psfhs",
+        src,
+        tmp_path / "out",
+        labeled_fraction=0.1,
+        test_ids="150-199",
+        val_fraction=0,
+        seed=0,
+        progress=False,
+        **options,
+    )
     assert summary["splits"]["training"]["images"] == images
     assert summary["labeled_groups"] == {"groups": spans, "pool_groups": 3}
     datalist = json.loads((tmp_path / "out" / "datalist.json").read_text())
     assert len({e["group"] for e in datalist["training"]}) == spans
-    assert {e["group"] for e in datalist["training"] + datalist["unlabeled"]}.isdisjoint(e["group"] for e in datalist["test"])
+    assert {e["group"] for e in datalist["training"] + datalist["unlabeled"]}.isdisjoint(
+        e["group"] for e in datalist["test"]
+    )
     assert f"labelled images span {spans} of the training pool's 3 groups" in capsys.readouterr().out
 
 
 def test_labeled_draw_bad_value_is_one_clear_line(tmp_path):
     src = _synthetic_psfhs(tmp_path / "src", n=4)
-    res = subprocess.run([sys.executable, "-m", "custom.data", "prepare", "psfhs", "--source", str(src), "--out",
-                          str(tmp_path / "out"), "--labeled-fraction", "0.5", "--labeled-draw", "videos"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "custom.data",
+            "prepare",
+            "psfhs",
+            "--source",
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+            "--labeled-fraction",
+            "0.5",
+            "--labeled-draw",
+            "videos",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
-        "error: --labeled-draw videos: must be one of groups, frames"]
+        "error: --labeled-draw videos: must be one of groups, frames"
+    ]
 
 
 # ----------------------------------------------------------------- outputs: class names, overlays, maps at frame size
 
 
 def _bundle_run(*args, timeout=600):
-    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], cwd=REPO, capture_output=True, text=True,
-                         timeout=timeout, env=_env_without_omp())
+    res = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env_without_omp(),
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
 
@@ -185,7 +231,7 @@ def _frames(folder, sizes):
     for i, (h, w) in enumerate(sizes):
         image = rng.integers(0, 256, (h, w), dtype=np.uint8)
         label = np.zeros((h, w), np.uint8)
-        label[h // 4: h // 2, w // 4: w // 2], label[h // 2 + 2:, w // 2 + 2:] = 1, 2
+        label[h // 4 : h // 2, w // 4 : w // 2], label[h // 2 + 2 :, w // 2 + 2 :] = 1, 2
         Image.fromarray(image).save(folder / f"f{i}.png")
         Image.fromarray(label).save(folder / f"f{i}_label.png")
         paths.append((folder / f"f{i}.png", folder / f"f{i}_label.png"))
@@ -225,13 +271,36 @@ def test_disagreement_map_is_at_the_frame_size_and_evaluation_names_the_classes(
     (tmp_path / "train_state").mkdir()
     torch.save({"transformer": swin.state_dict()}, tmp_path / "train_state" / "train_state.pt")
     pairs = _frames(tmp_path / "in", [(80, 112), (64, 64)])
-    scale = ["--image_size", "[64,64]", "--num_classes", "3", "--transformer_def#embed_dim", "12",
-             "--transformer_def#num_heads", "[1,1,2,2]", "--transformer_def#window_size", "4"]
+    scale = [
+        "--image_size",
+        "[64,64]",
+        "--num_classes",
+        "3",
+        "--transformer_def#embed_dim",
+        "12",
+        "--transformer_def#num_heads",
+        "[1,1,2,2]",
+        "--transformer_def#window_size",
+        "4",
+    ]
     inputs = [str(p[0]) for p in pairs]
-    _bundle_run("--config_file", str([str(REPO / "bundle/configs" / c) for c in ("common.yaml", "inference.yaml")]),
-                "--meta_file", str(REPO / "bundle/configs/metadata.json"), "--input_path", str(inputs),
-                "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--with_disagreement", "true",
-                "--save_overlays", "true", *scale)
+    _bundle_run(
+        "--config_file",
+        str([str(REPO / "bundle/configs" / c) for c in ("common.yaml", "inference.yaml")]),
+        "--meta_file",
+        str(REPO / "bundle/configs/metadata.json"),
+        "--input_path",
+        str(inputs),
+        "--ckpt_dir",
+        str(tmp_path),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--with_disagreement",
+        "true",
+        "--save_overlays",
+        "true",
+        *scale,
+    )
     out = tmp_path / "out" / "inference"
     for i, (h, w) in enumerate([(80, 112), (64, 64)]):
         assert np.load(out / f"f{i}_disagreement.npy").shape == (h, w)
@@ -244,10 +313,22 @@ def test_disagreement_map_is_at_the_frame_size_and_evaluation_names_the_classes(
     datalist = {"num_classes": 3, "labels": {"background": 0, "pubic_symphysis": 1, "fetal_head": 2}, "test": entries}
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "datalist.json").write_text(json.dumps(datalist))
-    _bundle_run("evaluating", "--config_file",
-                str([str(REPO / "bundle/configs" / c) for c in ("common.yaml", "train.yaml", "evaluate.yaml")]),
-                "--meta_file", str(REPO / "bundle/configs/metadata.json"), "--dataset_dir", str(tmp_path / "data"),
-                "--ckpt_path", str(tmp_path / "model.pt"), "--output_dir", str(tmp_path / "eval"), "--n_overlays", "1", *scale)
+    _bundle_run(
+        "evaluating",
+        "--config_file",
+        str([str(REPO / "bundle/configs" / c) for c in ("common.yaml", "train.yaml", "evaluate.yaml")]),
+        "--meta_file",
+        str(REPO / "bundle/configs/metadata.json"),
+        "--dataset_dir",
+        str(tmp_path / "data"),
+        "--ckpt_path",
+        str(tmp_path / "model.pt"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--n_overlays",
+        "1",
+        *scale,
+    )
     summary = (tmp_path / "eval" / "evaluation" / "summary.md").read_text()
     assert "pubic_symphysis" in summary and "fetal_head" in summary and "class_1" not in summary
 
@@ -277,10 +358,29 @@ def test_packaged_bundle_runs_inference_from_one_merged_config(tmp_path):
     (frame,) = [p for p, _ in _frames(tmp_path / "in", [(70, 90)])]
     env = {k: v for k, v in _env_without_omp().items() if k not in {"PYTHONPATH", "PYTHONHOME"}}
     env["CUDA_VISIBLE_DEVICES"] = ""
-    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-                          "--meta_file", "configs/metadata.json", "--input_path", str(frame), "--infer_output_dir",
-                          str(tmp_path / "out"), "--image_size", "[64,64]"],
-                         cwd=bundle, capture_output=True, text=True, timeout=600, env=env)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--meta_file",
+            "configs/metadata.json",
+            "--input_path",
+            str(frame),
+            "--infer_output_dir",
+            str(tmp_path / "out"),
+            "--image_size",
+            "[64,64]",
+        ],
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     from PIL import Image
 
@@ -295,10 +395,24 @@ def test_rerun_into_an_existing_inference_folder_is_one_line(tmp_path):
 
     torch.save(UNeXt(1, 2).state_dict(), tmp_path / "model.pt")
     (frame,) = [p for p, _ in _frames(tmp_path / "in", [(64, 64)])]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           str([str(REPO / "bundle/configs" / c) for c in ("common.yaml", "inference.yaml")]),
-           "--meta_file", str(REPO / "bundle/configs/metadata.json"), "--input_path", str(frame),
-           "--ckpt_path", str(tmp_path / "model.pt"), "--infer_output_dir", str(tmp_path / "out"), "--image_size", "[64,64]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str([str(REPO / "bundle/configs" / c) for c in ("common.yaml", "inference.yaml")]),
+        "--meta_file",
+        str(REPO / "bundle/configs/metadata.json"),
+        "--input_path",
+        str(frame),
+        "--ckpt_path",
+        str(tmp_path / "model.pt"),
+        "--infer_output_dir",
+        str(tmp_path / "out"),
+        "--image_size",
+        "[64,64]",
+    ]
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=_env_without_omp())
     assert first.returncode == 0, first.stderr[-3000:]
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=_env_without_omp())
@@ -306,6 +420,7 @@ def test_rerun_into_an_existing_inference_folder_is_one_line(tmp_path):
     assert "Traceback" not in again.stderr
     errors = [line for line in again.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "refusing to overwrite" in errors[0], again.stderr[-2000:]
-    verbose = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                             env={**_env_without_omp(), "CUSTOM_TRACEBACK": "1"})
+    verbose = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**_env_without_omp(), "CUSTOM_TRACEBACK": "1"}
+    )
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr and "FileExistsError" in verbose.stderr

@@ -46,9 +46,25 @@ def packaged(tmp_path_factory):
     weights = tmp / "weights.pt"
     _distinctive_weights(weights)
     out = tmp / "out"
-    proc = subprocess.run([sys.executable, "-m", "custom.package", "--out", str(out), "--name", NAME,
-                           "--weights", str(weights), "--zip", "true"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "custom.package",
+            "--out",
+            str(out),
+            "--name",
+            NAME,
+            "--weights",
+            str(weights),
+            "--zip",
+            "true",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"bundle": out / NAME, "zip": out / f"{NAME}.zip", "weights": weights, "tmp": tmp}
 
@@ -56,9 +72,18 @@ def packaged(tmp_path_factory):
 def test_layout_weights_and_zip(packaged):
     bundle = packaged["bundle"]
     files = _files(bundle)
-    for required in ("configs/common.yaml", "configs/metadata.json", "configs/meta_schema.json",
-                     "configs/logging.conf", "models/model.pt", "docs/README.md", "LICENSE",
-                     "custom/__init__.py", "custom/networks/unext.py", "custom/package.py"):
+    for required in (
+        "configs/common.yaml",
+        "configs/metadata.json",
+        "configs/meta_schema.json",
+        "configs/logging.conf",
+        "models/model.pt",
+        "docs/README.md",
+        "LICENSE",
+        "custom/__init__.py",
+        "custom/networks/unext.py",
+        "custom/package.py",
+    ):
         assert required in files, required
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     # every config of the repository's bundle is shipped
@@ -83,15 +108,18 @@ def test_no_absolute_path_in_the_copied_configs(packaged):
 
 def test_refuses_missing_weights_and_existing_output(tmp_path, packaged):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "custom.package", *args], cwd=REPO, capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "custom.package", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
 
     proc = run("--out", str(tmp_path), "--weights", str(tmp_path / "absent.pt"))
     assert proc.returncode == 2 and "weights not found" in proc.stderr
     assert not (tmp_path / NAME).exists()
     proc = run("--out", str(tmp_path), "--weights", str(tmp_path / "absent.pt"), "--allow-missing-weights", "true")
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / NAME / "configs" / "common.yaml").is_file() and not (tmp_path / NAME / "models" / "model.pt").exists()
+    assert (tmp_path / NAME / "configs" / "common.yaml").is_file() and not (
+        tmp_path / NAME / "models" / "model.pt"
+    ).exists()
     proc = run("--out", str(tmp_path), "--weights", str(packaged["weights"]))
     assert proc.returncode == 2 and "exists" in proc.stderr
 
@@ -103,8 +131,14 @@ def test_runs_from_the_copy_alone(packaged, tmp_path):
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     env = _bundle_env(bundle)
-    probe = subprocess.run([sys.executable, "-c", "import custom, custom.package as p; print(custom.__file__); print(p.bundle_root())"],
-                           cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import custom, custom.package as p; print(custom.__file__); print(p.bundle_root())"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert probe.returncode == 0, probe.stderr
     custom_file, root = probe.stdout.split()
     assert Path(custom_file).resolve().is_relative_to(bundle.resolve())
@@ -115,11 +149,26 @@ def test_runs_from_the_copy_alone(packaged, tmp_path):
         image = workdir / "frame.png"
         Image.fromarray((np.random.default_rng(0).random((70, 90)) * 255).astype(np.uint8)).save(image)
         out = workdir / "masks"
-        cmd = [sys.executable, "-m", "monai.bundle", "run",
-               "--config_file", str([str(configs / "common.yaml"), str(configs / "inference.yaml")]),
-               "--meta_file", str(configs / "metadata.json"), "--bundle_root", str(bundle),
-               "--input_path", str(image), "--infer_output_dir", str(out), "--image_size", "[64, 64]",
-               "--num_classes", "2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str([str(configs / "common.yaml"), str(configs / "inference.yaml")]),
+            "--meta_file",
+            str(configs / "metadata.json"),
+            "--bundle_root",
+            str(bundle),
+            "--input_path",
+            str(image),
+            "--infer_output_dir",
+            str(out),
+            "--image_size",
+            "[64, 64]",
+            "--num_classes",
+            "2",
+        ]
         proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         masks = sorted(out.rglob("*.png"))
@@ -138,6 +187,7 @@ def test_runs_from_the_copy_alone(packaged, tmp_path):
             "assert out.shape == (1, 2, 64, 64) and bool((out.argmax(1) == 1).all()), out.shape\n"
             "print('ok')\n" % (configs / "common.yaml")
         )
-        proc = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

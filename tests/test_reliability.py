@@ -26,7 +26,7 @@ def folder_source(root: Path, groups: int = 5, size: tuple[int, int] = (16, 20))
     for g in range(groups):
         save_png(root / "images" / f"s{g:02d}.png", rng.integers(0, 256, size, dtype=np.uint8))
         mask = np.zeros(size, np.uint8)
-        mask[3:9, 4:10 + g] = 1
+        mask[3:9, 4 : 10 + g] = 1
         save_png(root / "labels" / f"s{g:02d}.png", mask)
     return root
 
@@ -41,16 +41,43 @@ def run_main(main, argv: list[str], monkeypatch) -> int:
     return 0
 
 
-PREPARE = ["custom.data", "prepare", "folder", "--group-regex", r"^(s\d+)", "--val-fraction", "0.2",
-           "--test-fraction", "0.2", "--progress", "false", "--quiet", "true"]
+PREPARE = [
+    "custom.data",
+    "prepare",
+    "folder",
+    "--group-regex",
+    r"^(s\d+)",
+    "--val-fraction",
+    "0.2",
+    "--test-fraction",
+    "0.2",
+    "--progress",
+    "false",
+    "--quiet",
+    "true",
+]
 
 
 # ----------------------------------------------------------------------------- item 4: booleans
 
 
-@pytest.mark.parametrize("value,expected", [(True, True), (False, False), (1, True), (0, False), ("true", True),
-                                            ("FALSE", False), ("Yes", True), ("no", False), ("1", True), ("0", False),
-                                            (" off ", False), ("ON", True)])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (True, True),
+        (False, False),
+        (1, True),
+        (0, False),
+        ("true", True),
+        ("FALSE", False),
+        ("Yes", True),
+        ("no", False),
+        ("1", True),
+        ("0", False),
+        (" off ", False),
+        ("ON", True),
+    ],
+)
 def test_parse_bool_accepts_the_usual_spellings(value, expected) -> None:
     assert parse_bool(value, "flag") is expected
 
@@ -80,7 +107,9 @@ def test_prepare_skip_invalid_false_fails_on_an_invalid_pair(tmp_path: Path, mon
     source = folder_source(tmp_path / "src")
     (source / "labels" / "s01.png").write_bytes(b"")
     out = tmp_path / "out"
-    status = run_main(main, PREPARE + ["--source", str(source), "--out", str(out), "--skip-invalid", "false"], monkeypatch)
+    status = run_main(
+        main, PREPARE + ["--source", str(source), "--out", str(out), "--skip-invalid", "false"], monkeypatch
+    )
     err = capsys.readouterr().err
     assert status == 2 and "labels/s01.png: empty file" in err and not out.exists()
 
@@ -89,8 +118,9 @@ def test_prepare_refuses_a_non_boolean_value_by_name(tmp_path: Path, monkeypatch
     from custom.data.__main__ import main
 
     source = folder_source(tmp_path / "src")
-    status = run_main(main, PREPARE + ["--source", str(source), "--out", str(tmp_path / "out"), "--binarize", "maybe"],
-                      monkeypatch)
+    status = run_main(
+        main, PREPARE + ["--source", str(source), "--out", str(tmp_path / "out"), "--binarize", "maybe"], monkeypatch
+    )
     err = capsys.readouterr().err
     assert status == 2 and err.strip() == "error: --binarize: expected true or false (also 1/0, yes/no), got 'maybe'"
     assert not (tmp_path / "out").exists()
@@ -99,8 +129,9 @@ def test_prepare_refuses_a_non_boolean_value_by_name(tmp_path: Path, monkeypatch
 def test_package_refuses_a_non_boolean_value_by_name(tmp_path: Path, monkeypatch, capsys) -> None:
     from custom.package import main
 
-    status = run_main(main, ["custom.package", "--out", str(tmp_path / "pkg"), "--allow-missing-weights", "perhaps"],
-                      monkeypatch)
+    status = run_main(
+        main, ["custom.package", "--out", str(tmp_path / "pkg"), "--allow-missing-weights", "perhaps"], monkeypatch
+    )
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: --allow-missing-weights: expected true or false")
     assert not (tmp_path / "pkg").exists()
@@ -133,12 +164,15 @@ def test_inference_config_disables_the_disagreement_for_with_disagreement_false(
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / f) for f in
-                        ("common.yaml", "inference.yaml")])
+    parser.read_config(
+        [str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / f) for f in ("common.yaml", "inference.yaml")]
+    )
     parser["with_disagreement"] = "false"
     handlers = parser.get("handlers")
     disabled = [h for h in handlers if isinstance(h, dict) and "_disabled_" in h]
-    assert disabled and all(parser.get_parsed_content(f"handlers#{handlers.index(h)}#_disabled_") is True for h in disabled)
+    assert disabled and all(
+        parser.get_parsed_content(f"handlers#{handlers.index(h)}#_disabled_") is True for h in disabled
+    )
 
 
 @pytest.mark.parametrize("value, disabled", [("false", True), ("true", False), ("0", True), ("yes", False)])
@@ -147,8 +181,9 @@ def test_train_config_booleans_from_the_command_line_are_parsed(value, disabled)
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / f) for f in
-                        ("common.yaml", "train.yaml")])
+    parser.read_config(
+        [str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / f) for f in ("common.yaml", "train.yaml")]
+    )
     parser["validate_transformer"] = value
     handlers = parser.get("train#handlers")
     for target in ("custom.trainer.NetworkValidationHandler", "custom.terms.LeaderSelector"):
@@ -256,13 +291,19 @@ def random_model(path: Path, classes: int = 2) -> str:
 
 def run_inference(tmp_path: Path, inputs: Path, model: str, **more) -> Path:
     """The bundle's inference.yaml, in this process, at 64 px."""
+    from conftest import CONFIGS
     from monai.bundle import run
 
-    from conftest import CONFIGS
-
     out = tmp_path / "out"
-    run(config_file=[str(CONFIGS / "common.yaml"), str(CONFIGS / "inference.yaml")], input_path=str(inputs),
-        ckpt_path=model, output_dir=str(out), image_size=[64, 64], num_classes=2, **more)
+    run(
+        config_file=[str(CONFIGS / "common.yaml"), str(CONFIGS / "inference.yaml")],
+        input_path=str(inputs),
+        ckpt_path=model,
+        output_dir=str(out),
+        image_size=[64, 64],
+        num_classes=2,
+        **more,
+    )
     return out / "inference"
 
 
@@ -340,16 +381,17 @@ def test_a_nan_checkpoint_is_an_error_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_a_non_finite_network_output_stops_inference_naming_the_checkpoint() -> None:
-    import torch
     from types import SimpleNamespace
 
+    import torch
     from monai.data import MetaTensor
 
     from custom.inference import FiniteOutputCheck
 
     image = MetaTensor(torch.zeros(1, 1, 4, 4), meta={"filename_or_obj": ["/x/a.png"]})
-    engine = SimpleNamespace(state=SimpleNamespace(output={"pred": torch.full((1, 2, 4, 4), float("nan"))},
-                                                   batch={"image": image}))
+    engine = SimpleNamespace(
+        state=SimpleNamespace(output={"pred": torch.full((1, 2, 4, 4), float("nan"))}, batch={"image": image})
+    )
     with pytest.raises(ValueError, match=r"^/m/model.pt: the network output for /x/a.png holds NaN/Inf"):
         FiniteOutputCheck("/m/model.pt")(engine)
     engine.state.output["pred"] = torch.zeros(1, 2, 4, 4)
@@ -368,7 +410,10 @@ def test_the_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
     before = (prepared / "datalist.json").read_bytes()
     with pytest.raises(FileExistsError, match=rf"^dataset_dir {prepared}: not empty and not a demo set"):
         ensure_demo_dataset(str(prepared), n_labeled=1, n_unlabeled=1, n_validation=1, size=16)
-    assert sorted(p.name for p in prepared.iterdir()) == ["datalist.json"] and (prepared / "datalist.json").read_bytes() == before
+    assert (
+        sorted(p.name for p in prepared.iterdir()) == ["datalist.json"]
+        and (prepared / "datalist.json").read_bytes() == before
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     ensure_demo_dataset(str(empty), n_labeled=1, n_unlabeled=1, n_validation=1, size=16)
@@ -472,13 +517,20 @@ def test_inference_output_path_that_is_a_file_is_named(tmp_path: Path) -> None:
 
     out = tmp_path / "out"
     out.write_text("a file")
-    with pytest.raises(FileExistsError, match=rf"^{out}: the inference output folder \(infer_output_dir\) is an existing file$"):
+    with pytest.raises(
+        FileExistsError, match=rf"^{out}: the inference output folder \(infer_output_dir\) is an existing file$"
+    ):
         InputScreen(str(out))([{"image": str(tmp_path / "a.png")}])
 
 
-@pytest.mark.parametrize("content,reason", [(b"", r"empty file \(0 bytes\)$"),
-                                            (bytes(range(256)) * 3, r"not a PyTorch checkpoint of plain tensors"),
-                                            (b"hello world garbage", r"not a readable PyTorch checkpoint \(")])
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"", r"empty file \(0 bytes\)$"),
+        (bytes(range(256)) * 3, r"not a PyTorch checkpoint of plain tensors"),
+        (b"hello world garbage", r"not a readable PyTorch checkpoint \("),
+    ],
+)
 def test_unreadable_checkpoints_say_why_and_never_suggest_weights_only_false(tmp_path: Path, content, reason) -> None:
     from custom.checkpoint import safe_torch_load
 
@@ -513,8 +565,16 @@ def test_leftovers_of_a_killed_run_are_removed_on_the_next_start(tmp_path: Path,
     previous = tmp_path / ".out.previous-keep"
     previous.mkdir()
     with caplog.at_level("WARNING"):
-        prepare("folder", source, tmp_path / "out", group_regex=r"^(s\d+)", val_fraction=0.2, test_fraction=0.2,
-                progress=False, quiet=True)
+        prepare(
+            "folder",
+            source,
+            tmp_path / "out",
+            group_regex=r"^(s\d+)",
+            val_fraction=0.2,
+            test_fraction=0.2,
+            progress=False,
+            quiet=True,
+        )
     assert not partial.exists() and previous.is_dir() and (tmp_path / "out" / "datalist.json").is_file()
     assert ".out.partial-xyz" in caplog.text
 
@@ -527,9 +587,9 @@ def test_a_header_claiming_gigapixels_is_refused_before_reading(tmp_path: Path) 
 
     import nibabel as nib
 
+    from custom.data import DataValidationError
     from custom.data.preflight import load_channel_first
     from custom.data.prepare import prepare
-    from custom.data import DataValidationError
 
     source = folder_source(tmp_path / "src", groups=3)
     header = nib.Nifti1Header()
@@ -538,7 +598,9 @@ def test_a_header_claiming_gigapixels_is_refused_before_reading(tmp_path: Path) 
     bomb = source / "images" / "s00.nii.gz"
     bomb.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 1000))  # a few kB, claims 3.6 GB
     (source / "images" / "s00.png").unlink()
-    with pytest.raises(DataValidationError, match=r"images/s00\.nii\.gz: header declares 900,000,000 pixels, more than"):
+    with pytest.raises(
+        DataValidationError, match=r"images/s00\.nii\.gz: header declares 900,000,000 pixels, more than"
+    ):
         prepare("folder", source, tmp_path / "out", group_regex=r"^(s\d+)", progress=False, quiet=True)
     with pytest.raises(ValueError, match=r"^header declares 900,000,000 pixels"):
         load_channel_first(bomb)

@@ -16,12 +16,26 @@ from custom.checkpoint import atomic_torch_save
 
 
 def _cmd(tmp_path, dataset, models, **extra):
-    ov = tiny_overrides(tmp_path, dataset, max_iterations=24, ckpt_dir=str(models), output_dir=str(models / "eval"), **extra)
+    ov = tiny_overrides(
+        tmp_path, dataset, max_iterations=24, ckpt_dir=str(models), output_dir=str(models / "eval"), **extra
+    )
     ov["train#epoch_length"] = 2
-    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(train_config_files()),
-            "--meta_file", str(CONFIGS / "metadata.json")]
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str(train_config_files()),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+    ]
     for k, v in ov.items():
-        args += [f"--{k}", str(v) if not isinstance(v, (list, bool)) else repr(v).replace("True", "true").replace("False", "false")]
+        args += [
+            f"--{k}",
+            str(v) if not isinstance(v, (list, bool)) else repr(v).replace("True", "true").replace("False", "false"),
+        ]
     return args
 
 
@@ -35,10 +49,13 @@ def _final_state(models):
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path, demo_dataset):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_cmd(tmp_path, demo_dataset, full), cwd=REPO, env=_env(), check=True, capture_output=True, timeout=900)
+    subprocess.run(
+        _cmd(tmp_path, demo_dataset, full), cwd=REPO, env=_env(), check=True, capture_output=True, timeout=900
+    )
 
-    proc = subprocess.Popen(_cmd(tmp_path, demo_dataset, killed), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(tmp_path, demo_dataset, killed), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state_file = killed / "train_state" / "train_state.pt"
     deadline = time.time() + 600
     killed_at = None
@@ -58,8 +75,14 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, demo_dataset):
         pytest.skip("the run finished before it could be killed mid-way (machine too fast for this check)")
     assert _final_state(killed)["trainer"]["iteration"] < 24
 
-    subprocess.run(_cmd(tmp_path, demo_dataset, killed, resume=True), cwd=REPO, env=_env(), check=True, capture_output=True,
-                   timeout=900)
+    subprocess.run(
+        _cmd(tmp_path, demo_dataset, killed, resume=True),
+        cwd=REPO,
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     a, b = _final_state(full), _final_state(killed)
     assert b["trainer"]["iteration"] == a["trainer"]["iteration"] == 24
     for part in ("cnn", "transformer", "teacher"):

@@ -50,14 +50,32 @@ def _tiny_trainer(iterations, terms, nonfinite):
     imgs = torch.tensor(np.stack([p[0] for p in pairs]), dtype=torch.float32)[:, None] / 255
     masks = torch.tensor(np.stack([p[1] for p in pairs]), dtype=torch.float32)[:, None]
     cnn = UNeXt(1, 2)
-    vit = SwinUnet(img_size=32, in_channels=1, out_channels=2, embed_dim=12, num_heads=(1, 1, 2, 2), window_size=4,
-                   drop_path_rate=0.0)
+    vit = SwinUnet(
+        img_size=32,
+        in_channels=1,
+        out_channels=2,
+        embed_dim=12,
+        num_heads=(1, 1, 2, 2),
+        window_size=4,
+        drop_path_rate=0.0,
+    )
     trainer = SemiSupervisedTrainer(
-        device="cpu", max_epochs=iterations, train_data_loader=[{"image": imgs[:2], "label": masks[:2]}],
-        unlabeled_data_loader=[{"image": imgs[2:]}], networks={"cnn": cnn, "transformer": vit},
-        optimizers={"cnn": torch.optim.SGD(cnn.parameters(), lr=0.01), "transformer": torch.optim.SGD(vit.parameters(), lr=0.01)},
-        supervised_loss=SupervisedLoss(), terms=terms, teacher=EMATeacher(vit, 0.99), seed=0, decollate=False,
-        nonfinite=nonfinite)
+        device="cpu",
+        max_epochs=iterations,
+        train_data_loader=[{"image": imgs[:2], "label": masks[:2]}],
+        unlabeled_data_loader=[{"image": imgs[2:]}],
+        networks={"cnn": cnn, "transformer": vit},
+        optimizers={
+            "cnn": torch.optim.SGD(cnn.parameters(), lr=0.01),
+            "transformer": torch.optim.SGD(vit.parameters(), lr=0.01),
+        },
+        supervised_loss=SupervisedLoss(),
+        terms=terms,
+        teacher=EMATeacher(vit, 0.99),
+        seed=0,
+        decollate=False,
+        nonfinite=nonfinite,
+    )
     return trainer
 
 
@@ -66,13 +84,19 @@ def test_skip_policy_skips_the_step_counts_it_and_warns(caplog):
     snapshots = []
 
     def snap(engine):
-        snapshots.append({"cnn": [p.detach().clone() for p in engine.networks["cnn"].parameters()],
-                          "teacher": [p.detach().clone() for p in engine.teacher.module.parameters()],
-                          "grads": [p.grad for p in engine.networks["cnn"].parameters()],
-                          "output": dict(engine.state.output)})
+        snapshots.append(
+            {
+                "cnn": [p.detach().clone() for p in engine.networks["cnn"].parameters()],
+                "teacher": [p.detach().clone() for p in engine.teacher.module.parameters()],
+                "grads": [p.grad for p in engine.networks["cnn"].parameters()],
+                "output": dict(engine.state.output),
+            }
+        )
 
-    before = {"cnn": [p.detach().clone() for p in trainer.networks["cnn"].parameters()],
-              "teacher": [p.detach().clone() for p in trainer.teacher.module.parameters()]}
+    before = {
+        "cnn": [p.detach().clone() for p in trainer.networks["cnn"].parameters()],
+        "teacher": [p.detach().clone() for p in trainer.teacher.module.parameters()],
+    }
     trainer.add_event_handler(Events.ITERATION_COMPLETED, snap)
     with caplog.at_level(logging.WARNING, logger="custom.trainer"):
         trainer.run()
@@ -112,8 +136,13 @@ def test_stop_keeps_the_last_good_checkpoint(tmp_path, demo_dataset):
     """A NaN in epoch 2 stops the bundle run; model.pt and the training state of epoch 1 stay whole."""
     from monai.bundle import run
 
-    ov = tiny_overrides(tmp_path, demo_dataset, max_iterations=4, validate_transformer=False,
-                        terms=[{"_target_": "test_robustness.NanFrom", "start": 2}])
+    ov = tiny_overrides(
+        tmp_path,
+        demo_dataset,
+        max_iterations=4,
+        validate_transformer=False,
+        terms=[{"_target_": "test_robustness.NanFrom", "start": 2}],
+    )
     ov["train#epoch_length"] = 2
     with pytest.raises(Exception) as info:
         run(run_id="training", config_file=train_config_files(), **ov)
@@ -150,10 +179,16 @@ def mixed_training_list(tmp_path):
     d = tmp_path
     good = {"image": _png(d / "good.png", img(64, 64)), "label": _png(d / "good_m.png", mask)}
     small = {"image": _png(d / "small.png", img(20, 20)), "label": _png(d / "small_m.png", mask[:20, :20])}
-    rgba = {"image": _png(d / "rgba.png", (rng.random((64, 64, 4)) * 255).astype(np.uint8)), "label": _png(d / "rgba_m.png", mask)}
+    rgba = {
+        "image": _png(d / "rgba.png", (rng.random((64, 64, 4)) * 255).astype(np.uint8)),
+        "label": _png(d / "rgba_m.png", mask),
+    }
     wrong_size = {"image": _png(d / "ws.png", img(64, 64)), "label": _png(d / "ws_m.png", mask[:50])}
     unknown = {"image": _png(d / "uv.png", img(64, 64)), "label": _png(d / "uv_m.png", mask * 7)}
-    deep = {"image": _png(d / "deep16.png", (rng.random((64, 64)) * 60000).astype(np.uint16)), "label": _png(d / "deep_m.png", mask)}
+    deep = {
+        "image": _png(d / "deep16.png", (rng.random((64, 64)) * 60000).astype(np.uint16)),
+        "label": _png(d / "deep_m.png", mask),
+    }
     (d / "trunc.png").write_bytes((d / "good.png").read_bytes()[:100])
     trunc = {"image": str(d / "trunc.png"), "label": _png(d / "trunc_m.png", mask)}
     (d / "zero_m.png").write_bytes(b"")
@@ -161,12 +196,20 @@ def mixed_training_list(tmp_path):
     nan = np.full((64, 64), np.nan, np.float32)
     nib.save(nib.Nifti1Image(nan, np.eye(4)), str(d / "nan.nii.gz"))
     nanimg = {"image": str(d / "nan.nii.gz"), "label": _png(d / "nan_m.png", mask)}
-    rgbmask = {"image": _png(d / "rgbm.png", img(64, 64)), "label": _png(d / "rgbm_m.png", np.stack([mask, mask * 0, mask], -1))}
+    rgbmask = {
+        "image": _png(d / "rgbm.png", img(64, 64)),
+        "label": _png(d / "rgbm_m.png", np.stack([mask, mask * 0, mask], -1)),
+    }
     entries = [good, small, rgba, wrong_size, unknown, deep, trunc, zero, nanimg, rgbmask]
-    expected_bad = {wrong_size["label"]: "differs from its image", unknown["label"]: "label values [7] outside",
-                    deep["image"]: "outside intensity_range", trunc["image"]: "cannot read",
-                    zero["label"]: "empty file (0 bytes)", nanimg["image"]: "non-finite",
-                    rgbmask["label"]: "3 channels"}
+    expected_bad = {
+        wrong_size["label"]: "differs from its image",
+        unknown["label"]: "label values [7] outside",
+        deep["image"]: "outside intensity_range",
+        trunc["image"]: "cannot read",
+        zero["label"]: "empty file (0 bytes)",
+        nanimg["image"]: "non-finite",
+        rgbmask["label"]: "3 channels",
+    }
     return _datalist(tmp_path, entries), entries, expected_bad
 
 
@@ -195,7 +238,11 @@ def test_training_run_stops_before_training_on_a_bad_list(tmp_path, mixed_traini
     doc["validation"], doc["unlabeled"] = entries[:2], [{"image": entries[0]["image"]}]
     Path(datalist).write_text(json.dumps(doc))
     with pytest.raises(Exception) as info:
-        run(run_id="training", config_file=train_config_files(), **tiny_overrides(tmp_path, str(tmp_path), ckpt_dir=str(tmp_path / "m")))
+        run(
+            run_id="training",
+            config_file=train_config_files(),
+            **tiny_overrides(tmp_path, str(tmp_path), ckpt_dir=str(tmp_path / "m")),
+        )
     text = "".join(str(e) for e in (info.value, info.value.__cause__) if e is not None)
     assert "bad input file(s)" in text and entries[3]["label"] in text
     assert not (tmp_path / "m" / "model.pt").exists()
@@ -272,7 +319,9 @@ def test_screen_reports_bad_inputs_and_keeps_the_good(tmp_path, mixed_inputs):
         InputScreen(str(out), intensity_range=[0, 255])(list_inputs(str(mixed_inputs)))
     # fail_on_bad_input: every bad file in one error, nothing written
     with pytest.raises(ValueError, match="3 bad input file") as info:
-        InputScreen(str(tmp_path / "o2"), intensity_range=[0, 255], fail_on_bad_input=True)(list_inputs(str(mixed_inputs)))
+        InputScreen(str(tmp_path / "o2"), intensity_range=[0, 255], fail_on_bad_input=True)(
+            list_inputs(str(mixed_inputs))
+        )
     assert "c_zero.png: empty file" in str(info.value) and not (tmp_path / "o2").exists()
     # nothing usable at all is an error too
     with pytest.raises(ValueError, match="none is usable"):

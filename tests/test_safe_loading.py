@@ -27,10 +27,18 @@ def _unsafe_torch_loads(path: Path) -> list[int]:
         if not isinstance(node, ast.Call):
             continue
         f = node.func
-        is_load = (isinstance(f, ast.Attribute) and f.attr == "load" and isinstance(f.value, ast.Name) and f.value.id == "torch")
+        is_load = (
+            isinstance(f, ast.Attribute)
+            and f.attr == "load"
+            and isinstance(f.value, ast.Name)
+            and f.value.id == "torch"
+        )
         if not is_load:
             continue
-        safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True for k in node.keywords)
+        safe = any(
+            k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+            for k in node.keywords
+        )
         if not safe:
             lines.append(node.lineno)
     return lines
@@ -51,7 +59,10 @@ def test_every_torch_load_uses_weights_only():
 
 def test_the_scanner_finds_unsafe_calls(tmp_path):
     src = tmp_path / "x.py"
-    src.write_text("import torch\na = torch.load('a')\nb = torch.load('b', weights_only=False)\nc = torch.load('c', weights_only=True)\n")
+    src.write_text(
+        "import torch\na = torch.load('a')\nb = torch.load('b', weights_only=False)\n"
+        "c = torch.load('c', weights_only=True)\n"
+    )
     assert _unsafe_torch_loads(src) == [2, 3]
 
 

@@ -16,9 +16,18 @@ from custom.terms import IterationContext
 
 def _ctx(net, x, labels, labeled_bs, teacher, seed=0):
     logits = {"cnn": net(x)}
-    return IterationContext(images=x, labels=labels, labeled_bs=labeled_bs, networks={"cnn": net}, logits=logits,
-                            probs={"cnn": torch.softmax(logits["cnn"], 1)}, teacher=None, iteration=0,
-                            generator=torch.Generator().manual_seed(seed), teachers={"cnn": teacher})
+    return IterationContext(
+        images=x,
+        labels=labels,
+        labeled_bs=labeled_bs,
+        networks={"cnn": net},
+        logits=logits,
+        probs={"cnn": torch.softmax(logits["cnn"], 1)},
+        teacher=None,
+        iteration=0,
+        generator=torch.Generator().manual_seed(seed),
+        teachers={"cnn": teacher},
+    )
 
 
 def test_random_boxes_area_position_and_probability():
@@ -49,6 +58,7 @@ def test_cutmix_moves_pseudo_labels_with_the_pixels():
     # redraw the same randomness to know the box and the permutation
     gen = torch.Generator().manual_seed(5)
     from custom.methods import strong_intensity
+
     s = strong_intensity(x, gen, noise_std=0.0, blur_prob=0.0)
     box = random_boxes(4, 32, 32, 1.0, term.cutmix_area, generator=gen)
     perm = torch.randperm(4, generator=gen)
@@ -72,8 +82,10 @@ def test_confidence_gate_keeps_exactly_the_pixels_above_the_threshold():
     y = p_t.argmax(1, keepdim=True)
     onehot = torch.nn.functional.one_hot(y[:, 0], 3).permute(0, 3, 1, 2).float() * keep
     ps = p_s * keep
-    losses = [1 - (2 * (ps[:, c] * onehot[:, c]).sum() + 1e-5) / ((ps[:, c] ** 2).sum() + (onehot[:, c] ** 2).sum() + 1e-5)
-              for c in range(3)]
+    losses = [
+        1 - (2 * (ps[:, c] * onehot[:, c]).sum() + 1e-5) / ((ps[:, c] ** 2).sum() + (onehot[:, c] ** 2).sum() + 1e-5)
+        for c in range(3)
+    ]
     assert torch.allclose(got, torch.stack(losses).mean(), atol=1e-6)
     # pixels just below the threshold do not count: moving the student there changes nothing
     p_s2 = p_s.clone()
@@ -94,7 +106,7 @@ def test_copy_paste_selects_ground_truth_inside_and_pseudo_labels_outside():
     for j in range(3):
         lab = j % 2
         inward, outward = slice(j, j + 1), slice(3 + j, 4 + j)
-        b = box[j:j + 1].bool()
+        b = box[j : j + 1].bool()
         # inward: the labelled box (ground truth) inside an unlabelled image (pseudo-labels outside)
         assert torch.all(images[inward][b] == 10 + lab) and torch.all(images[inward][~b] == -1 - j)
         assert torch.all(targets[inward][b] == y_l[lab, 0, 0, 0]) and torch.all(targets[inward][~b] == 0)
@@ -159,25 +171,46 @@ def test_trainer_updates_and_saves_the_further_teachers():
     before = [p.clone() for p in teacher.parameters()]
     data = [{"image": torch.rand(2, 1, 32, 32), "label": torch.randint(0, 2, (2, 1, 32, 32)).float()}]
     unlabeled = [{"image": torch.rand(4, 1, 32, 32)}]
-    trainer = SemiSupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=data, networks={"cnn": net},
-                                    optimizers={"cnn": torch.optim.SGD(net.parameters(), lr=0.1)},
-                                    supervised_loss=SupervisedLoss(), unlabeled_data_loader=unlabeled,
-                                    terms=[WeakToStrongTerm(confidence=0.0)], teachers={"cnn": teacher}, seed=0,
-                                    epoch_length=2, decollate=False)
+    trainer = SemiSupervisedTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=data,
+        networks={"cnn": net},
+        optimizers={"cnn": torch.optim.SGD(net.parameters(), lr=0.1)},
+        supervised_loss=SupervisedLoss(),
+        unlabeled_data_loader=unlabeled,
+        terms=[WeakToStrongTerm(confidence=0.0)],
+        teachers={"cnn": teacher},
+        seed=0,
+        epoch_length=2,
+        decollate=False,
+    )
     trainer.run()
     after = list(teacher.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after)), "the EMA teacher follows the student"
     state = trainer.extra_state_dict()["teachers"]["cnn"]
     fresh = EMATeacher(UNeXt(1, 2))
-    trainer2 = SemiSupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=data, networks={"cnn": UNeXt(1, 2)},
-                                     optimizers={"cnn": torch.optim.SGD(net.parameters(), lr=0.1)},
-                                     supervised_loss=SupervisedLoss(), teachers={"cnn": fresh})
+    trainer2 = SemiSupervisedTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=data,
+        networks={"cnn": UNeXt(1, 2)},
+        optimizers={"cnn": torch.optim.SGD(net.parameters(), lr=0.1)},
+        supervised_loss=SupervisedLoss(),
+        teachers={"cnn": fresh},
+    )
     trainer2.load_extra_state_dict({"teachers": {"cnn": state}})
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), teacher.state_dict().values()))
     with pytest.raises(ValueError, match="teachers given for roles"):
-        SemiSupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=data, networks={"cnn": net},
-                              optimizers={"cnn": torch.optim.SGD(net.parameters(), lr=0.1)},
-                              supervised_loss=SupervisedLoss(), teachers={"transformer": teacher})
+        SemiSupervisedTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=data,
+            networks={"cnn": net},
+            optimizers={"cnn": torch.optim.SGD(net.parameters(), lr=0.1)},
+            supervised_loss=SupervisedLoss(),
+            teachers={"transformer": teacher},
+        )
 
 
 def test_frozen_norm_statistics_keeps_running_statistics_but_normalises_with_the_batch():

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
 from conftest import CONFIGS, SHARED_DATA, require_shared, tiny_overrides, train_config_files
+from ignite.engine import Events
 
 from custom.ema import EMATeacher
 from custom.losses import SupervisedLoss
@@ -19,8 +19,15 @@ from custom.trainer import CyclingLoader, SemiSupervisedTrainer
 
 
 def tiny_swin(classes=2, size=64):
-    return SwinUnet(img_size=size, in_channels=1, out_channels=classes, embed_dim=12, num_heads=(1, 1, 2, 2), window_size=4,
-                    drop_path_rate=0.0)
+    return SwinUnet(
+        img_size=size,
+        in_channels=1,
+        out_channels=classes,
+        embed_dim=12,
+        num_heads=(1, 1, 2, 2),
+        window_size=4,
+        drop_path_rate=0.0,
+    )
 
 
 def test_ema_update_matches_its_formula():
@@ -73,11 +80,21 @@ def _trainer(iterations, lr=0.01, terms=None, seed=0, forward="joint"):
         terms = [CrossPseudoSupervisionTerm(), InterpolationConsistencyTerm(), InformationDivergenceTerm()]
     labeled, unlabeled = _batches()
     trainer = SemiSupervisedTrainer(
-        device="cpu", max_epochs=iterations, train_data_loader=labeled, unlabeled_data_loader=unlabeled,
+        device="cpu",
+        max_epochs=iterations,
+        train_data_loader=labeled,
+        unlabeled_data_loader=unlabeled,
         networks={"cnn": cnn, "transformer": vit},
-        optimizers={"cnn": torch.optim.SGD(cnn.parameters(), lr=lr, momentum=0.9),
-                    "transformer": torch.optim.SGD(vit.parameters(), lr=lr, momentum=0.9)},
-        supervised_loss=SupervisedLoss(), terms=terms, teacher=teacher, seed=seed, decollate=False, forward=forward,
+        optimizers={
+            "cnn": torch.optim.SGD(cnn.parameters(), lr=lr, momentum=0.9),
+            "transformer": torch.optim.SGD(vit.parameters(), lr=lr, momentum=0.9),
+        },
+        supervised_loss=SupervisedLoss(),
+        terms=terms,
+        teacher=teacher,
+        seed=seed,
+        decollate=False,
+        forward=forward,
     )
     outputs = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(dict(e.state.output)))
@@ -133,6 +150,7 @@ def test_separate_forward_normalises_the_supervised_pass_with_labelled_images_on
 
 def test_ict_backpropagated_apart_gives_the_gradients_of_one_backward_of_the_total():
     """The trainer backpropagates ICT (own_graph) after the shared graph: same update as one backward."""
+
     def one_step(own_graph: bool | None):
         terms = [CrossPseudoSupervisionTerm(), InformationDivergenceTerm()]
         if own_graph is not None:
@@ -167,8 +185,12 @@ def test_non_finite_loss_names_the_term_and_iteration():
 def test_properties_check_reports_nothing_missing(tmp_path, demo_dataset):
     from monai.bundle import ConfigWorkflow
 
-    wf = ConfigWorkflow(config_file=train_config_files(), meta_file=str(CONFIGS / "metadata.json"), workflow_type="train",
-                        **tiny_overrides(tmp_path, demo_dataset))
+    wf = ConfigWorkflow(
+        config_file=train_config_files(),
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type="train",
+        **tiny_overrides(tmp_path, demo_dataset),
+    )
     wf.initialize()
     assert wf.check_properties() in (None, [])
 
@@ -184,8 +206,16 @@ def test_two_iteration_bundle_run_writes_loadable_model(tmp_path, demo_dataset):
     net.load_state_dict(state)  # the deployed network's weights only
     state_file = tmp_path / "models" / "train_state" / "train_state.pt"
     full = torch.load(state_file, map_location="cpu", weights_only=True)
-    assert {"cnn", "transformer", "teacher", "optimizer_cnn", "optimizer_transformer", "lr_scheduler_cnn",
-            "lr_scheduler_transformer", "trainer"} <= set(full)
+    assert {
+        "cnn",
+        "transformer",
+        "teacher",
+        "optimizer_cnn",
+        "optimizer_transformer",
+        "lr_scheduler_cnn",
+        "lr_scheduler_transformer",
+        "trainer",
+    } <= set(full)
     assert full["trainer"]["iteration"] == 2
     assert not any(name.endswith(".pt") and name != "model.pt" for name in os.listdir(tmp_path / "models"))
     assert list((tmp_path / "eval").glob("events.out.tfevents*")), "TensorBoard logs written"
@@ -210,8 +240,15 @@ def test_short_run_on_real_psfhs_improves_validation_dice(tmp_path):
 
     ids = list(range(3744, 4800))
     data_dir = _prepare_psfhs_subset(tmp_path, ids[0:400:50], ids[1:400:25], ids[600:660:6])
-    overrides = tiny_overrides(tmp_path, data_dir, num_classes=3, max_iterations=60, **{"train#epoch_length": 60},
-                               learning_rate=0.01, validate_transformer=False)
+    overrides = tiny_overrides(
+        tmp_path,
+        data_dir,
+        num_classes=3,
+        max_iterations=60,
+        **{"train#epoch_length": 60},
+        learning_rate=0.01,
+        validate_transformer=False,
+    )
     wf = ConfigWorkflow(config_file=train_config_files(), workflow_type="train", **overrides)
     wf.initialize()
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
@@ -226,8 +263,13 @@ def test_monai_mlflow_tracking_logs_the_run(tmp_path, demo_dataset):
     from monai.bundle import run
     from monai.utils import path_to_sqlite_uri
 
-    run(run_id="training", config_file=train_config_files(), meta_file=str(CONFIGS / "metadata.json"), tracking="mlflow",
-        **tiny_overrides(tmp_path, demo_dataset))
+    run(
+        run_id="training",
+        config_file=train_config_files(),
+        meta_file=str(CONFIGS / "metadata.json"),
+        tracking="mlflow",
+        **tiny_overrides(tmp_path, demo_dataset),
+    )
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=path_to_sqlite_uri(str(tmp_path / "eval" / "mlruns.db")))

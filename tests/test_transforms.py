@@ -12,10 +12,14 @@ from custom.transforms import ToGreyscaled
 
 
 def _load(path):
-    return Compose([LoadImaged("image", image_only=True, ensure_channel_first=True), ToGreyscaled("image")])({"image": str(path)})["image"]
+    return Compose([LoadImaged("image", image_only=True, ensure_channel_first=True), ToGreyscaled("image")])(
+        {"image": str(path)}
+    )["image"]
 
 
-@pytest.mark.parametrize("mode,suffix", [("L", ".png"), ("RGB", ".png"), ("RGBA", ".png"), ("RGB", ".jpg"), ("L", ".bmp")])
+@pytest.mark.parametrize(
+    "mode,suffix", [("L", ".png"), ("RGB", ".png"), ("RGBA", ".png"), ("RGB", ".jpg"), ("L", ".bmp")]
+)
 def test_images_become_one_channel(tmp_path, mode, suffix):
     grey = (np.arange(48 * 32).reshape(48, 32) % 251).astype(np.uint8)
     img = Image.fromarray(grey).convert(mode)

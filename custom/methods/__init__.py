@@ -14,5 +14,13 @@ from .copy_paste import BidirectionalCopyPasteTerm, copy_paste_pairs
 from .perturb import cutmix, frozen_norm_statistics, gaussian_blur, random_boxes, strong_intensity
 from .weak_to_strong import WeakToStrongTerm
 
-__all__ = ["WeakToStrongTerm", "BidirectionalCopyPasteTerm", "copy_paste_pairs", "random_boxes", "cutmix",
-           "strong_intensity", "gaussian_blur", "frozen_norm_statistics"]
+__all__ = [
+    "WeakToStrongTerm",
+    "BidirectionalCopyPasteTerm",
+    "copy_paste_pairs",
+    "random_boxes",
+    "cutmix",
+    "strong_intensity",
+    "gaussian_blur",
+    "frozen_norm_statistics",
+]

@@ -17,8 +17,9 @@ from .perturb import cutmix, frozen_norm_statistics, random_boxes
 __all__ = ["copy_paste_pairs", "BidirectionalCopyPasteTerm"]
 
 
-def copy_paste_pairs(x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, y_u: torch.Tensor, box: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def copy_paste_pairs(
+    x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, y_u: torch.Tensor, box: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The two copy-paste images of every unlabelled image ``j`` and the labelled image ``j mod L``.
 
     With ``B`` the box of pair ``j`` (1 inside):
@@ -64,17 +65,30 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
     name = "bcp"
     own_graph = True  # its own forward of the mixed images; only detached teacher values from outside
 
-    def __init__(self, role: str = "cnn", weight: Callable[[int], float] | float = 1.0, unlabeled_weight: float = 0.5,
-                 box_area: float = 4 / 9, confidence: float = 0.0, clean_statistics: bool = False,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        role: str = "cnn",
+        weight: Callable[[int], float] | float = 1.0,
+        unlabeled_weight: float = 0.5,
+        box_area: float = 4 / 9,
+        confidence: float = 0.0,
+        clean_statistics: bool = False,
+        name: str | None = None,
+    ) -> None:
         super().__init__(weight, name)
         if not 0.0 <= confidence < 1.0:
             raise ValueError(f"confidence must be within [0, 1), got {confidence}")
         self.role, self.unlabeled_weight = role, float(unlabeled_weight)
         self.box_area, self.confidence = float(box_area), float(confidence)
         self.clean_statistics = bool(clean_statistics)
-        self.dice = MaskedDiceLoss(include_background=True, to_onehot_y=False, squared_pred=True, batch=True,
-                                   smooth_nr=SMOOTH, smooth_dr=SMOOTH)
+        self.dice = MaskedDiceLoss(
+            include_background=True,
+            to_onehot_y=False,
+            squared_pred=True,
+            batch=True,
+            smooth_nr=SMOOTH,
+            smooth_dr=SMOOTH,
+        )
 
     def _region_loss(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``0.5 (masked Dice + masked mean CE)`` of ``logits`` against the label map ``target`` on ``mask``."""
@@ -85,7 +99,7 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
         return 0.5 * (dice + ce)
 
     def loss(self, ctx: IterationContext) -> torch.Tensor:
-        x_l, x_u = ctx.images[:ctx.labeled_bs], ctx.unlabeled_images
+        x_l, x_u = ctx.images[: ctx.labeled_bs], ctx.unlabeled_images
         p_t = ctx.teacher_probs(self.role)
         n, _, h, w = x_u.shape
         box = random_boxes(n, h, w, 1.0, (self.box_area, self.box_area), (1.0, 1.0), ctx.generator, x_u.device)
@@ -95,6 +109,6 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
             conf = confidence_mask(p_t, self.confidence)
             pl = pl * torch.cat([cutmix(conf, torch.zeros_like(conf), box), cutmix(torch.zeros_like(conf), conf, box)])
         net = ctx.networks[self.role]
-        with ctx.autocast(), (frozen_norm_statistics(net) if self.clean_statistics else contextlib.nullcontext()):
+        with ctx.autocast(), frozen_norm_statistics(net) if self.clean_statistics else contextlib.nullcontext():
             logits = net(images).float()
         return self._region_loss(logits, targets, gt) + self.unlabeled_weight * self._region_loss(logits, targets, pl)

@@ -26,9 +26,16 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator | None)
     return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
 
 
-def random_boxes(n: int, height: int, width: int, prob: float = 1.0, area: tuple[float, float] = (0.02, 0.4),
-                 ratio: tuple[float, float] = (0.3, 1 / 0.3), generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> torch.Tensor:
+def random_boxes(
+    n: int,
+    height: int,
+    width: int,
+    prob: float = 1.0,
+    area: tuple[float, float] = (0.02, 0.4),
+    ratio: tuple[float, float] = (0.3, 1 / 0.3),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """``n x 1 x H x W`` float masks, 1 inside one axis-aligned box per image, 0 elsewhere.
 
     With probability ``prob`` an image gets a box (else its mask is all 0) covering a fraction
@@ -52,7 +59,7 @@ def random_boxes(n: int, height: int, width: int, prob: float = 1.0, area: tuple
         bw = min(width, max(1, int(round(width * math.sqrt(a[i] / r[i])))))
         top = int(pos[0, i] * (height - bh + 1))
         left = int(pos[1, i] * (width - bw + 1))
-        masks[i, :, top:top + bh, left:left + bw] = 1.0
+        masks[i, :, top : top + bh, left : left + bw] = 1.0
     return masks.to(device) if device is not None else masks
 
 
@@ -63,8 +70,12 @@ def cutmix(a: torch.Tensor, b: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     return a * (1 - box) + b.to(a.dtype) * box
 
 
-def gaussian_blur(x: torch.Tensor, prob: float = 0.5, sigma: tuple[float, float] = (0.1, 2.0),
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def gaussian_blur(
+    x: torch.Tensor,
+    prob: float = 0.5,
+    sigma: tuple[float, float] = (0.1, 2.0),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Each image blurred with probability ``prob`` by a Gaussian of ``sigma ~ U(sigma)`` (kernel
     ``2 ceil(3 sigma) + 1``, reflect padding); the others unchanged."""
     n = x.shape[0]
@@ -79,9 +90,15 @@ def gaussian_blur(x: torch.Tensor, prob: float = 0.5, sigma: tuple[float, float]
     return out
 
 
-def strong_intensity(x: torch.Tensor, generator: torch.Generator | None = None, gamma: tuple[float, float] = (0.5, 1.5),
-                     scale: tuple[float, float] = (0.8, 1.2), noise_std: float = 0.05, blur_prob: float = 0.5,
-                     blur_sigma: tuple[float, float] = (0.1, 2.0)) -> torch.Tensor:
+def strong_intensity(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    gamma: tuple[float, float] = (0.5, 1.5),
+    scale: tuple[float, float] = (0.8, 1.2),
+    noise_std: float = 0.05,
+    blur_prob: float = 0.5,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+) -> torch.Tensor:
     """The strong, geometry-free view of images in [0, 1]: gamma, contrast scale and Gaussian
     noise (:func:`custom.terms.perturb_intensity`), then a Gaussian blur with probability
     ``blur_prob``; no geometry, so pseudo-labels of the clean images stay aligned."""

@@ -52,26 +52,43 @@ class WeakToStrongTerm(UnsupervisedTerm):
     name = "w2s"
     own_graph = True  # forwards of its own views; only detached teacher values from outside
 
-    def __init__(self, role: str = "cnn", weight: Callable[[int], float] | float = 1.0, confidence: float = 0.95,
-                 views: int = 2, cutmix_prob: float = 0.5, cutmix_area: tuple[float, float] = (0.02, 0.4),
-                 feature_dropout: float = 0.5, fp_weight: float = 0.5, noise_std: float = 0.05, blur_prob: float = 0.5,
-                 clean_statistics: bool = False, name: str | None = None) -> None:
+    def __init__(
+        self,
+        role: str = "cnn",
+        weight: Callable[[int], float] | float = 1.0,
+        confidence: float = 0.95,
+        views: int = 2,
+        cutmix_prob: float = 0.5,
+        cutmix_area: tuple[float, float] = (0.02, 0.4),
+        feature_dropout: float = 0.5,
+        fp_weight: float = 0.5,
+        noise_std: float = 0.05,
+        blur_prob: float = 0.5,
+        clean_statistics: bool = False,
+        name: str | None = None,
+    ) -> None:
         super().__init__(weight, name)
         if views < 0 or not 0.0 <= fp_weight <= 1.0 or (views == 0 and fp_weight == 0.0):
-            raise ValueError(f"need views >= 0 and fp_weight within [0, 1], not both empty; got views {views}, "
-                             f"fp_weight {fp_weight}")
+            raise ValueError(
+                f"need views >= 0 and fp_weight within [0, 1], not both empty; got views {views}, fp_weight {fp_weight}"
+            )
         if not 0.0 <= feature_dropout < 1.0:
             raise ValueError(f"feature_dropout must be within [0, 1), got {feature_dropout}")
         self.role, self.views, self.fp_weight = role, int(views), float(fp_weight if views else 1.0)
         self.cutmix_prob, self.cutmix_area = float(cutmix_prob), tuple(float(a) for a in cutmix_area)
-        self.feature_dropout, self.noise_std, self.blur_prob = float(feature_dropout), float(noise_std), float(blur_prob)
+        self.feature_dropout, self.noise_std, self.blur_prob = (
+            float(feature_dropout),
+            float(noise_std),
+            float(blur_prob),
+        )
         self.clean_statistics = bool(clean_statistics)
         self.criterion = CrossPseudoSupervisionLoss(confidence=confidence)
         #: share of unlabelled pixels above the confidence gate in the latest call
         self.last_confident_fraction = float("nan")
 
-    def strong_views(self, x_u: torch.Tensor, p_t: torch.Tensor, generator: torch.Generator | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def strong_views(
+        self, x_u: torch.Tensor, p_t: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One CutMixed strong view of ``x_u`` and the teacher probabilities mixed by the same box."""
         n, _, h, w = x_u.shape
         s = strong_intensity(x_u, generator, noise_std=self.noise_std, blur_prob=self.blur_prob)
@@ -94,8 +111,10 @@ class WeakToStrongTerm(UnsupervisedTerm):
                 total = total + (1.0 - self.fp_weight) / self.views * self.criterion.pseudo(p_s, target)
             if self.fp_weight > 0:
                 if not _accepts_feature_dropout(net):
-                    raise ValueError(f"WeakToStrongTerm: the {self.role!r} network ({type(getattr(net, 'module', net)).__name__}) "
-                                     "has no feature_dropout input; set fp_weight: 0 for it")
+                    raise ValueError(
+                        f"WeakToStrongTerm: the {self.role!r} network ({type(getattr(net, 'module', net)).__name__}) "
+                        "has no feature_dropout input; set fp_weight: 0 for it"
+                    )
                 p_fp = torch.softmax(net(x_u, feature_dropout=self.feature_dropout).float(), 1)
                 total = total + self.fp_weight * self.criterion.pseudo(p_fp, p_t)
         return total

@@ -30,6 +30,10 @@ if str(REPO_ROOT) not in sys.path:  # the bundle's configs `$import custom`
     sys.path.insert(0, str(REPO_ROOT))
 
 import monailabel  # noqa: E402
+from lib.activelearning import InformationDivergenceStrategy  # noqa: E402
+from lib.bundle_config import MODEL_NAME, BundleSettings, ensure_repo_on_path  # noqa: E402
+from lib.infers import FetalUSInferTask  # noqa: E402
+from lib.trainers import FetalUSTrainTask  # noqa: E402
 from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
@@ -38,11 +42,6 @@ from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 from monailabel.tasks.activelearning.first import First  # noqa: E402
 from monailabel.tasks.activelearning.random import Random  # noqa: E402
 from monailabel.utils.others.generic import strtobool  # noqa: E402
-
-from lib.activelearning import InformationDivergenceStrategy  # noqa: E402
-from lib.bundle_config import MODEL_NAME, BundleSettings, ensure_repo_on_path  # noqa: E402
-from lib.infers import FetalUSInferTask  # noqa: E402
-from lib.trainers import FetalUSTrainTask  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +59,19 @@ class MyApp(MONAILabelApp):
         for ext in ("*.jpeg", "*.JPG", "*.JPEG", "*.PNG"):
             if ext not in settings.MONAI_LABEL_DATASTORE_FILE_EXT:
                 settings.MONAI_LABEL_DATASTORE_FILE_EXT.append(ext)
-        logger.info("bundle %s; weights in %s; overrides %s", self.bundle.bundle_root, self.bundle.models_dir,
-                    self.bundle.config_overrides)
+        logger.info(
+            "bundle %s; weights in %s; overrides %s",
+            self.bundle.bundle_root,
+            self.bundle.models_dir,
+            self.bundle.config_overrides,
+        )
         super().__init__(
             app_dir=app_dir,
             studies=studies,
             conf=conf,
             name=f"MONAILabel - fetal ultrasound SSL bundle ({monailabel.__version__})",
-            description="Semi-supervised fetal ultrasound segmentation (UNeXt + Swin-Unet) from the repository's MONAI bundle",
+            description="Semi-supervised fetal ultrasound segmentation (UNeXt + Swin-Unet) "
+            "from the repository's MONAI bundle",
             version=monailabel.__version__,
         )
 
@@ -89,8 +93,10 @@ class MyApp(MONAILabelApp):
         strategies: Dict[str, Strategy] = {"random": Random(), "first": First()}
         if not strtobool(self.conf.get("skip_strategy", "false")):
             strategies["divergence"] = InformationDivergenceStrategy(
-                self.bundle, device=self.conf.get("strategy_device") or None,
-                batch_size=int(self.conf.get("strategy_batch_size", "4")))
+                self.bundle,
+                device=self.conf.get("strategy_device") or None,
+                batch_size=int(self.conf.get("strategy_batch_size", "4")),
+            )
         logger.info("Active Learning Strategies:: %s", list(strategies))
         return strategies
 

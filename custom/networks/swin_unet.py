@@ -65,12 +65,28 @@ class FinalPatchExpand(nn.Module):
 class DecoderStage(nn.Module):
     """Skip fusion (concat + Linear), Swin blocks of the mirrored encoder stage, optional PatchExpand."""
 
-    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 drop_path: Sequence[float], upsample: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        drop_path: Sequence[float],
+        upsample: bool,
+    ) -> None:
         super().__init__()
         self.concat_back = nn.Linear(2 * dim, dim)
-        self.stage = SwinTransformerStage(dim=dim, out_dim=dim, input_resolution=resolution, depth=depth, downsample=False,
-                                          num_heads=num_heads, window_size=window_size, drop_path=list(drop_path))
+        self.stage = SwinTransformerStage(
+            dim=dim,
+            out_dim=dim,
+            input_resolution=resolution,
+            depth=depth,
+            downsample=False,
+            num_heads=num_heads,
+            window_size=window_size,
+            drop_path=list(drop_path),
+        )
         self.upsample = PatchExpand(dim) if upsample else nn.Identity()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -110,11 +126,21 @@ class SwinUnet(nn.Module):
         self.num_stages = len(depths)
         divisor = 4 * 2 ** (self.num_stages - 1)
         if self.img_size % divisor:
-            raise ValueError(f"SwinUnet img_size must be divisible by {divisor} (patch 4 and {self.num_stages - 1} mergings), got {img_size}")
+            raise ValueError(
+                f"SwinUnet img_size must be divisible by {divisor} (patch 4 and {self.num_stages - 1} mergings), "
+                f"got {img_size}"
+            )
 
         self.encoder = SwinTransformer(
-            img_size=self.img_size, patch_size=4, in_chans=in_channels, num_classes=0, global_pool="",
-            embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
+            img_size=self.img_size,
+            patch_size=4,
+            in_chans=in_channels,
+            num_classes=0,
+            global_pool="",
+            embed_dim=embed_dim,
+            depths=depths,
+            num_heads=num_heads,
+            window_size=window_size,
             drop_path_rate=drop_path_rate,
         )
         dims = [embed_dim * 2**i for i in range(self.num_stages)]
@@ -126,8 +152,15 @@ class SwinUnet(nn.Module):
         self.bottleneck_expand = PatchExpand(dims[-1])
         # decoder stage k mirrors encoder stage k, from the deepest skip to the shallowest
         self.decoder = nn.ModuleList(
-            DecoderStage(dims[k], resolutions[k], depths[k], num_heads[k], window_size,
-                         dpr[starts[k]:starts[k] + depths[k]], upsample=k > 0)
+            DecoderStage(
+                dims[k],
+                resolutions[k],
+                depths[k],
+                num_heads[k],
+                window_size,
+                dpr[starts[k] : starts[k] + depths[k]],
+                upsample=k > 0,
+            )
             for k in reversed(range(self.num_stages - 1))
         )
         self.norm_up = nn.LayerNorm(embed_dim)
@@ -145,8 +178,12 @@ class SwinUnet(nn.Module):
         return self.num_stages - 2 - encoder_stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[-2:]) != (self.img_size, self.img_size)):
-            raise ValueError(f"SwinUnet expects B x {self.in_channels} x {self.img_size} x {self.img_size}, got {tuple(x.shape)}")
+        if not torch.jit.is_tracing() and (
+            x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[-2:]) != (self.img_size, self.img_size)
+        ):
+            raise ValueError(
+                f"SwinUnet expects B x {self.in_channels} x {self.img_size} x {self.img_size}, got {tuple(x.shape)}"
+            )
         x = self.encoder.patch_embed(x)  # B, H/4, W/4, C
         skips = []
         for layer in self.encoder.layers:
@@ -201,7 +238,12 @@ def load_pretrained_swin(model: SwinUnet, path: str) -> PretrainedLoadReport:
     modules = dict(model.encoder.named_modules())
     # timm's converter resizes relative-position tables of blocks the model has; blocks it
     # lacks (swin_tiny has 6 blocks in stage 3, Swin-Unet 2) are set aside first
-    skipped = [k for k in raw if k.endswith(".attn.relative_position_bias_table") and k[: -len(".relative_position_bias_table")] not in modules]
+    skipped = [
+        k
+        for k in raw
+        if k.endswith(".attn.relative_position_bias_table")
+        and k[: -len(".relative_position_bias_table")] not in modules
+    ]
     kept = {k: v for k, v in raw.items() if k not in skipped}
     try:
         converted = timm_swin_checkpoint_filter(kept, model.encoder)  # Microsoft -> timm layout
@@ -211,7 +253,12 @@ def load_pretrained_swin(model: SwinUnet, path: str) -> PretrainedLoadReport:
     decoder_state = model.decoder.state_dict()
     load_encoder, load_decoder = {}, {}
     for key, value in converted.items():
-        if key == "patch_embed.proj.weight" and key in encoder_state and value.ndim == 4 and value.shape[1] != model.in_channels:
+        if (
+            key == "patch_embed.proj.weight"
+            and key in encoder_state
+            and value.ndim == 4
+            and value.shape[1] != model.in_channels
+        ):
             value = adapt_input_conv(model.in_channels, value)  # e.g. RGB -> greyscale: sum of the channels
         if key in encoder_state and encoder_state[key].shape == value.shape:
             load_encoder[key] = value
@@ -229,9 +276,18 @@ def load_pretrained_swin(model: SwinUnet, path: str) -> PretrainedLoadReport:
         raise ValueError(f"{path}: no key of the checkpoint fits this SwinUnet (embed_dim/depths differ?)")
     n_encoder_params = sum(1 for k in encoder_state if k in dict(model.encoder.named_parameters()))
     if len([k for k in load_encoder if k.endswith(("weight", "bias", "table"))]) < n_encoder_params // 2:
-        raise ValueError(f"{path}: only {len(load_encoder)} of {n_encoder_params} encoder tensors fit; incompatible checkpoint")
+        raise ValueError(
+            f"{path}: only {len(load_encoder)} of {n_encoder_params} encoder tensors fit; incompatible checkpoint"
+        )
     model.encoder.load_state_dict(load_encoder, strict=False)
     model.decoder.load_state_dict(load_decoder, strict=False)
     report = PretrainedLoadReport(encoder=sorted(load_encoder), decoder=sorted(load_decoder), skipped=sorted(skipped))
-    logger.info("loaded %d encoder and %d decoder tensors from %s; skipped %d: %s", len(load_encoder), len(load_decoder), path, len(skipped), skipped[:8])
+    logger.info(
+        "loaded %d encoder and %d decoder tensors from %s; skipped %d: %s",
+        len(load_encoder),
+        len(load_decoder),
+        path,
+        len(skipped),
+        skipped[:8],
+    )
     return report

@@ -130,7 +130,11 @@ class UNeXt(nn.Module):
         c1, c2, c3, c4, c5 = channels
         self.in_channels, self.out_channels = in_channels, out_channels
 
-        self.enc1, self.enc2, self.enc3 = nn.Conv2d(in_channels, c1, 3, padding=1), nn.Conv2d(c1, c2, 3, padding=1), nn.Conv2d(c2, c3, 3, padding=1)
+        self.enc1, self.enc2, self.enc3 = (
+            nn.Conv2d(in_channels, c1, 3, padding=1),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.Conv2d(c2, c3, 3, padding=1),
+        )
         self.ebn1, self.ebn2, self.ebn3 = nn.BatchNorm2d(c1), nn.BatchNorm2d(c2), nn.BatchNorm2d(c3)
 
         self.patch_embed4, self.patch_embed5 = OverlapPatchEmbed(c3, c4), OverlapPatchEmbed(c4, c5)
@@ -138,8 +142,17 @@ class UNeXt(nn.Module):
         self.stage5 = TokenizedStage(c5, drop_path=drop_path_rate)
 
         self.dec1, self.dec2 = nn.Conv2d(c5, c4, 3, padding=1), nn.Conv2d(c4, c3, 3, padding=1)
-        self.dec3, self.dec4, self.dec5 = nn.Conv2d(c3, c2, 3, padding=1), nn.Conv2d(c2, c1, 3, padding=1), nn.Conv2d(c1, c1, 3, padding=1)
-        self.dbn1, self.dbn2, self.dbn3, self.dbn4 = nn.BatchNorm2d(c4), nn.BatchNorm2d(c3), nn.BatchNorm2d(c2), nn.BatchNorm2d(c1)
+        self.dec3, self.dec4, self.dec5 = (
+            nn.Conv2d(c3, c2, 3, padding=1),
+            nn.Conv2d(c2, c1, 3, padding=1),
+            nn.Conv2d(c1, c1, 3, padding=1),
+        )
+        self.dbn1, self.dbn2, self.dbn3, self.dbn4 = (
+            nn.BatchNorm2d(c4),
+            nn.BatchNorm2d(c3),
+            nn.BatchNorm2d(c2),
+            nn.BatchNorm2d(c1),
+        )
         self.dstage4 = TokenizedStage(c4, drop_path=drop_path_rate)
         self.dstage3 = TokenizedStage(c3, drop_path=drop_path_rate)
 
@@ -150,7 +163,9 @@ class UNeXt(nn.Module):
             raise ValueError(f"UNeXt expects a B x {self.in_channels} x H x W tensor, got shape {list(x.shape)}")
         h, w = int(x.shape[-2]), int(x.shape[-1])
         if h % self.divisor or w % self.divisor:
-            raise ValueError(f"UNeXt input sides must be divisible by {self.divisor}, got {h}x{w}; resize or pad the image")
+            raise ValueError(
+                f"UNeXt input sides must be divisible by {self.divisor}, got {h}x{w}; resize or pad the image"
+            )
 
     @staticmethod
     def _up(x: torch.Tensor) -> torch.Tensor:

@@ -49,8 +49,11 @@ if _at:
 
         def _fire_event(self, event_name, *args, **kwargs):
             out = _fire(self, event_name, *args, **kwargs)
-            if event_name == Events.ITERATION_COMPLETED and type(self).__name__ == "SemiSupervisedTrainer" \
-                    and self.state.iteration == _n:
+            if (
+                event_name == Events.ITERATION_COMPLETED
+                and type(self).__name__ == "SemiSupervisedTrainer"
+                and self.state.iteration == _n
+            ):
                 _die()
             return out
 

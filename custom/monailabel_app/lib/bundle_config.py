@@ -60,7 +60,9 @@ class BundleSettings:
         conf = conf or {}
         bundle_root = _resolve(_get(conf, "bundle_root", "FETAL_US_BUNDLE_ROOT", default_bundle_root()))
         models_dir = _resolve(_get(conf, "models_dir", "FETAL_US_MODELS_DIR", os.path.join(bundle_root, "models")))
-        output_dir = _resolve(_get(conf, "output_dir", "FETAL_US_OUTPUT_DIR", os.path.join(models_dir, "monailabel_eval")))
+        output_dir = _resolve(
+            _get(conf, "output_dir", "FETAL_US_OUTPUT_DIR", os.path.join(models_dir, "monailabel_eval"))
+        )
         # classes and their names default to those recorded beside the weights (models/model_config.json)
         ensure_repo_on_path()
         from custom.deploy_meta import config_path, value
@@ -69,11 +71,19 @@ class BundleSettings:
         num_classes = int(_get(conf, "num_classes", "FETAL_US_NUM_CLASSES", value(recorded, "num_classes", 2)))
         names = {int(v): k for k, v in (value(recorded, "labels", None) or {}).items()}
         labels = _get(conf, "labels", "FETAL_US_LABELS", None)
-        labels = [s.strip() for s in labels.split(",") if s.strip()] if labels else (
-            [names[c] for c in range(1, num_classes)] if set(range(1, num_classes)) <= set(names) else DEFAULT_LABELS.get(
-                num_classes, [f"label_{i}" for i in range(1, num_classes)]))
+        labels = (
+            [s.strip() for s in labels.split(",") if s.strip()]
+            if labels
+            else (
+                [names[c] for c in range(1, num_classes)]
+                if set(range(1, num_classes)) <= set(names)
+                else DEFAULT_LABELS.get(num_classes, [f"label_{i}" for i in range(1, num_classes)])
+            )
+        )
         if len(labels) != num_classes - 1:
-            raise ValueError(f"labels {labels} must name the {num_classes - 1} foreground classes of num_classes={num_classes}")
+            raise ValueError(
+                f"labels {labels} must name the {num_classes - 1} foreground classes of num_classes={num_classes}"
+            )
         overrides = _get(conf, "config_overrides", "FETAL_US_CONFIG_OVERRIDES", "")
         overrides = [_resolve(s.strip()) for s in str(overrides).split(",") if s.strip()]
         for f in overrides:
@@ -103,13 +113,21 @@ class BundleSettings:
     def config_files(self, stage: str) -> list[str]:
         """``common.yaml``, the stage's config (``inference.yaml`` or ``train.yaml``), the app's
         ``monailabel.yaml`` and the ``config_overrides``, merged in that order."""
-        return [os.path.join(self.configs_dir, "common.yaml"), os.path.join(self.configs_dir, f"{stage}.yaml"),
-                str(APP_OVERRIDE), *self.config_overrides]
+        return [
+            os.path.join(self.configs_dir, "common.yaml"),
+            os.path.join(self.configs_dir, f"{stage}.yaml"),
+            str(APP_OVERRIDE),
+            *self.config_overrides,
+        ]
 
     def overrides(self) -> dict[str, Any]:
         """Values the app sets on top of the merged configs."""
-        return {"bundle_root": self.bundle_root, "ckpt_dir": self.models_dir, "output_dir": self.output_dir,
-                "num_classes": self.num_classes}
+        return {
+            "bundle_root": self.bundle_root,
+            "ckpt_dir": self.models_dir,
+            "output_dir": self.output_dir,
+            "num_classes": self.num_classes,
+        }
 
     def parser(self, stage: str):
         """A ``monai.bundle.ConfigParser`` holding the merged configs and the app's overrides."""

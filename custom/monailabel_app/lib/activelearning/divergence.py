@@ -62,8 +62,10 @@ class DivergenceScorer:
         key = self.weights_key()
         if self._cnn is not None and key == self._weights_key:
             return
-        for path, what in ((self.settings.model_path, "UNeXt weights (model.pt)"),
-                           (self.settings.train_state_path, "training state with the Transformer")):
+        for path, what in (
+            (self.settings.model_path, "UNeXt weights (model.pt)"),
+            (self.settings.train_state_path, "training state with the Transformer"),
+        ):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"the divergence strategy needs the {what} at {path}: train first")
         parser = self.settings.parser("inference")
@@ -77,15 +79,21 @@ class DivergenceScorer:
         if key != self._weights_key:
             self._cache.clear()  # other weights, other scores
         self._weights_key = key
-        logger.info("divergence strategy: networks loaded (%s, %s) on %s", self.settings.model_path,
-                    self.settings.train_state_path, self.device)
+        logger.info(
+            "divergence strategy: networks loaded (%s, %s) on %s",
+            self.settings.model_path,
+            self.settings.train_state_path,
+            self.device,
+        )
 
     @torch.no_grad()
     def _compute(self, paths: Sequence[str]) -> list[float]:
         out: list[float] = []
         for start in range(0, len(paths), self.batch_size):
-            chunk = paths[start:start + self.batch_size]
-            x = torch.stack([torch.as_tensor(self._preprocessing({"image": p})["image"]) for p in chunk]).to(self.device)
+            chunk = paths[start : start + self.batch_size]
+            x = torch.stack([torch.as_tensor(self._preprocessing({"image": p})["image"]) for p in chunk]).to(
+                self.device
+            )
             x = x.as_tensor() if hasattr(x, "as_tensor") else x
             p_cnn = torch.softmax(self._cnn(x).float(), dim=1)
             p_transformer = torch.softmax(self._transformer(x).float(), dim=1)
@@ -100,7 +108,9 @@ class DivergenceScorer:
             if todo:
                 import custom.inference
 
-                logger.info("divergence strategy: scoring %d new image(s) (%d cached)", len(todo), len(paths) - len(todo))
+                logger.info(
+                    "divergence strategy: scoring %d new image(s) (%d cached)", len(todo), len(paths) - len(todo)
+                )
                 readable = []
                 for p in todo:  # a broken file is never proposed: it scores -inf and is logged
                     problem = custom.inference.screen_file(p, timeout_s=None)

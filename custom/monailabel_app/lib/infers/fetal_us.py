@@ -76,22 +76,26 @@ class FetalUSInferTask(BundleInferTask):
         # wrapper would ask for a label, so keep the bundle's own LoadImaged
         kwargs.setdefault("extend_load_image", False)
         kwargs.setdefault("load_strict", True)
-        super().__init__(settings.bundle_root, conf, const=FetalUSInferConstants(settings),
-                         type=InferType.SEGMENTATION, **kwargs)
+        super().__init__(
+            settings.bundle_root, conf, const=FetalUSInferConstants(settings), type=InferType.SEGMENTATION, **kwargs
+        )
         if not self.valid:
             # no model.pt yet: register the task anyway (MONAI Label trains the first one);
             # _get_network refuses to run until the file exists
             self._init_without_weights(conf, kwargs.get("load_strict", True))
         self.labels = settings.label_map()
         self._config["model_filename"] = self._model_files()
-        self.description = (f"UNeXt of the semi-supervised fetal ultrasound bundle ({settings.num_classes} classes: "
-                            f"{', '.join(['background', *settings.labels])}); weights {settings.model_path}")
+        self.description = (
+            f"UNeXt of the semi-supervised fetal ultrasound bundle ({settings.num_classes} classes: "
+            f"{', '.join(['background', *settings.labels])}); weights {settings.model_path}"
+        )
 
     def __call__(self, request, *args, **kwargs):
         """Screen the image first (readable, 2-D, finite, within the intensity range): a bad
         file gets a 422 that names it and says why, instead of a bare server error."""
-        import custom.inference
         from fastapi import HTTPException
+
+        import custom.inference
 
         image = request.get("image")
         if isinstance(image, str):
@@ -109,13 +113,21 @@ class FetalUSInferTask(BundleInferTask):
         self.key_pred = next(iter(metadata["network_data_format"]["outputs"]))
         self.add_post_restore = True
         network = self.bundle_config.get_parsed_content(self.const.key_network_def(), instantiate=True)
-        BasicInferTask.__init__(self, path=self.settings.model_path, network=network, type=InferType.SEGMENTATION,
-                                labels=self.settings.label_map(), dimension=2, description="",
-                                load_strict=load_strict)
+        BasicInferTask.__init__(
+            self,
+            path=self.settings.model_path,
+            network=network,
+            type=InferType.SEGMENTATION,
+            labels=self.settings.label_map(),
+            dimension=2,
+            description="",
+            load_strict=load_strict,
+        )
         self.version = metadata.get("version")
         self.valid = True
-        logger.warning("no model at %s yet: inference answers with an error until training writes one",
-                       self.settings.model_path)
+        logger.warning(
+            "no model at %s yet: inference answers with an error until training writes one", self.settings.model_path
+        )
 
     def _model_files(self) -> list[str]:
         d = self.settings.models_dir
@@ -129,7 +141,8 @@ class FetalUSInferTask(BundleInferTask):
         if not os.path.isfile(self.settings.model_path):
             raise MONAILabelException(
                 MONAILabelError.INFERENCE_ERROR,
-                f"no trained model at {self.settings.model_path}: train first (POST /train/<model>) or copy a model.pt there",
+                f"no trained model at {self.settings.model_path}: train first (POST /train/<model>) "
+                "or copy a model.pt there",
             )
         return super()._get_network(device, data)
 

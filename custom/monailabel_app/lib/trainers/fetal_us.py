@@ -62,20 +62,30 @@ class FetalUSTrainTask(BundleTrainTask):
         c = super().config()
         d = self.settings.models_dir
         models = sorted((f for f in os.listdir(d) if f.endswith(".pt")), key=len) if os.path.isdir(d) else []
-        c.update({"device": device_list(), "max_epochs": 50, "val_split": 0.2, "multi_gpu": False,
-                  "model_filename": models or ["model.pt"]})
+        c.update(
+            {
+                "device": device_list(),
+                "max_epochs": 50,
+                "val_split": 0.2,
+                "multi_gpu": False,
+                "model_filename": models or ["model.pt"],
+            }
+        )
         return c
 
     def _fetch_datalist(self, request, datastore: Datastore):
         labelled = super()._fetch_datalist(request, datastore)
         label_tag, labels = request.get("label_tag"), request.get("labels")
-        unlabelled = [{"image": datastore.get_image_uri(i)} for i in sorted(datastore.get_unlabeled_images(label_tag, labels))]
+        unlabelled = [
+            {"image": datastore.get_image_uri(i)} for i in sorted(datastore.get_unlabeled_images(label_tag, labels))
+        ]
         if not labelled:
             raise ValueError("no labelled image in the datastore: save at least one label first")
         labelled, bad_labelled = self._usable(labelled, require_labels=True)
         if not labelled:
-            raise ValueError("no usable labelled image in the datastore: "
-                             + "; ".join(f"{f}: {m}" for f, m in bad_labelled))
+            raise ValueError(
+                "no usable labelled image in the datastore: " + "; ".join(f"{f}: {m}" for f, m in bad_labelled)
+            )
         unlabelled, _ = self._usable(unlabelled, require_labels=False)
         self._unlabeled = unlabelled
         logger.info("labelled images: %d; unlabelled images: %d", len(labelled), len(unlabelled))
@@ -100,8 +110,11 @@ class FetalUSTrainTask(BundleTrainTask):
         train_ds, val_ds = super()._partition_datalist(datalist, request, shuffle=shuffle)
         if not val_ds:
             # the bundle saves model.pt on its best validation Dice, so it needs validation images
-            logger.warning("no validation images (val_split %s, %d labelled): validating on the training images",
-                           request.get("val_split", 0.2), len(datalist))
+            logger.warning(
+                "no validation images (val_split %s, %d labelled): validating on the training images",
+                request.get("val_split", 0.2),
+                len(datalist),
+            )
             val_ds = list(train_ds)
         self._train = list(train_ds)
         return train_ds, val_ds
@@ -111,8 +124,12 @@ class FetalUSTrainTask(BundleTrainTask):
         if len(data) < unlabeled_batch:
             # the unsupervised terms need full batches; labelled images serve as unlabelled too
             extra = [{"image": d["image"]} for d in self._train]
-            logger.warning("only %d unlabelled images for batches of %d: adding the %d labelled images",
-                           len(data), unlabeled_batch, len(extra))
+            logger.warning(
+                "only %d unlabelled images for batches of %d: adding the %d labelled images",
+                len(data),
+                unlabeled_batch,
+                len(extra),
+            )
             data += extra
         while data and len(data) < unlabeled_batch:
             data += data[: unlabeled_batch - len(data)]
@@ -126,12 +143,22 @@ class FetalUSTrainTask(BundleTrainTask):
         if pretrained and os.path.isfile(state):
             if not [t for t in train_handlers if t.get("_target_") == "custom.checkpoint.WeightsLoader"]:
                 logger.info("Transformer weights from %s", state)
-                train_handlers.insert(0, {"_target_": "custom.checkpoint.WeightsLoader", "load_path": state,
-                                          "network": "@transformer", "key": "transformer"})
+                train_handlers.insert(
+                    0,
+                    {
+                        "_target_": "custom.checkpoint.WeightsLoader",
+                        "load_path": state,
+                        "network": "@transformer",
+                        "key": "transformer",
+                    },
+                )
 
     def _update_overrides(self, overrides: Dict[str, Any]) -> Dict[str, Any]:
         parser = self.bundle_config
-        batch, labelled_batch = int(parser.get_parsed_content("batch_size")), int(parser.get_parsed_content("labeled_bs"))
+        batch, labelled_batch = (
+            int(parser.get_parsed_content("batch_size")),
+            int(parser.get_parsed_content("labeled_bs")),
+        )
         unlabelled = self._unlabeled_data(batch - labelled_batch)
         overrides.update(self.settings.overrides())
         overrides["bundle_root"] = self.settings.bundle_root
