@@ -37,7 +37,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,19 +99,10 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file in the same folder, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, default=float)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """JSON through the project's one atomic writer (:mod:`custom.atomic`)."""
+    from .atomic import atomic_write_json
+
+    atomic_write_json(path, obj, indent=1, default=float)
 
 
 def _read_json(path: Path) -> Any | None:
@@ -433,7 +423,9 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    from .atomic import atomic_open
+
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -589,7 +581,9 @@ def comparison_plot(table: Mapping[str, Mapping[str, Any]], path: Path, title: s
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from .atomic import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -715,11 +709,13 @@ def run_comparison(
             "methods": methods_l,
         },
     )
-    (out_dir / "comparison.md").write_text(
+    from .atomic import atomic_write_text
+
+    atomic_write_text(
+        out_dir / "comparison.md",
         comparison_markdown(
             table, scale, command, str(Path(dataset_dir).resolve()), split, seeds_l, class_names, failed
         ),
-        encoding="utf-8",
     )
     if table:
         comparison_plot(table, out_dir / "comparison.png", title=scale_line(scale))
@@ -792,6 +788,11 @@ def main() -> None:
     """``python -m custom.compare``: :func:`run_comparison` as a command (fire)."""
     import fire
 
+    from .cli import exit_on_error
+
+    # bad input (a missing dataset, a bad option, a malformed datalist) and failed runs are one line
+    @exit_on_error((RuntimeError,), status=1)
+    @exit_on_error((ValueError, OSError, KeyError))
     def compare(
         dataset_dir: str,
         methods: Any = ",".join(METHODS),

@@ -208,3 +208,25 @@ def test_methods_are_names_or_override_files_and_the_gap_share_is_computed():
     assert shares["noisy"]["gap_share"] == pytest.approx(0.1) and not shares["noisy"]["never_below"]  # 0.69 < 0.70
     assert compare.gap_shares({"labeled_only": row(0.7, 0), "good": row(0.8, 0)}) == {}  # no upper reference
     assert compare.gap_shares({**table, "fully_supervised": row(0.69, 0)}) == {}  # C not above A: no gap to close
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["/nonexistent/set"], "datalist not found"), (["{data}", "--methods", "nosuch"], "unknown method 'nosuch'")],
+)
+def test_command_line_input_errors_are_one_line(args, needle, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "datalist.json").write_text('{"training": [], "test": []}')
+    argv = [a.format(data=tmp_path) for a in args]
+    done = subprocess.run(
+        [sys.executable, "-m", "custom.compare", *argv, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=compare.REPO,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in done.stderr
