@@ -20,6 +20,7 @@ __all__ = [
     "InterpolationConsistencyLoss",
     "confidence_mask",
     "masked_mean",
+    "masked_soft_dice",
     "entropy",
     "kl_divergence",
     "mutual_information_gap",
@@ -89,6 +90,15 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp_min(1.0)
 
 
+def masked_soft_dice(smooth: float = SMOOTH) -> MaskedDiceLoss:
+    """The reference soft Dice (:class:`SoftDiceLoss`) over the pixels of a mask (MONAI's
+    ``MaskedDiceLoss``: prediction and target zeroed outside it). Its targets are one-hot, since an
+    integer label map zeroed by the mask would read as background."""
+    return MaskedDiceLoss(
+        include_background=True, to_onehot_y=False, squared_pred=True, batch=True, smooth_nr=smooth, smooth_dr=smooth
+    )
+
+
 class CrossPseudoSupervisionLoss(nn.Module):
     """``L_cps = Dice(p1_u, argmax p2_u) + Dice(p2_u, argmax p1_u)`` with detached pseudo-labels.
 
@@ -105,15 +115,7 @@ class CrossPseudoSupervisionLoss(nn.Module):
             raise ValueError(f"confidence must be within [0, 1), got {confidence}")
         self.confidence = float(confidence)
         self.dice = SoftDiceLoss(smooth)
-        # one-hot targets are masked (an integer label map zeroed by the mask would read as background)
-        self.masked_dice = MaskedDiceLoss(
-            include_background=True,
-            to_onehot_y=False,
-            squared_pred=True,
-            batch=True,
-            smooth_nr=smooth,
-            smooth_dr=smooth,
-        )
+        self.masked_dice = masked_soft_dice(smooth)
 
     def pseudo(self, p_student: torch.Tensor, p_teacher: torch.Tensor) -> torch.Tensor:
         """``Dice(p_student, argmax p_teacher)``, on the teacher's confident pixels when gated."""

@@ -7,10 +7,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from monai.losses import MaskedDiceLoss
 from monai.networks.utils import one_hot
 
-from ..losses import SMOOTH, confidence_mask, hard_labels
+from ..losses import confidence_mask, hard_labels, masked_soft_dice
 from ..terms import IterationContext, UnsupervisedTerm
 from .perturb import cutmix, frozen_norm_statistics, random_boxes
 
@@ -81,14 +80,7 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
         self.role, self.unlabeled_weight = role, float(unlabeled_weight)
         self.box_area, self.confidence = float(box_area), float(confidence)
         self.clean_statistics = bool(clean_statistics)
-        self.dice = MaskedDiceLoss(
-            include_background=True,
-            to_onehot_y=False,
-            squared_pred=True,
-            batch=True,
-            smooth_nr=SMOOTH,
-            smooth_dr=SMOOTH,
-        )
+        self.dice = masked_soft_dice()
 
     def _region_loss(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``0.5 (masked Dice + masked mean CE)`` of ``logits`` against the label map ``target`` on ``mask``."""
