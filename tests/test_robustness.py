@@ -11,8 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import CONFIGS, tiny_overrides, train_config_files
+from conftest import tiny_overrides, train_config_files
 from ignite.engine import Events
 from PIL import Image
 
@@ -124,12 +123,6 @@ def test_stop_policy_raises_and_an_unknown_policy_is_refused():
     assert trainer.state.iteration == 2
     with pytest.raises(ValueError, match="nonfinite must be one of"):
         _tiny_trainer(1, [], "ignore")
-
-
-def test_train_config_exposes_nonfinite():
-    cfg = yaml.safe_load((CONFIGS / "train.yaml").read_text())
-    assert cfg["nonfinite"] == "stop"
-    assert cfg["train"]["trainer"]["nonfinite"] == "@nonfinite"
 
 
 def test_stop_keeps_the_last_good_checkpoint(tmp_path, demo_dataset):
