@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the repository, or the bundle folder of a packaged copy
 DEFAULT_NAME = "fetal_us_ssl"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".DS_Store")
+# research tools no shipped config uses: the comparison, the benchmarks and the GPU check stay in the repository
+RESEARCH_TOOLS = ("compare.py", "bench.py", "gpu_check.py")
+_IGNORE_CODE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".DS_Store", *RESEARCH_TOOLS)
 # the line of common.yaml that is rewritten, and the import the rewritten value needs
 _BUNDLE_ROOT_LINE = re.compile(r"^bundle_root:.*$", re.M)
 _IMPORT_CUSTOM_LINE = re.compile(r"^(?P<indent>\s*)- \$import custom\s*$", re.M)
@@ -234,7 +237,7 @@ def package(
         shutil.copytree(source / "configs", target / "configs", ignore=_IGNORE)
         _rewrite_common(target / "configs" / "common.yaml")
         _write_workflow_configs(target / "configs")
-        shutil.copytree(package_src, target / "custom", ignore=_IGNORE)
+        shutil.copytree(package_src, target / "custom", ignore=_IGNORE_CODE)
 
         models = target / "models"
         models.mkdir()

@@ -86,6 +86,8 @@ def test_layout_weights_and_zip(packaged):
     ):
         assert required in files, required
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+    # only the runtime code the configs import: no comparison, benchmark or GPU-check tool
+    assert not {"custom/compare.py", "custom/bench.py", "custom/gpu_check.py"} & set(files)
     # every config of the repository's bundle is shipped
     repo_configs = {f for f in _files(REPO / "bundle" / "configs") if "__pycache__" not in f and not f.endswith(".pyc")}
     assert repo_configs <= {f.removeprefix("configs/") for f in files if f.startswith("configs/")}
