@@ -399,7 +399,15 @@ def _deployed_unext(num_classes: int, in_channels: int = 1) -> torch.nn.Module:
 
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "common.yaml")])
-    parser.update({"num_classes": int(num_classes), "in_channels": int(in_channels), "device": "$torch.device('cpu')"})
+    # a fresh UNeXt of the bundle's definition: no trained weights, so no recorded model_config.json applies
+    parser.update(
+        {
+            "num_classes": int(num_classes),
+            "in_channels": int(in_channels),
+            "device": "$torch.device('cpu')",
+            "read_model_config": False,
+        }
+    )
     return parser.get_parsed_content("network_def").eval()
 
 

@@ -131,10 +131,13 @@ def test_verify_net_in_out_matches_the_metadata():
     assert "verified with no error" in proc.stdout + proc.stderr
 
 
-def test_verify_net_in_out_detects_a_channel_mismatch():
+def test_verify_net_in_out_detects_a_channel_mismatch(tmp_path):
+    # an empty ckpt_dir: no recorded model_config.json (e.g. of a demo in bundle/models) takes part
     proc = _monai_bundle(
         "verify_net_in_out",
         "network_def",
+        "--ckpt_dir",
+        str(tmp_path),
         "--meta_file",
         str(METADATA),
         "--config_file",
