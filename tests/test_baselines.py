@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import CONFIGS, tiny_overrides, train_config_files
 
+from custom import compare
 from custom.baselines import (
     AdversarialTerm,
     ConvDiscriminator,
@@ -29,20 +30,7 @@ from custom.mixup import interpolation_mixup
 from custom.terms import IterationContext
 
 S = 1e-5
-METHODS = (
-    "ours",
-    "labeled_only",
-    "fully_supervised",
-    "mean_teacher",
-    "uamt",
-    "ict",
-    "dan",
-    "dct",
-    "cps",
-    "cross_teaching",
-    "unimatch",
-    "bcp",
-)
+METHODS = compare.METHODS  # the comparison's method list; every method file is in it (test below)
 
 
 def reference_dice(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -385,3 +373,7 @@ def test_fully_supervised_config_uses_the_unlabelled_masks_with_the_semi_supervi
         counts = {k: len(v) for k, v in json.load(f).items() if isinstance(v, list)}
     assert len(parser.get_parsed_content("train_datalist")) == counts["training"] + counts["unlabeled"]
     assert parser.get_parsed_content("max_iterations") == 400 * counts["training"]
+
+
+def test_every_method_file_is_in_the_comparison():
+    assert {p.stem for p in (CONFIGS / "methods").glob("*.yaml")} == set(compare.METHODS)
