@@ -1,37 +1,29 @@
-"""TorchScript and ONNX export of the deployed UNeXt through monai.bundle's own commands.
+"""TorchScript and ONNX export of the deployed UNeXt (``python -m custom.deploy.export``).
 
-The commands are the ones documented for the bundle, at 64 px instead of 448 px:
-
-    python -m monai.bundle ckpt_export network_def --filepath bundle/models/model.ts \
-        --ckpt_file bundle/models/model.pt --meta_file bundle/configs/metadata.json \
-        --config_file "['bundle/configs/common.yaml']" --use_trace True --input_shape "[1, 1, 448, 448]"
-    python -m monai.bundle onnx_export network_def --filepath bundle/models/model.onnx \
-        --ckpt_file bundle/models/model.pt --meta_file bundle/configs/metadata.json \
-        --config_file "['bundle/configs/common.yaml']" --input_shape "[1, 1, 448, 448]" \
-        --converter_kwargs "{'input_names': ['image'], 'output_names': ['pred'], 'dynamic_axes': {'image': {0: 'batch'}, 'pred': {0: 'batch'}}}"
-"""  # noqa: E501
+The README's export commands are run as written, with ``--ckpt_dir`` pointing at a temporary
+folder that holds a seeded random UNeXt at 64 px and its ``model_config.json`` (the record that
+training writes): the exported files take their input shape from that record, not from a
+hard-coded 448, and reproduce the eager network.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import CONFIGS, REPO
 
 from custom.networks import UNeXt
 
 SIZE = 64
 CLASSES = 2
-COMMON = "['bundle/configs/common.yaml']"
-ONNX_KWARGS = (
-    "{'input_names': ['image'], 'output_names': ['pred'], "
-    "'dynamic_axes': {'image': {0: 'batch'}, 'pred': {0: 'batch'}}}"
-)
 
 
 def _random_unext(seed: int = 0) -> UNeXt:
@@ -45,91 +37,106 @@ def _random_unext(seed: int = 0) -> UNeXt:
     return net.eval()
 
 
-def _bundle_command(*args: str) -> list[str]:
-    # num_classes pinned so that a prepared datalist lying around cannot change the network
-    return [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        *args,
-        "--meta_file",
-        "bundle/configs/metadata.json",
-        "--config_file",
-        COMMON,
-        "--image_size",
-        f"[{SIZE}, {SIZE}]",
-        "--num_classes",
-        str(CLASSES),
-    ]
+def _write_model(ckpt_dir, net: UNeXt) -> dict:
+    """``model.pt`` and the record a training at 64 px would write beside it (common.yaml's
+    ``model_record``, written by :class:`custom.deploy.model_config.ModelConfig`)."""
+    from monai.bundle import ConfigParser
 
+    from custom.deploy.model_config import ModelConfig
 
-def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.yaml")])
+    parser.update(
+        {
+            "bundle_root": str(REPO / "bundle"),
+            "ckpt_dir": str(ckpt_dir),
+            "read_model_config": False,
+            "image_size": [SIZE, SIZE],
+            "num_classes": CLASSES,
+            "labels": {"background": 0, "fetal head": 1},
+            "transformer_def#embed_dim": 12,
+            "transformer_def#num_heads": [1, 1, 2, 2],
+            "transformer_def#window_size": 4,
+        }
     )
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), ckpt_dir / "model.pt")
+    config = ModelConfig(str(ckpt_dir), parser.get_parsed_content("model_record"))
+    config.write()
+    return config.record
+
+
+def _readme_export_commands() -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Export, metadata, sharing") :]
+    commands = re.findall(r"^(\.venv/bin/python -m custom\.deploy\.export .*)$", section, re.M)
+    assert [shlex.split(c)[3] for c in commands] == ["torchscript", "onnx"], commands
+    assert "input_shape" not in section.split("```")[1], "the README still types an input shape"
+    return commands
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    )
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
+    """The README's two export commands as written, plus ``--ckpt_dir`` (a temporary folder)."""
+    ckpt_dir = tmp_path_factory.mktemp("export") / "models"
     net = _random_unext()
-    ckpt = tmp / "model.pt"
-    torch.save(net.state_dict(), ckpt)
-    ts, onnx_file = tmp / "model.ts", tmp / "model.onnx"
-    _run(
-        _bundle_command(
-            "ckpt_export",
-            "network_def",
-            "--filepath",
-            str(ts),
-            "--ckpt_file",
-            str(ckpt),
-            "--use_trace",
-            "True",
-            "--input_shape",
-            f"[1, 1, {SIZE}, {SIZE}]",
-        )
-    )
-    _run(
-        _bundle_command(
-            "onnx_export",
-            "network_def",
-            "--filepath",
-            str(onnx_file),
-            "--ckpt_file",
-            str(ckpt),
-            "--input_shape",
-            f"[1, 1, {SIZE}, {SIZE}]",
-            "--converter_kwargs",
-            ONNX_KWARGS,
-        )
-    )
-    return {"net": net, "ckpt": ckpt, "ts": ts, "onnx": onnx_file, "tmp": tmp}
+    record = _write_model(ckpt_dir, net)
+    outputs = {}
+    for command in _readme_export_commands():
+        cmd = shlex.split(command)
+        assert cmd[0] == ".venv/bin/python"
+        proc = _run([sys.executable, *cmd[1:], "--ckpt_dir", str(ckpt_dir)])
+        assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert f"input [1, 1, {SIZE}, {SIZE}] from {ckpt_dir / 'model_config.json'}" in proc.stderr, proc.stderr
+        assert re.search(r"wrote \S+ in [0-9.]+ s", proc.stderr), proc.stderr
+        outputs[cmd[3]] = proc
+    assert not [p.name for p in ckpt_dir.iterdir() if p.name.startswith(".tmp_")]
+    return {
+        "net": net,
+        "record": record,
+        "ckpt_dir": ckpt_dir,
+        "ts": ckpt_dir / "model.ts",
+        "onnx": ckpt_dir / "model.onnx",
+    }
 
 
-def test_torchscript_export_matches_eager(exported):
+def test_torchscript_export_has_the_recorded_shape_and_matches_eager(exported):
     extra = {"metadata.json": "", "common.json": ""}
     ts = torch.jit.load(str(exported["ts"]), map_location="cpu", _extra_files=extra)
     text = {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items()}
-    assert "network_data_format" in json.loads(text["metadata.json"])  # the metadata travels in the file
+    fmt = json.loads(text["metadata.json"])["network_data_format"]
+    # the metadata travelling in the file describes the weights (64 px, 1 channel, their classes), not 448 px
+    assert fmt["inputs"]["image"]["spatial_shape"] == exported["record"]["image_size"] == [SIZE, SIZE]
+    assert fmt["inputs"]["image"]["num_channels"] == exported["record"]["in_channels"] == 1
+    assert fmt["outputs"]["pred"]["num_channels"] == CLASSES
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "fetal head"}
     assert json.loads(text["common.json"])["network_def"]["_target_"] == "custom.networks.UNeXt"
     torch.manual_seed(1)
-    # traced at 1 x 1 x 64 x 64; the trace stays valid for other batch sizes and sides (multiples of 32)
+    # scripted: valid at the recorded shape, for other batch sizes and sides (multiples of 32)
     for shape in [(1, 1, SIZE, SIZE), (2, 1, SIZE, SIZE), (1, 1, 96, 128)]:
         x = torch.rand(*shape)
         with torch.no_grad():
             expected, got = exported["net"](x), ts(x)
         assert got.shape == expected.shape == (shape[0], CLASSES, *shape[2:])
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    with pytest.raises(Exception, match="divisible by 32"):
+        ts(torch.rand(1, 1, 60, 64))
 
 
-def test_onnx_export_matches_eager_with_dynamic_batch(exported):
+def test_onnx_export_has_the_recorded_shape_and_matches_eager_with_dynamic_batch(exported):
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, out.name) == ("image", "pred")
-    assert isinstance(inp.shape[0], str) and list(inp.shape[1:]) == [1, SIZE, SIZE]
+    assert isinstance(inp.shape[0], str), inp.shape  # dynamic batch
+    assert list(inp.shape[1:]) == [exported["record"]["in_channels"], *exported["record"]["image_size"]]
+    assert list(out.shape[1:]) == [CLASSES, SIZE, SIZE], out.shape
     torch.manual_seed(2)
     for batch in (1, 3):
         x = torch.rand(batch, 1, SIZE, SIZE)
@@ -140,26 +147,65 @@ def test_onnx_export_matches_eager_with_dynamic_batch(exported):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
-def _scriptable() -> bool:
-    try:
-        torch.jit.script(UNeXt(1, CLASSES))
-    except Exception:  # noqa: BLE001 - any scripting failure means: not scriptable
-        return False
-    return True
+def test_traced_torchscript_to_another_filepath(exported, tmp_path):
+    from custom.deploy.export import export
 
-
-def test_torchscript_scripting_export_when_scriptable(exported):
-    """``ckpt_export`` without ``--use_trace`` scripts the network; UNeXt's input check must be
-    TorchScript-compatible for that (otherwise tracing, tested above, is the export path)."""
-    if not _scriptable():
-        pytest.skip("UNeXt is not scriptable (torch.jit.script fails on its input check): export uses --use_trace True")
-    ts_file = exported["tmp"] / "model_scripted.ts"
-    _run(
-        _bundle_command("ckpt_export", "network_def", "--filepath", str(ts_file), "--ckpt_file", str(exported["ckpt"]))
-    )
-    ts = torch.jit.load(str(ts_file), map_location="cpu")
-    x = torch.rand(2, 1, 96, 64)
+    target = tmp_path / "out" / "traced"  # no extension: .ts, as MONAI names it
+    written = export("torchscript", ckpt_dir=exported["ckpt_dir"], filepath=target, use_trace="true")
+    assert written == str(target) + ".ts" and os.path.isfile(written)
+    ts = torch.jit.load(written, map_location="cpu")
+    x = torch.rand(2, 1, SIZE, SIZE)
     with torch.no_grad():
         torch.testing.assert_close(ts(x), exported["net"](x), rtol=0, atol=1e-4)
-    with pytest.raises(Exception, match="divisible by 32"):
-        ts(torch.rand(1, 1, 60, 64))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["traced.ts"]
+
+
+def _fails(argv: list[str], capsys) -> str:
+    from custom.deploy.export import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_missing_weights_record_or_size_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert f"no model.pt in {empty}" in _fails(["onnx", "--ckpt_dir", str(empty)], capsys)
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    torch.save(_random_unext().state_dict(), bare / "model.pt")
+    err = _fails(["torchscript", "--ckpt_dir", str(bare)], capsys)
+    assert "model_config.json" in err and str(bare / "model.pt") in err, err
+
+    (bare / "model_config.json").write_text(json.dumps({"image_size": 64, "in_channels": 1, "num_classes": 2}))
+    err = _fails(["onnx", "--ckpt_dir", str(bare)], capsys)
+    assert "image_size must be two positive integers, got 64" in err and "model_config.json" in err, err
+
+    assert "expected one of torchscript, onnx" in _fails(["tflite", "--ckpt_dir", str(bare)], capsys)
+    assert sorted(p.name for p in bare.iterdir()) == ["model.pt", "model_config.json"]  # nothing written
+
+
+def test_a_failed_export_leaves_the_previous_file(exported, tmp_path, monkeypatch):
+    """Atomic: an export that breaks half-way (here: after writing part of its file) keeps the old one."""
+    import monai.bundle
+
+    from custom.deploy.export import export
+
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous export")
+
+    def broken(*args, filepath, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"half")
+        raise RuntimeError("exporter died")
+
+    monkeypatch.setattr(monai.bundle, "onnx_export", broken)
+    with pytest.raises(RuntimeError, match="exporter died"):
+        export("onnx", ckpt_dir=exported["ckpt_dir"], filepath=target)
+    assert target.read_bytes() == b"previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

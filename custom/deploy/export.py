@@ -1,0 +1,196 @@
+"""TorchScript and ONNX export of the deployed UNeXt at the size its weights were trained at.
+
+    python -m custom.deploy.export torchscript [--ckpt_dir bundle/models] [--filepath bundle/models/model.ts]
+    python -m custom.deploy.export onnx [--ckpt_dir bundle/models] [--filepath bundle/models/model.onnx]
+
+Options: ``--config_file`` (default ``['bundle/configs/common.yaml']``), ``--meta_file`` (default
+``bundle/configs/metadata.json``), ``--use_trace`` (TorchScript: trace instead of script),
+``--opset_version`` (ONNX).
+
+The input shape is never typed by hand: ``1 x in_channels x image_size`` comes from
+``model_config.json`` beside ``model.pt`` (written by training, see
+:mod:`custom.deploy.model_config`), and ``common.yaml`` builds the network from the same record
+(``--ckpt_dir`` is passed on as ``ckpt_dir``). The export itself is MONAI's own
+(:func:`monai.bundle.ckpt_export`, :func:`monai.bundle.onnx_export`), as the bundle's README ran it
+before: the TorchScript file carries the metadata (its ``network_data_format`` set from the
+record) and the configs; the ONNX graph has the input ``image`` and output ``pred``, with a
+dynamic batch axis. Each export is checked against the eager network on one random input of the
+recorded shape (ONNX Runtime for ONNX when it is installed, else ONNX's reference evaluator), is
+written to a temporary file beside ``--filepath`` and renamed into place only when complete
+(:mod:`custom.utils.atomic`). A missing ``model.pt`` or record, or a record without a usable
+``image_size``, ends with one ``error: ...`` line (status 2).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from custom.deploy.model_config import FILENAME, ModelConfigError, config_path, network_data_format, read
+from custom.utils.atomic import atomic_path
+from custom.utils.cli import OptionError, exit_on_error, parse_bool
+
+__all__ = ["FORMATS", "ONNX_CONVERTER_KWARGS", "input_shape", "export", "main"]
+
+_HERE = Path(__file__).resolve().parents[2]  # the repository, or the folder of a packaged bundle
+BUNDLE_ROOT = _HERE / "bundle" if (_HERE / "bundle" / "configs" / "common.yaml").is_file() else _HERE
+FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
+# the names and the dynamic batch axis the bundle's ONNX model has always had
+ONNX_CONVERTER_KWARGS = {
+    "input_names": ["image"],
+    "output_names": ["pred"],
+    "dynamic_axes": {"image": {0: "batch"}, "pred": {0: "batch"}},
+}
+# eager against exported on the check input (float32; the tests hold them to 1e-4)
+_RTOL, _ATOL = 1e-4, 1e-4
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def input_shape(record: dict, record_file: str) -> list[int]:
+    """``[1, in_channels, *image_size]`` from a model record; a record without a usable
+    ``image_size`` is refused naming the file."""
+    size = record.get("image_size")
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        raise ModelConfigError(f"{record_file}: image_size must be two positive integers, got {size!r}")
+    channels = record.get("in_channels", 1)
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise ModelConfigError(f"{record_file}: in_channels must be a positive integer, got {channels!r}")
+    return [1, channels, *size]
+
+
+def _files(value: Any, option: str) -> list[str]:
+    """A file or a list of files (fire hands ``"['a', 'b']"`` over as a list) that must exist."""
+    if isinstance(value, str):
+        value = [s.strip() for s in value.strip("[]").replace("'", "").replace('"', "").split(",") if s.strip()]
+    files = [os.path.abspath(os.fspath(f)) for f in value]
+    if not files:
+        raise OptionError(f"--{option}: no file given")
+    for f in files:
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"--{option}: {f} not found")
+    return files
+
+
+def export(
+    fmt: str,
+    ckpt_dir: str | os.PathLike | None = None,
+    filepath: str | os.PathLike | None = None,
+    config_file: str | Sequence[str] | None = None,
+    meta_file: str | os.PathLike | None = None,
+    use_trace: Any = False,
+    opset_version: int | None = None,
+) -> str:
+    """Export ``ckpt_dir/model.pt`` as ``fmt`` (``torchscript`` or ``onnx``) at the recorded input
+    shape; returns the written path. See the module docstring."""
+    import json
+
+    from monai.bundle import ckpt_export, onnx_export
+
+    kind = str(fmt).strip().lower()
+    if kind not in FORMATS:
+        raise OptionError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    trace = parse_bool(use_trace, "use_trace")
+    ckpt_dir = os.path.abspath(os.fspath(ckpt_dir if ckpt_dir is not None else BUNDLE_ROOT / "models"))
+    ckpt_file = os.path.join(ckpt_dir, "model.pt")
+    if not os.path.isfile(ckpt_file):
+        raise FileNotFoundError(f"no model.pt in {ckpt_dir}: train first, or pass --ckpt_dir with the weights' folder")
+    record_file = config_path(ckpt_dir)
+    record = read(record_file)
+    if record is None:
+        raise FileNotFoundError(
+            f"no {FILENAME} beside {ckpt_file}: training writes it (image size, classes, channels, network "
+            "widths); retrain, or write it for these weights"
+        )
+    shape = input_shape(record, record_file)
+    configs = _files(
+        config_file if config_file is not None else [BUNDLE_ROOT / "configs" / "common.yaml"], "config_file"
+    )
+    (meta,) = _files([meta_file if meta_file is not None else BUNDLE_ROOT / "configs" / "metadata.json"], "meta_file")
+    default_file = os.path.join(ckpt_dir, f"model{FORMATS[kind]}")
+    filepath = os.path.abspath(os.fspath(filepath if filepath is not None else default_file))
+    if kind == "torchscript" and not os.path.splitext(filepath)[1]:
+        filepath += ".ts"  # as monai's save_net_with_metadata names it
+    with open(meta, encoding="utf-8") as f:
+        described = network_data_format(json.load(f), record)
+
+    verify: dict[str, Any] = {"verify": True, "rtol": _RTOL, "atol": _ATOL}
+    if kind == "onnx":
+        verify["use_ort"] = importlib.util.find_spec("onnxruntime") is not None
+        converter_kwargs = {**ONNX_CONVERTER_KWARGS, **verify}
+        if opset_version is not None:
+            converter_kwargs["opset_version"] = int(opset_version)
+        exporter, how = onnx_export, "ONNX (dynamic batch)"
+    else:
+        converter_kwargs = dict(verify)
+        exporter, how = ckpt_export, f"TorchScript ({'traced' if trace else 'scripted'})"
+    _say(
+        f"exporting {ckpt_file} to {how}: input {shape} from {record_file} "
+        f"({record.get('num_classes', '?')} classes) ..."
+    )
+    started = time.monotonic()
+    # MONAI logs its whole argument list and the temporary file's name; this function says what it does
+    monai_log = logging.getLogger("monai.bundle.scripts")
+    level = monai_log.level
+    monai_log.setLevel(logging.WARNING)
+    try:
+        with atomic_path(filepath) as tmp:
+            exporter(
+                "network_def",
+                filepath=tmp,
+                ckpt_file=ckpt_file,
+                meta_file=meta,
+                config_file=configs,
+                use_trace=trace,
+                input_shape=shape,
+                converter_kwargs=converter_kwargs,
+                bundle_root=str(BUNDLE_ROOT),
+                ckpt_dir=ckpt_dir,
+                **{"_meta_#network_data_format": described["network_data_format"]},
+            )
+    finally:
+        monai_log.setLevel(level)
+    checked = "ONNX Runtime" if verify.get("use_ort") else "ONNX reference" if kind == "onnx" else "TorchScript"
+    _say(
+        f"wrote {filepath} in {time.monotonic() - started:.1f} s "
+        f"({checked} output equal to the eager network within {_ATOL:g} at {shape})"
+    )
+    return filepath
+
+
+@exit_on_error((FileNotFoundError, ModelConfigError, IsADirectoryError))
+def _command(
+    fmt: str,
+    ckpt_dir: str | None = None,
+    filepath: str | None = None,
+    config_file: Any = None,
+    meta_file: str | None = None,
+    use_trace: Any = False,
+    opset_version: int | None = None,
+) -> None:
+    """Export ckpt_dir/model.pt (default bundle/models) as FMT (torchscript or onnx) at the input
+    shape recorded in model_config.json beside it."""
+    path = export(fmt, ckpt_dir, filepath, config_file, meta_file, use_trace, opset_version)
+    print(path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import fire
+
+    fire.Fire(_command, command=list(argv) if argv is not None else None, name="custom.deploy.export")
+
+
+if __name__ == "__main__":
+    main()
