@@ -1,7 +1,14 @@
 """Components of the fetal-ultrasound semi-supervised bundle, referenced by its configs.
 
+Folders by concern: ``networks/`` (UNeXt, Swin-Unet), ``data/`` (preparation, datalists,
+transforms, the synthetic demo set), ``training/`` (trainer, handlers, terms, losses, EMA, mixup, schedules,
+checkpoints, distributed), ``methods/`` (the unsupervised terms of each method),
+``evaluation/`` (metrics, evaluation, biometry, overlays), ``deploy/`` (inference, model
+record, packaging, export), ``tools/`` (comparison, benchmarks, GPU check; not shipped),
+``utils/`` (command-line options, atomic writes, runtime defaults), ``monailabel_app/``.
+
 Submodules load on first attribute access (PEP 562), so a config's ``$import custom``
-makes expressions such as ``$custom.trainer.logged_terms`` resolve (MONAI binds
+makes expressions such as ``$custom.training.trainer.logged_terms`` resolve (MONAI binds
 ``$import a.b`` to the name ``a.b``, not ``a``), while ``python -m custom.data`` does not
 pay for importing torch-heavy modules it does not use.
 """
@@ -9,16 +16,22 @@ pay for importing torch-heavy modules it does not use.
 import importlib
 import pkgutil
 
-from . import runtime as _runtime
 
-# OMP_WAIT_POLICY=PASSIVE unless set, repeated library warnings once (see custom/runtime.py)
+def lazy_submodules(package: str, path):
+    """A module ``__getattr__`` importing the package's submodules (found on disk) on first access."""
+    names = {m.name for m in pkgutil.iter_modules(path)}
+
+    def __getattr__(name: str):
+        if name in names:
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = lazy_submodules(__name__, __path__)
+
+from custom.utils import runtime as _runtime  # noqa: E402 - after the helper the subpackages use
+
+# OMP_WAIT_POLICY=PASSIVE unless set, repeated library warnings once (see custom/utils/runtime.py)
 _runtime.apply_defaults()
-
-# every module and package of this folder (found on disk, so none is forgotten)
-_SUBMODULES = {m.name for m in pkgutil.iter_modules(__path__)}
-
-
-def __getattr__(name: str):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def train_config_files(*extra: str) -> list[str]:
-    return [str(CONFIGS / "common.yaml"), str(CONFIGS / "train.yaml"), *[str(CONFIGS / e) for e in extra]]
+    """common.yaml, train.yaml, the method (the first ``methods/...`` of ``extra``, else ours.yaml)
+    and the other ``extra`` files, as the README's training commands list them."""
+    method = [e for e in extra if e.startswith("methods/")][:1] or ["methods/ours.yaml"]
+    rest = [e for e in extra if e not in method]
+    return [str(CONFIGS / f) for f in ("common.yaml", "train.yaml", *method, *rest)]
 
 
 def tiny_overrides(tmp_path: Path, dataset_dir: str, **more) -> dict:
@@ -40,7 +44,7 @@ def tiny_overrides(tmp_path: Path, dataset_dir: str, **more) -> dict:
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory) -> str:
     """A small synthetic set (8 labelled, 8 unlabelled, 4 validation images of 64 px)."""
-    from custom.demo_data import ensure_demo_dataset
+    from custom.data.demo import ensure_demo_dataset
 
     root = tmp_path_factory.mktemp("demo")
     ensure_demo_dataset(str(root / "data"), n_labeled=8, n_unlabeled=8, n_validation=4, size=64, seed=1)

@@ -1,7 +1,7 @@
-"""The per-image metrics of ``custom.metrics`` as implemented before issue 17 item 4, kept
+"""The per-image metrics of ``custom.evaluation.metrics`` as implemented before issue 17 item 4, kept
 verbatim as the reference of ``tests/test_metrics_speed.py`` (full-image surfaces and
 distance transforms, MONAI's ``compute_hausdorff_distance`` for HD95_monai) and as the
-"previous" figure of ``python -m custom.bench evaluate --reference true``.
+"previous" figure of ``python -m custom.tools.bench evaluate --reference true``.
 
 Not collected by pytest (no ``test_`` prefix); imported by the test and by the benchmark.
 """
@@ -89,7 +89,7 @@ def binary_metrics(pred, gt, spacing=None) -> dict[str, Any]:
 
 
 def evaluate_case(pred, gt, num_classes: int, spacing=None) -> dict[str, Any]:
-    """The reference ``custom.metrics.evaluate_case`` (2-D label maps)."""
+    """The reference ``custom.evaluation.metrics.evaluate_case`` (2-D label maps)."""
     p, g = np.asarray(pred), np.asarray(gt)
     row: dict[str, Any] = {}
     for c in range(1, num_classes):

@@ -5,29 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CONFIGS, tiny_overrides, train_config_files
 
-from custom import compare
-from custom.baselines import (
-    AdversarialTerm,
-    ConvDiscriminator,
-    CPSTerm,
-    CrossTeachingTerm,
-    DeepCoTrainingTerm,
-    ICTTerm,
-    MeanTeacherTerm,
-    UncertaintyAwareMeanTeacherTerm,
-    clipped_noise,
-    labeled_union_datalist,
-)
-from custom.ema import EMATeacher
-from custom.losses import entropy
-from custom.mixup import interpolation_mixup
-from custom.terms import IterationContext
+from custom.data.datalist import labeled_union_datalist
+from custom.methods.adversarial import AdversarialTerm, ConvDiscriminator
+from custom.methods.co_training import DeepCoTrainingTerm
+from custom.methods.mean_teacher import MeanTeacherTerm, UncertaintyAwareMeanTeacherTerm, clipped_noise
+from custom.tools import compare
+from custom.training.ema import EMATeacher
+from custom.training.losses import entropy
+from custom.training.mixup import interpolation_mixup
+from custom.training.terms import CrossPseudoSupervisionTerm, InterpolationConsistencyTerm, IterationContext
 
 S = 1e-5
 METHODS = compare.METHODS  # the comparison's method list; every method file is in it (test below)
@@ -141,8 +134,8 @@ def test_uamt_masks_uncertain_pixels_and_its_threshold_ramps_to_ln_k():
 def test_ict_term_is_the_mixup_consistency_on_the_cnn():
     net, x = tiny_net(2), images()
     teacher = EMATeacher(tiny_net(3))
-    term = ICTTerm()
-    assert term.roles == ("cnn",) and term.alpha == 0.2 and term.name == "ict"
+    term = InterpolationConsistencyTerm(roles=("cnn",), alpha=0.2)  # methods/ict.yaml
+    assert term.name == "ict"
     ctx = context({"cnn": net}, x, teacher=teacher, seed=5)
     loss = term.loss(ctx)
     x_mix, target, _ = interpolation_mixup(
@@ -160,8 +153,12 @@ def test_dan_steps_its_discriminator_and_gives_gradient_only_to_the_segmenter():
     term = AdversarialTerm(disc, optimizer)
     before = [p.detach().clone() for p in disc.parameters()]
     ctx = context({"cnn": seg}, x)
-    loss = term.loss(ctx)
+    term.loss(ctx)
+    assert all(torch.equal(a, b) for a, b in zip(before, disc.parameters())), "the loss does not step D"
+    d_loss = term.discriminator_step(ctx)  # the trainer's explicit step, before the loss
     assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters())), "the discriminator stepped"
+    assert float(d_loss) == term.last_discriminator_loss
+    loss = term.loss(ctx)
     assert math.isfinite(term.last_discriminator_loss)
     d_grads = [None if p.grad is None else p.grad.clone() for p in disc.parameters()]
     loss.backward()
@@ -185,11 +182,12 @@ def test_cps_term_with_two_roles_equals_the_hand_computed_dice_sum():
     x = images()
     nets = {"cnn": tiny_net(5), "cnn2": tiny_net(6)}
     ctx = context(nets, x)
-    loss = CPSTerm().loss(ctx)
+    term = CrossPseudoSupervisionTerm(roles=("cnn", "cnn2"))  # methods/cps.yaml: both directions
+    loss = term.loss(ctx)
     p1, p2 = ctx.unlabeled_probs("cnn"), ctx.unlabeled_probs("cnn2")
     expected = reference_dice(p1, p2.argmax(1, keepdim=True)) + reference_dice(p2, p1.argmax(1, keepdim=True))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    ce = CPSTerm(dice_weight=0.0, ce_weight=1.0).loss(ctx)
+    ce = CrossPseudoSupervisionTerm(roles=("cnn", "cnn2"), dice_weight=0.0, ce_weight=1.0).loss(ctx)
     expected_ce = F.cross_entropy(ctx.logits["cnn"][2:], p2.argmax(1)) + F.cross_entropy(
         ctx.logits["cnn2"][2:], p1.argmax(1)
     )
@@ -213,7 +211,7 @@ def test_cross_teaching_learns_from_detached_hard_labels():
         teacher=None,
         iteration=0,
     )
-    loss = CrossTeachingTerm().loss(ctx)
+    loss = CrossPseudoSupervisionTerm(roles=("cnn", "transformer"), name="ct").loss(ctx)  # cross_teaching.yaml
     pc, pt = probs["cnn"][2:], probs["transformer"][2:]
     yc, yt = pc.detach().argmax(1, keepdim=True), pt.detach().argmax(1, keepdim=True)
     assert loss.item() == pytest.approx((reference_dice(pc, yt) + reference_dice(pt, yc)).item(), rel=1e-6)
@@ -222,7 +220,7 @@ def test_cross_teaching_learns_from_detached_hard_labels():
     (g_direct,) = torch.autograd.grad(reference_dice(torch.softmax(logits["cnn"], 1)[2:], yt), logits["cnn"])
     assert torch.allclose(g_total, g_direct, atol=1e-7)
     assert g_total[:2].abs().sum() == 0  # labelled images are not part of the term
-    with_ce = CrossTeachingTerm(ce_weight=0.5).loss(ctx)
+    with_ce = CrossPseudoSupervisionTerm(roles=("cnn", "transformer"), ce_weight=0.5).loss(ctx)
     ce = F.cross_entropy(logits["cnn"][2:], yt[:, 0]) + F.cross_entropy(logits["transformer"][2:], yc[:, 0])
     assert with_ce.item() == pytest.approx((loss + 0.5 * ce).item(), rel=1e-6)
 
@@ -274,16 +272,22 @@ def test_fully_supervised_list_adds_unlabelled_masks_and_fails_clearly_when_hidd
 # ------------------------------------------------------------------- configs end to end
 
 
-def test_method_overrides_match_the_positions_of_train_yaml_handlers():
-    """Method files switch off or retarget train.yaml's Swin-Unet handlers by list position."""
+def test_no_method_edits_the_shared_handler_list_and_the_state_follows_the_networks():
+    """Handlers are train.yaml's one list for every method (a method adds its own by name in
+    method_handlers); what the training state saves is derived from the networks in play."""
     from monai.bundle import ConfigParser
 
-    handlers = ConfigParser.load_config_files(train_config_files())["train"]["handlers"]
-    targets = [h.get("_target_") if isinstance(h, dict) else h for h in handlers]
-    assert targets[1] == "LrScheduleHandler" and handlers[1]["lr_scheduler"] == "@lr_scheduler_transformer"
-    assert targets[3] == "custom.trainer.NetworkValidationHandler"
-    assert targets[4] == "custom.terms.LeaderSelector"
-    assert targets[5] == "custom.checkpoint.TrainingStateSaver"
+    base = ConfigParser.load_config_files(train_config_files("methods/labeled_only.yaml"))["train"]["handlers"]
+    for path in sorted((CONFIGS / "methods").glob("*.yaml")) + sorted((CONFIGS / "ablations").glob("*.yaml")):
+        raw = ConfigParser.load_config_file(str(path)) or {}
+        assert not any(k.startswith("train#handlers") or k == "train" for k in raw), path.name
+        name = path.relative_to(CONFIGS).as_posix()
+        merged = ConfigParser.load_config_files(train_config_files(name))  # an ablation: over ours.yaml
+        assert merged["train"]["handlers"] == base, path.name
+    text = "\n".join(p.read_text() for p in CONFIGS.rglob("*.yaml"))
+    assert not re.search(r"handlers#[0-9]", text), "a handler addressed by its position"
+    ours = ConfigParser.load_config_files(train_config_files())["method_handlers"]
+    assert list(ours) == ["transformer_validation", "leader_selection"]
 
 
 EXPECTED = {  # method -> (roles, term class name or None, teacher role or None)
@@ -292,11 +296,11 @@ EXPECTED = {  # method -> (roles, term class name or None, teacher role or None)
     "fully_supervised": (("cnn",), None, None),
     "mean_teacher": (("cnn",), "MeanTeacherTerm", "cnn"),
     "uamt": (("cnn",), "UncertaintyAwareMeanTeacherTerm", "cnn"),
-    "ict": (("cnn",), "ICTTerm", "cnn"),
+    "ict": (("cnn",), "InterpolationConsistencyTerm", "cnn"),
     "dan": (("cnn",), "AdversarialTerm", None),
     "dct": (("cnn", "cnn2"), "DeepCoTrainingTerm", None),
-    "cps": (("cnn", "cnn2"), "CPSTerm", None),
-    "cross_teaching": (("cnn", "transformer"), "CrossTeachingTerm", None),
+    "cps": (("cnn", "cnn2"), "CrossPseudoSupervisionTerm", None),
+    "cross_teaching": (("cnn", "transformer"), "CrossPseudoSupervisionTerm", None),
     "unimatch": (("cnn",), "WeakToStrongTerm", None),
     "bcp": (("cnn",), "BidirectionalCopyPasteTerm", None),
 }
@@ -305,7 +309,6 @@ ALL_TERMS = {  # methods with more than one term: all of them, in order
         "CrossPseudoSupervisionTerm",
         "InterpolationConsistencyTerm",
         "InformationDivergenceTerm",
-        "SelfTrainingTerm",
         "BidirectionalCopyPasteTerm",
     ],
 }
@@ -351,14 +354,16 @@ def test_every_method_config_trains_two_iterations(method, tmp_path, demo_datase
     assert bool(built) == ("transformer" in roles), "the Swin-Unet is built only where a method trains it"
     assert trainer.state.iteration == 2 and len(outputs) == 2
     assert all(math.isfinite(float(o["loss"])) for o in outputs)
-    for t in trainer.terms:  # every term of the method is active (the default's self-training is built off)
-        active = outputs[-1][f"weight_{t.name}"] > 0
-        assert active == (type(t).__name__ != "SelfTrainingTerm"), (t.name, outputs[-1][f"weight_{t.name}"])
-        if active:  # computed (gated terms may be 0 on an untrained network: no confident pixel yet)
-            assert math.isfinite(float(outputs[-1][f"loss_{t.name}"])), t.name
+    for t in trainer.terms:  # every term of the method is active and computed (gated terms may be 0
+        # on an untrained network: no confident pixel yet)
+        assert outputs[-1][f"weight_{t.name}"] > 0, (t.name, outputs[-1][f"weight_{t.name}"])
+        assert math.isfinite(float(outputs[-1][f"loss_{t.name}"])), t.name
     assert (tmp_path / "models" / "model.pt").is_file()
     state = torch.load(tmp_path / "models" / "train_state" / "train_state.pt", map_location="cpu", weights_only=True)
-    assert {f"optimizer_{r}" for r in roles} <= set(state)
+    expected = {*roles, *(f"optimizer_{r}" for r in roles), *(f"lr_scheduler_{r}" for r in roles), "validator"}
+    expected |= {"teacher"} if teacher_role else set()
+    expected |= {"discriminator", "optimizer_discriminator"} if method == "dan" else set()
+    assert set(state) - {"trainer", "trainer_extra", "random"} == expected
 
 
 def test_fully_supervised_config_uses_the_unlabelled_masks_with_the_semi_supervised_budget(tmp_path, demo_dataset):

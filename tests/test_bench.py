@@ -1,4 +1,4 @@
-"""``python -m custom.bench`` (issue 8) and the equality of one trainer iteration's loss terms
+"""``python -m custom.tools.bench`` (issue 8) and the equality of one trainer iteration's loss terms
 with a plain-torch reference computation of method.md on the same inputs."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from conftest import REPO, tiny_overrides, train_config_files
 from ignite.engine import Events
 
-from custom.bench import build_trainer
-from custom.trainer import logged_terms
+from custom.tools.bench import build_trainer
+from custom.training.trainer import logged_terms
 
 TINY_SWIN = {
     "transformer_def#embed_dim": 12,
@@ -26,7 +26,7 @@ TINY_SWIN = {
 
 
 def _bench(*args: str) -> dict:
-    cmd = [sys.executable, "-m", "custom.bench", *args, "--json"]
+    cmd = [sys.executable, "-m", "custom.tools.bench", *args, "--json"]
     proc = subprocess.run(
         cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     )

@@ -12,7 +12,12 @@ import torch
 from scipy.special import ellipe
 from skimage import draw
 
-from custom.biometry import ellipse_perimeter, fit_head_ellipse, hc_absolute_difference, head_circumference_mm
+from custom.evaluation.biometry import (
+    ellipse_perimeter,
+    fit_head_ellipse,
+    hc_absolute_difference,
+    head_circumference_mm,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HC18 = DATA / "hc18"

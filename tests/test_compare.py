@@ -1,4 +1,4 @@
-"""``custom.compare``: outputs of a tiny comparison, resuming without retraining, evaluation
+"""``custom.tools.compare``: outputs of a tiny comparison, resuming without retraining, evaluation
 at the original image size."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 from conftest import tiny_overrides
 from PIL import Image
 
-import custom.compare as compare
+import custom.tools.compare as compare
 from custom.networks import UNeXt
 
 
@@ -77,7 +77,7 @@ def test_two_methods_one_seed_write_every_output_and_a_rerun_trains_nothing(tmp_
     md = (out / "comparison.md").read_text()
     assert "| ours |" in md and "| labeled_only |" in md and "64x64 px input, 2 iterations" in md
     assert "8 labelled / 8 unlabelled / 4 validation / 2 test images" in md
-    assert "python -m custom.compare" in md
+    assert "python -m custom.tools.compare" in md
     scale = json.loads((out / "scale.json").read_text())["scale"]
     assert scale["image_size"] == [64, 64] and scale["swin_embed_dim"] == 12
     done = {m: out / "runs" / m / "seed0" / "done.json" for m in ("ours", "labeled_only")}
@@ -168,7 +168,7 @@ def test_evaluation_is_at_the_original_size_in_mm_when_the_spacing_is_known(tmp_
     parser.update({"image_size": [64, 64]})
     pre = Compose(parser.get_parsed_content("deterministic_transforms"))
     entry = {"image": str(tmp_path / "img.png"), "label": str(tmp_path / "lab.png")}
-    from custom.evaluation import evaluate_network
+    from custom.evaluation.evaluate import evaluate_network
 
     (row,), _ = evaluate_network(_Threshold(), [entry], pre, num_classes=2)
     assert row["dice"] == pytest.approx(1.0) and row["hd95"] == 0.0 and row["unit"] == "px"
@@ -183,9 +183,13 @@ def test_evaluation_is_at_the_original_size_in_mm_when_the_spacing_is_known(tmp_
 
 
 def test_methods_are_names_or_override_files_and_the_gap_share_is_computed():
-    assert compare.method_file("ours") == ("ours", compare.METHOD_DIR / "ours.yaml")
-    name, path = compare.method_file("bundle/configs/ablations/no_gate.yaml")
-    assert name == "no_gate" and path.is_file()
+    assert compare.method_file("ours") == ("ours", [compare.METHOD_DIR / "ours.yaml"])
+    # an override that is not a method file of its own varies the default
+    name, paths = compare.method_file("bundle/configs/ablations/no_gate.yaml")
+    assert name == "no_gate" and paths[0] == compare.METHOD_DIR / "ours.yaml" and paths[1].is_file()
+    # a method file (it sets `method`) stands alone
+    name, paths = compare.method_file(str(compare.METHOD_DIR / "bcp.yaml"))
+    assert name == "bcp" and paths == [compare.METHOD_DIR / "bcp.yaml"]
     with pytest.raises(ValueError, match="unknown method 'nosuch'"):
         compare.method_file("nosuch")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
@@ -221,7 +225,7 @@ def test_command_line_input_errors_are_one_line(args, needle, tmp_path):
     (tmp_path / "datalist.json").write_text('{"training": [], "test": []}')
     argv = [a.format(data=tmp_path) for a in args]
     done = subprocess.run(
-        [sys.executable, "-m", "custom.compare", *argv, "--out", str(tmp_path / "out")],
+        [sys.executable, "-m", "custom.tools.compare", *argv, "--out", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         cwd=compare.REPO,

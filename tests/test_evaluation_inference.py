@@ -13,7 +13,7 @@ import torch
 from conftest import CONFIGS, REPO, require_shared
 from PIL import Image
 
-from custom.evaluation import case_record, write_report
+from custom.evaluation.evaluate import case_record, write_report
 from custom.networks import UNeXt
 
 

@@ -184,7 +184,7 @@ def test_generation_is_deterministic_and_large_enough(tmp_path, fuzz_folder):
 
 
 def _screen_all(folder: Path, names) -> dict[str, str | None]:
-    from custom.inference import screen_file
+    from custom.deploy.inference import screen_file
 
     results = {}
     for name in names:
@@ -244,7 +244,7 @@ def test_inference_screening_and_one_run_on_the_fuzz_folder(tmp_path, fuzz_folde
     report = {Path(r["file"]).name: r["reason"] for r in json.loads((out / "bad_inputs.json").read_text())}
     assert report == bad
     for name in good:
-        from custom.inference import mask_output_path
+        from custom.deploy.inference import mask_output_path
 
         mask = Path(mask_output_path(str(out), name))
         assert mask.is_file(), name

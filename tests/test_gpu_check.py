@@ -1,4 +1,4 @@
-"""Issue 17 item 5: ``python -m custom.bench gpu --out FILE.json [--tiny true]`` runs every stage
+"""Issue 17 item 5: ``python -m custom.tools.bench gpu --out FILE.json [--tiny true]`` runs every stage
 and writes one JSON file; a failing stage is recorded with its error and the others still run.
 The tiny run is the CPU rehearsal of the H200 check (64 px, narrow Swin-Unet, 3 iterations)."""
 
@@ -11,13 +11,13 @@ import sys
 
 from conftest import REPO, SHARED_DATA
 
-from custom.gpu_check import STAGES, run_gpu_check
+from custom.tools.gpu_check import STAGES, run_gpu_check
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     return subprocess.run(
-        [sys.executable, "-m", "custom.bench", "gpu", *args],
+        [sys.executable, "-m", "custom.tools.bench", "gpu", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

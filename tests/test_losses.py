@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from custom.losses import (
+from custom.training.losses import (
     CrossPseudoSupervisionLoss,
     InformationDivergenceLoss,
     InterpolationConsistencyLoss,
@@ -16,8 +16,8 @@ from custom.losses import (
     kl_divergence,
     mutual_information_gap,
 )
-from custom.mixup import interpolation_mixup, sample_mix_lambda
-from custom.schedules import PolyLRLambda, poly_lr, ramp_weight, sigmoid_rampup
+from custom.training.mixup import interpolation_mixup, sample_mix_lambda
+from custom.training.schedules import PolyLRLambda, poly_lr, ramp_weight, sigmoid_rampup
 
 S = 1e-5
 
@@ -241,7 +241,7 @@ def test_gated_cps_gradient_reaches_the_student_only_on_confident_pixels():
 
 
 def _context(p_cnn, p_vit, leader="cnn", labeled_bs=0):
-    from custom.terms import IterationContext
+    from custom.training.terms import IterationContext
 
     return IterationContext(
         images=torch.zeros(p_cnn.shape[0], 1, *p_cnn.shape[2:]),
@@ -258,7 +258,7 @@ def _context(p_cnn, p_vit, leader="cnn", labeled_bs=0):
 
 @pytest.mark.parametrize("direction", ["follower", "both"])
 def test_gated_divergence_term_averages_kl_and_mig_over_the_confident_pixels(direction):
-    from custom.terms import InformationDivergenceTerm
+    from custom.training.terms import InformationDivergenceTerm
 
     p_cnn, p_vit = _probs((2, 3, 5, 5), 4).requires_grad_(True), _probs((2, 3, 5, 5), 5).requires_grad_(True)
     term = InformationDivergenceTerm(direction=direction, confidence=0.7)
@@ -283,7 +283,7 @@ def test_gated_divergence_term_averages_kl_and_mig_over_the_confident_pixels(dir
 
 
 def test_ensemble_direction_teaches_both_networks_the_detached_mean_on_its_confident_pixels():
-    from custom.terms import CrossPseudoSupervisionTerm, InformationDivergenceTerm
+    from custom.training.terms import CrossPseudoSupervisionTerm, InformationDivergenceTerm
 
     p_cnn, p_vit = _probs((2, 3, 5, 5), 6).requires_grad_(True), _probs((2, 3, 5, 5), 7).requires_grad_(True)
     mean = 0.5 * (p_cnn.detach() + p_vit.detach())
@@ -301,7 +301,9 @@ def test_ensemble_direction_teaches_both_networks_the_detached_mean_on_its_confi
 
 
 def test_self_training_term_is_gated_dice_of_the_perturbed_prediction_against_the_clean_pseudo_labels():
-    from custom.terms import IterationContext, SelfTrainingTerm, perturb_intensity
+    from custom.methods.ablations import SelfTrainingTerm
+    from custom.methods.perturb import perturb_intensity
+    from custom.training.terms import IterationContext
 
     torch.manual_seed(0)
     net = torch.nn.Conv2d(1, 3, 3, padding=1)
@@ -335,11 +337,12 @@ def test_self_training_term_is_gated_dice_of_the_perturbed_prediction_against_th
 
 
 def test_reverse_kl_and_mutual_directions_of_the_divergence_term():
-    from custom.terms import InformationDivergenceTerm
+    from custom.methods.ablations import ReverseKLDivergenceTerm
+    from custom.training.terms import CrossPseudoSupervisionTerm, InformationDivergenceTerm
 
     p_cnn, p_vit = _probs((2, 3, 4, 4), 8).requires_grad_(True), _probs((2, 3, 4, 4), 9).requires_grad_(True)
     ctx = _context(p_cnn, p_vit, leader="cnn")
-    reverse = InformationDivergenceTerm(direction="follower", reverse_kl=True).loss(ctx)
+    reverse = ReverseKLDivergenceTerm(direction="follower").loss(ctx)  # ablations/reverse_kl.yaml
     expected = (kl_divergence(p_vit, p_cnn) + mutual_information_gap(p_cnn, p_vit)).mean()  # KL(follower || leader)
     assert torch.allclose(reverse, expected, atol=1e-6)
     assert not torch.allclose(reverse, InformationDivergenceTerm(direction="follower").loss(ctx))
@@ -349,3 +352,6 @@ def test_reverse_kl_and_mutual_directions_of_the_divergence_term():
     grad_cnn = torch.autograd.grad(mutual, p_cnn, retain_graph=True)[0]
     alone = torch.autograd.grad(kl_divergence(p_vit.detach(), p_cnn).mean(), p_cnn)[0]
     assert torch.allclose(grad_cnn, alone, atol=1e-7)
+    # the CPS term has no "mutual": its pseudo-labels are always detached, so it would be "both"
+    with pytest.raises(ValueError, match="direction"):
+        CrossPseudoSupervisionTerm(direction="mutual")

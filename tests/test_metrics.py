@@ -18,7 +18,7 @@ from monai.handlers import MeanDice, from_engine
 from monai.metrics import DiceMetric, compute_average_surface_distance
 from scipy.spatial.distance import cdist
 
-from custom.metrics import (
+from custom.evaluation.metrics import (
     EMPTY_POLICY,
     AverageSurfaceDistance,
     AverageSurfaceDistanceMetric,

@@ -1,7 +1,7 @@
-"""Issue 17 item 4: the bounding-box metrics core of ``custom.metrics`` gives the same per-image
+"""Issue 17 item 4: the bounding-box metrics core of ``custom.evaluation.metrics`` gives the same per-image
 values as the previous full-image implementation (``tests/metrics_reference.py``, MONAI's
 ``compute_hausdorff_distance`` for HD95_monai), on real PSFHS frames and on edge cases.
-Speed is measured by ``python -m custom.bench evaluate``, not here."""
+Speed is measured by ``python -m custom.tools.bench evaluate``, not here."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from metrics_reference import evaluate_case as reference_case
 from metrics_reference import monai_hd95 as reference_monai_hd95
 from scipy import ndimage
 
-from custom.metrics import evaluate_case, monai_hd95, surface_distances
+from custom.evaluation.metrics import evaluate_case, monai_hd95, surface_distances
 
 PSFHS_LABELS = SHARED_DATA / "psfhs" / "labels"
 TOL = 1e-6
@@ -128,7 +128,7 @@ def test_cropped_distances_equal_full_image_ones_in_order_and_monai_hd95():
             )
 
 
-# -------------------------------------------------------------- python -m custom.bench evaluate
+# -------------------------------------------------------------- python -m custom.tools.bench evaluate
 def _bench_evaluate(*args: str):
     import subprocess
     import sys
@@ -136,7 +136,7 @@ def _bench_evaluate(*args: str):
     from conftest import REPO
 
     return subprocess.run(
-        [sys.executable, "-m", "custom.bench", "evaluate", *args],
+        [sys.executable, "-m", "custom.tools.bench", "evaluate", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -183,8 +183,8 @@ def test_a_second_training_of_another_configuration_is_refused(trained, demo_dat
 
 
 def test_package_and_monailabel_follow_the_recorded_weights(trained, tmp_path):
+    from custom.deploy.package import package
     from custom.monailabel_app.lib.bundle_config import BundleSettings
-    from custom.package import package
 
     models = trained / "models"
     target = package(str(tmp_path / "dist"), name="b", weights=str(models / "model.pt"))

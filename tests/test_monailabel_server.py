@@ -232,14 +232,14 @@ def _divergences(server) -> dict[str, float]:
     """Expected per-image scores, computed here with both networks directly."""
     from monai.transforms import Compose
 
-    import custom.checkpoint
-    from custom.losses import InformationDivergenceLoss
+    import custom.training.checkpoint
+    from custom.training.losses import InformationDivergenceLoss
 
     parser = _parser(server["configs"], server["num_classes"], server["models_dir"])
     cnn = parser.get_parsed_content("network_def", instantiate=True)
     transformer = parser.get_parsed_content("transformer_def", instantiate=True)
-    custom.checkpoint.load_network_weights(cnn, str(server["models_dir"] / "model.pt"))
-    custom.checkpoint.load_network_weights(
+    custom.training.checkpoint.load_network_weights(cnn, str(server["models_dir"] / "model.pt"))
+    custom.training.checkpoint.load_network_weights(
         transformer, str(server["models_dir"] / "train_state" / "train_state.pt"), key="transformer"
     )
     cnn.eval(), transformer.eval()
@@ -268,7 +268,7 @@ def test_infer_returns_a_mask_of_the_image_size(server, which):
     from monai.transforms import Compose, Resize
     from PIL import Image
 
-    import custom.checkpoint
+    import custom.training.checkpoint
 
     image = server["images"][which]
     r = _check(
@@ -286,7 +286,7 @@ def test_infer_returns_a_mask_of_the_image_size(server, which):
     # the same prediction computed here: UNeXt at 64 px, argmax, nearest back to the original size
     parser = _parser(server["configs"], server["num_classes"], server["models_dir"])
     cnn = parser.get_parsed_content("network_def", instantiate=True)
-    custom.checkpoint.load_network_weights(cnn, str(server["models_dir"] / "model.pt")).eval()
+    custom.training.checkpoint.load_network_weights(cnn, str(server["models_dir"] / "model.pt")).eval()
     pre = Compose(parser.get_parsed_content("deterministic_transforms", instantiate=True))
     x = pre({"image": str(server["files"][image])})["image"].as_tensor()[None]
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Multi-process training (bundle/configs/multi_gpu_train.yaml, custom/distributed.py) on the CPU.
+"""Multi-process training (bundle/configs/multi_gpu_train.yaml, custom/training/distributed.py) on the CPU.
 
 Two processes and the gloo backend stand in for two GPUs: the same code paths run (DDP,
 distributed samplers, all-gathered validation metrics, rank-0-only logging and saving)
@@ -46,8 +46,8 @@ RANK0_ONLY = {"StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "BestMod
 
 @pytest.mark.parametrize("extra", [(MULTI_GPU,), ("demo.yaml", MULTI_GPU), ("cpu_small.yaml", MULTI_GPU)])
 def test_every_logging_or_saving_handler_is_disabled_on_other_ranks(extra):
-    """multi_gpu_train.yaml disables handlers by list index: every handler that logs or
-    saves must be hit, and nothing else (a reordered train.yaml would fail here)."""
+    """Every handler that logs or saves is disabled on ranks > 0 (``is_not_rank0``, which
+    multi_gpu_train.yaml leaves to train.yaml), and nothing else."""
     parser = _merged(*extra)
     lists = {
         "train#handlers": parser["train#handlers"],
@@ -63,14 +63,15 @@ def test_every_logging_or_saving_handler_is_disabled_on_other_ranks(extra):
             else:
                 assert disabled != "@is_not_rank0", f"{where}#{i} ({name}) must run on every rank"
     init = parser["initialize"]
-    assert init[0]["_target_"] == "custom.distributed.setup"
+    assert init[0]["_target_"] == "custom.training.distributed.setup"
     assert not any("set_determinism" in str(item) for item in init), "the seed is set per rank by setup()"
-    assert parser["train#trainer#networks"] == {"cnn": "@network_ddp", "transformer": "@transformer_ddp"}
+    assert "wrap_ddp(@networks" in parser["train#trainer#networks"]
     assert parser["train#dataloader#shuffle"] is False and parser["train#unlabeled_dataloader#shuffle"] is False
     # the deployed model and the training state hold the plain (unwrapped) networks
-    assert parser["validate#handlers#2#save_dict"] == {"model": "@network"}
-    assert parser["train#handlers#5#save_dict"]["cnn"] == "@network"
-    assert parser["train#handlers#5#save_dict"]["transformer"] == "@transformer"
+    saver = next(h for h in parser["validate#handlers"] if h["_target_"].endswith("BestModelSaver"))
+    assert saver["save_dict"] == {"model": "@network"}
+    state = next(h for h in parser["train#handlers"] if h["_target_"].endswith("TrainingStateSaver"))
+    assert "training_objects(@networks," in state["save_dict"] and parser["networks"]["cnn"] == "@network"
 
 
 # --------------------------------------------------- two gloo processes, spawned in-process
@@ -83,7 +84,9 @@ def _worker(rank: int, world: int, store: str, out_dir: str, dataset_dir: str) -
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    from custom import distributed as cd
+    from custom.training import distributed as cd
+    from custom.training.ema import EMATeacher
+    from custom.training.handlers import Handlers
 
     res: dict = {}
     # setup() on an initialised group: per-rank seeds
@@ -117,7 +120,7 @@ def _worker(rank: int, world: int, store: str, out_dir: str, dataset_dir: str) -
     res["init_before_wrap"] = {k: v.clone() for k, v in net.state_dict().items()}
     ddp = nn.parallel.DistributedDataParallel(net)
     ref.load_state_dict(net.state_dict())
-    teacher = cd.DistributedEMATeacher(ddp, decay=0.99)
+    teacher = EMATeacher(ddp, decay=0.99)  # copies and averages the unwrapped module
     res["teacher_init"] = {k: v.clone() for k, v in teacher.module.state_dict().items()}
 
     # two forwards through the DDP module before one backward, as the ICT term does:
@@ -164,7 +167,11 @@ def _worker(rank: int, world: int, store: str, out_dir: str, dataset_dir: str) -
         type(wf.parser.get_parsed_content(k).sampler).__name__
         for k in ("train#dataloader", "train#unlabeled_dataloader", "validate#dataloader")
     ]
-    res["cfg_handlers"] = [type(h).__name__ for h in wf.parser.get_parsed_content("train#trainer#train_handlers")]
+    res["cfg_handlers"] = [
+        type(x).__name__
+        for h in wf.parser.get_parsed_content("train#trainer#train_handlers")
+        for x in (h.handlers.values() if isinstance(h, Handlers) else [h])
+    ]
     res["cfg_val_handlers"] = [type(h).__name__ for h in wf.parser.get_parsed_content("validate#handlers")]
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
     cd.cleanup()
@@ -242,7 +249,7 @@ def _torchrun(tmp_path: Path, demo_dataset: str, name: str, **more) -> str:
         f"'iteration': @train#trainer.state.iteration, 'best': @validate#evaluator.state.best_metric}}, "
         f"'{tmp_path}/{name}_rank' + str(torch.distributed.get_rank()) + '.pt')"
     )
-    over["finalize"] = [dump, {"_target_": "custom.distributed.cleanup"}]
+    over["finalize"] = [dump, {"_target_": "custom.training.distributed.cleanup"}]
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(over))
     configs = train_config_files(MULTI_GPU) + [str(tmp_path / f"{name}.yaml")]
     cmd = [

@@ -76,7 +76,7 @@ def test_importing_custom_sets_omp_wait_policy_unless_set(given, expected):
 
 
 def test_every_n_filters_iterations():
-    from custom.logs import every_n
+    from custom.training.logs import every_n
 
     f = every_n(3)
     assert [i for i in range(1, 11) if f(None, i)] == [3, 6, 9]
@@ -241,7 +241,7 @@ def _frames(folder, sizes):
 def test_overlay_has_one_colour_per_class_and_a_legend():
     import numpy as np
 
-    from custom.overlays import class_colour, overlay_image
+    from custom.evaluation.overlays import class_colour, overlay_image
 
     gt = np.zeros((160, 256), np.int64)
     gt[80:100, 50:80], gt[110:150, 150:220] = 1, 2
@@ -343,8 +343,8 @@ def test_packaged_bundle_runs_inference_from_one_merged_config(tmp_path):
     import numpy as np
     import torch
 
+    from custom.deploy.package import WORKFLOW_CONFIGS, package
     from custom.networks import UNeXt
-    from custom.package import WORKFLOW_CONFIGS, package
 
     torch.manual_seed(0)
     torch.save(UNeXt(1, 2).state_dict(), tmp_path / "model.pt")
@@ -388,7 +388,7 @@ def test_packaged_bundle_runs_inference_from_one_merged_config(tmp_path):
 
 
 def test_rerun_into_an_existing_inference_folder_is_one_line(tmp_path):
-    """The refusal's message (raised in custom.inference) without MONAI's chained traceback."""
+    """The refusal's message (raised in custom.deploy.inference) without MONAI's chained traceback."""
     import torch
 
     from custom.networks import UNeXt

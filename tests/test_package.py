@@ -1,4 +1,4 @@
-"""``python -m custom.package``: a self-contained bundle that runs with only its own folder on
+"""``python -m custom.deploy.package``: a self-contained bundle that runs with only its own folder on
 PYTHONPATH, from another working directory, and a zip of the same files."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def packaged(tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "custom.package",
+            "custom.deploy.package",
             "--out",
             str(out),
             "--name",
@@ -82,12 +82,12 @@ def test_layout_weights_and_zip(packaged):
         "LICENSE",
         "custom/__init__.py",
         "custom/networks/unext.py",
-        "custom/package.py",
+        "custom/deploy/package.py",
     ):
         assert required in files, required
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     # only the runtime code the configs import: no comparison, benchmark or GPU-check tool
-    assert not {"custom/compare.py", "custom/bench.py", "custom/gpu_check.py"} & set(files)
+    assert not {"custom/tools/compare.py", "custom/tools/bench.py", "custom/tools/gpu_check.py"} & set(files)
     # every config of the repository's bundle is shipped
     repo_configs = {f for f in _files(REPO / "bundle" / "configs") if "__pycache__" not in f and not f.endswith(".pyc")}
     assert repo_configs <= {f.removeprefix("configs/") for f in files if f.startswith("configs/")}
@@ -105,13 +105,17 @@ def test_no_absolute_path_in_the_copied_configs(packaged):
             text = file.read_text(encoding="utf-8", errors="replace")
             assert not [n for n in needles if n in text], file
     common = (packaged["bundle"] / "configs" / "common.yaml").read_text()
-    assert 'bundle_root: "$custom.package.bundle_root()"' in common
+    assert 'bundle_root: "$custom.deploy.package.bundle_root()"' in common
 
 
 def test_refuses_missing_weights_and_existing_output(tmp_path, packaged):
     def run(*args):
         return subprocess.run(
-            [sys.executable, "-m", "custom.package", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "custom.deploy.package", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     proc = run("--out", str(tmp_path), "--weights", str(tmp_path / "absent.pt"))
@@ -134,7 +138,11 @@ def test_runs_from_the_copy_alone(packaged, tmp_path):
     workdir.mkdir()
     env = _bundle_env(bundle)
     probe = subprocess.run(
-        [sys.executable, "-c", "import custom, custom.package as p; print(custom.__file__); print(p.bundle_root())"],
+        [
+            sys.executable,
+            "-c",
+            "import custom, custom.deploy.package as p; print(custom.__file__); print(p.bundle_root())",
+        ],
         cwd=workdir,
         env=env,
         capture_output=True,

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import train_config_files
 from PIL import Image
 
-from custom.cli import OptionError, parse_bool
+from custom.utils.cli import OptionError, parse_bool
 
 
 def save_png(path: Path, array: np.ndarray) -> None:
@@ -127,10 +128,12 @@ def test_prepare_refuses_a_non_boolean_value_by_name(tmp_path: Path, monkeypatch
 
 
 def test_package_refuses_a_non_boolean_value_by_name(tmp_path: Path, monkeypatch, capsys) -> None:
-    from custom.package import main
+    from custom.deploy.package import main
 
     status = run_main(
-        main, ["custom.package", "--out", str(tmp_path / "pkg"), "--allow-missing-weights", "perhaps"], monkeypatch
+        main,
+        ["custom.deploy.package", "--out", str(tmp_path / "pkg"), "--allow-missing-weights", "perhaps"],
+        monkeypatch,
     )
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: --allow-missing-weights: expected true or false")
@@ -138,7 +141,7 @@ def test_package_refuses_a_non_boolean_value_by_name(tmp_path: Path, monkeypatch
 
 
 def test_bench_json_false_is_not_json() -> None:
-    from custom.bench import _wants_json
+    from custom.tools.bench import _wants_json
 
     assert _wants_json(["infer", "--json"]) and _wants_json(["infer", "--json", "yes"]) and _wants_json(["--json=1"])
     assert not _wants_json(["infer", "--json", "false"]) and not _wants_json(["infer", "--json=No"])
@@ -147,8 +150,8 @@ def test_bench_json_false_is_not_json() -> None:
 
 def test_bundle_booleans_from_the_command_line_are_parsed(tmp_path: Path) -> None:
     """``monai.bundle run ... --resume false`` hands the config the string 'false'."""
-    from custom.checkpoint import TrainingStateSaver
-    from custom.inference import InputScreen, SaveMaskd
+    from custom.deploy.inference import InputScreen, SaveMaskd
+    from custom.training.checkpoint import TrainingStateSaver
 
     assert TrainingStateSaver(str(tmp_path), {}, resume="false").resume is False
     assert TrainingStateSaver(str(tmp_path), {}, resume="True").resume is True
@@ -181,24 +184,20 @@ def test_train_config_booleans_from_the_command_line_are_parsed(value, disabled)
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(
-        [str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / f) for f in ("common.yaml", "train.yaml")]
-    )
+    parser.read_config(train_config_files())
     parser["validate_transformer"] = value
-    handlers = parser.get("train#handlers")
-    for target in ("custom.trainer.NetworkValidationHandler", "custom.terms.LeaderSelector"):
-        index = next(i for i, h in enumerate(handlers) if h.get("_target_") == target)
-        assert parser.get_parsed_content(f"train#handlers#{index}#_disabled_") is disabled
+    for name in ("transformer_validation", "leader_selection"):
+        assert parser.get_parsed_content(f"method_handlers#{name}#_disabled_") is disabled
     parser["validate_transformer"] = "perhaps"
     with pytest.raises(Exception, match="validate_transformer"):
-        parser.get_parsed_content(f"train#handlers#{index}#_disabled_")
+        parser.get_parsed_content("method_handlers#leader_selection#_disabled_")
 
 
 # ----------------------------------------------------------------------------- item 6: atomic writes
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
-    from custom.atomic import atomic_write, atomic_write_json, atomic_write_text
+    from custom.utils.atomic import atomic_write, atomic_write_json, atomic_write_text
 
     target = tmp_path / "summary.json"
     atomic_write_json(target, {"old": 1})
@@ -216,28 +215,28 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -
 
 
 def test_checkpoint_reexports_the_one_atomic_torch_save() -> None:
-    import custom.atomic
-    import custom.checkpoint
+    import custom.training.checkpoint
+    import custom.utils.atomic
 
-    assert custom.checkpoint.atomic_torch_save is custom.atomic.atomic_torch_save
+    assert custom.training.checkpoint.atomic_torch_save is custom.utils.atomic.atomic_torch_save
 
 
 def _interrupted_rename(monkeypatch) -> None:
     """Every atomic write dies just before its rename (as a SIGKILL there would)."""
-    import custom.atomic
+    import custom.utils.atomic
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed before the rename")
 
-    monkeypatch.setattr(custom.atomic.os, "replace", killed)
+    monkeypatch.setattr(custom.utils.atomic.os, "replace", killed)
 
 
 def test_a_kill_while_writing_leaves_no_mask_and_no_report_under_their_names(tmp_path: Path, monkeypatch) -> None:
     import torch
     from monai.data import MetaTensor
 
-    from custom.evaluation import write_report
-    from custom.inference import SaveMaskd
+    from custom.deploy.inference import SaveMaskd
+    from custom.evaluation.evaluate import write_report
 
     _interrupted_rename(monkeypatch)
     saver = SaveMaskd("pred", str(tmp_path / "inf"))
@@ -245,7 +244,7 @@ def test_a_kill_while_writing_leaves_no_mask_and_no_report_under_their_names(tmp
     with pytest.raises(KeyboardInterrupt):
         saver({"pred": mask})
     assert not (tmp_path / "inf" / "a_mask.png").exists()
-    from custom.evaluation import case_record
+    from custom.evaluation.evaluate import case_record
 
     gt = np.zeros((8, 8), np.int64)
     gt[2:6, 2:6] = 1
@@ -319,7 +318,7 @@ def test_save_mask_carries_nothing_from_one_file_to_the_next(tmp_path: Path) -> 
     import torch
     from monai.data import MetaTensor
 
-    from custom.inference import SaveMaskd
+    from custom.deploy.inference import SaveMaskd
 
     saver = SaveMaskd("pred", str(tmp_path))
     first = MetaTensor(torch.ones(1, 64, 64), meta={"filename_or_obj": "/x/ok.dcm", "spatial_shape": (64, 64, 1)})
@@ -369,8 +368,8 @@ def test_an_input_whose_mask_name_is_too_long_is_reported_and_the_rest_written(t
 def test_a_nan_checkpoint_is_an_error_naming_the_file(tmp_path: Path) -> None:
     import torch
 
-    from custom.checkpoint import load_network_weights
     from custom.networks import UNeXt
+    from custom.training.checkpoint import load_network_weights
 
     net = UNeXt(1, 2)
     state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in net.state_dict().items()}
@@ -386,7 +385,7 @@ def test_a_non_finite_network_output_stops_inference_naming_the_checkpoint() -> 
     import torch
     from monai.data import MetaTensor
 
-    from custom.inference import FiniteOutputCheck
+    from custom.deploy.inference import FiniteOutputCheck
 
     image = MetaTensor(torch.zeros(1, 1, 4, 4), meta={"filename_or_obj": ["/x/a.png"]})
     engine = SimpleNamespace(
@@ -402,7 +401,7 @@ def test_a_non_finite_network_output_stops_inference_naming_the_checkpoint() -> 
 
 
 def test_the_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
-    from custom.demo_data import DEMO_MARKER, ensure_demo_dataset
+    from custom.data.demo import DEMO_MARKER, ensure_demo_dataset
 
     prepared = tmp_path / "prepared"
     prepared.mkdir()
@@ -427,7 +426,7 @@ def test_the_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
 
 
 def _report(out: Path, overwrite: bool = False):
-    from custom.evaluation import SegmentationReport, case_record
+    from custom.evaluation.evaluate import SegmentationReport, case_record
 
     report = SegmentationReport(str(out), num_classes=2, class_names=["head"], n_overlays=0, overwrite=overwrite)
     mask = np.zeros((8, 8), np.int64)
@@ -468,8 +467,8 @@ MALFORMED_DATALISTS = {
 
 @pytest.mark.parametrize("case", sorted(MALFORMED_DATALISTS))
 def test_a_malformed_datalist_is_one_clear_error_for_training_evaluation_and_compare(tmp_path: Path, case: str) -> None:
-    from custom.compare import load_test_entries
     from custom.data.datalist import DatalistError, datalist_num_classes, load_split
+    from custom.tools.compare import load_test_entries
 
     content, message = MALFORMED_DATALISTS[case]
     file = tmp_path / "datalist.json"
@@ -513,7 +512,7 @@ def test_prepare_reports_folders_and_broken_links_named_like_images(tmp_path: Pa
 
 
 def test_inference_output_path_that_is_a_file_is_named(tmp_path: Path) -> None:
-    from custom.inference import InputScreen
+    from custom.deploy.inference import InputScreen
 
     out = tmp_path / "out"
     out.write_text("a file")
@@ -532,7 +531,7 @@ def test_inference_output_path_that_is_a_file_is_named(tmp_path: Path) -> None:
     ],
 )
 def test_unreadable_checkpoints_say_why_and_never_suggest_weights_only_false(tmp_path: Path, content, reason) -> None:
-    from custom.checkpoint import safe_torch_load
+    from custom.training.checkpoint import safe_torch_load
 
     path = tmp_path / "model.pt"
     path.write_bytes(content)
@@ -547,8 +546,8 @@ def test_unreadable_checkpoints_say_why_and_never_suggest_weights_only_false(tmp
 def test_leftovers_of_a_killed_run_are_removed_on_the_next_start(tmp_path: Path, caplog) -> None:
     from ignite.engine import Engine
 
-    from custom.checkpoint import TrainingStateSaver
     from custom.data.prepare import prepare
+    from custom.training.checkpoint import TrainingStateSaver
 
     state_dir = tmp_path / "train_state"
     state_dir.mkdir()

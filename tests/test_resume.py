@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import CONFIGS, REPO, tiny_overrides, train_config_files
 
-from custom.checkpoint import atomic_torch_save
+from custom.training.checkpoint import atomic_torch_save
 
 
 def _cmd(tmp_path, dataset, models, **extra):

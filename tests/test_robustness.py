@@ -15,14 +15,14 @@ from conftest import tiny_overrides, train_config_files
 from ignite.engine import Events
 from PIL import Image
 
-from custom.checkpoint import load_network_weights
 from custom.data.preflight import PreflightError, check_entries, checked_split
-from custom.ema import EMATeacher
-from custom.inference import BAD_INPUTS_NAME, InputScreen, screen_inputs
-from custom.losses import SupervisedLoss
+from custom.deploy.inference import BAD_INPUTS_NAME, InputScreen, screen_inputs
 from custom.networks import SwinUnet, UNeXt
-from custom.terms import CrossPseudoSupervisionTerm
-from custom.trainer import SemiSupervisedTrainer
+from custom.training.checkpoint import load_network_weights
+from custom.training.ema import EMATeacher
+from custom.training.losses import SupervisedLoss
+from custom.training.terms import CrossPseudoSupervisionTerm
+from custom.training.trainer import SemiSupervisedTrainer
 
 
 class NanFrom(CrossPseudoSupervisionTerm):
@@ -41,7 +41,7 @@ class NanFrom(CrossPseudoSupervisionTerm):
 
 # ------------------------------------------------------------------------ numerical faults
 def _tiny_trainer(iterations, terms, nonfinite):
-    from custom.demo_data import synthetic_head_image
+    from custom.data.demo import synthetic_head_image
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -97,7 +97,7 @@ def test_skip_policy_skips_the_step_counts_it_and_warns(caplog):
         "teacher": [p.detach().clone() for p in trainer.teacher.module.parameters()],
     }
     trainer.add_event_handler(Events.ITERATION_COMPLETED, snap)
-    with caplog.at_level(logging.WARNING, logger="custom.trainer"):
+    with caplog.at_level(logging.WARNING, logger="custom.training.trainer"):
         trainer.run()
     first, second = snapshots[0], snapshots[1]
     # the faulty step changed nothing: no optimiser step, no EMA update, gradients cleared
@@ -111,7 +111,7 @@ def test_skip_policy_skips_the_step_counts_it_and_warns(caplog):
     assert trainer.state.nonfinite_skips == 1 and snapshots[-1]["output"]["nonfinite_skips"] == 1
     warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(warnings) == 1 and "iteration 1" in warnings[0] and "loss_nanterm" in warnings[0]
-    from custom.trainer import logged_terms
+    from custom.training.trainer import logged_terms
 
     assert logged_terms(snapshots[-1]["output"])["nonfinite_skips"] == 1.0
 
@@ -299,7 +299,7 @@ def mixed_inputs(tmp_path):
 
 
 def test_screen_reports_bad_inputs_and_keeps_the_good(tmp_path, mixed_inputs):
-    from custom.inference import list_inputs
+    from custom.deploy.inference import list_inputs
 
     out = tmp_path / "out"
     good = screen_inputs(list_inputs(str(mixed_inputs)), str(out), intensity_range=[0, 255])

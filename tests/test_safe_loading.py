@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from custom.checkpoint import load_network_weights, load_training_state
 from custom.networks import SwinUnet, UNeXt, load_pretrained_swin
+from custom.training.checkpoint import load_network_weights, load_training_state
 
 SCANNED = [REPO / "custom", REPO / "tests"]
 # torch.load calls allowed without weights_only=True, with the reason (keep this empty if you can)

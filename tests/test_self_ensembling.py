@@ -7,11 +7,11 @@ import pytest
 import torch
 from test_baselines import reference_dice
 
-from custom.ema import EMATeacher
-from custom.losses import CrossPseudoSupervisionLoss
 from custom.methods import BidirectionalCopyPasteTerm, WeakToStrongTerm, copy_paste_pairs, cutmix, random_boxes
 from custom.networks import UNeXt
-from custom.terms import IterationContext
+from custom.training.ema import EMATeacher
+from custom.training.losses import CrossPseudoSupervisionLoss
+from custom.training.terms import IterationContext
 
 
 def _ctx(net, x, labels, labeled_bs, teacher, seed=0):
@@ -162,8 +162,8 @@ def test_weak_to_strong_fp_stream_uses_feature_dropout():
 
 
 def test_trainer_updates_and_saves_the_further_teachers():
-    from custom.losses import SupervisedLoss
-    from custom.trainer import SemiSupervisedTrainer
+    from custom.training.losses import SupervisedLoss
+    from custom.training.trainer import SemiSupervisedTrainer
 
     torch.manual_seed(0)
     net = UNeXt(1, 2)

@@ -11,11 +11,11 @@ import torch
 from conftest import CONFIGS, SHARED_DATA, require_shared, tiny_overrides, train_config_files
 from ignite.engine import Events
 
-from custom.ema import EMATeacher
-from custom.losses import SupervisedLoss
 from custom.networks import SwinUnet, UNeXt
-from custom.terms import CrossPseudoSupervisionTerm, InformationDivergenceTerm, InterpolationConsistencyTerm
-from custom.trainer import CyclingLoader, SemiSupervisedTrainer
+from custom.training.ema import EMATeacher
+from custom.training.losses import SupervisedLoss
+from custom.training.terms import CrossPseudoSupervisionTerm, InformationDivergenceTerm, InterpolationConsistencyTerm
+from custom.training.trainer import CyclingLoader, SemiSupervisedTrainer
 
 
 def tiny_swin(classes=2, size=64):
@@ -61,7 +61,7 @@ def test_unlabeled_stream_cycles_when_shorter():
 
 
 def _batches(n_labeled=2, n_unlabeled=4, size=64, seed=0):
-    from custom.demo_data import synthetic_head_image
+    from custom.data.demo import synthetic_head_image
 
     rng = np.random.default_rng(seed)
     pairs = [synthetic_head_image(size, rng) for _ in range(n_labeled + n_unlabeled)]

@@ -8,7 +8,7 @@ import pytest
 from monai.transforms import Compose, LoadImaged
 from PIL import Image
 
-from custom.transforms import ToGreyscaled
+from custom.data.transforms import ToGreyscaled
 
 
 def _load(path):

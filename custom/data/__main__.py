@@ -12,7 +12,7 @@ from typing import Any
 
 import fire
 
-from ..cli import OptionError
+from custom.utils.cli import OptionError
 from .errors import DataValidationError, SourceLayoutError, SplitError
 from .prepare import prepare
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import json
 import os
 from pathlib import Path
@@ -9,7 +11,7 @@ from typing import Any
 
 from .splits import SPLITS
 
-__all__ = ["DATALIST_NAME", "PATH_KEYS", "DatalistError", "read_datalist_file", "validate_datalist", "load_datalist", "load_split", "datalist_num_classes", "datalist_class_names"]
+__all__ = ["DATALIST_NAME", "PATH_KEYS", "DatalistError", "read_datalist_file", "validate_datalist", "load_datalist", "load_split", "datalist_num_classes", "datalist_class_names", "labeled_union_datalist"]
 
 DATALIST_NAME = "datalist.json"
 PATH_KEYS = ("image", "label")
@@ -25,7 +27,7 @@ def _json_type(value: Any) -> str:
 
 
 def validate_datalist(doc: Any, file: str | Path) -> dict[str, Any]:
-    """The one schema check of a datalist (training, evaluation and ``custom.compare`` all read
+    """The one schema check of a datalist (training, evaluation and ``custom.tools.compare`` all read
     through it): an object whose lists (``training``, ``unlabeled``, ``validation``, ``test``) hold
     objects with a non-empty ``image`` path and, where given, a ``label`` path. Raises
     :class:`DatalistError` naming the file, the key and the problem."""
@@ -158,3 +160,34 @@ def datalist_class_names(path: str | Path, num_classes: int) -> dict[int, str]:
     except (OSError, ValueError, TypeError, AttributeError):
         named = {}
     return {c: named.get(c, f"class_{c}") for c in range(1, int(num_classes))}
+
+
+def labeled_union_datalist(datalist_file: str, dataset_dir: str) -> list[dict]:
+    """The fully supervised bound's training list: every ``training`` entry plus every
+    ``unlabeled`` entry that has a ``label`` (paths resolved like MONAI's
+    ``load_decathlon_datalist``).
+
+    Raises ``ValueError`` when no unlabelled entry has a mask (the set was prepared with
+    ``--hide-unlabeled-masks``); warns when only some have one.
+    """
+    from monai.data import load_decathlon_datalist
+
+    labeled = load_decathlon_datalist(datalist_file, True, "training", dataset_dir)
+    try:
+        unlabeled = load_decathlon_datalist(datalist_file, True, "unlabeled", dataset_dir)
+    except ValueError:  # no "unlabeled" key
+        unlabeled = []
+    with_mask = [e for e in unlabeled if e.get("label")]
+    if unlabeled and not with_mask:
+        raise ValueError(
+            f"fully_supervised trains on the masks of the unlabelled images, but none of the {len(unlabeled)} "
+            f"'unlabeled' entries of {datalist_file} has a 'label' (the set was prepared with --hide-unlabeled-masks). "
+            "Prepare the data again without --hide-unlabeled-masks for this bound."
+        )
+    if len(with_mask) < len(unlabeled):
+        warnings.warn(
+            f"fully_supervised: {len(unlabeled) - len(with_mask)} of {len(unlabeled)} unlabelled entries "
+            "have no mask and are left out",
+            stacklevel=2,
+        )
+    return labeled + with_mask

@@ -1,7 +1,7 @@
 """Pre-flight checks of the files a run is about to read, as MONAI's ``LoadImage`` reads them.
 
 Training (the labelled and validation lists of ``train.yaml``) and batch inference
-(``custom.inference.InputScreen``) read every listed file once before any work starts, so a
+(``custom.deploy.inference.InputScreen``) read every listed file once before any work starts, so a
 bad file is reported with its name and the problem instead of failing deep inside a data
 loader, hours later:
 

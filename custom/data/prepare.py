@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_json
-from ..cli import parse_bool
+from custom.utils.atomic import atomic_write_json
+from custom.utils.cli import parse_bool
 from .datalist import DATALIST_NAME
 from .errors import DataValidationError, Problem, SplitError
 from .options import parse_group_list, parse_id_ranges, parse_label_map, parse_names

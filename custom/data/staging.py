@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..atomic import remove_leftovers
+from custom.utils.atomic import remove_leftovers
 
 __all__ = ["check_output_target", "staging_directory"]
 

@@ -1,5 +1,5 @@
 """Semi-supervised methods that train one network from its own EMA teacher, as unsupervised terms
-of the one trainer (:mod:`custom.trainer`):
+of the one trainer (:mod:`custom.training.trainer`):
 
 * :mod:`.weak_to_strong`: weak-to-strong self-ensembling (FixMatch / UniMatch): the teacher labels
   the unlabelled images, the student predicts strongly perturbed views of them (CutMix between
@@ -10,9 +10,9 @@ Both need no second network, so the deployed UNeXt learns from the unlabelled im
 network leads the cross terms of the paper's method.
 """
 
-from .copy_paste import BidirectionalCopyPasteTerm, copy_paste_pairs
-from .perturb import cutmix, frozen_norm_statistics, gaussian_blur, random_boxes, strong_intensity
-from .weak_to_strong import WeakToStrongTerm
+from custom.methods.copy_paste import BidirectionalCopyPasteTerm, copy_paste_pairs
+from custom.methods.perturb import cutmix, frozen_norm_statistics, gaussian_blur, random_boxes, strong_intensity
+from custom.methods.weak_to_strong import WeakToStrongTerm
 
 __all__ = [
     "WeakToStrongTerm",
@@ -24,3 +24,8 @@ __all__ = [
     "gaussian_blur",
     "frozen_norm_statistics",
 ]
+
+from custom import lazy_submodules  # noqa: E402
+
+# the baselines' modules (custom.methods.mean_teacher, .adversarial, .co_training, .ablations) load on first access
+__getattr__ = lazy_submodules(__name__, __path__)

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from monai.networks.utils import one_hot
 
-from ..losses import confidence_mask, hard_labels, masked_soft_dice
-from ..terms import IterationContext, UnsupervisedTerm
-from .perturb import cutmix, frozen_norm_statistics, random_boxes
+from custom.methods.perturb import cutmix, frozen_norm_statistics, random_boxes
+from custom.training.losses import confidence_mask, hard_labels, masked_soft_dice
+from custom.training.terms import IterationContext, UnsupervisedTerm
 
 __all__ = ["copy_paste_pairs", "BidirectionalCopyPasteTerm"]
 

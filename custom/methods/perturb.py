@@ -17,9 +17,28 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur as _tv_gaussian_blur
 
-from ..terms import perturb_intensity
+__all__ = ["perturb_intensity", "random_boxes", "cutmix", "gaussian_blur", "strong_intensity", "frozen_norm_statistics"]
 
-__all__ = ["random_boxes", "cutmix", "gaussian_blur", "strong_intensity", "frozen_norm_statistics"]
+
+def perturb_intensity(
+    x: torch.Tensor,
+    gamma: tuple[float, float] = (0.5, 1.5),
+    scale: tuple[float, float] = (0.8, 1.2),
+    noise_std: float = 0.05,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A strongly perturbed copy of images in [0, 1]: per image ``clip(s * x ** g + n, 0, 1)``
+    with ``g ~ U(gamma)``, ``s ~ U(scale)`` (drawn from ``generator``) and Gaussian noise ``n``
+    of std ``noise_std``; the same intensity changes as the labelled augmentation, applied to
+    a whole batch on its device (no geometry, so the pseudo-labels stay aligned)."""
+    n = x.shape[0]
+    u = torch.rand(2, n, generator=generator).to(x.device, x.dtype).view(2, n, *([1] * (x.ndim - 1)))
+    g = gamma[0] + (gamma[1] - gamma[0]) * u[0]
+    s = scale[0] + (scale[1] - scale[0]) * u[1]
+    out = s * x.clamp_min(0).pow(g)
+    if noise_std > 0:
+        out = out + noise_std * torch.randn_like(x)
+    return out.clamp(0.0, 1.0)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -100,7 +119,7 @@ def strong_intensity(
     blur_sigma: tuple[float, float] = (0.1, 2.0),
 ) -> torch.Tensor:
     """The strong, geometry-free view of images in [0, 1]: gamma, contrast scale and Gaussian
-    noise (:func:`custom.terms.perturb_intensity`), then a Gaussian blur with probability
+    noise (:func:`perturb_intensity`), then a Gaussian blur with probability
     ``blur_prob``; no geometry, so pseudo-labels of the clean images stay aligned."""
     out = perturb_intensity(x, gamma=gamma, scale=scale, noise_std=noise_std, generator=generator)
     if blur_prob > 0:

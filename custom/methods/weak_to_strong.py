@@ -9,9 +9,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..losses import CrossPseudoSupervisionLoss
-from ..terms import IterationContext, UnsupervisedTerm
-from .perturb import cutmix, frozen_norm_statistics, random_boxes, strong_intensity
+from custom.methods.perturb import cutmix, frozen_norm_statistics, random_boxes, strong_intensity
+from custom.training.losses import CrossPseudoSupervisionLoss
+from custom.training.terms import IterationContext, UnsupervisedTerm
 
 __all__ = ["WeakToStrongTerm"]
 
@@ -40,7 +40,7 @@ class WeakToStrongTerm(UnsupervisedTerm):
 
     Each stream's loss is the soft Dice of the student's probabilities against the one-hot
     pseudo-labels on the pixels where the teacher is at least ``confidence`` sure
-    (:meth:`custom.losses.CrossPseudoSupervisionLoss.pseudo`); the streams are weighted as in
+    (:meth:`custom.training.losses.CrossPseudoSupervisionLoss.pseudo`); the streams are weighted as in
     UniMatch: ``(1 - fp_weight) / views`` each strong view, ``fp_weight`` the FP stream
     (0.25, 0.25, 0.5). With ``clean_statistics`` these forwards leave the network's
     batch-normalisation running statistics as the clean images set them

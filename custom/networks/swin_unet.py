@@ -213,7 +213,7 @@ class PretrainedLoadReport(dict):
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    from ..checkpoint import safe_torch_load
+    from custom.training.checkpoint import safe_torch_load
 
     obj = safe_torch_load(path, "pretrained Swin checkpoint")
     for key in ("model", "state_dict"):

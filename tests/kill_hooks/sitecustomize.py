@@ -26,7 +26,7 @@ def _die():
 
 _scores = os.environ.get("KILL_SCORES")
 if _scores:
-    from custom.metrics import PolicyMeanDice
+    from custom.evaluation.metrics import PolicyMeanDice
 
     _table = [float(s) for s in _scores.split(",")]
     _completed = PolicyMeanDice.completed

@@ -14,7 +14,7 @@ import functools
 import re
 from pathlib import Path
 
-from ...cli import OptionError
+from custom.utils.cli import OptionError
 from ..errors import Problem, SourceLayoutError
 from ..readers import NIFTI_SUFFIXES, full_suffix, read_image_plane, read_mask_plane, strip_suffix
 from .base import Discovery, Sample, SourceOptions, list_files, pair_by_name, relative, unusable_entries

@@ -54,6 +54,8 @@ class BundleSettings:
     num_classes: int = 2
     labels: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS[2]))
     config_overrides: list[str] = field(default_factory=list)
+    # the method file the app trains with (bundle/configs/methods/<method>.yaml)
+    method: str = "ours"
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any] | None = None) -> "BundleSettings":
@@ -65,7 +67,7 @@ class BundleSettings:
         )
         # classes and their names default to those recorded beside the weights (models/model_config.json)
         ensure_repo_on_path()
-        from custom.deploy_meta import config_path, value
+        from custom.deploy.model_config import config_path, value
 
         recorded = config_path(models_dir)
         num_classes = int(_get(conf, "num_classes", "FETAL_US_NUM_CLASSES", value(recorded, "num_classes", 2)))
@@ -91,7 +93,10 @@ class BundleSettings:
                 raise FileNotFoundError(f"config override not found: {f}")
         if not os.path.isfile(os.path.join(bundle_root, "configs", "common.yaml")):
             raise FileNotFoundError(f"{bundle_root} is not the bundle folder (no configs/common.yaml)")
-        return cls(bundle_root, models_dir, output_dir, num_classes, labels, overrides)
+        method = str(_get(conf, "method", "FETAL_US_METHOD", "ours"))
+        if not os.path.isfile(os.path.join(bundle_root, "configs", "methods", f"{method}.yaml")):
+            raise FileNotFoundError(f"method {method!r}: no configs/methods/{method}.yaml in {bundle_root}")
+        return cls(bundle_root, models_dir, output_dir, num_classes, labels, overrides, method)
 
     # --- files
     @property
@@ -111,11 +116,13 @@ class BundleSettings:
         return os.path.join(self.models_dir, "train_state", "train_state.pt")
 
     def config_files(self, stage: str) -> list[str]:
-        """``common.yaml``, the stage's config (``inference.yaml`` or ``train.yaml``), the app's
-        ``monailabel.yaml`` and the ``config_overrides``, merged in that order."""
+        """``common.yaml``, the stage's config (``inference.yaml``, or ``train.yaml`` and the method
+        file), the app's ``monailabel.yaml`` and the ``config_overrides``, merged in that order."""
+        method = [os.path.join(self.configs_dir, "methods", f"{self.method}.yaml")] if stage == "train" else []
         return [
             os.path.join(self.configs_dir, "common.yaml"),
             os.path.join(self.configs_dir, f"{stage}.yaml"),
+            *method,
             str(APP_OVERRIDE),
             *self.config_overrides,
         ]
@@ -145,7 +152,7 @@ class BundleSettings:
 
 
 def default_bundle_root() -> Path:
-    """The repository's ``bundle/``; in a copy made by ``custom.package`` (``NAME/custom/...``)
+    """The repository's ``bundle/``; in a copy made by ``custom.deploy.package`` (``NAME/custom/...``)
     the folder holding ``custom`` is the bundle itself."""
     if (REPO_ROOT / "bundle" / "configs" / "common.yaml").is_file():
         return REPO_ROOT / "bundle"

@@ -6,7 +6,7 @@ disagree most, by the method's information divergence averaged over the image:
 
     score(x) = mean over pixels of KL(p_cnn || p_transformer) + MIG(p_cnn, p_transformer)
 
-(``custom.losses.InformationDivergenceLoss(reduction="image")``), computed at the training size
+(``custom.training.losses.InformationDivergenceLoss(reduction="image")``), computed at the training size
 with the bundle's deterministic preprocessing. Scores are cached per image (path + mtime) and
 per pair of weight files (their mtimes): after a training run writes new weights, every image is
 scored again; otherwise a call only scores images it has not seen.
@@ -56,8 +56,8 @@ class DivergenceScorer:
     def _build(self) -> None:
         from monai.transforms import Compose
 
-        import custom.checkpoint
-        import custom.losses
+        import custom.training.checkpoint
+        import custom.training.losses
 
         key = self.weights_key()
         if self._cnn is not None and key == self._weights_key:
@@ -71,11 +71,11 @@ class DivergenceScorer:
         parser = self.settings.parser("inference")
         cnn = parser.get_parsed_content("network_def", instantiate=True)
         transformer = parser.get_parsed_content("transformer_def", instantiate=True)
-        custom.checkpoint.load_network_weights(cnn, self.settings.model_path)
-        custom.checkpoint.load_network_weights(transformer, self.settings.train_state_path, key="transformer")
+        custom.training.checkpoint.load_network_weights(cnn, self.settings.model_path)
+        custom.training.checkpoint.load_network_weights(transformer, self.settings.train_state_path, key="transformer")
         self._cnn, self._transformer = cnn.to(self.device).eval(), transformer.to(self.device).eval()
         self._preprocessing = Compose(parser.get_parsed_content("deterministic_transforms", instantiate=True))
-        self._divergence = custom.losses.InformationDivergenceLoss(reduction="image")
+        self._divergence = custom.training.losses.InformationDivergenceLoss(reduction="image")
         if key != self._weights_key:
             self._cache.clear()  # other weights, other scores
         self._weights_key = key
@@ -106,14 +106,14 @@ class DivergenceScorer:
             keys = {p: (os.path.abspath(p), _mtime(p)) for p in paths}
             todo = [p for p in paths if keys[p] not in self._cache]
             if todo:
-                import custom.inference
+                import custom.deploy.inference
 
                 logger.info(
                     "divergence strategy: scoring %d new image(s) (%d cached)", len(todo), len(paths) - len(todo)
                 )
                 readable = []
                 for p in todo:  # a broken file is never proposed: it scores -inf and is logged
-                    problem = custom.inference.screen_file(p, timeout_s=None)
+                    problem = custom.deploy.inference.screen_file(p, timeout_s=None)
                     if problem is None:
                         readable.append(p)
                     else:

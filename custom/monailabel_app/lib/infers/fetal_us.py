@@ -6,7 +6,7 @@ Our bundle differs from a model-zoo bundle in three ways that this subclass hand
   one file, so the config is read as a merged list;
 * its weights live in the app's ``models_dir`` (by default ``bundle/models``), which may be
   outside the bundle folder;
-* its postprocessing ends with ``custom.inference.SaveMaskd`` (the bundle writes PNGs itself):
+* its postprocessing ends with ``custom.deploy.inference.SaveMaskd`` (the bundle writes PNGs itself):
   that is filtered out; MONAI Label writes the mask, squeezed to a 2-D ``uint8`` label map at
   the image's original size (PNG for PNG/JPEG inputs).
 """
@@ -68,10 +68,10 @@ class Squeeze2Dd:
 class FetalUSInferTask(BundleInferTask):
     def __init__(self, settings: BundleSettings, conf: Dict[str, str], **kwargs) -> None:
         ensure_repo_on_path()
-        import custom.inference
+        import custom.deploy.inference
 
         self.settings = settings
-        kwargs.setdefault("post_filter", [SaveImaged, custom.inference.SaveMaskd])
+        kwargs.setdefault("post_filter", [SaveImaged, custom.deploy.inference.SaveMaskd])
         # LoadImaged keys are [image, label] (allow_missing_keys); MONAI Label's tensor-loading
         # wrapper would ask for a label, so keep the bundle's own LoadImaged
         kwargs.setdefault("extend_load_image", False)
@@ -95,11 +95,11 @@ class FetalUSInferTask(BundleInferTask):
         file gets a 422 that names it and says why, instead of a bare server error."""
         from fastapi import HTTPException
 
-        import custom.inference
+        import custom.deploy.inference
 
         image = request.get("image")
         if isinstance(image, str):
-            problem = custom.inference.screen_file(image, timeout_s=None)
+            problem = custom.deploy.inference.screen_file(image, timeout_s=None)
             if problem is not None:
                 raise HTTPException(status_code=422, detail=f"{image}: {problem}")
         return super().__call__(request, *args, **kwargs)

@@ -34,7 +34,10 @@ class FetalUSTrainConstants(BundleConstants):
         self.settings = settings
 
     def configs(self):
-        return [os.path.join(self.settings.configs_dir, "train.yaml")]
+        return [
+            os.path.join(self.settings.configs_dir, "train.yaml"),
+            os.path.join(self.settings.configs_dir, "methods", f"{self.settings.method}.yaml"),
+        ]
 
     def multi_gpu_configs(self):
         return []  # single process: the app runs the method's trainer in one process
@@ -141,12 +144,12 @@ class FetalUSTrainTask(BundleTrainTask):
         super()._load_checkpoint(model_pytorch, pretrained, train_handlers)
         state = self.settings.train_state_path
         if pretrained and os.path.isfile(state):
-            if not [t for t in train_handlers if t.get("_target_") == "custom.checkpoint.WeightsLoader"]:
+            if not [t for t in train_handlers if t.get("_target_") == "custom.training.checkpoint.WeightsLoader"]:
                 logger.info("Transformer weights from %s", state)
                 train_handlers.insert(
                     0,
                     {
-                        "_target_": "custom.checkpoint.WeightsLoader",
+                        "_target_": "custom.training.checkpoint.WeightsLoader",
                         "load_path": state,
                         "network": "@transformer",
                         "key": "transformer",

@@ -3,7 +3,7 @@
 :class:`SegmentationReport` is an Ignite handler attached to a MONAI ``SupervisedEvaluator``
 whose post-processing has already turned the prediction into a label map at the original
 size (``AsDiscreted`` + ``Invertd``). For every image it reads the reference mask from its
-original file, computes Dice, pooled HD95, ASD and MONAI's HD95 (``custom.metrics``) in mm
+original file, computes Dice, pooled HD95, ASD and MONAI's HD95 (``custom.evaluation.metrics``) in mm
 when the datalist gives the pixel spacing, optionally the head circumference, and at the
 end writes ``per_image.csv``, ``summary.json``, ``summary.md`` and overlay PNGs of the
 best and worst cases. :func:`evaluate_network` does the same without an engine, for the
@@ -24,9 +24,9 @@ import torch
 from ignite.engine import Engine, Events
 from monai.transforms import LoadImage
 
-from .atomic import atomic_open, atomic_write, atomic_write_json, atomic_write_text
-from .biometry import head_circumference_mm
-from .metrics import evaluate_case, summarize, summary_markdown
+from custom.evaluation.biometry import head_circumference_mm
+from custom.evaluation.metrics import evaluate_case, summarize, summary_markdown
+from custom.utils.atomic import atomic_open, atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = ["SegmentationReport", "case_record", "write_report", "overlay_image", "evaluate_network"]
 
@@ -109,8 +109,8 @@ def overlay_image(
     class_names: Mapping[int, str] | Sequence[str] | None = None,
 ) -> np.ndarray:
     """RGB uint8 of the frame's size: one colour per class, prediction filled, reference
-    outlined, and a legend naming the classes (:func:`custom.overlays.overlay_image`)."""
-    from .overlays import overlay_image as draw
+    outlined, and a legend naming the classes (:func:`custom.evaluation.overlays.overlay_image`)."""
+    from custom.evaluation.overlays import overlay_image as draw
 
     return draw(image_rc, gt_rc, pred_rc, class_names)
 
@@ -189,7 +189,7 @@ class SegmentationReport:
         label_key: str = "label",
         overwrite: bool = False,
     ) -> None:
-        from .cli import parse_bool
+        from custom.utils.cli import parse_bool
 
         self.output_dir, self.num_classes = output_dir, int(num_classes)
         self.overwrite = parse_bool(overwrite, "overwrite")
@@ -246,7 +246,7 @@ class SegmentationReport:
     def write(self, engine: Engine | None = None) -> None:
         from pathlib import Path
 
-        from .data.staging import staging_directory
+        from custom.data.staging import staging_directory
 
         self.check_output_dir()
         final = self.output_dir
@@ -299,7 +299,7 @@ def evaluate_network(
     device: str | torch.device = "cpu",
 ) -> tuple[list[dict], dict | None]:
     """Evaluate ``network`` on datalist ``entries`` at the original size without an engine: the
-    path of ``custom.compare`` (``evaluate.yaml`` runs the same per-image scoring, :func:`case_record`,
+    path of ``custom.tools.compare`` (``evaluate.yaml`` runs the same per-image scoring, :func:`case_record`,
     inside a MONAI evaluator).
 
     ``preprocessing`` is the bundle config's own deterministic transforms

@@ -96,7 +96,7 @@ def ensure_demo_dataset(
     file ``.fetal_us_demo_dataset``); anything else (a prepared dataset, say) is refused with a
     ``FileExistsError`` naming it, and nothing there is touched.
     """
-    from .atomic import atomic_write_text
+    from custom.utils.atomic import atomic_write_text
 
     spec = dict(
         n_labeled=n_labeled, n_unlabeled=n_unlabeled, n_validation=n_validation, size=size, seed=seed, version=1
@@ -146,7 +146,8 @@ def ensure_demo_dataset(
         }
         atomic_write_text(tmp / "datalist.json", json.dumps(doc, indent=1))
         atomic_write_text(
-            tmp / DEMO_MARKER, "written by custom.demo_data.ensure_demo_dataset; the demo may replace this folder\n"
+            tmp / DEMO_MARKER,
+            "written by custom.data.demo.ensure_demo_dataset; the demo may replace this folder\n",
         )
         if out.exists():  # an empty folder or an older demo set: moved aside, removed once the new one is in place
             previous = Path(tempfile.mkdtemp(prefix=".demo_old_", dir=out.parent))

@@ -5,7 +5,7 @@ before torch wherever the project starts Python itself).
   yield the cores instead of spinning (2.6x faster training iterations on a loaded 2-core
   machine). ``OMP_WAIT_POLICY=ACTIVE`` (or any value) in the environment overrides it. OpenMP
   reads it when torch loads, so it takes effect where ``custom`` is imported before torch:
-  ``python -m custom.compare``, ``custom.bench``, ``custom.data``, ``custom.package`` and the
+  ``python -m custom.tools.compare``, ``custom.tools.bench``, ``custom.data``, ``custom.deploy.package`` and the
   training subprocesses they start (which inherit the environment). ``python -m monai.bundle``
   imports torch before any config, so the README's bundle commands set it on the command line.
 - warnings that MONAI repeats for every image reader it builds (``nvImageCodec is not
@@ -61,7 +61,7 @@ def apply_defaults() -> None:
         sys.excepthook = _OneLineErrors(sys.excepthook)
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # custom/
 _INPUT_ERRORS = (FileExistsError, FileNotFoundError, ValueError)
 
 

@@ -1,6 +1,6 @@
 """Package the bundle as a self-contained model-zoo folder (and zip) for sharing.
 
-    python -m custom.package --out DIR [--name fetal_us_ssl] [--weights bundle/models/model.pt] [--zip true]
+    python -m custom.deploy.package --out DIR [--name fetal_us_ssl] [--weights bundle/models/model.pt] [--zip true]
 
 writes ``DIR/NAME/``::
 
@@ -20,7 +20,7 @@ monai.bundle run`` put it on ``PYTHONPATH`` (``ConfigWorkflow.run`` also inserts
 after ``initialize`` has already evaluated the configs' imports). A package named ``custom``
 there makes the configs' ``$import custom`` resolve unchanged.
 
-``bundle_root`` in the copied ``common.yaml`` becomes ``$custom.package.bundle_root()``: the
+``bundle_root`` in the copied ``common.yaml`` becomes ``$custom.deploy.package.bundle_root()``: the
 folder holding the imported ``custom`` package, found at run time, so no path is written into
 the copy. ``--bundle_root DIR`` on the command line (as MONAI Label does) still overrides it.
 """
@@ -35,23 +35,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write, atomic_write_text
-from .cli import OptionError, parse_bool
+from custom.utils.atomic import atomic_write, atomic_write_text
+from custom.utils.cli import OptionError, parse_bool
 
 __all__ = ["package", "bundle_root", "PackagingError", "main"]
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # the repository, or the bundle folder of a packaged copy
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the repository, or the bundle folder of a packaged copy
 DEFAULT_NAME = "fetal_us_ssl"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".DS_Store")
-# research tools no shipped config uses: the comparison, the benchmarks and the GPU check stay in the repository
-RESEARCH_TOOLS = ("compare.py", "bench.py", "gpu_check.py")
+# research tools no shipped config uses (custom/tools: the comparison, the benchmarks, the GPU
+# check) stay in the repository
+RESEARCH_TOOLS = ("tools",)
 _IGNORE_CODE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".DS_Store", *RESEARCH_TOOLS)
 # the line of common.yaml that is rewritten, and the import the rewritten value needs
 _BUNDLE_ROOT_LINE = re.compile(r"^bundle_root:.*$", re.M)
 _IMPORT_CUSTOM_LINE = re.compile(r"^(?P<indent>\s*)- \$import custom\s*$", re.M)
-PACKAGED_BUNDLE_ROOT = "$custom.package.bundle_root()"
+PACKAGED_BUNDLE_ROOT = "$custom.deploy.package.bundle_root()"
 
 
 class PackagingError(RuntimeError):
@@ -65,7 +66,7 @@ def bundle_root() -> str:
     repository it sits beside it (``repo/custom`` and ``repo/bundle``). Both are recognised by
     their ``configs/metadata.json``.
     """
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]
     for candidate in (here, here / "bundle"):
         if (candidate / "configs" / "metadata.json").is_file():
             return str(candidate)
@@ -82,10 +83,10 @@ def _rewrite_common(path: Path) -> None:
     match = _IMPORT_CUSTOM_LINE.search(text)
     if not match:
         raise PackagingError(f"{path}: no `- $import custom` entry in `imports`")
-    if "$import custom.package" not in text:
+    if "$import custom.deploy.package" not in text:
         # `custom` loads its submodules lazily from a fixed list; importing this one explicitly
-        # makes `custom.package` resolve whatever that list holds
-        text = text[: match.end()] + f"\n{match.group('indent')}- $import custom.package" + text[match.end() :]
+        # makes `custom.deploy.package` resolve whatever that list holds
+        text = text[: match.end()] + f"\n{match.group('indent')}- $import custom.deploy.package" + text[match.end() :]
     if f'bundle_root: "{PACKAGED_BUNDLE_ROOT}"' in text:  # already a packaged copy
         atomic_write_text(path, text)
         return
@@ -101,7 +102,7 @@ def _rewrite_common(path: Path) -> None:
 # one merged, self-contained config per workflow, as model-zoo bundles ship them
 # (`configs/inference.json` runs alone); MONAI has no includes, so the lists are merged here
 WORKFLOW_CONFIGS = {
-    "train": ("common.yaml", "train.yaml"),
+    "train": ("common.yaml", "train.yaml", "methods/ours.yaml"),
     "evaluate": ("common.yaml", "train.yaml", "evaluate.yaml"),
     "inference": ("common.yaml", "inference.yaml"),
 }
@@ -210,7 +211,7 @@ def package(
     source = Path(bundle_dir).resolve() if bundle_dir else Path(bundle_root())
     if not (source / "configs" / "common.yaml").is_file():
         raise PackagingError(f"{source}: not a bundle folder (no configs/common.yaml)")
-    package_src = Path(__file__).resolve().parent
+    package_src = Path(__file__).resolve().parents[1]  # custom/
     weights_path = Path(weights).resolve() if weights else source / "models" / "model.pt"
     if not weights_path.is_file() and not allow_missing:
         raise PackagingError(
@@ -243,10 +244,10 @@ def package(
         models.mkdir()
         if weights_path.is_file():
             shutil.copy2(weights_path, models / "model.pt")
-            # what the weights were trained with travels with them (custom/deploy_meta.py)
+            # what the weights were trained with travels with them (custom/deploy/model_config.py)
             recorded = weights_path.parent / "model_config.json"
             if recorded.is_file():
-                from .deploy_meta import write_network_data_format
+                from custom.deploy.model_config import write_network_data_format
 
                 shutil.copy2(recorded, models / "model_config.json")
                 write_network_data_format(target / "configs" / "metadata.json", recorded)

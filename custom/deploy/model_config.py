@@ -1,7 +1,7 @@
 """What the weights were trained with travels with them: ``model_config.json`` beside ``model.pt``.
 
 Training writes it (atomically, just before each write of ``model.pt``; see
-``custom.checkpoint.BestModelSaver``): image size, classes and their names, input channels,
+``custom.training.checkpoint.BestModelSaver``): image size, classes and their names, input channels,
 intensity range and the architecture arguments of both networks. Every consumer merges
 ``common.yaml``, whose ``image_size``, ``num_classes``, ... default to the recorded values
 (:func:`value`), so evaluation, inference, export, packaging and MONAI Label need no scale
@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from .cli import parse_bool
+from custom.utils.cli import parse_bool
 
 __all__ = [
     "FILENAME",

@@ -7,7 +7,7 @@ Each iteration (method.md, "Losses, per iteration"):
 2. every network forwards once on the whole batch (or on ``x_l`` and ``x_u`` separately,
    ``forward="separate"``); ``p_r = softmax(f_r(x))``;
 3. ``L = sum_r L_sup(f_r(x_l), y_l) + sum_k w_k(t) L_k``, the ``L_k`` being the method's
-   unsupervised terms (:mod:`custom.terms`), each skipped while its weight is 0;
+   unsupervised terms (:mod:`custom.training.terms`), each skipped while its weight is 0;
 4. one backward pass; every optimiser steps; the EMA teacher is updated.
 
 Logging, validation, checkpoints and learning-rate schedules are MONAI/Ignite handlers
@@ -28,14 +28,21 @@ import torch
 from monai.data import MetaTensor
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn
-from monai.handlers import ValidationHandler
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
-from .ema import EMATeacher
-from .terms import IterationContext, UnsupervisedTerm
+from custom.training.ema import EMATeacher
+from custom.training.terms import IterationContext, UnsupervisedTerm
 
-__all__ = ["SemiSupervisedTrainer", "logged_terms", "CyclingLoader", "NetworkValidationHandler", "iterations_to_epochs"]
+__all__ = [
+    "SemiSupervisedTrainer",
+    "logged_terms",
+    "CyclingLoader",
+    "iterations_to_epochs",
+    "labeled_batch_size",
+    "require_method",
+    "report_best",
+]
 
 logger = logging.getLogger(__name__)
 NONFINITE_POLICIES = ("stop", "skip")
@@ -141,7 +148,7 @@ class SemiSupervisedTrainer(Trainer):
             optimisers step.
         deployed_role: the network whose labelled predictions are put in the output as ``pred``.
         initial_leader: the role that leads the ``direction="follower"`` cross terms until a
-            :class:`custom.terms.LeaderSelector` has compared validation scores.
+            :class:`custom.training.handlers.LeaderSelector` has compared validation scores.
         amp: mixed precision (``amp_dtype``: ``"float16"`` with a grad scaler on CUDA, or ``"bfloat16"``).
         generator: random generator of the mixup weights (seeded for determinism).
         nonfinite: what a non-finite (NaN/Inf) total loss does: ``"stop"`` raises
@@ -234,7 +241,7 @@ class SemiSupervisedTrainer(Trainer):
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         self.generator = generator
-        self.leader = initial_leader  # updated by custom.terms.LeaderSelector after validation
+        self.leader = initial_leader  # updated by custom.training.handlers.LeaderSelector after validation
         self.nonfinite = nonfinite
         self.forward_mode = forward
         self.state.nonfinite_skips = 0
@@ -335,6 +342,11 @@ class SemiSupervisedTrainer(Trainer):
             if w == 0.0:
                 out[f"loss_{term.name}"] = 0.0
                 continue
+            adversary_step = getattr(term, "discriminator_step", None)
+            if adversary_step is not None:
+                # an adversarial term's discriminator takes its own optimiser step first, on this
+                # iteration's detached predictions (as MONAI's GanTrainer steps D before G)
+                out[f"loss_{term.name}_discriminator"] = adversary_step(ctx)
             if getattr(term, "own_graph", False):
                 deferred.append((term, w))
                 continue
@@ -359,7 +371,7 @@ class SemiSupervisedTrainer(Trainer):
             engine._backward(w * value)
             total = total.detach() + w * value.detach()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        if engine.amp and engine.scaler is not None and self.amp_dtype == torch.float16:
+        if engine._scaled:
             for opt in engine.optimizers.values():
                 engine.scaler.step(opt)
             engine.scaler.update()
@@ -369,7 +381,7 @@ class SemiSupervisedTrainer(Trainer):
         if engine.teacher is not None:
             engine.teacher.update(engine.networks[engine.teacher_role], step=t)
         for role, teacher in engine.teachers.items():
-            teacher.update(_unwrapped(engine.networks[role]), step=t)
+            teacher.update(engine.networks[role], step=t)
         out.update(engine.learning_rates())
         engine.state.output.update({Keys.PRED: logits[engine.deployed_role][:labeled_bs].detach(), **out})
         engine.state.output[Keys.LOSS] = total.detach()
@@ -377,8 +389,13 @@ class SemiSupervisedTrainer(Trainer):
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
+    @property
+    def _scaled(self) -> bool:
+        """float16 mixed precision on CUDA: losses are scaled and optimisers step through the scaler."""
+        return bool(self.amp) and getattr(self, "scaler", None) is not None and self.amp_dtype == torch.float16
+
     def _backward(self, loss: torch.Tensor) -> None:
-        if self.amp and self.scaler is not None and self.amp_dtype == torch.float16:
+        if self._scaled:
             self.scaler.scale(loss).backward()
         else:
             loss.backward()
@@ -420,11 +437,6 @@ class SemiSupervisedTrainer(Trainer):
         super(Trainer, self).run()
 
 
-def _unwrapped(net: nn.Module) -> nn.Module:
-    """The plain network inside a DistributedDataParallel wrapper (the EMA keeps plain names)."""
-    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
-
-
 def _finite_on_all_ranks(total: torch.Tensor) -> bool:
     """Whether the loss is finite here and, under DDP, on every rank (so all ranks skip together)."""
     finite = bool(torch.isfinite(total))
@@ -443,8 +455,38 @@ def iterations_to_epochs(total_iterations: int, epoch_length: int) -> int:
     return max(1, math.ceil(total_iterations / epoch_length))
 
 
-class NetworkValidationHandler(ValidationHandler):
-    """MONAI's ``ValidationHandler`` for a further network (the Swin-Unet) validated on the
-    same schedule as the deployed one. A separate class name keeps MONAI's bundle property
-    check, which expects every plain ``ValidationHandler`` to run ``validate#evaluator``,
-    meaningful for the deployed network."""
+def labeled_batch_size(labeled_bs: int, available: int) -> int:
+    """The labelled batch: ``labeled_bs``, or all ``available`` labelled images when there are fewer
+    (with a warning), so that a small labelled set trains instead of yielding no batch at all."""
+    labeled_bs, available = int(labeled_bs), int(available)
+    if labeled_bs < 1:
+        raise ValueError(f"labeled_bs must be at least 1, got {labeled_bs}")
+    if available < 1:
+        raise ValueError("no labelled image to train on: the `training` list is empty")
+    if available < labeled_bs:
+        logger.warning(
+            "labeled_bs is %d but only %d labelled image(s) are listed: batches of %d", labeled_bs, available, available
+        )
+        return available
+    return labeled_bs
+
+
+def require_method(method: str | None) -> None:
+    """Training needs a method file after train.yaml (which holds only what every method shares)."""
+    if not method:
+        raise ValueError(
+            "no method: train.yaml holds only what every method shares; add a method file after it in "
+            "--config_file, e.g. 'bundle/configs/methods/ours.yaml' (the default) or "
+            "'bundle/configs/methods/labeled_only.yaml'"
+        )
+
+
+def report_best(evaluator: Any) -> None:
+    """Print the UNeXt's best and last validation Dice (on the first process only)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+        return
+    state = evaluator.state
+    last = state.metrics.get("val_mean_dice", float("nan"))
+    best, epoch = state.best_metric, state.best_metric_epoch
+    print(f"best validation mean Dice (UNeXt): {best:.4f} at epoch {epoch}; last: {last:.4f}")

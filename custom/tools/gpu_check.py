@@ -1,19 +1,19 @@
-"""One GPU check: ``python -m custom.bench gpu --out FILE.json [--tiny true]``.
+"""One GPU check: ``python -m custom.tools.bench gpu --out FILE.json [--tiny true]``.
 
 Stages, each timed and recorded in the one JSON file whatever the others do (a failing stage
 records its error and the end of its traceback; the file is rewritten atomically after every
 stage, so a run stopped half-way still leaves the finished stages):
 
 * ``environment``: torch, CUDA, cuDNN, MONAI versions, the device name and memory;
-* ``train_fp32``, ``train_bf16``, ``train_compile``: :func:`custom.bench.bench_train` at 448 px
+* ``train_fp32``, ``train_bf16``, ``train_compile``: :func:`custom.tools.bench.bench_train` at 448 px
   (the paper's method, batch 5 with 1 labelled, synthetic data): fp32, bf16 autocast,
   ``torch.compile`` (fp32, inductor, without the compute-floor measurement);
-* ``infer``: :func:`custom.bench.bench_infer` (the deployed UNeXt on the CPU variants) and the
+* ``infer``: :func:`custom.tools.bench.bench_infer` (the deployed UNeXt on the CPU variants) and the
   same network on the GPU (batch 1 latency, batch 8 throughput, fp32 and bf16 autocast);
 * ``prepare_psfhs``: ``python -m custom.data prepare psfhs`` of ``../shared/data/psfhs`` into a
   temporary folder (the protocol's split: every 20th frame labelled, test ids 4500-4799);
 * ``real_paper``, ``real_default``: a short training at 448 px of ``paper.yaml`` (the published
-  recipe) and of the ``train.yaml`` default (``ours``), through ``custom.compare``'s
+  recipe) and of the ``train.yaml`` default (``ours``), through ``custom.tools.compare``'s
   ``build_runs`` / ``train_run`` (``monai.bundle run training`` in a subprocess) /
   ``evaluate_run`` (argmax at 448, nearest back to the frame's size), then the test Dice.
 
@@ -36,11 +36,11 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write_json, atomic_write_text
+from custom.utils.atomic import atomic_write_json, atomic_write_text
 
 __all__ = ["STAGES", "TINY_SWIN", "run_gpu_check"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PSFHS = REPO.parent / "shared" / "data" / "psfhs"
 TINY_SWIN = {
     "transformer_def#embed_dim": 12,
@@ -88,7 +88,7 @@ def _environment(device: torch.device) -> dict[str, Any]:
 
 def _infer_on_device(device: torch.device, sizes: tuple[int, ...], batch: int, reps: int, warmup: int) -> dict:
     """The deployed UNeXt on ``device``: median batch-1 latency and batch-``batch`` images/s, fp32 and bf16."""
-    from .bench import _deployed_unext, _median, _sync
+    from custom.tools.bench import _deployed_unext, _median, _sync
 
     net = _deployed_unext(num_classes=3).to(device)
     out: dict[str, Any] = {}
@@ -159,10 +159,17 @@ def _prepare(dataset_dir: Path, out: Path, tiny: bool) -> dict:
 def _real_training(
     method: str, dataset_dir: Path, work: Path, iterations: int, tiny: bool, device: str, threads: int | None
 ) -> dict:
-    """Train ``method`` for ``iterations`` with ``custom.compare``'s pieces, then the test Dice."""
-    from .compare import build_runs, class_names_of, evaluate_run, head_class_of, load_test_entries, train_run
-    from .data import load_datalist
-    from .metrics import summarize
+    """Train ``method`` for ``iterations`` with ``custom.tools.compare``'s pieces, then the test Dice."""
+    from custom.data import load_datalist
+    from custom.evaluation.metrics import summarize
+    from custom.tools.compare import (
+        build_runs,
+        class_names_of,
+        evaluate_run,
+        head_class_of,
+        load_test_entries,
+        train_run,
+    )
 
     override = work / f"override_{Path(method).stem}.yaml"
     lines = (
@@ -208,7 +215,7 @@ def run_gpu_check(
     _stage_hook: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the stages (module doc), writing ``out`` atomically after each; returns the result."""
-    from .bench import _progress, bench_infer, bench_train
+    from custom.tools.bench import _progress, bench_infer, bench_train
 
     out = Path(out)
     if out.is_dir():

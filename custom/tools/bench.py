@@ -3,24 +3,24 @@
 Subcommands (a ``fire`` CLI, progress bars on stderr, ``--json`` prints one JSON object and
 nothing else on stdout)::
 
-    # median seconds per training iteration of custom.trainer.SemiSupervisedTrainer built from
+    # median seconds per training iteration of custom.training.trainer.SemiSupervisedTrainer built from
     # the bundle configs (default: the paper's method, 224 px, batch 5 with 1 labelled, 2 threads,
     # fp32, synthetic data through the bundle's own data pipeline), beside the compute floor
     # measured in the same run
-    python -m custom.bench train
-    python -m custom.bench train --amp bf16 --json
-    python -m custom.bench train --data real --dataset-dir data/psfhs
+    python -m custom.tools.bench train
+    python -m custom.tools.bench train --amp bf16 --json
+    python -m custom.tools.bench train --data real --dataset-dir data/psfhs
 
     # images/s and latency of the deployed UNeXt: eager, channels-last, TorchScript, ONNX Runtime
-    python -m custom.bench infer --sizes "[256, 448]"
+    python -m custom.tools.bench infer --sizes "[256, 448]"
 
     # frames/s of the evaluation path on real PSFHS label maps (metrics, resize back, report,
     # overlays), optionally beside the previous metrics implementation kept in tests/
-    python -m custom.bench evaluate --frames 100 --threads 1 --reference true
+    python -m custom.tools.bench evaluate --frames 100 --threads 1 --reference true
 
-    # the GPU check (custom.gpu_check): one JSON file of the train/infer benchmarks at 448 px and
+    # the GPU check (custom.tools.gpu_check): one JSON file of the train/infer benchmarks at 448 px and
     # short real PSFHS trainings; --tiny true runs it on the CPU at 64 px (its test)
-    python -m custom.bench gpu --out gpu_check.json
+    python -m custom.tools.bench gpu --out gpu_check.json
 
 On a machine whose cores are shared with other jobs, run with ``OMP_WAIT_POLICY=PASSIVE``
 (it must be set before torch loads; the value is recorded in the result's ``config``):
@@ -62,15 +62,15 @@ from typing import Any
 
 import torch
 
-from .cli import OptionError, parse_bool
+from custom.utils.cli import OptionError, parse_bool
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundle" / "configs"
 
 __all__ = ["build_trainer", "bench_train", "bench_infer", "bench_evaluate", "main"]
 
 # handlers of train#handlers kept for the benchmark (per-iteration work of a real run)
-_KEPT_HANDLERS = ("LrScheduleHandler",)
+_KEPT_HANDLERS = ("LrSchedules",)
 
 
 _MMAP_THRESHOLD: dict[str, str] = {}  # what set_mmap_threshold set, for the result's config
@@ -112,13 +112,13 @@ def _progress(total: int, desc: str, quiet: bool = False):
 
 
 def config_files(method: str = "paper") -> list[str]:
-    """``common.yaml + train.yaml`` and, for ``method="paper"``, ``paper.yaml``; for any other
-    name, ``methods/<name>.yaml`` (``ours`` is the train.yaml default)."""
+    """``common.yaml + train.yaml`` and the method: for ``method="paper"``, ``methods/ours.yaml`` and
+    ``paper.yaml``; for any other name, ``methods/<name>.yaml`` (``ours``: the default)."""
     files = [str(CONFIGS / "common.yaml"), str(CONFIGS / "train.yaml")]
     if method == "paper":
-        files.append(str(CONFIGS / "paper.yaml"))
-    elif method:
-        files.append(str(CONFIGS / "methods" / f"{method}.yaml"))
+        files += [str(CONFIGS / "methods" / "ours.yaml"), str(CONFIGS / "paper.yaml")]
+    else:
+        files.append(str(CONFIGS / "methods" / f"{method or 'ours'}.yaml"))
     return files
 
 
@@ -140,7 +140,7 @@ def build_trainer(files: Sequence[str], overrides: dict[str, Any], keep_handlers
 
 
 def _synthetic_dataset(root: str, size: int) -> str:
-    from custom.demo_data import ensure_demo_dataset
+    from custom.data.demo import ensure_demo_dataset
 
     out = os.path.join(root, "data")
     ensure_demo_dataset(out, n_labeled=8, n_unlabeled=16, n_validation=1, size=size, seed=0)
@@ -559,7 +559,7 @@ def _network_like_prediction(gt_xy, index: int, low_res: int = 64):
 
 
 def _resize_back(pred_low: torch.Tensor, size: Sequence[int]):
-    """The nearest-neighbour resize back to the frame's size of ``custom.evaluation.evaluate_network``."""
+    """The nearest-neighbour resize back to the frame's size of ``custom.evaluation.evaluate.evaluate_network``."""
     import numpy as np
 
     return torch.nn.functional.interpolate(pred_low, size=tuple(size), mode="nearest")[0, 0].numpy().astype(np.int64)
@@ -582,7 +582,7 @@ def bench_evaluate(
     implementation (``tests/metrics_reference.py``) scored on the same frames, interleaved."""
     import numpy as np
 
-    from .evaluation import _loader, case_record, overlay_image, read_label_map, write_report
+    from custom.evaluation.evaluate import _loader, case_record, overlay_image, read_label_map, write_report
 
     torch.set_num_threads(int(threads))
     root = Path(dataset_dir) if dataset_dir else DEFAULT_PSFHS
@@ -833,12 +833,12 @@ class Bench:
         threads: int | None = None,
         stages: Any = None,
     ):
-        """The GPU check (``custom.gpu_check``): train benchmark at 448 px (fp32, bf16, compile),
+        """The GPU check (``custom.tools.gpu_check``): train benchmark at 448 px (fp32, bf16, compile),
         inference benchmark, short real PSFHS trainings of paper.yaml and the default with their
         test Dice; one JSON file ``--out`` written atomically after every stage. ``--tiny true``:
         the same on the CPU at 64 px in about a minute. ``--iterations`` of the real trainings
         (default 300; tiny 3), ``--stages "[train_fp32, infer]"`` a subset."""
-        from .gpu_check import STAGES, run_gpu_check
+        from custom.tools.gpu_check import STAGES, run_gpu_check
 
         if not out:
             raise OptionError("--out: give the path of the JSON file to write, e.g. --out gpu_check.json")
@@ -910,11 +910,11 @@ def _main(argv: Sequence[str] | None = None) -> None:
         global _JSON_STDOUT
         _JSON_STDOUT, sys.stdout = sys.stdout, sys.stderr
         try:
-            fire.Fire(Bench, command=list(argv) if argv is not None else None, name="custom.bench")
+            fire.Fire(Bench, command=list(argv) if argv is not None else None, name="custom.tools.bench")
         finally:
             sys.stdout, _JSON_STDOUT = _JSON_STDOUT, None
         return
-    fire.Fire(Bench, command=list(argv) if argv is not None else None, name="custom.bench")
+    fire.Fire(Bench, command=list(argv) if argv is not None else None, name="custom.tools.bench")
 
 
 if __name__ == "__main__":

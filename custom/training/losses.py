@@ -196,7 +196,7 @@ class InformationDivergenceLoss(nn.Module):
 
 class InterpolationConsistencyLoss(nn.Module):
     """``L_ict = mean((softmax(f(x_mix)) - target)^2)``, the target being the mixed,
-    detached EMA-teacher probabilities (see :mod:`custom.mixup`)."""
+    detached EMA-teacher probabilities (see :mod:`custom.training.mixup`)."""
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 
 Command line::
 
-    python -m custom.compare --dataset-dir DIR --methods ours,labeled_only,... --seeds 0,1 \\
+    python -m custom.tools.compare --dataset-dir DIR --methods ours,labeled_only,... --seeds 0,1 \\
         [--override FILE[,FILE...]] [--out DIR] [--max-iterations N] [--threads N] [--launcher subprocess|inprocess]
 
 Every method (``bundle/configs/methods/<method>.yaml``) is trained with every seed on the same
@@ -12,8 +12,8 @@ is ``common.yaml, train.yaml, methods/<method>.yaml, *overrides`` plus the run's
 ``num_classes`` from the datalist, ``max_iterations``). Each trained UNeXt (the ``model.pt``
 the validation keeps) is evaluated on the datalist's ``test`` list at the ORIGINAL image size:
 argmax at the training size, resized back with nearest neighbour, scored by
-:func:`custom.evaluation.evaluate_network` with the run's own deterministic transforms (in mm
-when the entry has a ``spacing``) and summarised by :func:`custom.metrics.summarize`.
+:func:`custom.evaluation.evaluate.evaluate_network` with the run's own deterministic transforms (in mm
+when the entry has a ``spacing``) and summarised by :func:`custom.evaluation.metrics.summarize`.
 
 Outputs in ``OUT``: ``runs.csv`` (one row per method x seed), ``per_image.csv``,
 ``comparison.md`` (mean ± std over seeds per method, the scale and the command),
@@ -61,7 +61,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundle" / "configs"
 METHOD_DIR = CONFIGS / "methods"
 BASE_CONFIGS = (CONFIGS / "common.yaml", CONFIGS / "train.yaml")
@@ -99,8 +99,8 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    """JSON through the project's one atomic writer (:mod:`custom.atomic`)."""
-    from .atomic import atomic_write_json
+    """JSON through the project's one atomic writer (:mod:`custom.utils.atomic`)."""
+    from custom.utils.atomic import atomic_write_json
 
     atomic_write_json(path, obj, indent=1, default=float)
 
@@ -123,7 +123,7 @@ def _datalist_path(dataset_dir: str | Path) -> Path:
 
 def load_test_entries(dataset_dir: str | Path, split: str = "test") -> list[dict]:
     """The ``split`` entries of ``datalist.json`` with absolute paths; every entry needs a ``label``."""
-    from .data import load_datalist
+    from custom.data import load_datalist
 
     datalist = load_datalist(_datalist_path(dataset_dir))
     entries = datalist.get(split) or []
@@ -195,22 +195,26 @@ def _merged_config(config_files: Sequence[str], overrides: Mapping[str, Any] | N
     return parser
 
 
-def method_file(method: str) -> tuple[str, Path]:
-    """``(name, file)`` of a method: a name in ``bundle/configs/methods`` (``ours``), or the path of
-    any override YAML merged over ``train.yaml`` in its place (``bundle/configs/paper.yaml``, an
-    ablation), named by its stem."""
+def method_file(method: str) -> tuple[str, list[Path]]:
+    """``(name, files)`` of a method: a name in ``bundle/configs/methods`` (``ours``), or the path of
+    a YAML file named by its stem: a method file of its own (it sets ``method``), or any other
+    override (``bundle/configs/paper.yaml``, an ablation), which varies the default and is merged
+    over ``methods/ours.yaml``."""
     if method.endswith((".yaml", ".yml", ".json")):
         path = Path(method).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"method file not found: {method}")
-        return path.stem, path
+        from monai.bundle import ConfigParser
+
+        own = "method" in (ConfigParser.load_config_file(str(path)) or {})
+        return path.stem, [path] if own else [METHOD_DIR / "ours.yaml", path]
     path = METHOD_DIR / f"{method}.yaml"
     if not path.is_file():
         raise ValueError(
             f"unknown method {method!r}; known: {sorted(p.stem for p in METHOD_DIR.glob('*.yaml'))}, "
             "or give the path of a YAML override"
         )
-    return method, path
+    return method, [path]
 
 
 def build_runs(
@@ -239,8 +243,8 @@ def build_runs(
         if not Path(o).is_file():
             raise FileNotFoundError(f"override file not found: {o}")
     runs = []
-    for method, path in resolved:
-        files = [str(p) for p in BASE_CONFIGS] + [str(path)] + extra
+    for method, paths in resolved:
+        files = [str(p) for p in BASE_CONFIGS] + [str(p) for p in paths] + extra
         for seed in seeds:
             run_dir = Path(out).resolve() / "runs" / method / f"seed{seed}"
             values: dict[str, Any] = {
@@ -258,7 +262,7 @@ def build_runs(
                 values["train#epoch_length"] = _capped(merged.get("train#epoch_length"), str(int(max_iterations)))
                 values["val_interval"] = _capped(
                     merged.get("val_interval", 1),
-                    f"custom.trainer.iterations_to_epochs({int(max_iterations)}, @train#epoch_length)",
+                    f"custom.training.trainer.iterations_to_epochs({int(max_iterations)}, @train#epoch_length)",
                 )
             hashed = {k: v for k, v in values.items() if k not in ("ckpt_dir", "output_dir", "bundle_root")}
             hash_inputs = {
@@ -328,12 +332,12 @@ def evaluate_run(
     spec: RunSpec, entries: Sequence[Mapping[str, Any]], device: str = "cpu", head_class: int | None = None
 ) -> list[dict[str, Any]]:
     """Build the run's UNeXt from its merged config, load ``model.pt`` and evaluate it on ``entries``
-    at the original size with :func:`custom.evaluation.evaluate_network` and the run's own
+    at the original size with :func:`custom.evaluation.evaluate.evaluate_network` and the run's own
     deterministic transforms (the head circumference error for ``head_class``)."""
     import torch
     from monai.transforms import Compose
 
-    from .evaluation import evaluate_network
+    from custom.evaluation.evaluate import evaluate_network
 
     parser = _merged_config(spec.config_files, spec.overrides)
     network = parser.get_parsed_content("network_def")
@@ -349,7 +353,7 @@ def evaluate_run(
 
 def describe_scale(spec: RunSpec, datalist: Mapping[str, Any]) -> dict[str, Any]:
     """What a run's config amounts to: image size, iterations, batch, widths, split counts."""
-    from .networks import UNeXt
+    from custom.networks import UNeXt
 
     parser = _merged_config(spec.config_files, spec.overrides)
 
@@ -423,7 +427,7 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    from .atomic import atomic_open
+    from custom.utils.atomic import atomic_open
 
     with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -581,7 +585,7 @@ def comparison_plot(table: Mapping[str, Mapping[str, Any]], path: Path, title: s
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    from .atomic import atomic_write
+    from custom.utils.atomic import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
@@ -602,7 +606,7 @@ def _command_line(
     parts = [
         "python",
         "-m",
-        "custom.compare",
+        "custom.tools.compare",
         "--dataset-dir",
         str(dataset_dir),
         "--methods",
@@ -641,7 +645,7 @@ def run_comparison(
     """
     from tqdm.auto import tqdm
 
-    from .cli import parse_bool
+    from custom.utils.cli import parse_bool
 
     progress = parse_bool(progress, "progress")
     methods_l = _as_list(methods)
@@ -658,7 +662,7 @@ def run_comparison(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    from .data import load_datalist
+    from custom.data import load_datalist
 
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -709,7 +713,7 @@ def run_comparison(
             "methods": methods_l,
         },
     )
-    from .atomic import atomic_write_text
+    from custom.utils.atomic import atomic_write_text
 
     atomic_write_text(
         out_dir / "comparison.md",
@@ -737,7 +741,7 @@ def _train_and_evaluate(
     split: str,
 ) -> dict[str, Any]:
     """Train (unless ``trained.json`` matches), evaluate, write ``done.json`` last; return its record."""
-    from .metrics import summarize
+    from custom.evaluation.metrics import summarize
 
     marker = _read_json(spec.run_dir / TRAINED)
     train_seconds = None
@@ -785,10 +789,10 @@ def _train_and_evaluate(
 
 
 def main() -> None:
-    """``python -m custom.compare``: :func:`run_comparison` as a command (fire)."""
+    """``python -m custom.tools.compare``: :func:`run_comparison` as a command (fire)."""
     import fire
 
-    from .cli import exit_on_error
+    from custom.utils.cli import exit_on_error
 
     # bad input (a missing dataset, a bad option, a malformed datalist) and failed runs are one line
     @exit_on_error((RuntimeError,), status=1)
@@ -805,7 +809,7 @@ def main() -> None:
         threads: int | None = None,
         device: str | None = None,
     ) -> None:
-        """Train every method x seed on DATASET_DIR and compare them on its test list (see custom.compare)."""
+        """Train every method x seed on DATASET_DIR and compare them on its test list (see custom.tools.compare)."""
         result = run_comparison(
             dataset_dir, methods, seeds, override, out, max_iterations, split, launcher, threads, device
         )

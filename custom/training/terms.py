@@ -13,17 +13,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .ema import EMATeacher
-from .losses import (
+from custom.training.ema import EMATeacher
+from custom.training.losses import (
     CrossPseudoSupervisionLoss,
     InformationDivergenceLoss,
     InterpolationConsistencyLoss,
     confidence_mask,
+    hard_labels,
     masked_mean,
 )
-from .mixup import interpolation_mixup
+from custom.training.mixup import interpolation_mixup
 
 __all__ = [
     "IterationContext",
@@ -31,9 +33,6 @@ __all__ = [
     "CrossPseudoSupervisionTerm",
     "InterpolationConsistencyTerm",
     "InformationDivergenceTerm",
-    "SelfTrainingTerm",
-    "perturb_intensity",
-    "LeaderSelector",
 ]
 
 
@@ -84,18 +83,22 @@ class IterationContext:
 
     def teacher_student(self, roles: Sequence[str]) -> tuple[str, str]:
         """``(leader, follower)`` among two roles; the leader is the trainer's current one
-        (chosen by validation, see :class:`LeaderSelector`), else the first role."""
+        (chosen by validation, see :class:`custom.training.handlers.LeaderSelector`), else the first role."""
         a, b = roles
         leader = self.leader if self.leader in (a, b) else a
         return leader, (b if leader == a else a)
 
 
+# how two networks teach each other; "mutual" (both directions, each towards the other's
+# detached probabilities) differs from "both" only for the divergence, whose targets can carry
+# gradients: pseudo-labels never do
+CPS_DIRECTIONS = ("both", "follower", "ensemble")
 DIRECTIONS = ("both", "mutual", "follower", "ensemble")
 
 
-def _check_direction(direction: str) -> str:
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+def _check_direction(direction: str, allowed: Sequence[str] = DIRECTIONS) -> str:
+    if direction not in allowed:
+        raise ValueError(f"direction must be one of {tuple(allowed)}, got {direction!r}")
     return direction
 
 
@@ -122,16 +125,19 @@ class UnsupervisedTerm(nn.Module):
 
 
 class CrossPseudoSupervisionTerm(UnsupervisedTerm):
-    """Cross pseudo supervision between two networks (method.md, 2).
+    """Cross pseudo supervision between two networks (method.md, 2), and the cross-teaching and
+    CPS baselines (the same term in both directions between other roles).
 
     ``direction="both"`` (the paper): ``Dice(p_a_u, argmax p_b_u) + Dice(p_b_u, argmax p_a_u)``.
     ``direction="follower"``: only ``Dice(p_follower_u, argmax p_leader_u)``: the network that
     validates worse learns from the better one's pseudo-labels, never the other way round.
-    ``"mutual"`` is ``"both"`` (pseudo-labels are always detached). ``"ensemble"``: each network
-    learns from the pseudo-labels of the two networks' mean probabilities (detached):
-    ``Dice(p_a_u, argmax m_u) + Dice(p_b_u, argmax m_u)``, ``m = (p_a + p_b) / 2``.
+    ``"ensemble"``: each network learns from the pseudo-labels of the two networks' mean
+    probabilities (detached): ``Dice(p_a_u, argmax m_u) + Dice(p_b_u, argmax m_u)``,
+    ``m = (p_a + p_b) / 2``. Pseudo-labels are always detached.
     ``confidence`` > 0 keeps only the pixels where the pseudo-label's source is at least that
-    confident (:class:`custom.losses.CrossPseudoSupervisionLoss`).
+    confident (:class:`custom.training.losses.CrossPseudoSupervisionLoss`).
+    ``ce_weight`` > 0 adds the cross-entropy of the logits to the same pseudo-labels (the form of
+    Chen et al.'s CPS; ``dice_weight: 0, ce_weight: 1`` is that form alone), ungated.
     """
 
     name = "cps"
@@ -142,22 +148,38 @@ class CrossPseudoSupervisionTerm(UnsupervisedTerm):
         weight=1.0,
         direction: str = "both",
         confidence: float = 0.0,
+        dice_weight: float = 1.0,
+        ce_weight: float = 0.0,
         name: str | None = None,
     ) -> None:
         super().__init__(weight, name)
-        self.roles, self.direction = tuple(roles), _check_direction(direction)
+        self.roles, self.direction = tuple(roles), _check_direction(direction, CPS_DIRECTIONS)
+        if len(self.roles) != 2:
+            raise ValueError(f"cross pseudo supervision needs two roles, got {self.roles}")
+        self.dice_weight, self.ce_weight = float(dice_weight), float(ce_weight)
         self.criterion = CrossPseudoSupervisionLoss(confidence=confidence)
 
-    def loss(self, ctx: IterationContext) -> torch.Tensor:
+    def _pairs(self, ctx: IterationContext) -> list[tuple[str, torch.Tensor]]:
+        """``(student role, source probabilities of its pseudo-labels)`` for every pair taught."""
         if self.direction == "follower":
             leader, follower = ctx.teacher_student(self.roles)
-            return self.criterion.pseudo(ctx.unlabeled_probs(follower), ctx.unlabeled_probs(leader))
-        if self.direction == "ensemble":
-            p_a, p_b = (ctx.unlabeled_probs(r) for r in self.roles)
-            mean = (0.5 * (p_a + p_b)).detach()
-            return self.criterion.pseudo(p_a, mean) + self.criterion.pseudo(p_b, mean)
+            return [(follower, ctx.unlabeled_probs(leader))]
         a, b = self.roles
-        return self.criterion(ctx.unlabeled_probs(a), ctx.unlabeled_probs(b))
+        if self.direction == "ensemble":
+            mean = (0.5 * (ctx.unlabeled_probs(a) + ctx.unlabeled_probs(b))).detach()
+            return [(a, mean), (b, mean)]
+        return [(a, ctx.unlabeled_probs(b)), (b, ctx.unlabeled_probs(a))]
+
+    def loss(self, ctx: IterationContext) -> torch.Tensor:
+        total = ctx.probs[self.roles[0]].new_zeros(())
+        for student, source in self._pairs(ctx):
+            if self.dice_weight:
+                dice = self.criterion.pseudo(ctx.unlabeled_probs(student), source)
+                total = total + (dice if self.dice_weight == 1.0 else self.dice_weight * dice)
+            if self.ce_weight:
+                target = hard_labels(source)[:, 0]
+                total = total + self.ce_weight * F.cross_entropy(ctx.logits[student][ctx.labeled_bs :], target)
+        return total
 
 
 class InformationDivergenceTerm(UnsupervisedTerm):
@@ -168,8 +190,7 @@ class InformationDivergenceTerm(UnsupervisedTerm):
     target, ``mean(MIG(p_leader, p_follower)) + mean(KL(p_leader || p_follower))``, so only
     the follower is moved (KL(target || model), the distillation direction).
     ``direction="mutual"``: both directions, each network moved towards the other's detached
-    probabilities: ``L(sg(p_a), p_b) + L(sg(p_b), p_a)``. ``reverse_kl`` swaps the KL's
-    arguments (``KL(p_model || p_target)``, mode-seeking) in every direction.
+    probabilities: ``L(sg(p_a), p_b) + L(sg(p_b), p_a)``.
     ``direction="ensemble"``: each network is moved towards the two networks' detached mean
     ``m``: ``L(m, p_a) + L(m, p_b)``, gated by ``m``'s confidence.
     ``confidence`` > 0 averages over the confident pixels only: where the leader's largest
@@ -184,37 +205,36 @@ class InformationDivergenceTerm(UnsupervisedTerm):
         weight=1.0,
         kl_weight: float = 1.0,
         mig_weight: float = 1.0,
-        unlabeled_only: bool = False,
         direction: str = "both",
         confidence: float = 0.0,
-        reverse_kl: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(weight, name)
         if not 0.0 <= confidence < 1.0:
             raise ValueError(f"confidence must be within [0, 1), got {confidence}")
         self.roles, self.direction = tuple(roles), _check_direction(direction)
-        self.unlabeled_only, self.confidence, self.reverse_kl = unlabeled_only, float(confidence), bool(reverse_kl)
+        self.confidence = float(confidence)
         self.criterion = InformationDivergenceLoss(kl_weight=kl_weight, mig_weight=mig_weight, reduction="none")
 
+    def divergence(self, target: torch.Tensor, model: torch.Tensor) -> torch.Tensor:
+        """Per pixel ``MIG(target, model) + KL(target || model)``."""
+        return self.criterion(target, model)
+
     def _pair(self, target: torch.Tensor, model: torch.Tensor, sources: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``mean(MIG(target, model) + KL(target || model))`` (reversed: ``KL(model || target)``),
-        over the pixels where one of ``sources`` is confident when gated."""
-        per_pixel = (
-            self.criterion(model, target) if self.reverse_kl else self.criterion(target, model)
-        )  # MIG is symmetric
+        """``mean(divergence(target, model))`` over the pixels where one of ``sources`` is
+        confident when gated."""
+        per_pixel = self.divergence(target, model)
         if self.confidence <= 0:
             return per_pixel.mean()
         mask = torch.stack([confidence_mask(p, self.confidence) for p in sources]).amax(dim=0)
         return masked_mean(per_pixel, mask)
 
     def loss(self, ctx: IterationContext) -> torch.Tensor:
-        start = ctx.labeled_bs if self.unlabeled_only else 0
         if self.direction == "follower":
             leader, follower = ctx.teacher_student(self.roles)
-            target = ctx.probs[leader][start:].detach()
-            return self._pair(target, ctx.probs[follower][start:], (target,))
-        a, b = (ctx.probs[r][start:] for r in self.roles)
+            target = ctx.probs[leader].detach()
+            return self._pair(target, ctx.probs[follower], (target,))
+        a, b = (ctx.probs[r] for r in self.roles)
         if self.direction == "ensemble":
             mean = (0.5 * (a + b)).detach()
             return self._pair(mean, a, (mean,)) + self._pair(mean, b, (mean,))
@@ -249,92 +269,3 @@ class InterpolationConsistencyTerm(UnsupervisedTerm):
             for role in self.roles:
                 total = total + self.criterion(torch.softmax(ctx.networks[role](x_mix).float(), 1), target)
         return total
-
-
-def perturb_intensity(
-    x: torch.Tensor,
-    gamma: tuple[float, float] = (0.5, 1.5),
-    scale: tuple[float, float] = (0.8, 1.2),
-    noise_std: float = 0.05,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """A strongly perturbed copy of images in [0, 1]: per image ``clip(s * x ** g + n, 0, 1)``
-    with ``g ~ U(gamma)``, ``s ~ U(scale)`` (drawn from ``generator``) and Gaussian noise ``n``
-    of std ``noise_std``; the same intensity changes as the labelled augmentation, applied to
-    a whole batch on its device (no geometry, so the pseudo-labels stay aligned)."""
-    n = x.shape[0]
-    u = torch.rand(2, n, generator=generator).to(x.device, x.dtype).view(2, n, *([1] * (x.ndim - 1)))
-    g = gamma[0] + (gamma[1] - gamma[0]) * u[0]
-    s = scale[0] + (scale[1] - scale[0]) * u[1]
-    out = s * x.clamp_min(0).pow(g)
-    if noise_std > 0:
-        out = out + noise_std * torch.randn_like(x)
-    return out.clamp(0.0, 1.0)
-
-
-class SelfTrainingTerm(UnsupervisedTerm):
-    """Self-training under perturbation (FixMatch-style, for segmentation): each network in
-    ``roles`` predicts a strongly perturbed copy of the unlabelled images
-    (:func:`perturb_intensity`) and is pulled (Dice) towards its own detached pseudo-labels on
-    the clean images (from the shared forward), on the pixels where those are at least
-    ``confidence`` sure. It needs no other network, so a network that leads the cross terms
-    still learns from the unlabelled images."""
-
-    name = "self"
-    own_graph = True  # its own forward of the perturbed images; only detached values of the shared one
-
-    def __init__(
-        self,
-        roles: Sequence[str] = ("cnn",),
-        weight=1.0,
-        confidence: float = 0.9,
-        noise_std: float = 0.05,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(weight, name)
-        self.roles, self.noise_std = tuple(roles), float(noise_std)
-        self.criterion = CrossPseudoSupervisionLoss(confidence=confidence)
-
-    def loss(self, ctx: IterationContext) -> torch.Tensor:
-        x_s = perturb_intensity(ctx.unlabeled_images, noise_std=self.noise_std, generator=ctx.generator)
-        total = 0.0
-        with ctx.autocast():
-            for role in self.roles:
-                p_s = torch.softmax(ctx.networks[role](x_s).float(), 1)
-                total = total + self.criterion.pseudo(p_s, ctx.unlabeled_probs(role).detach())
-        return total
-
-
-class LeaderSelector:
-    """Chooses the leader among networks by their latest validation metric.
-
-    Attach after the validation handlers: at the end of each epoch it reads
-    ``evaluators[role].state.metrics[metric_names[role]]`` and sets ``trainer.leader`` to
-    the role with the highest value (ties keep the current leader). Before any validation
-    the trainer's ``leader`` (its ``initial_leader``) holds.
-    """
-
-    def __init__(self, evaluators: dict, metric_names: dict, margin: float = 0.0) -> None:
-        self.evaluators, self.metric_names, self.margin = dict(evaluators), dict(metric_names), float(margin)
-        self.history: list[dict] = []
-
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine) -> None:
-        scores = {}
-        for role, ev in self.evaluators.items():
-            value = ev.state.metrics.get(self.metric_names[role]) if getattr(ev, "state", None) is not None else None
-            if value is not None:
-                scores[role] = float(value)
-        if len(scores) < 2:
-            return
-        current = getattr(engine, "leader", None)
-        best = max(scores, key=scores.get)
-        if current in scores and scores[best] <= scores[current] + self.margin:
-            best = current
-        engine.leader = best
-        self.history.append({"iteration": engine.state.iteration, "leader": best, **scores})
-        engine.logger.info("leader for the cross terms: %s (validation %s)", best, scores)

@@ -25,7 +25,7 @@ class EMATeacher(nn.Module):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay, self.train_mode = float(decay), bool(train_mode)
-        self.module = copy.deepcopy(student)
+        self.module = copy.deepcopy(_plain(student))
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.module.train(self.train_mode)
@@ -41,6 +41,7 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def update(self, student: nn.Module, step: int) -> None:
         a = self.alpha(step)
+        student = _plain(student)
         s_params = dict(student.named_parameters())
         names, t_params = zip(*self.module.named_parameters())
         # one batched (foreach) update instead of a Python loop over ~200 tensors: same values
@@ -54,3 +55,9 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
+
+
+def _plain(module: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper: the teacher copies and averages the
+    plain module, so its parameter names (and state dict) are those of single-process training."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module

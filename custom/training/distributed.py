@@ -7,11 +7,12 @@ What DDP does not do by itself for this method, and what this module adds:
   different augmentations, drop-path masks and mixup weights; the networks are still
   identical because DDP broadcasts rank 0's parameters and buffers when it wraps them) and
   lets only rank 0 log below WARNING.
-* :class:`DistributedEMATeacher`: the EMA teacher is not a DDP module; it averages the
-  *unwrapped* student (a DDP wrapper prefixes every parameter name with ``module.``). Built
-  from ``@transformer_ddp.module`` in the config, it is copied after DDP's broadcast, so it
-  starts from rank 0's weights on every rank; its updates are then identical on every rank
-  because the students are (gradients are all-reduced before each step).
+* :func:`from_rank0`: the config's networks take rank 0's weights as they are built, so that
+  an EMA teacher copied from one (:class:`custom.training.ema.EMATeacher`, which copies and
+  averages the *unwrapped* student whatever it is given) starts from rank 0's weights on every
+  rank whenever it is built; its updates are then identical on every rank because the students
+  are (gradients are all-reduced before each step). :func:`wrap_ddp` wraps every network of
+  the method for the trainer.
 * :class:`BroadcastBuffers`: DDP overwrites buffers (BatchNorm running statistics) with
   rank 0's at the start of each training forward, but every rank then updates them from
   its own shard, so they differ between ranks after the last step. Attached before the
@@ -19,7 +20,7 @@ What DDP does not do by itself for this method, and what this module adds:
   and of the run: validation (on all ranks, each on a shard) and the saved checkpoints
   then use the buffers DDP itself treats as authoritative.
 * :class:`LeaderBroadcast`: the leader-follower coupling picks a leader from validation
-  metrics (:class:`custom.terms.LeaderSelector`). The metric handlers all-gather their
+  metrics (:class:`custom.training.handlers.LeaderSelector`). The metric handlers all-gather their
   values, so every rank computes the same leader; broadcasting rank 0's choice makes that
   an invariant rather than an assumption (a differing leader would make the ranks
   optimise different losses).
@@ -40,8 +41,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .ema import EMATeacher
-
 __all__ = [
     "is_distributed",
     "get_rank",
@@ -52,7 +51,8 @@ __all__ = [
     "unwrap",
     "broadcast_object",
     "broadcast_buffers",
-    "DistributedEMATeacher",
+    "from_rank0",
+    "wrap_ddp",
     "BroadcastBuffers",
     "LeaderBroadcast",
 ]
@@ -162,17 +162,25 @@ def broadcast_buffers(modules: Iterable[nn.Module], src: int = 0) -> None:
             dist.broadcast(buf, src=src)
 
 
-class DistributedEMATeacher(EMATeacher):
-    """:class:`custom.ema.EMATeacher` that accepts a DDP-wrapped student: it copies and
-    averages the unwrapped module, so its parameter names (and its state dict) are those of
-    the plain network, as in single-process training."""
+def from_rank0(module: nn.Module, src: int = 0) -> nn.Module:
+    """``module`` with rank ``src``'s parameters and buffers on every rank (in place), so that what
+    is built from it before DDP wraps it (an EMA teacher) is the same everywhere; a no-op in a
+    single process."""
+    if is_distributed():
+        with torch.no_grad():
+            for t in list(module.parameters()) + list(module.buffers()):
+                torch.distributed.broadcast(t.data, src)
+    return module
 
-    def __init__(self, student: nn.Module, decay: float = 0.99, train_mode: bool = False) -> None:
-        super().__init__(unwrap(student), decay=decay, train_mode=train_mode)
 
-    @torch.no_grad()
-    def update(self, student: nn.Module, step: int) -> None:
-        super().update(unwrap(student), step)
+def wrap_ddp(networks: Mapping[str, nn.Module], device: torch.device, find_unused_parameters: bool = False) -> dict:
+    """Every network of the method in DistributedDataParallel (device ids on CUDA only), by role."""
+    device = torch.device(device)
+    ids = [device] if device.type == "cuda" else None
+    return {
+        role: nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=find_unused_parameters)
+        for role, net in networks.items()
+    }
 
 
 class BroadcastBuffers:
@@ -195,7 +203,7 @@ class BroadcastBuffers:
 
 class LeaderBroadcast:
     """Ignite handler: the trainer's ``leader`` (the leader-follower coupling's choice) set to
-    rank ``src``'s at the end of each epoch. Attach after :class:`custom.terms.LeaderSelector`.
+    rank ``src``'s at the end of each epoch. Attach after :class:`custom.training.handlers.LeaderSelector`.
     A rank whose own choice differed logs a warning (it indicates that the ranks saw
     different validation metrics)."""
 

@@ -4,8 +4,8 @@ per epoch with the log lines printed above it rather than through it.
 ``train.yaml`` uses both::
 
     - _target_: StatsHandler
-      iteration_log: '$custom.logs.every_n(@log_every)'   # one line every log_every iterations
-    - _target_: custom.logs.ProgressBar                   # ignite's bar, kept after each epoch
+      iteration_log: '$custom.training.logs.every_n(@log_every)'   # one line every log_every iterations
+    - _target_: custom.training.logs.ProgressBar                   # ignite's bar, kept after each epoch
       persist: true
 """
 

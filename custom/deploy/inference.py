@@ -14,10 +14,10 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.transforms import MapTransform
 
-from .atomic import atomic_write, atomic_write_json
-from .cli import parse_bool
-from .losses import InformationDivergenceLoss
-from .overlays import at_frame_size
+from custom.evaluation.overlays import at_frame_size
+from custom.training.losses import InformationDivergenceLoss
+from custom.utils.atomic import atomic_write, atomic_write_json
+from custom.utils.cli import parse_bool
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -95,7 +95,7 @@ def screen_file(
     """Why ``path`` cannot be segmented (``None``: it can). Reads it with MONAI's ``LoadImage``
     (readable, 2-D or 2-D + 1/3/4 channels, finite values, within ``intensity_range``), then
     runs ``transform`` (the inference preprocessing) on it, all within ``timeout_s`` seconds."""
-    from .data.preflight import image_problem, load_channel_first, time_limit
+    from custom.data.preflight import image_problem, load_channel_first, time_limit
 
     try:
         with time_limit(timeout_s, f"checking {path}"):
@@ -142,7 +142,7 @@ class InputScreen:
         return os.path.join(self.output_dir, BAD_INPUTS_NAME)
 
     def __call__(self, entries: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-        from .data.preflight import PreflightError
+        from custom.data.preflight import PreflightError
 
         if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
             raise FileExistsError(
@@ -194,7 +194,7 @@ class InputScreen:
         engine.add_event_handler(Events.COMPLETED, self.write)
 
     def write(self, engine: Engine | None = None) -> None:
-        from .atomic import atomic_write_json
+        from custom.utils.atomic import atomic_write_json
 
         atomic_write_json(self.report_path, self.bad, indent=2)
         if self.bad:
@@ -246,7 +246,7 @@ class SaveMaskd(MapTransform):
     Each file gets a fresh MONAI writer (``PILWriter`` / ``NibabelWriter``): nothing is carried
     from one file to the next (MONAI's ``SaveImage`` keeps a ``channel_dim`` it guessed for one
     file, which broke every later mask of a batch). Every file is written atomically
-    (:mod:`custom.atomic`) and read back: a mask is written at its input's size and orientation,
+    (:mod:`custom.utils.atomic`) and read back: a mask is written at its input's size and orientation,
     or not at all. A mask that cannot be written (file name too long, a mismatching size, ...)
     makes its input a bad input, listed by ``screen`` (the run's :class:`InputScreen`) with the
     reason; without ``screen`` it raises :class:`MaskWriteError`. An existing output is never
@@ -308,7 +308,7 @@ class SaveMaskd(MapTransform):
         from monai.data import NibabelWriter, PILWriter
         from monai.transforms import LoadImage
 
-        from .atomic import atomic_path
+        from custom.utils.atomic import atomic_path
 
         array = (mask.detach().cpu() if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))).to(
             torch.uint8
@@ -341,8 +341,8 @@ class SaveMaskd(MapTransform):
         from monai.transforms import LoadImage
         from PIL import Image
 
-        from .atomic import atomic_write
-        from .evaluation import overlay_image
+        from custom.evaluation.evaluate import overlay_image
+        from custom.utils.atomic import atomic_write
 
         image = np.squeeze(np.asarray(LoadImage(image_only=True)(source), dtype=np.float32))
         if image.ndim == 3:

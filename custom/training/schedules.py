@@ -1,10 +1,13 @@
-"""Ramp-up weights and the poly learning-rate schedule (method.md, "Schedule")."""
+"""Ramp-up weights, the poly learning-rate schedule (method.md, "Schedule") and the optimiser and
+schedule of every network of a method."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from typing import Any
 
-__all__ = ["sigmoid_rampup", "ramp_weight", "poly_lr", "PolyLRLambda", "RampUp"]
+__all__ = ["sigmoid_rampup", "ramp_weight", "poly_lr", "PolyLRLambda", "RampUp", "per_role", "poly_schedules"]
 
 
 def sigmoid_rampup(current: float, length: float) -> float:
@@ -84,3 +87,16 @@ class RampUp:
             f"RampUp(beta={self.beta}, total_iterations={self.total_iterations}, "
             f"ramp_fraction={self.ramp_fraction}, start={self.start})"
         )
+
+
+def per_role(optimizer: Callable[..., Any], networks: Mapping[str, Any]) -> dict[str, Any]:
+    """``{role: optimizer(network.parameters())}`` for every network of the method, in order
+    (``optimizer``: a partial optimiser, e.g. train.yaml's ``optimizer_def``)."""
+    return {role: optimizer(net.parameters()) for role, net in networks.items()}
+
+
+def poly_schedules(optimizers: Mapping[str, Any], total_iterations: int, power: float = 0.9) -> dict[str, Any]:
+    """A ``LambdaLR`` with the poly schedule (:class:`PolyLRLambda`) for every optimiser, by role."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    return {role: LambdaLR(opt, PolyLRLambda(total_iterations, power)) for role, opt in optimizers.items()}

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from .atomic import atomic_torch_save, remove_leftovers  # noqa: F401 - re-exported: the one atomic writer lives in custom.atomic
-from .cli import parse_bool
+from custom.utils.atomic import atomic_torch_save, remove_leftovers  # noqa: F401 - re-exported: the one atomic writer lives in custom.utils.atomic
+from custom.utils.cli import parse_bool
 
 __all__ = [
     "safe_torch_load",
+    "training_objects",
     "TrainingStateSaver",
     "atomic_torch_save",
     "load_training_state",
@@ -347,7 +348,7 @@ class BestModelSaver(_monai_checkpoint_saver()):
     replaces it. MONAI's alternative (``key_metric_save_state`` + ``CheckpointLoader``) stores
     the list inside ``model.pt`` itself, which would no longer be a plain state dict.
 
-    ``model_config``: a :class:`custom.deploy_meta.ModelConfig`: when the saver is built
+    ``model_config``: a :class:`custom.deploy.model_config.ModelConfig`: when the saver is built
     (before training) it refuses to replace weights of another configuration, and its
     ``write()`` runs before each write of ``model.pt`` (what inference needs to rebuild the networks).
     """
@@ -412,3 +413,30 @@ class BestModelSaver(_monai_checkpoint_saver()):
             engine.state.best_metric,
             best_epoch,
         )
+
+
+def training_objects(
+    networks: Mapping[str, Any],
+    optimizers: Mapping[str, Any],
+    lr_schedulers: Mapping[str, Any],
+    teacher: Any = None,
+    extra: Mapping[str, Any] | None = None,
+    validator: Any = None,
+) -> dict[str, Any]:
+    """What the training state saves, derived from what the method trains: every network under
+    its role, ``optimizer_<role>``, ``lr_scheduler_<role>``, the ``teacher`` (if any), the
+    method's further objects (``extra``, e.g. a discriminator) and the deployed network's
+    ``validator`` (its best metric). The further EMA teachers by role are the trainer's own
+    extra state."""
+    out: dict[str, Any] = dict(networks)
+    if teacher is not None:
+        out["teacher"] = teacher
+    out.update({f"optimizer_{role}": opt for role, opt in optimizers.items()})
+    out.update({f"lr_scheduler_{role}": s for role, s in lr_schedulers.items()})
+    clash = sorted(set(out) & set(extra or {}))
+    if clash:
+        raise ValueError(f"method_state names {clash} are already taken by the networks, optimisers or schedulers")
+    out.update(extra or {})
+    if validator is not None:
+        out["validator"] = validator
+    return out
