@@ -7,7 +7,10 @@ suite skips this module when `monailabel` is not importable. CI runs it in `.ven
 
 A studies folder of 6 real HC18 frames (PSFHS when HC18 is absent), a seeded random-weights
 UNeXt (`model.pt`) and a training state with a `transformer` entry in a temporary models folder
-(never the repository's bundle/models), networks at 64 px with a narrow Swin-Unet.
+(never the repository's bundle/models), networks at 64 px with a narrow Swin-Unet, `labeled_bs: 2`.
+The tests run in file order on one server: inference and the strategy on the initial weights,
+then training with no label (refused), one label (trains with a labelled batch of 1), and two
+labels plus a broken one (left out), each checked through `train_stats` in `GET /info/`.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ transformer_def#embed_dim: 12
 transformer_def#num_heads: [1, 1, 2, 2]
 transformer_def#window_size: 4
 transformer_def#drop_path_rate: 0.0
-batch_size: 3
-labeled_bs: 1
+batch_size: 4
+labeled_bs: 2
 ict_start: 0
 log_every: 1
 """
@@ -261,6 +264,7 @@ def test_info_lists_model_trainer_and_strategy(server):
     model = info["models"][MODEL]
     assert model["dimension"] == 2 and model["type"] == "segmentation"
     assert len(model["labels"]) == server["num_classes"] - 1, model["labels"]
+    assert info["train_stats"] == {MODEL: {}}, info["train_stats"]  # nothing trained by this app yet
 
 
 @pytest.mark.parametrize("which", [0, -1], ids=["png", "jpeg"])
@@ -337,8 +341,10 @@ def test_a_broken_image_gets_an_error_naming_it_and_the_server_keeps_serving(ser
     r = requests.post(
         f"{server['url']}/infer/{MODEL}", params={"image": "broken_frame", "output": "image"}, timeout=REQUEST_TIMEOUT
     )
-    assert r.status_code >= 400
-    assert "broken_frame" in r.text, r.text[:1000]
+    assert r.status_code == 422, (r.status_code, r.text[:1000])
+    detail = r.json()["detail"]
+    assert detail.startswith("image 'broken_frame' (") and "broken_frame.png): " in detail, detail
+    assert len(detail.split("): ", 1)[1]) > 3, detail  # and the problem
     _check(requests.get(f"{server['url']}/info/", timeout=REQUEST_TIMEOUT), server)
     # the strategy never proposes it
     nxt = _check(requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server)
@@ -347,6 +353,32 @@ def test_a_broken_image_gets_an_error_naming_it_and_the_server_keeps_serving(ser
     _check(
         requests.delete(f"{server['url']}/datastore/", params={"id": "broken_frame"}, timeout=REQUEST_TIMEOUT), server
     )
+
+
+def test_an_unknown_or_missing_image_gets_a_422_naming_its_id(server):
+    url = server["url"]
+    r = requests.post(f"{url}/infer/{MODEL}", params={"image": "no_such_frame", "output": "image"}, timeout=60)
+    assert r.status_code == 422, (r.status_code, r.text[:1000])
+    assert r.json()["detail"].startswith("image 'no_such_frame': no such image in the datastore"), r.text
+    # an image the datastore lists but whose file has gone
+    good = server["files"][server["images"][0]].read_bytes()
+    _check(
+        requests.put(
+            f"{url}/datastore/image",
+            params={"image": "vanishing_frame"},
+            files={"file": ("vanishing_frame.png", good, "image/png")},
+            timeout=REQUEST_TIMEOUT,
+        ),
+        server,
+    )
+    (vanished,) = server["studies"].glob("vanishing_frame.*")
+    vanished.unlink()
+    r = requests.post(f"{url}/infer/{MODEL}", params={"image": "vanishing_frame", "output": "image"}, timeout=60)
+    assert r.status_code == 422, (r.status_code, r.text[:1000])
+    detail = r.json()["detail"]
+    assert detail.startswith("image 'vanishing_frame' (") and detail.endswith("): file not found"), detail
+    _check(requests.delete(f"{url}/datastore/", params={"id": "vanishing_frame"}, timeout=REQUEST_TIMEOUT), server)
+    _check(requests.get(f"{url}/info/", timeout=REQUEST_TIMEOUT), server)
 
 
 def test_divergence_strategy_returns_the_most_disagreeing_image(server):
@@ -367,22 +399,98 @@ def test_divergence_strategy_returns_the_most_disagreeing_image(server):
     print(f"divergence strategy: first call {t_first:.2f} s, cached call {time.monotonic() - t0:.2f} s")
 
 
+def _put_label(server, image, label_file=None):
+    label_file = label_file or server["source"] / "labels" / f"{image}.png"
+    with open(label_file, "rb") as f:
+        _check(
+            requests.put(
+                f"{server['url']}/datastore/label",
+                params={"image": image, "tag": "final"},
+                files={"label": (f"{image}.png", f, "image/png")},
+                data={"params": "{}"},
+                timeout=REQUEST_TIMEOUT,
+            ),
+            server,
+        )
+
+
+def _train(server, **params) -> dict:
+    """POST /train/<model> and wait for the task to end; returns its status (with `details`)."""
+    url = server["url"]
+    params = {"max_epochs": 1, "val_split": 0.0, "device": "cpu", "multi_gpu": False, "pretrained": True, **params}
+    _check(requests.post(f"{url}/train/{MODEL}", json=params, timeout=REQUEST_TIMEOUT), server)
+    deadline = time.monotonic() + TRAIN_TIMEOUT
+    status = {}
+    while time.monotonic() < deadline:
+        status = _check(requests.get(f"{url}/train/", timeout=REQUEST_TIMEOUT), server).json()
+        if status.get("status") in ("DONE", "ERROR", "STOPPED"):  # else SUBMITTED, QUEUED, RUNNING
+            return status
+        time.sleep(3)
+    pytest.fail(f"training still running after {TRAIN_TIMEOUT} s: {json.dumps(status)[:3000]}\n{_tail(server['log'])}")
+
+
+def _train_stats(server) -> dict:
+    info = _check(requests.get(f"{server['url']}/info/", timeout=REQUEST_TIMEOUT), server).json()
+    return info["train_stats"][MODEL]
+
+
+def _check_stats(stats: dict, epochs: int, labelled: int) -> None:
+    """A finished training's stats: when, how long, how much, how good, on what."""
+    assert stats["status"] == "done", stats
+    assert stats["epoch"] == stats["max_epochs"] == epochs, stats
+    # iterations per epoch: one pass over the labelled loader (batches of min(labeled_bs, labelled))
+    assert stats["iterations"] == epochs * stats["epoch_length"] and stats["epoch_length"] >= 1, stats
+    assert stats["labelled_images"] == labelled and stats["labeled_batch_size"] == min(2, labelled), stats
+    assert stats["key_metric_name"] == "val_mean_dice", stats
+    assert isinstance(stats["best_metric"], float) and 0.0 <= stats["best_metric"] <= 1.0, stats
+    assert stats["best_metric"] == stats["eval"]["best_metric"], stats
+    assert 1 <= stats["best_metric_epoch"] <= epochs, stats
+    assert stats["eval"]["metrics"]["val_mean_dice"] is not None, stats
+    assert abs(time.time() - stats["start_ts"]) < TRAIN_TIMEOUT + 60, stats
+    assert time.strptime(stats["last_training"][:19], "%Y-%m-%dT%H:%M:%S"), stats
+    assert re.fullmatch(r"\d+:\d\d:\d\d", stats["total_time"]), stats
+    assert stats["method"] == "ours", stats
+
+
+def test_training_without_a_label_fails_with_one_message(server):
+    model_pt = server["models_dir"] / "model.pt"
+    before = model_pt.stat().st_mtime_ns
+    status = _train(server)
+    details = list(status.get("details") or [])
+    assert status["status"] == "ERROR", f"{json.dumps(status)[:3000]}\n{_tail(server['log'])}"
+    message = "training needs at least 1 labelled image; the datastore has 0 labelled and"
+    assert any(message in line for line in details), details
+    assert not any("Traceback" in line for line in details), details
+    assert model_pt.stat().st_mtime_ns == before
+    assert _train_stats(server) == {}
+
+
+def test_training_on_a_single_label_trains_with_a_smaller_labelled_batch(server):
+    """One label and labeled_bs 2: trains with batches of 1, writes model.pt, validates on the
+    one training image (there is no other labelled one) and says so."""
+    image = server["images"][0]
+    _put_label(server, image)
+    model_pt = server["models_dir"] / "model.pt"
+    before = model_pt.stat().st_mtime_ns
+    status = _train(server, max_epochs=2, val_split=0.2)
+    assert status.get("status") == "DONE", f"{json.dumps(status)[:3000]}\n{_tail(server['log'])}"
+    assert model_pt.stat().st_mtime_ns > before, "training did not write model.pt"
+    stats = _train_stats(server)
+    _check_stats(stats, epochs=2, labelled=1)
+    assert stats["iterations"] == 2, stats
+    assert stats["validation_images"] == 0 and stats["validated_on"].startswith("training images"), stats
+    log = Path(server["log"]).read_text(errors="replace")
+    assert "labeled_bs is 2 but only 1 labelled image(s) are listed: batches of 1" in log, _tail(server["log"])
+    assert "no validation image (val_split 0.2, 1 labelled): validating on the 1 training image(s)" in log
+    server["single_label_stats"] = stats
+
+
 def test_short_training_run_completes(server):
     source, url = server["source"], server["url"]
     labelled = server["images"][:2]
     for image in labelled:
         assert server["files"][image].suffix == ".png"
-        with open(source / "labels" / f"{image}.png", "rb") as f:
-            _check(
-                requests.put(
-                    f"{url}/datastore/label",
-                    params={"image": image, "tag": "final"},
-                    files={"label": (f"{image}.png", f, "image/png")},
-                    data={"params": "{}"},
-                    timeout=REQUEST_TIMEOUT,
-                ),
-                server,
-            )
+        _put_label(server, image)
     # a truncated frame with a valid mask: training leaves it out (logged by name) and trains on the rest
     truncated = server["files"][labelled[0]].read_bytes()[:200]
     _check(
@@ -394,38 +502,27 @@ def test_short_training_run_completes(server):
         ),
         server,
     )
-    with open(source / "labels" / f"{labelled[0]}.png", "rb") as f:
-        _check(
-            requests.put(
-                f"{url}/datastore/label",
-                params={"image": "broken_labelled", "tag": "final"},
-                files={"label": ("broken_labelled.png", f, "image/png")},
-                data={"params": "{}"},
-                timeout=REQUEST_TIMEOUT,
-            ),
-            server,
-        )
+    _put_label(server, "broken_labelled", source / "labels" / f"{labelled[0]}.png")
     model_pt = server["models_dir"] / "model.pt"
     state_pt = server["models_dir"] / "train_state" / "train_state.pt"
     before = (model_pt.stat().st_mtime_ns, state_pt.stat().st_mtime_ns)
-    params = {"max_epochs": 1, "val_split": 0.0, "device": "cpu", "multi_gpu": False, "pretrained": True}
-    _check(requests.post(f"{url}/train/{MODEL}", json=params, timeout=REQUEST_TIMEOUT), server)
-    deadline = time.monotonic() + TRAIN_TIMEOUT
-    status = {}
-    while time.monotonic() < deadline:
-        status = _check(requests.get(f"{url}/train/", timeout=REQUEST_TIMEOUT), server).json()
-        if status.get("status") in ("DONE", "ERROR", "STOPPED"):  # else SUBMITTED, QUEUED, RUNNING
-            break
-        time.sleep(3)
-    else:
-        pytest.fail(
-            f"training still running after {TRAIN_TIMEOUT} s: {json.dumps(status)[:3000]}\n{_tail(server['log'])}"
-        )
+    status = _train(server)
     assert status.get("status") == "DONE", f"{json.dumps(status)[:3000]}\n{_tail(server['log'])}"
     assert state_pt.stat().st_mtime_ns > before[1], "training did not write the training state"
     assert model_pt.stat().st_mtime_ns > before[0], "training did not write model.pt"
+    # the stats are this training's, not the previous one's
+    stats = _train_stats(server)
+    _check_stats(stats, epochs=1, labelled=2)
+    assert stats["validated_on"].startswith("training images"), stats  # val_split 0
+    previous = server.get("single_label_stats")
+    if previous:
+        assert stats["start_ts"] >= previous["start_ts"] and stats["last_training"] >= previous["last_training"]
+    assert {x["image"] for x in stats["left_out"]} == {"broken_labelled"}, stats
+    assert all(x["problem"] for x in stats["left_out"]), stats
     log = Path(server["log"]).read_text(errors="replace")
-    assert re.search(r"training leaves out \S*broken_labelled\S*: ", log), _tail(server["log"])
+    assert re.search(r"training leaves out image 'broken_labelled' \(\S*broken_labelled\S*\): ", log), _tail(
+        server["log"]
+    )
     # the strategy now skips the labelled images and scores with the new weights
     expected = {k: v for k, v in _divergences(server).items() if k not in labelled}
     nxt = _check(requests.post(f"{url}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server).json()

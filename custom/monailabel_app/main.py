@@ -11,6 +11,11 @@ Registers, under the model name ``fetal_us_ssl``:
 * active learning: ``divergence`` (the unlabelled image on which the UNeXt and the Swin-Unet
   disagree most: mean KL + MIG), beside MONAI Label's ``random`` and ``first``.
 
+Training summarises each run in ``models_dir/train_stats.json`` (``train_stats`` in ``GET /info/``;
+see ``lib/trainers/fetal_us.py``) and refuses, in one line, to start without a usable labelled
+image. A frame that cannot be segmented, or an id the datastore does not hold, gets an HTTP 422
+that names the image id and the problem.
+
 Where the bundle and its weights are, and the scale of the networks, come from ``--conf`` (see
 ``lib/bundle_config.py``): ``bundle_root``, ``models_dir``, ``output_dir``, ``config_overrides``
 (e.g. ``bundle/configs/cpu_small.yaml`` for weights trained at that scale), ``num_classes``,
@@ -32,7 +37,7 @@ if str(REPO_ROOT) not in sys.path:  # the bundle's configs `$import custom`
 import monailabel  # noqa: E402
 from lib.activelearning import InformationDivergenceStrategy  # noqa: E402
 from lib.bundle_config import MODEL_NAME, BundleSettings, ensure_repo_on_path  # noqa: E402
-from lib.infers import FetalUSInferTask  # noqa: E402
+from lib.infers import FetalUSInferTask, image_error  # noqa: E402
 from lib.trainers import FetalUSTrainTask  # noqa: E402
 from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
@@ -74,6 +79,18 @@ class MyApp(MONAILabelApp):
             "from the repository's MONAI bundle",
             version=monailabel.__version__,
         )
+
+    def infer(self, request, datastore=None):
+        """MONAI Label's inference, with the image id kept: an id that is not in the datastore is
+        a 422 naming it (MONAI Label would pass on an empty path), and the task's errors about the
+        frame name the id the client asked for (``request["image_id"]``)."""
+        image = request.get("image")
+        if isinstance(image, str) and image and not os.path.exists(image):
+            store = datastore if datastore else self.datastore()
+            if not store.get_image_uri(image):
+                raise image_error(image, "no such image in the datastore (GET /datastore/?output=all lists the ids)")
+            request = {**request, "image_id": image}
+        return super().infer(request, datastore)
 
     def init_infers(self) -> Dict[str, InferTask]:
         task = FetalUSInferTask(self.bundle, self.conf)

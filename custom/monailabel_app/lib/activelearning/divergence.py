@@ -18,7 +18,7 @@ import logging
 import os
 import random
 import threading
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import torch
 from monailabel.interfaces.datastore import Datastore
@@ -100,7 +100,10 @@ class DivergenceScorer:
             out.extend(float(s) for s in self._divergence(p_cnn, p_transformer).cpu())
         return out
 
-    def score(self, paths: Sequence[str]) -> Dict[str, float]:
+    def score(self, paths: Sequence[str], names: Mapping[str, str] | None = None) -> Dict[str, float]:
+        """``{path: divergence}``; a file that cannot be read scores ``-inf`` and is logged with
+        its image id (``names[path]``, else the file name)."""
+        names = names or {}
         with self._lock:
             self._build()
             keys = {p: (os.path.abspath(p), _mtime(p)) for p in paths}
@@ -117,7 +120,8 @@ class DivergenceScorer:
                     if problem is None:
                         readable.append(p)
                     else:
-                        logger.warning("divergence strategy: skipping %s: %s", p, problem)
+                        image = names.get(p) or os.path.splitext(os.path.basename(p))[0]
+                        logger.warning("divergence strategy: never proposes image %r (%s): %s", image, p, problem)
                         self._cache[keys[p]] = float("-inf")
                 for p, s in zip(readable, self._compute(readable)):
                     self._cache[keys[p]] = s
@@ -145,7 +149,7 @@ class InformationDivergenceStrategy(Strategy):
         if 0 < max_samples < len(images):
             images = sorted(random.Random(int(request.get("seed", 0))).sample(images, max_samples))
         paths = {i: datastore.get_image_uri(i) for i in images}
-        scores = self.scorer.score(list(paths.values()))
+        scores = self.scorer.score(list(paths.values()), {p: i for i, p in paths.items()})
         images = [i for i in images if scores[paths[i]] != float("-inf")]
         if not images:
             logger.warning("divergence strategy: no readable unlabelled image left")

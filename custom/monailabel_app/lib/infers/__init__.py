@@ -1,3 +1,3 @@
-from .fetal_us import FetalUSInferTask
+from .fetal_us import FetalUSInferTask, image_error
 
-__all__ = ["FetalUSInferTask"]
+__all__ = ["FetalUSInferTask", "image_error"]

@@ -47,6 +47,19 @@ class FetalUSInferConstants(BundleConstants):
         return os.path.join(self.settings.models_dir, "model.ts")
 
 
+def image_id_of(path: str) -> str:
+    """The datastore id of a frame's file (its name without the extension)."""
+    return os.path.splitext(os.path.basename(str(path)))[0] if path else ""
+
+
+def image_error(image_id: str, problem: str, path: str | None = None):
+    """The HTTP 422 for an image that cannot be segmented: ``image 'ID' (FILE): PROBLEM``."""
+    from fastapi import HTTPException
+
+    where = f" ({path})" if path else ""
+    return HTTPException(status_code=422, detail=f"image {image_id!r}{where}: {problem}")
+
+
 class Squeeze2Dd:
     """``1 x W x H`` (or ``W x H``) label map -> ``W x H`` ``uint8`` numpy array."""
 
@@ -92,16 +105,16 @@ class FetalUSInferTask(BundleInferTask):
 
     def __call__(self, request, *args, **kwargs):
         """Screen the image first (readable, 2-D, finite, within the intensity range): a bad
-        file gets a 422 that names it and says why, instead of a bare server error."""
-        from fastapi import HTTPException
-
-        import custom.deploy.inference
-
+        file gets a 422 that names the image id, its file and the problem, instead of a bare
+        server error. ``request["image_id"]`` is the id the client asked for (``MyApp.infer``
+        keeps it; MONAI Label replaces ``image`` with the file's path)."""
         image = request.get("image")
         if isinstance(image, str):
-            problem = custom.deploy.inference.screen_file(image, timeout_s=None)
+            import custom.deploy.inference
+
+            problem = custom.deploy.inference.screen_file(image, timeout_s=None) if image else "no file"
             if problem is not None:
-                raise HTTPException(status_code=422, detail=f"{image}: {problem}")
+                raise image_error(request.get("image_id") or image_id_of(image), problem, image)
         return super().__call__(request, *args, **kwargs)
 
     def _init_without_weights(self, conf: Dict[str, str], load_strict: bool) -> None:

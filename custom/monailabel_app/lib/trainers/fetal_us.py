@@ -10,13 +10,31 @@ writes both files back there.
 Every labelled pair and unlabelled image is read once before training
 (:func:`custom.data.preflight.check_entries`): a file that cannot be read or is not a usable
 image or mask is left out with a warning naming it and the reason, so one broken upload
-never stops training on the rest; no usable labelled image left is an error naming them.
+never stops training on the rest. Training needs at least one usable labelled image: with none,
+it stops before building anything with one error line saying so (and naming the unusable ones);
+with fewer labelled images than ``labeled_bs``, train.yaml makes the labelled batch smaller
+(with a warning); with no validation image (``val_split`` 0, or too few labels to spare one)
+it validates on the training images and says so in the log and in the stats.
+
+After each epoch and at the end, the run is summarised in ``models_dir/train_stats.json``
+(MONAI Label's ``BasicTrainTask`` layout and file name, written atomically), which MONAI Label
+serves as ``train_stats`` in ``GET /info/`` and ``GET /model/info/<model>``: ``start_ts``,
+``last_training`` (local time of the last update), ``total_time`` (``current_time`` while
+running), ``status``, ``epoch``/``max_epochs``, ``iterations``, ``best_metric`` and
+``best_metric_epoch`` (the UNeXt's validation mean Dice, the metric ``model.pt`` is chosen by),
+``eval``/``train`` (metrics, key metric, best and its epoch), ``labelled_images``,
+``validation_images``, ``validated_on``, ``unlabelled_images``, ``left_out`` (image id and
+problem of each frame left out), ``labeled_batch_size``, ``method``.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import math
 import os
+import sys
+import time
 from typing import Any, Dict
 
 import monai.bundle
@@ -27,6 +45,92 @@ from monailabel.utils.others.generic import device_list
 from ..bundle_config import BundleSettings, ensure_repo_on_path
 
 logger = logging.getLogger(__name__)
+
+STATS_FILENAME = "train_stats.json"  # BasicTrainTask's name, in the model folder
+
+
+class TrainingInputError(ValueError):
+    """What MONAI Label has to train on cannot be trained on (no usable labelled image)."""
+
+
+def _in_task_process() -> bool:
+    """Whether this is the process MONAI Label starts for a training request
+    (``python -m monailabel.interfaces.utils.app -m train``), whose output the train status shows."""
+    argv0 = os.path.normpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return argv0.endswith(os.path.join("monailabel", "interfaces", "utils", "app.py"))
+
+
+def _image_id(path: str, ids: Dict[str, str]) -> str:
+    return ids.get(os.path.realpath(path)) or os.path.splitext(os.path.basename(path))[0]
+
+
+def _number(value: Any) -> Any:
+    """A JSON-safe value: tensors and numpy values as Python numbers, NaN/inf as ``None``
+    (FastAPI refuses to send NaN)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_number(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def _engine_summary(engine: Any) -> Dict[str, Any]:
+    state = engine.state
+    epoch = getattr(state, "best_metric_epoch", -1)
+    best = _number(getattr(state, "best_metric", None))
+    return {
+        "metrics": {str(k): _number(v) for k, v in (state.metrics or {}).items()},
+        "key_metric_name": getattr(state, "key_metric_name", None),
+        "best_metric": best if epoch is not None and epoch >= 0 else None,
+        "best_metric_epoch": epoch if epoch is not None and epoch >= 0 else None,
+    }
+
+
+class TrainStatsWriter:
+    """Writes ``train_stats.json`` from the trainer's and the validator's states: after every
+    epoch (``status: running``) and when the run ends (``done``, or ``failed`` with the error)."""
+
+    def __init__(self, path: str, trainer: Any, evaluator: Any, data: Dict[str, Any]) -> None:
+        self.path, self.trainer, self.evaluator, self.data = path, trainer, evaluator, dict(data)
+        self.start = time.time()
+
+    def stats(self, status: str = "running", error: str | None = None) -> Dict[str, Any]:
+        state = self.trainer.state
+        done = status != "running"
+        evaluation = _engine_summary(self.evaluator)
+        elapsed = str(datetime.timedelta(seconds=int(time.time() - self.start)))
+        return {
+            "status": status,
+            **({"error": error} if error else {}),
+            "start_ts": int(self.start),
+            "last_training": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            ("total_time" if done else "current_time"): elapsed,
+            "epoch": int(state.epoch),
+            "max_epochs": int(state.max_epochs or 0),
+            "iterations": int(state.iteration),
+            "epoch_length": int(state.epoch_length or 0),
+            # the UNeXt's validation mean Dice, the key metric model.pt is chosen by
+            "best_metric": evaluation["best_metric"],
+            "best_metric_epoch": evaluation["best_metric_epoch"],
+            "key_metric_name": evaluation["key_metric_name"],
+            "eval": evaluation,
+            "train": _engine_summary(self.trainer),
+            **self.data,
+        }
+
+    def write(self, status: str = "running", error: str | None = None) -> Dict[str, Any]:
+        from custom.utils.atomic import atomic_write_json
+
+        stats = self.stats(status, error)
+        atomic_write_json(self.path, stats)
+        return stats
+
+    def epoch_completed(self, engine: Any = None) -> None:
+        self.write("running")
 
 
 class FetalUSTrainConstants(BundleConstants):
@@ -55,11 +159,51 @@ class FetalUSTrainTask(BundleTrainTask):
         self.settings = settings
         self._unlabeled: list[dict[str, str]] = []
         self._train: list[dict[str, str]] = []
+        self._summary: dict[str, Any] = {}
         kwargs.setdefault("load_strict", True)
         super().__init__(settings.bundle_root, conf, const=FetalUSTrainConstants(settings), **kwargs)
 
     def _load_bundle_config(self, path, config):
         return self.settings.parser("train")
+
+    @property
+    def stats_path(self) -> str:
+        return os.path.join(self.settings.models_dir, STATS_FILENAME)
+
+    def stats(self) -> Dict[str, Any]:
+        """The last training's summary (``train_stats`` in ``GET /info/``); ``{}`` before the first."""
+        import json
+
+        try:
+            with open(self.stats_path, encoding="utf-8") as f:
+                stats = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            logger.warning("cannot read %s: %s", self.stats_path, e)
+            return {}
+        return stats if isinstance(stats, dict) else {}
+
+    def __call__(self, request, datastore: Datastore):
+        request = dict(request)
+        if request.get("multi_gpu") or request.get("force_multi_gpu"):
+            # MONAI Label would return without training when the bundle has no multi-GPU config
+            logger.warning("the app trains in one process: multi_gpu ignored")
+        request["multi_gpu"] = request["force_multi_gpu"] = False
+        self._summary = {"model": request.get("model"), "method": self.settings.method}
+        try:
+            return super().__call__(request, datastore)
+        except Exception as error:
+            from custom.utils.runtime import input_error_of
+
+            found = error if isinstance(error, TrainingInputError) else input_error_of(error)
+            if found is None or os.environ.get("CUSTOM_TRACEBACK") == "1":
+                raise
+            logger.error("training failed: %s", found)
+            if _in_task_process():
+                # the train status shows the task's last output lines: this one, not a traceback
+                raise SystemExit(1) from None
+            raise
 
     def config(self):
         c = super().config()
@@ -79,47 +223,69 @@ class FetalUSTrainTask(BundleTrainTask):
     def _fetch_datalist(self, request, datastore: Datastore):
         labelled = super()._fetch_datalist(request, datastore)
         label_tag, labels = request.get("label_tag"), request.get("labels")
-        unlabelled = [
-            {"image": datastore.get_image_uri(i)} for i in sorted(datastore.get_unlabeled_images(label_tag, labels))
-        ]
+        unlabelled_ids = sorted(datastore.get_unlabeled_images(label_tag, labels))
+        unlabelled = [{"image": datastore.get_image_uri(i)} for i in unlabelled_ids]
+        ids = {os.path.realpath(datastore.get_image_uri(i)): i for i in datastore.list_images()}
         if not labelled:
-            raise ValueError("no labelled image in the datastore: save at least one label first")
-        labelled, bad_labelled = self._usable(labelled, require_labels=True)
-        if not labelled:
-            raise ValueError(
-                "no usable labelled image in the datastore: " + "; ".join(f"{f}: {m}" for f, m in bad_labelled)
+            raise TrainingInputError(
+                f"training needs at least 1 labelled image; the datastore has 0 labelled and "
+                f"{len(unlabelled_ids)} unlabelled images: save a label first "
+                "(PUT /datastore/label?image=ID&tag=final)"
             )
-        unlabelled, _ = self._usable(unlabelled, require_labels=False)
+        labelled, bad_labelled = self._usable(labelled, ids, require_labels=True)
+        if not labelled:
+            raise TrainingInputError(
+                f"training needs at least 1 usable labelled image; none of the {len(bad_labelled)} labelled "
+                "images is usable: " + "; ".join(f"image {i!r} ({f}): {m}" for i, f, m in bad_labelled)
+            )
+        unlabelled, bad_unlabelled = self._usable(unlabelled, ids, require_labels=False)
         self._unlabeled = unlabelled
+        self._summary.update(
+            unlabelled_images=len(unlabelled),
+            left_out=[{"image": i, "file": f, "problem": m} for i, f, m in bad_labelled + bad_unlabelled],
+        )
         logger.info("labelled images: %d; unlabelled images: %d", len(labelled), len(unlabelled))
         return labelled
 
-    def _usable(self, entries: list[dict], require_labels: bool) -> tuple[list[dict], list[tuple[str, str]]]:
-        """The entries whose files all read as usable images (and masks); the others are logged and left out."""
+    def _usable(
+        self, entries: list[dict], ids: Dict[str, str], require_labels: bool
+    ) -> tuple[list[dict], list[tuple[str, str, str]]]:
+        """The entries whose files all read as usable images (and masks); the others are logged
+        (image id, file, problem) and left out."""
         from custom.data.preflight import check_entries
 
         good, bad = [], []
         for entry in entries:
             problems = check_entries([entry], self.settings.num_classes, require_labels=require_labels, timeout_s=60.0)
             if problems:
-                bad += problems
+                image = _image_id(entry["image"], ids)
                 for file, problem in problems:
-                    logger.warning("training leaves out %s: %s", file, problem)
+                    bad.append((image, file, problem))
+                    logger.warning("training leaves out image %r (%s): %s", image, file, problem)
             else:
                 good.append(entry)
         return good, bad
 
     def _partition_datalist(self, datalist, request, shuffle=False):
         train_ds, val_ds = super()._partition_datalist(datalist, request, shuffle=shuffle)
+        validated_on = "validation images"
         if not val_ds:
             # the bundle saves model.pt on its best validation Dice, so it needs validation images
             logger.warning(
-                "no validation images (val_split %s, %d labelled): validating on the training images",
+                "no validation image (val_split %s, %d labelled): validating on the %d training image(s); "
+                "the validation Dice is then a training Dice",
                 request.get("val_split", 0.2),
                 len(datalist),
+                len(train_ds),
             )
             val_ds = list(train_ds)
+            validated_on = "training images (no validation image)"
         self._train = list(train_ds)
+        self._summary.update(
+            labelled_images=len(train_ds),
+            validation_images=0 if validated_on != "validation images" else len(val_ds),
+            validated_on=validated_on,
+        )
         return train_ds, val_ds
 
     def _unlabeled_data(self, unlabeled_batch: int) -> list[dict[str, str]]:
@@ -162,6 +328,11 @@ class FetalUSTrainTask(BundleTrainTask):
             int(parser.get_parsed_content("batch_size")),
             int(parser.get_parsed_content("labeled_bs")),
         )
+        self._summary.update(
+            batch_size=batch,
+            # as train.yaml clamps it (custom.training.trainer.labeled_batch_size, which warns)
+            labeled_batch_size=min(labelled_batch, len(overrides[self.const.key_train_dataset_data()])),
+        )
         unlabelled = self._unlabeled_data(batch - labelled_batch)
         overrides.update(self.settings.overrides())
         overrides["bundle_root"] = self.settings.bundle_root
@@ -174,13 +345,44 @@ class FetalUSTrainTask(BundleTrainTask):
         return overrides
 
     def run_single_gpu(self, request, overrides):
+        from ignite.engine import Events
+
         run_id = request.get("run_id") or "run"
         ensure_repo_on_path()
-        monai.bundle.run(
+        # monai.bundle.run, with the trainer and validator kept for the stats
+        workflow = monai.bundle.create_workflow(
             run_id=run_id,
             init_id="initialize",
             final_id=None,
             meta_file=self.settings.metadata,
             config_file=self.settings.config_files("train"),
             **overrides,
+        )
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+        writer = TrainStatsWriter(self.stats_path, trainer, evaluator, self._summary)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, writer.epoch_completed)
+        try:
+            workflow.run()
+            if trainer.state.iteration < 1:
+                raise TrainingInputError(
+                    f"training ran no iteration ({len(self._train)} labelled images, labelled batch "
+                    f"{self._summary.get('labeled_batch_size')}): nothing was trained"
+                )
+        except BaseException as error:
+            writer.write("failed", f"{type(error).__name__}: {error}")
+            raise
+        stats = writer.write("done")
+        workflow.finalize()
+        best = stats["best_metric"]
+        logger.info(
+            "trained %d epoch(s), %d iteration(s) on %d labelled image(s); best validation mean Dice %s at epoch %s "
+            "(on the %s); stats in %s",
+            stats["epoch"],
+            stats["iterations"],
+            stats.get("labelled_images", len(self._train)),
+            "none" if best is None else f"{best:.4f}",
+            stats["best_metric_epoch"],
+            stats.get("validated_on"),
+            self.stats_path,
         )
