@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -133,22 +132,11 @@ def check(path: str | os.PathLike | None, record: Mapping) -> bool:
 
 
 def _write_json(path: str, data: Mapping, sort_keys: bool = True) -> None:
-    """Temporary file in the same folder, fsync, rename: never a partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=sort_keys)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """The project's one atomic writer (:mod:`custom.utils.atomic`): never a partial file."""
+    from custom.utils.atomic import atomic_write_json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_json(path, data, indent=2, sort_keys=sort_keys)
 
 
 class ModelConfig:

@@ -20,9 +20,11 @@ monai.bundle run`` put it on ``PYTHONPATH`` (``ConfigWorkflow.run`` also inserts
 after ``initialize`` has already evaluated the configs' imports). A package named ``custom``
 there makes the configs' ``$import custom`` resolve unchanged.
 
-``bundle_root`` in the copied ``common.yaml`` becomes ``$custom.deploy.package.bundle_root()``: the
-folder holding the imported ``custom`` package, found at run time, so no path is written into
-the copy. ``--bundle_root DIR`` on the command line (as MONAI Label does) still overrides it.
+The configs are copied unchanged: ``bundle_root`` in ``common.yaml`` is
+``$custom.deploy.package.bundle_root()``, the bundle folder of the imported ``custom`` package,
+found at run time (the repository's ``bundle/`` or the copy's own folder), so no path is
+written into the copy. ``--bundle_root DIR`` on the command line (as MONAI Label does) still
+overrides it. The merged per-workflow JSON files are written by MONAI's ``ConfigParser``.
 """
 
 from __future__ import annotations
@@ -50,9 +52,6 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache
 RESEARCH_TOOLS = ("tools",)
 _IGNORE_CODE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".DS_Store", *RESEARCH_TOOLS)
 # the line of common.yaml that is rewritten, and the import the rewritten value needs
-_BUNDLE_ROOT_LINE = re.compile(r"^bundle_root:.*$", re.M)
-_IMPORT_CUSTOM_LINE = re.compile(r"^(?P<indent>\s*)- \$import custom\s*$", re.M)
-PACKAGED_BUNDLE_ROOT = "$custom.deploy.package.bundle_root()"
 
 
 class PackagingError(RuntimeError):
@@ -73,30 +72,6 @@ def bundle_root() -> str:
     raise FileNotFoundError(
         f"no bundle folder (configs/metadata.json) at {here} or {here / 'bundle'}: pass --bundle_root DIR"
     )
-
-
-def _rewrite_common(path: Path) -> None:
-    """Point ``bundle_root`` of the copied common.yaml at the run-time location of the copy."""
-    text = path.read_text(encoding="utf-8")
-    if not _BUNDLE_ROOT_LINE.search(text):
-        raise PackagingError(f"{path}: no top-level `bundle_root:` line to rewrite")
-    match = _IMPORT_CUSTOM_LINE.search(text)
-    if not match:
-        raise PackagingError(f"{path}: no `- $import custom` entry in `imports`")
-    if "$import custom.deploy.package" not in text:
-        # `custom` loads its submodules lazily from a fixed list; importing this one explicitly
-        # makes `custom.deploy.package` resolve whatever that list holds
-        text = text[: match.end()] + f"\n{match.group('indent')}- $import custom.deploy.package" + text[match.end() :]
-    if f'bundle_root: "{PACKAGED_BUNDLE_ROOT}"' in text:  # already a packaged copy
-        atomic_write_text(path, text)
-        return
-    text = _BUNDLE_ROOT_LINE.sub(
-        "# packaged bundle: the folder of this copy, found at run time (override with --bundle_root DIR)\n"
-        f'bundle_root: "{PACKAGED_BUNDLE_ROOT}"',
-        text,
-        count=1,
-    )
-    atomic_write_text(path, text)
 
 
 # one merged, self-contained config per workflow, as model-zoo bundles ship them
@@ -236,7 +211,6 @@ def package(
 
     try:
         shutil.copytree(source / "configs", target / "configs", ignore=_IGNORE)
-        _rewrite_common(target / "configs" / "common.yaml")
         _write_workflow_configs(target / "configs")
         shutil.copytree(package_src, target / "custom", ignore=_IGNORE_CODE)
 

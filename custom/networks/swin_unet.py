@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 
 import torch
-from timm.models._manipulate import adapt_input_conv
+from timm.models import adapt_input_conv
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerStage
 from timm.models.swin_transformer import checkpoint_filter_fn as timm_swin_checkpoint_filter
 from torch import nn

@@ -179,10 +179,6 @@ class InformationDivergenceLoss(nn.Module):
             reduction,
         )
 
-    def terms(self, p1: torch.Tensor, p2: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The two per-pixel maps ``{"kl": B x H x W, "mig": B x H x W}``, unweighted."""
-        return {"kl": kl_divergence(p1, p2, self.eps), "mig": mutual_information_gap(p1, p2, self.eps)}
-
     def forward(self, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
         if p1.shape != p2.shape:
             raise ValueError(f"p1 and p2 must have the same shape, got {tuple(p1.shape)} and {tuple(p2.shape)}")
