@@ -13,25 +13,11 @@ makes expressions such as ``$custom.training.trainer.logged_terms`` resolve (MON
 pay for importing torch-heavy modules it does not use.
 """
 
-import importlib
-import pkgutil
-
-
-def lazy_submodules(package: str, path):
-    """A module ``__getattr__`` importing the package's submodules (found on disk) on first access."""
-    names = {m.name for m in pkgutil.iter_modules(path)}
-
-    def __getattr__(name: str):
-        if name in names:
-            return importlib.import_module(f"{package}.{name}")
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
-
-    return __getattr__
-
+from custom.utils.lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__, __path__)
 
-from custom.utils import runtime as _runtime  # noqa: E402 - after the helper the subpackages use
+from custom.utils import runtime as _runtime  # noqa: E402
 
 # OMP_WAIT_POLICY=PASSIVE unless set, repeated library warnings once (see custom/utils/runtime.py)
 _runtime.apply_defaults()

@@ -15,7 +15,7 @@ from .errors import DataValidationError, Problem, SourceLayoutError, SplitError
 
 __all__ = ["prepare", "load_datalist", "DataValidationError", "SplitError", "SourceLayoutError", "Problem"]
 
-from custom import lazy_submodules  # noqa: E402
+from custom.utils.lazy import lazy_submodules  # noqa: E402
 
 # the other modules (e.g. custom.data.demo, custom.data.transforms) load on first access
 __getattr__ = lazy_submodules(__name__, __path__)

@@ -126,18 +126,16 @@ PYTHONPATH=$B python -m monai.bundle verify_metadata \\
     --meta_file $B/configs/metadata.json --filepath $B/configs/meta_schema.json
 PYTHONPATH=$B python -m monai.bundle verify_net_in_out network_def \\
     --meta_file $B/configs/metadata.json --config_file "['$B/configs/common.yaml']" --device cpu
-# TorchScript (traced) and ONNX (dynamic batch) exports of the UNeXt
-PYTHONPATH=$B python -m monai.bundle ckpt_export network_def --filepath $B/models/model.ts \\
-    --ckpt_file $B/models/model.pt --meta_file $B/configs/metadata.json \\
-    --config_file "['$B/configs/common.yaml']" --use_trace True --input_shape "[1, 1, 448, 448]"
-PYTHONPATH=$B python -m monai.bundle onnx_export network_def --filepath $B/models/model.onnx \\
-    --ckpt_file $B/models/model.pt --meta_file $B/configs/metadata.json \\
-    --config_file "['$B/configs/common.yaml']" --input_shape "[1, 1, 448, 448]" \\
-    --converter_kwargs "{{'input_names': ['image'], 'output_names': ['pred'], 'dynamic_axes': {{'image': {{0: 'batch'}}, 'pred': {{0: 'batch'}}}}}}"
+# TorchScript and ONNX (dynamic batch) exports of the UNeXt, at the input shape recorded in
+# models/model_config.json, each checked against the network before it is written
+PYTHONPATH=$B python -m custom.deploy.export torchscript --ckpt_dir $B/models \\
+    --config_file "['$B/configs/common.yaml']" --meta_file $B/configs/metadata.json
+PYTHONPATH=$B python -m custom.deploy.export onnx --ckpt_dir $B/models \\
+    --config_file "['$B/configs/common.yaml']" --meta_file $B/configs/metadata.json
 ```
 
 The image size, classes and network widths the weights were trained with come from
-`models/model_config.json` (give the ONNX export that image size); an explicit, different
+`models/model_config.json`; an explicit, different
 value is refused. Training, evaluation
 and the data-preparation CLI (`PYTHONPATH=$B python -m custom.data prepare ...`) work the same
 way. Configs execute Python expressions: run bundles from trusted sources only.

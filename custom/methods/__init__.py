@@ -25,7 +25,7 @@ __all__ = [
     "frozen_norm_statistics",
 ]
 
-from custom import lazy_submodules  # noqa: E402
+from custom.utils.lazy import lazy_submodules  # noqa: E402
 
 # the baselines' modules (custom.methods.mean_teacher, .adversarial, .co_training, .ablations) load on first access
 __getattr__ = lazy_submodules(__name__, __path__)

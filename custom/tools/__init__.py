@@ -1,5 +1,5 @@
 """Research tools (not shipped in the packaged bundle): method comparison, benchmarks, the GPU check."""
 
-from custom import lazy_submodules
+from custom.utils.lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__, __path__)

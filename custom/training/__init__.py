@@ -2,6 +2,6 @@
 losses, EMA teachers, mixup, schedules, checkpoints and multi-GPU helpers.
 """
 
-from custom import lazy_submodules
+from custom.utils.lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__, __path__)
