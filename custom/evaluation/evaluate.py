@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
 from monai.transforms import LoadImage
 
 from custom.evaluation.biometry import head_circumference_mm
@@ -161,7 +160,8 @@ def write_report(
 
 
 class SegmentationReport:
-    """Collects per-image metrics from a MONAI evaluator and writes the report at the end.
+    """Collects per-image metrics (:meth:`add`) and writes the report (:meth:`write`): the per-image
+    CSV, summary JSON and Markdown, and overlays of the best and worst cases.
 
     Args:
         output_dir: where the CSV, JSON, Markdown and ``overlays/`` go.
@@ -198,40 +198,27 @@ class SegmentationReport:
         self.pred_key, self.image_key, self.label_key = pred_key, image_key, label_key
         self.rows: list[dict[str, Any]] = []
         self.cases: dict[str, tuple[str, str]] = {}
+        self._last_pred: dict[str, np.ndarray] = {}
         self.summary: dict[str, Any] | None = None
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: (self.check_output_dir(), self.rows.clear()))
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
-
-    def collect(self, engine: Engine) -> None:
-        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
-        batches = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch] * len(outputs)
-        for out, entry in zip(outputs, batches):
-            image_file = _filename(out.get(self.image_key)) or _filename(entry.get(self.image_key))
-            label_file = _filename(entry.get(self.label_key)) or _filename(out.get(self.label_key))
-            if label_file is None:
-                raise ValueError(f"{image_file}: no reference label to evaluate against")
-            name = str(entry.get("name") or os.path.splitext(os.path.basename(image_file or label_file))[0])
-            pred = np.squeeze(np.asarray(torch.as_tensor(out[self.pred_key]).detach().cpu()))
-            if pred.ndim == 3:  # one-hot or probabilities: back to a label map
-                pred = pred.argmax(0)
-            gt = read_label_map(label_file)
-            hc_ref = _as_list(entry.get("hc_mm"))
-            row = case_record(
-                pred,
-                gt,
-                self.num_classes,
-                _spacing_of(entry),
-                name,
-                self.head_class,
-                float(hc_ref[0]) if hc_ref else None,
-            )
-            self.rows.append(row)
-            self.cases[name] = (image_file, label_file)
-            self._last_pred = getattr(self, "_last_pred", {})
-            self._last_pred[name] = pred.astype(np.uint8)
+    def add(self, pred: np.ndarray, entry: Mapping[str, Any], gt: np.ndarray | None = None) -> dict[str, Any]:
+        """Score one prediction (a label map at the reference mask's size) against the entry's
+        ``label`` (:func:`case_record`: in mm where the entry has a ``spacing``; head circumference
+        for ``head_class``, the reference being the entry's ``hc_mm`` when present); ``gt``: the
+        reference mask when already read."""
+        image_file, label_file = _filename(entry.get(self.image_key)), _filename(entry.get(self.label_key))
+        if label_file is None:
+            raise ValueError(f"{image_file}: no reference label to evaluate against")
+        name = str(entry.get("name") or os.path.splitext(os.path.basename(image_file or label_file))[0])
+        gt = read_label_map(label_file) if gt is None else gt
+        hc_ref = _as_list(entry.get("hc_mm"))
+        row = case_record(
+            pred, gt, self.num_classes, _spacing_of(entry), name, self.head_class, float(hc_ref[0]) if hc_ref else None
+        )
+        self.rows.append(row)
+        self.cases[name] = (image_file, label_file)
+        self._last_pred[name] = pred.astype(np.uint8)
+        return row
 
     def check_output_dir(self) -> None:
         """Refuse an existing non-empty ``output_dir`` (unless ``overwrite``) or one that is a file."""
@@ -243,7 +230,7 @@ class SegmentationReport:
                 "pass --overwrite true to replace it (or choose another --eval_output_dir)"
             )
 
-    def write(self, engine: Engine | None = None) -> None:
+    def write(self) -> None:
         from pathlib import Path
 
         from custom.data.staging import staging_directory
@@ -297,31 +284,42 @@ def evaluate_network(
     class_names=None,
     head_class: int | None = None,
     device: str | torch.device = "cpu",
+    n_overlays: int = 0,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> tuple[list[dict], dict | None]:
-    """Evaluate ``network`` on datalist ``entries`` at the original size without an engine: the
-    path of ``custom.tools.compare`` (``evaluate.yaml`` runs the same per-image scoring, :func:`case_record`,
-    inside a MONAI evaluator).
+    """Evaluate ``network`` on datalist ``entries`` at the original size: the one evaluation path
+    (``evaluate.yaml``, ``custom.tools.compare``, the GPU check).
 
     ``preprocessing`` is the bundle config's own deterministic transforms
-    (``Compose(@deterministic_transforms)``: load, grey, scale, resize to the training size),
+    (``Compose(%deterministic_transforms)``: load, grey, scale, resize to the training size),
     applied to ``{"image": path}``; the prediction (argmax at the training size) is resized back
     to the reference mask's size with nearest neighbour and scored by :func:`case_record`
     (in mm where the entry has a ``spacing``; head circumference error for ``head_class``).
+    With ``output_dir`` the report is written there (:class:`SegmentationReport`; an existing
+    non-empty folder is refused before anything is computed unless ``overwrite``).
     """
+    report = SegmentationReport(
+        output_dir or "", num_classes, class_names, head_class, n_overlays=n_overlays, overwrite=overwrite
+    )
+    if output_dir:
+        report.check_output_dir()
     network = network.to(device).eval()
-    rows = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(entries), desc="evaluating", unit="image", leave=False, dynamic_ncols=True)
     for entry in entries:
         x = torch.as_tensor(preprocessing({"image": entry["image"]})["image"]).float()[None].to(device)
-        label = read_label_map(entry["label"])
+        gt = read_label_map(entry["label"])
         pred = network(x).argmax(1, keepdim=True).float()
-        pred = (
-            torch.nn.functional.interpolate(pred, size=label.shape, mode="nearest")[0, 0].cpu().numpy().astype(np.int64)
-        )
-        name = entry.get("name") or os.path.splitext(os.path.basename(entry["image"]))[0]
-        rows.append(case_record(pred, label, num_classes, _spacing_of(entry), name, head_class, entry.get("hc_mm")))
-    summary = (
-        write_report(rows, output_dir, class_names or [f"class_{c}" for c in range(1, num_classes)])
-        if output_dir
-        else None
-    )
-    return rows, summary
+        pred = torch.nn.functional.interpolate(pred, size=gt.shape, mode="nearest")[0, 0].cpu().numpy().astype(np.int64)
+        report.add(pred, entry, gt)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    if output_dir:
+        report.write()
+    return report.rows, report.summary
