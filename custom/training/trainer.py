@@ -353,41 +353,49 @@ class SemiSupervisedTrainer(Trainer):
             value = term.loss(ctx)
             out[f"loss_{term.name}"] = value.detach()
             total = total + w * value
-        if not _finite_on_all_ranks(total):
-            return engine._nonfinite(out, total, logits, labeled_bs, t)
-        engine.state.nonfinite_skips = getattr(engine.state, "nonfinite_skips", 0)
-        out["nonfinite_skips"] = engine.state.nonfinite_skips
-        engine.state.output[Keys.LOSS] = total
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        engine._backward(total)
-        # A term with its own forward graph (ICT: a forward of the mixed images) is backpropagated
-        # after the shared graph is freed: the gradients add up to the same sum as one backward of
-        # the total, and the memory peak is the larger graph instead of both together.
-        for term, w in deferred:
-            value = term.loss(ctx)
-            out[f"loss_{term.name}"] = value.detach()
-            if not _finite_on_all_ranks(value):
-                return engine._nonfinite(out, total.detach() + w * value.detach(), logits, labeled_bs, t)
-            engine._backward(w * value)
-            total = total.detach() + w * value.detach()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        if engine._scaled:
-            for opt in engine.optimizers.values():
-                engine.scaler.step(opt)
-            engine.scaler.update()
+        finite = _finite_on_all_ranks(total)
+        if finite:
+            engine.state.output[Keys.LOSS] = total
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            engine._backward(total)
+            # A term with its own forward graph (ICT: a forward of the mixed images) is backpropagated
+            # after the shared graph is freed: the gradients add up to the same sum as one backward of
+            # the total, and the memory peak is the larger graph instead of both together.
+            for term, w in deferred:
+                value = term.loss(ctx)
+                out[f"loss_{term.name}"] = value.detach()
+                total = total.detach() + w * value.detach()
+                finite = _finite_on_all_ranks(value)
+                if not finite:
+                    break
+                engine._backward(w * value)
+        if finite:
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine._step(t)
         else:
-            for opt in engine.optimizers.values():
-                opt.step()
-        if engine.teacher is not None:
-            engine.teacher.update(engine.networks[engine.teacher_role], step=t)
-        for role, teacher in engine.teachers.items():
-            teacher.update(engine.networks[role], step=t)
+            engine._refuse_step(out, t)  # raises (nonfinite: stop) or skips the step (nonfinite: skip)
+        engine.state.nonfinite_skips = getattr(engine.state, "nonfinite_skips", 0)  # absent in a fresh state
+        out["nonfinite_skips"] = engine.state.nonfinite_skips
         out.update(engine.learning_rates())
         engine.state.output.update({Keys.PRED: logits[engine.deployed_role][:labeled_bs].detach(), **out})
         engine.state.output[Keys.LOSS] = total.detach()
         # MONAI decollates and post-processes the output on this event, so it comes last
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def _step(self, t: int) -> None:
+        """Every optimiser steps (through the grad scaler under float16), then the EMA teachers follow."""
+        for opt in self.optimizers.values():
+            if self._scaled:
+                self.scaler.step(opt)
+            else:
+                opt.step()
+        if self._scaled:
+            self.scaler.update()
+        if self.teacher is not None:
+            self.teacher.update(self.networks[self.teacher_role], step=t)
+        for role, teacher in self.teachers.items():
+            teacher.update(self.networks[role], step=t)
 
     @property
     def _scaled(self) -> bool:
@@ -400,10 +408,9 @@ class SemiSupervisedTrainer(Trainer):
         else:
             loss.backward()
 
-    def _nonfinite(
-        self, out: dict, total: torch.Tensor, logits: Mapping[str, torch.Tensor], labeled_bs: int, t: int
-    ) -> dict:
-        """A non-finite loss: raise (``nonfinite="stop"``) or skip the step, naming the terms."""
+    def _refuse_step(self, out: dict, t: int) -> None:
+        """A non-finite loss, naming the terms: raise (``nonfinite="stop"``), or skip the step
+        (``nonfinite="skip"``: no optimiser step, no EMA update; counted and logged)."""
         bad = [
             k for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor) and not torch.isfinite(v)
         ]
@@ -412,22 +419,10 @@ class SemiSupervisedTrainer(Trainer):
         )
         if self.nonfinite == "stop":
             raise FloatingPointError(message)
-        return self._skip_step(out, total, logits, labeled_bs, message)
-
-    def _skip_step(
-        self, out: dict, total: torch.Tensor, logits: Mapping[str, torch.Tensor], labeled_bs: int, message: str
-    ) -> dict:
-        """``nonfinite="skip"``: no backward, no optimiser step, no EMA update; count and log it."""
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         self.state.nonfinite_skips = getattr(self.state, "nonfinite_skips", 0) + 1
         logger.warning("%s: step skipped (nonfinite: skip; %d skipped so far)", message, self.state.nonfinite_skips)
-        out["nonfinite_skips"] = self.state.nonfinite_skips
-        out.update(self.learning_rates())
-        self.state.output.update({Keys.PRED: logits[self.deployed_role][:labeled_bs].detach(), **out})
-        self.state.output[Keys.LOSS] = total.detach()
-        self.fire_event(IterationEvents.MODEL_COMPLETED)  # post-processing/decollation, as after a normal step
-        return self.state.output
 
     def run(self) -> None:  # noqa: D401 - same contract as monai's Trainer.run
         if self.amp and self.amp_dtype == torch.float16 and torch.cuda.is_available():
