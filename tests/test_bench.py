@@ -251,3 +251,178 @@ def test_one_trainer_iteration_equals_the_reference_math(tmp_path, demo_dataset,
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-5, rel=1e-5), (key, got[key], value)
         assert abs(value) > 1e-6, key  # every term is really computed
+
+
+# ---------------------------------------------------- compile cache and the reference driver (issue 17)
+def test_compile_cache_directory_precedence_and_switches(tmp_path, monkeypatch):
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    from custom.utils import compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv(compile_cache.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache.configure() == (tmp_path / "xdg" / "fetal_us_ssl" / "torch_compile").resolve()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "xdg" / "fetal_us_ssl" / "torch_compile")
+    assert inductor_config.fx_graph_cache and functorch_config.enable_autograd_cache
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv(compile_cache.ENV_VAR, str(tmp_path / "project_var"))
+    assert compile_cache.configure() == (tmp_path / "project_var").resolve()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor_var"))  # Inductor's own variable wins
+    assert compile_cache.configure() == (tmp_path / "inductor_var").resolve()
+    assert compile_cache.configure(tmp_path / "given") == (tmp_path / "given").resolve()  # an explicit dir wins
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "given").resolve())
+    assert compile_cache.cache_entries(tmp_path / "given") == 0 and compile_cache.cache_entries(tmp_path / "no") == 0
+    (tmp_path / "given" / "fxgraph").mkdir()
+    (tmp_path / "given" / "fxgraph" / "entry").write_text("x")
+    assert compile_cache.cache_entries(tmp_path / "given") == 1
+
+
+def test_compile_networks_compiles_in_place_keeping_parameter_names(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from custom.training.ema import EMATeacher
+    from custom.utils.compile_cache import compile_networks
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    nets = torch.nn.ModuleDict({"cnn": torch.nn.Conv2d(1, 2, 3), "transformer": torch.nn.Conv2d(1, 2, 1)})
+    keys = {r: list(n.state_dict()) for r, n in nets.items()}
+    teacher = EMATeacher(nets["transformer"])
+    trainer = SimpleNamespace(networks=nets, teacher=teacher, teachers={"cnn": EMATeacher(nets["cnn"])})
+    x = torch.rand(1, 1, 8, 8)
+    before = nets["cnn"](x)
+    assert compile_networks(trainer, tmp_path / "cache", backend="eager") == (tmp_path / "cache").resolve()
+    for role, net in nets.items():
+        assert net._compiled_call_impl is not None and list(net.state_dict()) == keys[role], role
+    assert teacher.module._compiled_call_impl is not None
+    assert trainer.teachers["cnn"].module._compiled_call_impl is not None
+    torch.testing.assert_close(nets["cnn"](x), before)
+
+
+_FAKE_REFERENCE = """
+import argparse
+import json
+import os
+import time
+
+import torch
+
+parser = argparse.ArgumentParser()
+for name in ("--root_path", "--exp", "--model", "--cfg"):
+    parser.add_argument(name, type=str)
+for name in ("--max_iterations", "--batch_size", "--labeled_bs", "--labeled_num", "--num_classes", "--seed"):
+    parser.add_argument(name, type=int)
+parser.add_argument("--patch_size", type=list, default=[448, 448])
+args = parser.parse_args()
+from utils import losses, ramps
+from utils.losses import DiceLoss, Uncertainty_Loss
+
+
+class _Cfg:
+    class MODEL:
+        PRETRAIN_CKPT = "missing.pth"
+
+    class DATA:
+        IMG_SIZE = 224
+
+    def defrost(self):
+        pass
+
+    def freeze(self):
+        pass
+
+
+config = _Cfg()
+SEEN = {}
+
+
+def update_ema_variables(model, ema_model, alpha, global_step):
+    pass
+
+
+def train(args, snapshot_path):
+    SEEN.update(size=args.patch_size, ckpt=config.MODEL.PRETRAIN_CKPT, ict=[], threads=torch.get_num_threads())
+    try:
+        Uncertainty_Loss()
+    except NotImplementedError as error:
+        SEEN["placeholder"] = str(error)
+    for iter_num in range(args.max_iterations):
+        if iter_num < 1000:
+            SEEN["ict"].append(False)
+        else:
+            SEEN["ict"].append(True)
+        torch.zeros(8).sum()
+        time.sleep(0.01)
+        update_ema_variables(None, None, 0.99, iter_num)
+    print("{not json} printed by the reference")
+    if os.environ.get("FAKE_REFERENCE_OUT"):
+        with open(os.environ["FAKE_REFERENCE_OUT"], "w") as f:
+            json.dump(SEEN, f)
+"""
+
+
+def _fake_reference(root):
+    code = root / "ref" / "src" / "code"
+    (code / "configs").mkdir(parents=True)
+    (code / "configs" / "swin_tiny_patch4_window7_224_lite.yaml").write_text("MODEL: {}\n")
+    (code / "train_semi_swin_unext_consist_v2.py").write_text(_FAKE_REFERENCE)
+    utils = root / "Semi-supervised-EGAD" / "src" / "code" / "utils"
+    utils.mkdir(parents=True)
+    (utils / "losses.py").write_text("class DiceLoss:\n    pass\n")
+    (utils / "ramps.py").write_text("def sigmoid_rampup(current, length):\n    return 1.0\n")
+    return root / "ref"
+
+
+def test_reference_driver_runs_the_scripts_train_with_ict_on_and_times_each_iteration(tmp_path, monkeypatch):
+    from custom.tools import reference
+
+    path = _fake_reference(tmp_path)
+    monkeypatch.setenv("FAKE_REFERENCE_OUT", str(tmp_path / "seen.json"))
+    path_before = list(sys.path)
+    threads = torch.get_num_threads()
+    try:
+        r = reference.run_reference(path, image_size=32, iterations=3, warmup=1, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(r["iteration_s_all"]) == 3 and len(r["warmup_s_all"]) == 1
+    assert all(0.005 < t < 5 for t in r["iteration_s_all"]), r["iteration_s_all"]
+    assert r["peak_rss_mb"] > 0 and r["config"]["ict_start"] == 0
+    assert r["config"]["utils"].endswith("Semi-supervised-EGAD/src/code/utils")  # found beside the checkout
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["ict"] == [True] * 5  # warm-up + iterations + 1, the ICT term on from the first
+    assert seen["size"] == [32, 32] and seen["ckpt"] is None and seen["threads"] == 1
+    assert "Uncertainty_Loss" in seen["placeholder"]  # imported by the script, absent from the utils package
+    assert "utils" not in sys.modules and sys.path == path_before  # the reference's modules are gone again
+
+
+def test_reference_driver_cli_prints_one_json_line_and_names_what_is_missing(tmp_path):
+    path = _fake_reference(tmp_path)
+    cmd = [sys.executable, "-m", "custom.tools.reference", "run", "--path", str(path), "--image-size", "32"]
+    proc = subprocess.run(cmd + ["--iterations", "2", "--warmup", "0"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith('{"')][-1])
+    assert r["benchmark"] == "reference" and len(r["iteration_s_all"]) == 2
+    missing = subprocess.run(
+        [sys.executable, "-m", "custom.tools.reference", "run", "--path", str(tmp_path / "nowhere")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "error: --path" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_reference_variants_parse_to_bench_options():
+    from custom.tools.reference import parse_variant
+    from custom.utils.cli import OptionError
+
+    assert parse_variant("paper") == {"method": "paper", "amp": "none", "channels_last": False, "compile": False}
+    assert parse_variant("ours+bf16+cl+compile") == {
+        "method": "ours",
+        "amp": "bf16",
+        "channels_last": True,
+        "compile": True,
+    }
+    for bad in ("nomethod", "ours+fast"):
+        with pytest.raises(OptionError):
+            parse_variant(bad)

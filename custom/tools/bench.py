@@ -18,6 +18,15 @@ nothing else on stdout)::
     # overlays), optionally beside the previous metrics implementation kept in tests/
     python -m custom.tools.bench evaluate --frames 100 --threads 1 --reference true
 
+    # torch.compile through the persistent compile cache (custom.utils.compile_cache); the first,
+    # compiling iteration is reported apart (a later run with the same shapes loads the kernels)
+    python -m custom.tools.bench train --compile true [--compile-cache DIR]
+
+    # our iteration beside the authors' public implementation fetched outside the repository
+    # (custom.tools.reference): interleaved rounds, throughput and peak-memory ratios
+    python -m custom.tools.bench reference --path REF/DACL-for-Semi-supervised-Ultrasound-Segmentation \\
+        --python REF/venv/bin/python --variants "[paper, ours+bf16]"
+
     # the GPU check (custom.tools.gpu_check): one JSON file of the train/infer benchmarks at 448 px and
     # short real PSFHS trainings; --tiny true runs it on the CPU at 64 px (its test)
     python -m custom.tools.bench gpu --out gpu_check.json
@@ -288,9 +297,14 @@ def bench_train(
     overrides: dict | None = None,
     quiet: bool = False,
     compile_backend: str | None = None,
+    compile_cache: str | None = None,
 ) -> dict:
     """Median seconds per training iteration and the compute floor of the same run (see module doc).
-    ``compile_backend``: the ``torch.compile`` backend with ``compile`` (default: inductor)."""
+    ``compile_backend``: the ``torch.compile`` backend with ``compile`` (default: inductor);
+    ``compile_cache``: the persistent compile cache directory (default:
+    :func:`custom.utils.compile_cache.configure`'s). With ``compile`` the result also has
+    ``first_iteration_s`` (the compiling iteration), ``setup_s`` (building the trainer) and the
+    cache's directory and file counts before and after."""
     torch.set_num_threads(int(threads))
     dev = torch.device(device)
     if amp not in ("none", "bf16", "fp16"):
@@ -323,18 +337,23 @@ def bench_train(
             "amp_dtype": {"none": "bfloat16", "bf16": "bfloat16", "fp16": "float16"}[amp],
         }
         cfg.update(overrides or {})
+        t_setup = time.perf_counter()
         parser, trainer = build_trainer(config_files(method), cfg)
+        setup_s = time.perf_counter() - t_setup
         if channels_last:
             for net in trainer.networks.values():
                 net.to(memory_format=torch.channels_last)
             if trainer.teacher is not None:
                 trainer.teacher.to(memory_format=torch.channels_last)
+        cache_info: dict[str, Any] = {}
         if compile:
+            from custom.utils.compile_cache import cache_entries, compile_networks, configure
+
+            cache = configure(compile_cache)
+            cache_info = {"compile_cache": str(cache), "compile_cache_files_before": cache_entries(cache)}
             how = {"backend": compile_backend} if compile_backend else {}
-            for net in trainer.networks.values():
-                net.compile(**how)  # in place: parameter names (EMA update, checkpoints) unchanged
-            if trainer.teacher is not None:
-                trainer.teacher.module.compile(**how)
+            # in place (parameter names, EMA update, checkpoints unchanged), the teachers too
+            compile_networks(trainer, cache, **how)
         in_channels = int(parser.get_parsed_content("in_channels"))
         shape = (int(batch_size), in_channels, int(image_size), int(image_size))
         autocast = trainer._autocast if hasattr(trainer, "_autocast") else contextlib.nullcontext
@@ -350,8 +369,14 @@ def bench_train(
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         trainer.state.device = dev  # _autocast reads it before the run starts
+        t_run = time.perf_counter()
         trainer.run()
+        run_s = time.perf_counter() - t_run
         bar.close()
+    if compile:
+        from custom.utils.compile_cache import cache_entries
+
+        cache_info["compile_cache_files_after"] = cache_entries(cache_info["compile_cache"])
     it = timer.iteration_s[warmup:]
     wait = timer.wait_s[warmup:]
     iteration_s = _median(it)
@@ -362,6 +387,11 @@ def bench_train(
         "data_wait_s": _median(wait),
         "data_wait_fraction": float(sum(wait) / sum(it)) if it else float("nan"),
         "peak_rss_mb": _peak_rss_mb(),
+        "first_iteration_s": timer.iteration_s[0] if timer.iteration_s else float("nan"),
+        "warmup_s_all": timer.iteration_s[:warmup],
+        "run_s": run_s,
+        "setup_s": setup_s,
+        **cache_info,
         "config": {
             "method": method,
             "image_size": image_size,
@@ -676,6 +706,11 @@ def _print_train(r: dict) -> None:
         f"{c['device']}, data {c['data']}, num_workers {c['num_workers']}"
     )
     print(f"  iteration (median of {len(r['iteration_s_all'])}): {r['iteration_s']:.3f} s")
+    if c["compile"]:
+        print(
+            f"  first (compiling) iteration: {r['first_iteration_s']:.1f} s; compile cache {r['compile_cache']} "
+            f"({r['compile_cache_files_before']} files before, {r['compile_cache_files_after']} after)"
+        )
     if "floor_s" in r:
         comps = ", ".join(f"{k} {v:.3f}" for k, v in r["floor_components_s"].items())
         print(f"  compute floor: {r['floor_s']:.3f} s ({comps})")
@@ -732,8 +767,8 @@ def _print_evaluate(r: dict) -> None:
 
 
 class Bench:
-    """Benchmarks of the trainer (``train``), the deployed UNeXt (``infer``), the evaluation (``evaluate``)
-    and the GPU check (``gpu``)."""
+    """Benchmarks of the trainer (``train``), the deployed UNeXt (``infer``), the evaluation (``evaluate``),
+    the comparison with the authors' implementation (``reference``) and the GPU check (``gpu``)."""
 
     def train(
         self,
@@ -754,6 +789,8 @@ class Bench:
         floor: bool = True,
         overrides: dict | None = None,
         mmap_threshold_kib: int | None = None,
+        compile_cache: str | None = None,
+        compile_backend: str | None = None,
         json: bool = False,
     ):
         """Median s/iteration of the trainer, the compute floor, their ratio, loader wait, peak memory.
@@ -761,7 +798,12 @@ class Bench:
         ``--method paper`` (default: common + train + paper.yaml) or a methods/ file name
         (``ours``); ``--overrides "{'transformer_def#window_size': 4}"`` any config value;
         ``--mmap-threshold-kib 128``: freed large buffers go back to the system (see
-        :func:`set_mmap_threshold`), recorded in the result's ``config``."""
+        :func:`set_mmap_threshold`), recorded in the result's ``config``. ``--compile true``
+        compiles the networks and teachers with ``torch.compile`` through the persistent cache of
+        :mod:`custom.utils.compile_cache` (``--compile-cache DIR``, else ``TORCHINDUCTOR_CACHE_DIR``,
+        ``FETAL_US_COMPILE_CACHE`` or ``~/.cache/fetal_us_ssl/torch_compile``); the first
+        (compiling) iteration is reported apart; ``--compile-backend eager`` traces without
+        Inductor (a quick check of the compiled path)."""
         channels_last, compile, floor, json = (
             parse_bool(v, n)
             for v, n in ((channels_last, "channels-last"), (compile, "compile"), (floor, "floor"), (json, "json"))
@@ -786,6 +828,8 @@ class Bench:
             floor,
             overrides,
             quiet=False,
+            compile_backend=compile_backend,
+            compile_cache=compile_cache,
         )
         _emit(r, json, _print_train)
 
@@ -823,6 +867,52 @@ class Bench:
         reference, json = parse_bool(reference, "reference"), parse_bool(json, "json")
         r = bench_evaluate(dataset_dir, frames, threads, num_classes, n_overlays, reference, quiet=False)
         _emit(r, json, _print_evaluate)
+
+    def reference(
+        self,
+        path: str | None = None,
+        utils_path: str | None = None,
+        python: str | None = None,
+        variants: Any = ("paper",),
+        rounds: int = 4,
+        iterations: int = 5,
+        warmup: int = 2,
+        image_size: int = 224,
+        batch_size: int = 5,
+        labeled_bs: int = 1,
+        threads: int = 2,
+        num_classes: int = 2,
+        json: bool = False,
+    ):
+        """Our training iteration beside the authors' public implementation, fetched outside the
+        repository (``--path DIR``; ``--utils-path`` their companion checkout with ``src/code/utils``;
+        ``--python`` the interpreter with the reference's dependencies), in ``--rounds`` interleaved
+        rounds of ``--iterations`` after ``--warmup``; ``--variants "[paper, ours+bf16]"`` our
+        method with ``+bf16``, ``+cl``, ``+compile``. Throughput and peak-memory ratios (see
+        :mod:`custom.tools.reference`)."""
+        from custom.tools.reference import compare, print_comparison
+
+        json = parse_bool(json, "json")
+        if not path:
+            raise OptionError("--path: give the folder of the fetched reference implementation")
+        if isinstance(variants, str):
+            variants = [v.strip() for v in variants.strip("[]()").split(",") if v.strip()]
+        r = compare(
+            path,
+            utils_path,
+            python,
+            [str(v) for v in variants],
+            rounds,
+            iterations,
+            warmup,
+            image_size,
+            batch_size,
+            labeled_bs,
+            threads,
+            num_classes,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        _emit(r, json, print_comparison)
 
     def gpu(
         self,

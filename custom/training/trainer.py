@@ -161,6 +161,9 @@ class SemiSupervisedTrainer(Trainer):
             batch-normalisation statistics mix labelled and unlabelled images; ``"separate"``:
             two forwards, ``x_l`` then ``x_u``, so the supervised pass normalises with labelled
             statistics only, exactly as labelled-only training does.
+        compile: compile every network and EMA teacher in place with ``torch.compile`` when the
+            run starts, through the persistent compile cache of :mod:`custom.utils.compile_cache`
+            (off by default: see the README's Performance section for when it pays).
     """
 
     def __init__(
@@ -193,6 +196,7 @@ class SemiSupervisedTrainer(Trainer):
         nonfinite: str = "stop",
         forward: str = "joint",
         teachers: Mapping[str, EMATeacher] | None = None,
+        compile: bool = False,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
@@ -245,6 +249,7 @@ class SemiSupervisedTrainer(Trainer):
         self.nonfinite = nonfinite
         self.forward_mode = forward
         self.state.nonfinite_skips = 0
+        self.compile_networks = bool(compile)
 
     # ----------------------------------------------------------------------------- helpers
     def _autocast(self):
@@ -429,6 +434,11 @@ class SemiSupervisedTrainer(Trainer):
             self.scaler = torch.amp.GradScaler("cuda")
         else:
             self.scaler = None
+        if self.compile_networks:
+            from custom.utils.compile_cache import compile_networks
+
+            compile_networks(self)
+            self.compile_networks = False  # once: a second run() keeps the compiled modules
         super(Trainer, self).run()
 
 
