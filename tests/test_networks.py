@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from custom.networks import SwinUnet, UNeXt, load_pretrained_swin
+from custom.networks import SwinUnet, UNeXt, load_pretrained_swin, with_pretrained
 from custom.networks.unext import shift_groups
 
 
@@ -134,7 +134,7 @@ def test_pretrained_swin_round_trip(tmp_path, layout):
 
 def test_pretrained_swin_greyscale_sums_rgb_filters(tmp_path):
     ref, path = _timm_swin_tiny_state(tmp_path, "timm")
-    model = SwinUnet(img_size=224, in_channels=1, out_channels=2, pretrained_path=str(path))
+    model = with_pretrained(SwinUnet(img_size=224, in_channels=1, out_channels=2), str(path))
     expected = ref.patch_embed.proj.weight.sum(dim=1, keepdim=True)
     assert torch.allclose(model.encoder.patch_embed.proj.weight, expected)
 

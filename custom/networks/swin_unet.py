@@ -24,7 +24,14 @@ from timm.models.swin_transformer import SwinTransformer, SwinTransformerStage
 from timm.models.swin_transformer import checkpoint_filter_fn as timm_swin_checkpoint_filter
 from torch import nn
 
-__all__ = ["SwinUnet", "PatchExpand", "FinalPatchExpand", "load_pretrained_swin", "PretrainedLoadReport"]
+__all__ = [
+    "SwinUnet",
+    "PatchExpand",
+    "FinalPatchExpand",
+    "load_pretrained_swin",
+    "with_pretrained",
+    "PretrainedLoadReport",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +109,9 @@ class SwinUnet(nn.Module):
             (224 and 448 with window 7; e.g. 64 with window 4 for tests).
         in_channels, out_channels: image channels and classes (background included).
         embed_dim, depths, num_heads, window_size, drop_path_rate: Swin hyper-parameters.
-        pretrained_path: local ImageNet Swin checkpoint to initialise the encoder and the
-            mirrored decoder stages; ``None`` trains from scratch. Nothing is downloaded.
+
+    The network is built randomly initialised; :func:`with_pretrained` (the config's
+    ``transformer_pretrained_path``) loads a local ImageNet Swin checkpoint into it afterwards.
     """
 
     def __init__(
@@ -116,7 +124,6 @@ class SwinUnet(nn.Module):
         num_heads: Sequence[int] = (3, 6, 12, 24),
         window_size: int = 7,
         drop_path_rate: float = 0.2,
-        pretrained_path: str | None = None,
     ) -> None:
         super().__init__()
         depths, num_heads = tuple(int(d) for d in depths), tuple(int(h) for h in num_heads)
@@ -168,8 +175,6 @@ class SwinUnet(nn.Module):
         self.head = nn.Conv2d(embed_dim, out_channels, kernel_size=1, bias=False)
         for module in (self.bottleneck_expand, self.decoder, self.norm_up, self.final_expand, self.head):
             module.apply(_init_weights)
-        if pretrained_path is not None:
-            load_pretrained_swin(self, pretrained_path)
 
     def decoder_stage_of(self, encoder_stage: int) -> int | None:
         """Index in ``self.decoder`` of the stage mirroring ``encoder_stage`` (None for the deepest)."""
@@ -291,3 +296,11 @@ def load_pretrained_swin(model: SwinUnet, path: str) -> PretrainedLoadReport:
         skipped[:8],
     )
     return report
+
+
+def with_pretrained(model: SwinUnet, path: str | None) -> SwinUnet:
+    """``model`` with the local ImageNet Swin checkpoint at ``path`` loaded into its encoder and
+    mirrored decoder stages (:func:`load_pretrained_swin`); unchanged when ``path`` is None."""
+    if path:
+        load_pretrained_swin(model, path)
+    return model
