@@ -39,11 +39,14 @@ def test_tiny_gpu_check_writes_every_stage_into_one_json(tmp_path):
     data_present = (SHARED_DATA / "psfhs" / "images").is_dir()
     expected_failures = [] if data_present else ["prepare_psfhs", "real_paper", "real_default"]
     assert r["failed"] == expected_failures, {k: v.get("error") for k, v in r["stages"].items()}
-    for name in ("train_fp32", "train_bf16", "train_compile"):
+    for name in ("train_fp32", "train_bf16", "train_compile", "train_compile_cached"):
         result = r["stages"][name]["result"]
         assert result["iteration_s"] > 0 and result["config"]["image_size"] == 64, name
     assert r["stages"]["train_bf16"]["result"]["config"]["amp"] == "bf16"
     assert r["stages"]["train_compile"]["result"]["config"]["compile"] is True
+    cold, warm = r["stages"]["train_compile"]["result"], r["stages"]["train_compile_cached"]["result"]
+    assert warm["config"]["compile"] is True and warm["compile_cache"] == cold["compile_cache"]  # one cache
+    assert cold["compile_cache_files_before"] == 0 and warm["first_iteration_s"] > 0
     assert r["stages"]["infer"]["result"]["cpu"]["sizes"]["64"]["eager"]["images_per_s"] > 0
     if data_present:
         for name, method in (("real_paper", "paper"), ("real_default", "ours")):

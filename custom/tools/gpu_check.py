@@ -7,7 +7,11 @@ stage, so a run stopped half-way still leaves the finished stages):
 * ``environment``: torch, CUDA, cuDNN, MONAI versions, the device name and memory;
 * ``train_fp32``, ``train_bf16``, ``train_compile``: :func:`custom.tools.bench.bench_train` at 448 px
   (the paper's method, batch 5 with 1 labelled, synthetic data): fp32, bf16 autocast,
-  ``torch.compile`` (fp32, inductor, without the compute-floor measurement);
+  ``torch.compile`` (fp32, inductor, without the compute-floor measurement) with a new, empty
+  compile cache (:mod:`custom.utils.compile_cache`), so its first iteration is a cold compile;
+* ``train_compile_cached``: the same compiled benchmark again in a new process
+  (``python -m custom.tools.bench train --compile true``) on the cache the previous stage filled:
+  the first iteration of a later run on the same machine;
 * ``infer``: :func:`custom.tools.bench.bench_infer` (the deployed UNeXt on the CPU variants) and the
   same network on the GPU (batch 1 latency, batch 8 throughput, fp32 and bf16 autocast);
 * ``prepare_psfhs``: ``python -m custom.data prepare psfhs`` of ``../shared/data/psfhs`` into a
@@ -52,6 +56,7 @@ STAGES = (
     "train_fp32",
     "train_bf16",
     "train_compile",
+    "train_compile_cached",
     "infer",
     "prepare_psfhs",
     "real_paper",
@@ -248,16 +253,40 @@ def run_gpu_check(
     work = Path(work_root)
     prepared = work / "psfhs"
 
+    compile_cache = work / "compile_cache"  # empty: the first compiled stage compiles cold
+
     def train_compile():
         # no floor measurement: its extra input shapes and grad modes would each be compiled again;
         # tiny (CPU): dynamo's tracing with the eager backend, not inductor's C++ compilation (minutes on 2 cores)
-        return bench_train(compile=True, compile_backend="eager" if tiny else None, **dict(train_kw, floor=False))
+        return bench_train(
+            compile=True,
+            compile_backend="eager" if tiny else None,
+            compile_cache=str(compile_cache),
+            **dict(train_kw, floor=False),
+        )
+
+    def train_compile_cached():
+        # a new process on the cache train_compile filled: what a later run on this machine pays
+        cmd = [sys.executable, "-m", "custom.tools.bench", "train", "--compile", "true"]
+        cmd += ["--compile-cache", str(compile_cache), "--floor", "false", "--json"]
+        cmd += ["--image-size", str(size), "--iterations", str(train_kw["iterations"])]
+        cmd += ["--warmup", str(train_kw["warmup"]), "--threads", str(threads), "--device", str(device)]
+        if tiny:
+            cmd += ["--overrides", repr(dict(TINY_SWIN)), "--compile-backend", "eager"]
+        proc = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        import json
+
+        return json.loads(lines[-1])
 
     plan: dict[str, Callable[[], Any]] = {
         "environment": lambda: _environment(device),
         "train_fp32": lambda: bench_train(amp="none", **train_kw),
         "train_bf16": lambda: bench_train(amp="bf16", **train_kw),
         "train_compile": train_compile,
+        "train_compile_cached": train_compile_cached,
         "infer": lambda: {
             "cpu": bench_infer(
                 sizes=(64,) if tiny else (256, 448),
