@@ -426,3 +426,29 @@ def test_reference_variants_parse_to_bench_options():
     for bad in ("nomethod", "ours+fast"):
         with pytest.raises(OptionError):
             parse_variant(bad)
+
+
+def test_trainer_compile_option_compiles_every_network_once_at_run_start(tmp_path, demo_dataset, monkeypatch):
+    from custom.utils import compile_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+    real = compile_cache.compile_networks
+
+    def eager_compile(trainer, cache_dir=None, **options):  # dynamo tracing, no Inductor codegen
+        calls.append(cache_dir)
+        return real(trainer, cache_dir, backend="eager")
+
+    monkeypatch.setattr(compile_cache, "compile_networks", eager_compile)
+    overrides = tiny_overrides(tmp_path, demo_dataset, max_iterations=1, **{"train#epoch_length": 1})
+    overrides["train#trainer#compile"] = True
+    _, trainer = build_trainer(train_config_files(), overrides)
+    keys = {role: list(net.state_dict()) for role, net in trainer.networks.items()}
+    assert trainer.compile_networks is True
+    trainer.run()
+    assert calls == [None] and trainer.compile_networks is False  # once, with the default cache location
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cache").resolve())
+    for role, net in trainer.networks.items():
+        assert net._compiled_call_impl is not None and list(net.state_dict()) == keys[role], role
+    assert all(t.module._compiled_call_impl is not None for t in [trainer.teacher, *trainer.teachers.values()])
+    assert trainer.state.iteration == 1
