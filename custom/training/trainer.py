@@ -42,6 +42,8 @@ __all__ = [
     "labeled_batch_size",
     "require_method",
     "report_best",
+    "resolve_amp",
+    "bf16_is_native",
 ]
 
 logger = logging.getLogger(__name__)
@@ -495,3 +497,41 @@ def report_best(evaluator: Any) -> None:
     last = state.metrics.get("val_mean_dice", float("nan"))
     best, epoch = state.best_metric, state.best_metric_epoch
     print(f"best validation mean Dice (UNeXt): {best:.4f} at epoch {epoch}; last: {last:.4f}")
+
+
+def bf16_is_native(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA device that supports it, or a CPU
+    with AVX512-BF16 or AMX-BF16 (read from /proc/cpuinfo; False where it cannot be read)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_amp(
+    amp: Any, image_size: Sequence[int], device: torch.device | str, amp_dtype: str = "bfloat16", min_side: int = 224
+) -> bool:
+    """The ``amp`` option: a boolean (``true/false/yes/no/1/0``), or ``auto``: bfloat16 autocast
+    where it was measured to win with the same test Dice (README, Performance): images of at
+    least ``min_side`` pixels a side on a device with native bfloat16; off at the small CPU
+    scales (64-128 px), where it was slower."""
+    if isinstance(amp, str) and amp.strip().lower() == "auto":
+        on = (
+            str(amp_dtype) == "bfloat16"
+            and min(int(v) for v in ([image_size] if isinstance(image_size, int) else image_size)) >= int(min_side)
+            and bf16_is_native(device)
+        )
+        logger.info(
+            "amp auto: bfloat16 autocast %s (%s px, %s)", "on" if on else "off", "x".join(map(str, image_size)), device
+        )
+        return on
+    from custom.utils.cli import parse_bool
+
+    return parse_bool(amp, "amp")

@@ -1,0 +1,56 @@
+"""The ``amp`` option of train.yaml: booleans as given, ``auto`` bfloat16 autocast only where it
+was measured to win (large images on a device with native bfloat16)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import train_config_files
+
+from custom.training import trainer as tr
+from custom.utils.cli import OptionError
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("false", False), ("yes", True), ("0", False), (True, True)])
+def test_explicit_values_are_booleans(value, expected):
+    assert tr.resolve_amp(value, [64, 64], "cpu") is expected
+    assert tr.resolve_amp(value, [448, 448], "cpu") is expected
+
+
+def test_a_bad_value_names_the_option():
+    with pytest.raises((OptionError, ValueError), match="amp"):
+        tr.resolve_amp("perhaps", [448, 448], "cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_on_only_for_large_images_on_a_native_bf16_device(monkeypatch, native):
+    monkeypatch.setattr(tr, "bf16_is_native", lambda device: native)
+    assert tr.resolve_amp("auto", [448, 448], "cpu") is native
+    assert tr.resolve_amp("auto", [224, 224], "cpu") is native
+    assert tr.resolve_amp("auto", [128, 128], "cpu") is False  # the CPU scales: bf16 was slower there
+    assert tr.resolve_amp("auto", [448, 128], "cpu") is False  # the smaller side decides
+    assert tr.resolve_amp("auto", [448, 448], "cpu", amp_dtype="float16") is False  # auto means bfloat16 only
+    assert tr.resolve_amp("auto", [448, 448], "cpu", min_side=512) is False
+
+
+def test_native_bf16_detection_reads_the_device():
+    assert tr.bf16_is_native("meta") is False
+    if not torch.cuda.is_available():
+        assert tr.bf16_is_native("cuda") is False
+    try:
+        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        flags = ""
+    assert tr.bf16_is_native("cpu") == (" avx512_bf16" in flags or " amx_bf16" in flags)
+
+
+@pytest.mark.parametrize("extra, size", [(("demo.yaml",), 64), (("cpu_small.yaml",), 128), ((), 448)])
+def test_the_default_config_resolves_auto_by_its_image_size(extra, size, monkeypatch):
+    from monai.bundle import ConfigParser
+
+    monkeypatch.setattr(tr, "bf16_is_native", lambda device: True)
+    parser = ConfigParser()
+    parser.read_config(train_config_files(*extra))
+    parser["read_model_config"] = False
+    assert parser.get_parsed_content("amp") == "auto" and parser.get_parsed_content("image_size")[0] == size
+    assert parser.get_parsed_content("train#trainer#amp") is (size >= 224)
