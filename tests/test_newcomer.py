@@ -353,7 +353,8 @@ def test_packaged_bundle_runs_inference_from_one_merged_config(tmp_path):
         merged = json.loads((bundle / "configs" / f"{workflow}.json").read_text())
         assert "$import custom" in merged["imports"] and "_meta_" not in merged
     evaluate = json.loads((bundle / "configs" / "evaluate.json").read_text())
-    assert evaluate["validate"]["dataset"]["_target_"] == "Dataset" and "evaluating" in evaluate
+    assert evaluate["eval_preprocessing"]["_target_"] == "Compose" and "evaluating" in evaluate
+    assert "evaluate_network(" in " ".join(evaluate["evaluating"])  # the one evaluation path
     assert "training" in json.loads((bundle / "configs" / "train.json").read_text())
     (frame,) = [p for p, _ in _frames(tmp_path / "in", [(70, 90)])]
     env = {k: v for k, v in _env_without_omp().items() if k not in {"PYTHONPATH", "PYTHONHOME"}}
