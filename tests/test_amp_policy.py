@@ -11,7 +11,9 @@ from custom.training import trainer as tr
 from custom.utils.cli import OptionError
 
 
-@pytest.mark.parametrize("value, expected", [("true", True), ("false", False), ("yes", True), ("0", False), (True, True)])
+@pytest.mark.parametrize(
+    "value, expected", [("true", True), ("false", False), ("yes", True), ("0", False), (True, True)]
+)
 def test_explicit_values_are_booleans(value, expected):
     assert tr.resolve_amp(value, [64, 64], "cpu") is expected
     assert tr.resolve_amp(value, [448, 448], "cpu") is expected
