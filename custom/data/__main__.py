@@ -1,7 +1,11 @@
-"""Command line: ``python -m custom.data prepare KIND --source PATH --out DIR [options]``.
+"""Command line: ``python -m custom.data prepare KIND --source PATH --out DIR [options]``, and the
+further test lists of a prepared dataset (``custom.data.test_lists``):
 
-Options are the keyword arguments of ``custom.data.prepare.prepare`` with dashes
-(``--labeled-fraction 0.05``, ``--hide-unlabeled-masks``, ...); ``--help`` lists them.
+* ``python -m custom.data add-test --dataset-dir DIR --name site2 --source PATH [--kind psfhs] [--ids 4950-4999]``
+* ``python -m custom.data shift --dataset-dir DIR [--kinds zoom_out,depth_crop,gain_gamma,low_res,speckle]``
+
+Options are the keyword arguments of the functions with dashes (``--labeled-fraction 0.05``,
+``--hide-unlabeled-masks``, ...); ``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -30,9 +34,32 @@ def _prepare_command(*args: Any, **kwargs: Any) -> None:
         sys.exit(2)
 
 
+def _lists_command(function):
+    """A ``custom.data.test_lists`` function for the command line: prints the datalist's lists after
+    it; input errors are one line and status 2."""
+
+    @functools.wraps(function)
+    def command(*args: Any, **kwargs: Any) -> None:
+        from .test_lists import describe
+
+        try:
+            result = function(*args, **kwargs)
+        except (OptionError, DataValidationError, SplitError, SourceLayoutError, FileExistsError, FileNotFoundError,
+                ValueError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        print(f"added: {result}" if isinstance(result, dict) else f"added {result} frames")
+        print(describe(kwargs.get("dataset_dir", args[0] if args else ".")))
+
+    return command
+
+
 def main() -> None:
     """Dispatch the subcommands."""
-    fire.Fire({"prepare": _prepare_command})
+    from .test_lists import add_shifted_lists, add_test_list
+
+    fire.Fire({"prepare": _prepare_command, "add-test": _lists_command(add_test_list),
+               "shift": _lists_command(add_shifted_lists)})
 
 
 if __name__ == "__main__":

@@ -11,10 +11,21 @@ from typing import Any
 
 from .splits import SPLITS
 
-__all__ = ["DATALIST_NAME", "PATH_KEYS", "DatalistError", "read_datalist_file", "validate_datalist", "load_datalist", "load_split", "datalist_num_classes", "datalist_class_names", "labeled_union_datalist"]
+__all__ = ["DATALIST_NAME", "PATH_KEYS", "list_names", "evaluation_lists", "DatalistError", "read_datalist_file", "validate_datalist", "load_datalist", "load_split", "datalist_num_classes", "datalist_class_names", "labeled_union_datalist"]
 
 DATALIST_NAME = "datalist.json"
 PATH_KEYS = ("image", "label")
+
+
+def list_names(doc: dict[str, Any]) -> list[str]:
+    """The datalist's lists of entries: the splits ``prepare`` writes, then every further test list
+    (``test_<name>``, added by ``python -m custom.data add-test`` or ``shift``)."""
+    return [s for s in SPLITS if s in doc] + sorted(k for k in doc if k.startswith("test_") and k not in SPLITS)
+
+
+def evaluation_lists(doc: dict[str, Any]) -> list[str]:
+    """``test`` (when present) and every ``test_<name>`` list, in that order."""
+    return [name for name in list_names(doc) if name == "test" or name.startswith("test_")]
 
 
 class DatalistError(ValueError):
@@ -34,9 +45,7 @@ def validate_datalist(doc: Any, file: str | Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise DatalistError(f"{file}: the top level is {_json_type(doc)}; expected an object with lists such as "
                             "'training' and 'test'")
-    for split in SPLITS:
-        if split not in doc:
-            continue
+    for split in list_names(doc):
         entries = doc[split]
         if not isinstance(entries, list):
             raise DatalistError(f"{file}: '{split}' is {_json_type(entries)}; expected a list of entries")
@@ -99,7 +108,7 @@ def load_datalist(path: str | Path) -> dict[str, Any]:
         path = path / DATALIST_NAME
     datalist = read_datalist_file(path)
     base = path.resolve().parent
-    for split in SPLITS:
+    for split in list_names(datalist):
         for entry in datalist.get(split, []):
             for key in PATH_KEYS:
                 if isinstance(entry.get(key), str):

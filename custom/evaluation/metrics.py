@@ -41,6 +41,7 @@ from typing import Any, NamedTuple, Union
 
 import numpy as np
 import torch
+from ignite.metrics import Metric as IgniteMetric
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric, DiceMetric
 from monai.metrics.utils import do_metric_reduction, prepare_spacing
@@ -49,6 +50,7 @@ from scipy import ndimage
 
 __all__ = [
     "EMPTY_POLICY",
+    "EmptyPredictions",
     "METRIC_NAMES",
     "BinaryMetrics",
     "dice_coefficient",
@@ -536,3 +538,47 @@ class PolicyMeanDice(IgniteMetricHandler):
             include_background=include_background, reduction=reduction, num_classes=num_classes, ignore_empty=False
         )
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+
+class EmptyPredictions(IgniteMetric):
+    """Per foreground class, how many images get an EMPTY prediction of a class their reference
+    contains (the structure missed entirely; :data:`EMPTY_POLICY`'s ``empty_pred``), logged beside
+    the validation Dice as ``<prefix>_<class name>`` (and ``<prefix>`` for their sum).
+
+    A small structure that the pseudo-labels erase shows here first: its Dice falls a little,
+    while its count of missed images rises. Inputs as MONAI's metric handlers: one-hot
+    ``(y_pred, y)`` lists of ``C x H x W`` (or batches ``B x C x H x W``). Hand-written as an
+    ignite ``Metric`` because MONAI's metric handlers report one number, and this reports one per
+    class (ignite flattens the returned mapping into ``engine.state.metrics``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Mapping[str, int] | None = None,
+        prefix: str = "val_empty_pred",
+        output_transform: Callable = lambda x: x,
+    ) -> None:
+        named = {int(v): str(k) for k, v in (class_names or {}).items()}
+        self.keys = {c: f"{prefix}_{named.get(c, f'class_{c}')}" for c in range(1, int(num_classes))}
+        self.prefix = prefix
+        super().__init__(output_transform=output_transform, metrics_result_mode="flatten")
+
+    def reset(self) -> None:
+        self.counts = {c: 0 for c in self.keys}
+
+    def update(self, output: Sequence[Any]) -> None:
+        y_pred, y = output
+        for pred, ref in zip(_images(y_pred), _images(y)):
+            for c in self.counts:
+                self.counts[c] += int(bool(ref[c].any()) and not bool(pred[c].any()))
+
+    def compute(self) -> dict[str, int]:
+        out = {self.keys[c]: n for c, n in self.counts.items()}
+        out[self.prefix] = sum(self.counts.values())
+        return out
+
+
+def _images(x: Any) -> list[torch.Tensor]:
+    """The ``C x H x W`` one-hot images of a batch tensor or a list of them."""
+    return [torch.as_tensor(t) for t in (x if isinstance(x, (list, tuple)) else torch.as_tensor(x))]

@@ -55,7 +55,8 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
     ``L = w_gt L(ground-truth pixels) + w_pl L(pseudo-labelled pixels)``, ``w_gt = 1``,
     ``w_pl = unlabeled_weight`` (0.5 in BCP), each ``L`` being the masked soft Dice (MONAI's
     ``MaskedDiceLoss``) plus the masked mean cross-entropy. ``confidence`` > 0 further keeps
-    only the pseudo-labelled pixels where the teacher is at least that sure (BCP: 0). With
+    only the pseudo-labelled pixels where the teacher is at least that sure (BCP: 0; with
+    ``per_class``, at least that class's threshold: :func:`custom.training.losses.class_thresholds`). With
     ``clean_statistics`` the forward of the mixed images leaves the batch-normalisation
     running statistics as the clean images set them (:func:`custom.methods.frozen_norm_statistics`;
     off by default, as in BCP: the mixed images are realistic mosaics).
@@ -72,11 +73,13 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
         box_area: float = 4 / 9,
         confidence: float = 0.0,
         clean_statistics: bool = False,
+        per_class: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(weight, name)
         if not 0.0 <= confidence < 1.0:
             raise ValueError(f"confidence must be within [0, 1), got {confidence}")
+        self.per_class = bool(per_class)
         self.role, self.unlabeled_weight = role, float(unlabeled_weight)
         self.box_area, self.confidence = float(box_area), float(confidence)
         self.clean_statistics = bool(clean_statistics)
@@ -98,7 +101,7 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
         images, targets, gt = copy_paste_pairs(x_l, ctx.labels.long(), x_u, hard_labels(p_t), box)
         pl = 1.0 - gt
         if self.confidence > 0:
-            conf = confidence_mask(p_t, self.confidence)
+            conf = confidence_mask(p_t, self.confidence, self.per_class)
             pl = pl * torch.cat([cutmix(conf, torch.zeros_like(conf), box), cutmix(torch.zeros_like(conf), conf, box)])
         net = ctx.networks[self.role]
         with ctx.autocast(), frozen_norm_statistics(net) if self.clean_statistics else contextlib.nullcontext():

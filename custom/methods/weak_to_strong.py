@@ -40,7 +40,8 @@ class WeakToStrongTerm(UnsupervisedTerm):
 
     Each stream's loss is the soft Dice of the student's probabilities against the one-hot
     pseudo-labels on the pixels where the teacher is at least ``confidence`` sure
-    (:meth:`custom.training.losses.CrossPseudoSupervisionLoss.pseudo`); the streams are weighted as in
+    (:meth:`custom.training.losses.CrossPseudoSupervisionLoss.pseudo`; with ``per_class``, its
+    class's threshold: :func:`custom.training.losses.class_thresholds`); the streams are weighted as in
     UniMatch: ``(1 - fp_weight) / views`` each strong view, ``fp_weight`` the FP stream
     (0.25, 0.25, 0.5). With ``clean_statistics`` these forwards leave the network's
     batch-normalisation running statistics as the clean images set them
@@ -65,6 +66,7 @@ class WeakToStrongTerm(UnsupervisedTerm):
         noise_std: float = 0.05,
         blur_prob: float = 0.5,
         clean_statistics: bool = False,
+        per_class: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(weight, name)
@@ -82,7 +84,7 @@ class WeakToStrongTerm(UnsupervisedTerm):
             float(blur_prob),
         )
         self.clean_statistics = bool(clean_statistics)
-        self.criterion = CrossPseudoSupervisionLoss(confidence=confidence)
+        self.criterion = CrossPseudoSupervisionLoss(confidence=confidence, per_class=per_class)
         #: share of unlabelled pixels above the confidence gate in the latest call
         self.last_confident_fraction = float("nan")
 

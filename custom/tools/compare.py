@@ -1,27 +1,34 @@
-"""Compare the semi-supervised methods on one prepared dataset: train each, evaluate each on the test list.
+"""Compare the semi-supervised methods on one prepared dataset: train each, evaluate each on every test list.
 
 Command line::
 
     python -m custom.tools.compare --dataset-dir DIR --methods ours,labeled_only,... --seeds 0,1 \\
-        [--override FILE[,FILE...]] [--out DIR] [--max-iterations N] [--threads N] [--launcher subprocess|inprocess]
+        [--override FILE[,FILE...]] [--out DIR] [--max-iterations N] [--split LIST[,LIST...]] [--threads N] \\
+        [--launcher subprocess|inprocess]
 
 Every method (``bundle/configs/methods/<method>.yaml``) is trained with every seed on the same
 ``datalist.json`` (the same splits), through the bundle's one trainer: the config list of a run
 is ``common.yaml, train.yaml, methods/<method>.yaml, *overrides`` plus the run's own values
 (``dataset_dir``, ``seed``, ``ckpt_dir``/``output_dir`` under ``OUT/runs/<method>/seed<k>``,
 ``num_classes`` from the datalist, ``max_iterations``). Each trained UNeXt (the ``model.pt``
-the validation keeps) is evaluated on the datalist's ``test`` list at the ORIGINAL image size:
-argmax at the training size, resized back with nearest neighbour, scored by
-:func:`custom.evaluation.evaluate.evaluate_network` with the run's own deterministic transforms (in mm
-when the entry has a ``spacing``) and summarised by :func:`custom.evaluation.metrics.summarize`.
+the validation keeps) is evaluated on EVERY test list of the datalist (``test`` and each
+``test_<name>``: another site's frames, synthetic acquisition changes; ``custom.data.test_lists``),
+or on the lists ``--split`` names, at the ORIGINAL image size: argmax at the training size,
+resized back with nearest neighbour, scored by :func:`custom.evaluation.evaluate.evaluate_network`
+with the run's own deterministic transforms (in mm when the entry has a ``spacing``) and
+summarised by :func:`custom.evaluation.metrics.summarize`, per list: mean Dice per class, HD95,
+ASD and how many frames get an empty prediction of a class their reference contains.
 
-Outputs in ``OUT``: ``runs.csv`` (one row per method x seed), ``per_image.csv``,
-``comparison.md`` (mean ± std over seeds per method, the scale and the command),
-``comparison.png`` (bars with error bars) and ``scale.json``. A run writes ``done.json`` (its
-metrics and per-image rows) last and atomically; a rerun skips every run whose ``done.json``
-carries the same config hash (config file contents, run values, datalist), so an interrupted
-comparison resumes where it stopped. A run whose training finished but whose evaluation did
-not is evaluated again without retraining (``trained.json``).
+Outputs in ``OUT``: ``runs.csv`` (one row per method x seed x list), ``per_image.csv``,
+``comparison.md`` (a robustness table of every list, then per list the mean ± std over seeds
+per method, the per-seed values and the share of the labelled-only-to-fully-supervised gap, the
+scale and the command), ``comparison.png`` (bars with error bars, first list) and ``scale.json``.
+A run writes ``done.json`` (its metrics and per-image rows per list) last and atomically; a rerun
+skips every run whose ``done.json`` carries the same config hash (config file contents, run
+values, and the datalist's training, unlabelled and validation lists: adding a test list retrains
+nothing) and has every requested list evaluated on the same entries, so an interrupted comparison
+resumes where it stopped and a new test list is only evaluated. A run whose training finished but
+whose evaluation did not is evaluated again without retraining (``trained.json``).
 """
 
 from __future__ import annotations
@@ -116,6 +123,15 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+# the datalist's parts that a training reads (its hash): test lists may be added without retraining
+TRAINING_KEYS = ("training", "unlabeled", "validation", "num_classes", "labels")
+
+
+def training_digest(datalist: Mapping[str, Any]) -> str:
+    """A digest of what training reads from a datalist (:data:`TRAINING_KEYS`), not its test lists."""
+    return _sha(json.dumps({k: datalist.get(k) for k in TRAINING_KEYS}, sort_keys=True))
+
+
 def _datalist_path(dataset_dir: str | Path) -> Path:
     path = Path(dataset_dir)
     return path / "datalist.json" if path.is_dir() else path
@@ -136,6 +152,24 @@ def load_test_entries(dataset_dir: str | Path, split: str = "test") -> list[dict
     if missing:
         raise ValueError(f"{len(missing)} '{split}' entries have no label, e.g. {missing[0]}")
     return entries
+
+
+def evaluation_lists(dataset_dir: str | Path, split: Any = None) -> dict[str, list[dict]]:
+    """``{list name: entries}`` to evaluate on: every test list of the datalist (``test``, then each
+    ``test_<name>``) when ``split`` is None or ``all``, else the lists it names (comma-separated)."""
+    from custom.data import load_datalist
+    from custom.data.datalist import evaluation_lists as names_of
+
+    names = _as_list(split)
+    if not names or names == ["all"]:
+        names = names_of(load_datalist(_datalist_path(dataset_dir)))
+        if not names:
+            raise ValueError(f"{_datalist_path(dataset_dir)} has no test list ('test' or 'test_<name>'); use --split")
+    return {name: load_test_entries(dataset_dir, name) for name in names}
+
+
+def _entries_digest(entries: Sequence[Mapping[str, Any]]) -> str:
+    return _sha(json.dumps(list(entries), sort_keys=True, default=str))
 
 
 def class_names_of(datalist: Mapping[str, Any], num_classes: int) -> dict[int, str]:
@@ -232,8 +266,7 @@ def build_runs(
         raise FileNotFoundError(
             f"no datalist.json in {dataset_dir}: prepare the data with `python -m custom.data prepare`"
         )
-    datalist_text = datalist_file.read_text(encoding="utf-8")
-    datalist = json.loads(datalist_text)
+    datalist = json.loads(datalist_file.read_text(encoding="utf-8"))
     resolved = [method_file(m) for m in methods]
     names = [name for name, _ in resolved]
     if len(set(names)) != len(names):
@@ -268,7 +301,7 @@ def build_runs(
             hash_inputs = {
                 "method": method,
                 "values": hashed,
-                "datalist": _sha(datalist_text),
+                "datalist": training_digest(datalist),
                 "configs": {
                     Path(f).name if Path(f).parent in (CONFIGS, METHOD_DIR) else f: _sha(Path(f).read_text())
                     for f in files
@@ -397,11 +430,18 @@ def scale_line(scale: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------- outputs
 
 
+def list_view(record: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """One run's results on one list, in the shape :func:`aggregate` and the tables read."""
+    part = record["lists"][name]
+    return {**{k: v for k, v in record.items() if k != "lists"}, "list": name, **part}
+
+
 def _run_row(done: Mapping[str, Any]) -> dict[str, Any]:
     overall, classes = done["summary"]["overall"], done["summary"]["classes"]
     row = {
         "method": done["method"],
         "seed": done["seed"],
+        "list": done["list"],
         "n_images": done["summary"]["n_images"],
         "unit": done["summary"]["unit"],
     }
@@ -411,9 +451,11 @@ def _run_row(done: Mapping[str, Any]) -> dict[str, Any]:
         row[f"dice_{name}"] = entry["dice_mean"]
     if "hc_abs_diff_mean" in done["summary"]:
         row["hc_abs_diff"] = done["summary"]["hc_abs_diff_mean"]
+    row["n_empty_pred"] = overall["n_empty_pred"]
+    for name, entry in classes.items():
+        row[f"n_empty_pred_{name}"] = entry["n_empty_pred"]
     row.update(
         {
-            "n_empty_pred": overall["n_empty_pred"],
             "max_iterations": done["scale"]["max_iterations"],
             "train_seconds": done.get("train_seconds"),
             "eval_seconds": done.get("eval_seconds"),
@@ -454,6 +496,9 @@ def aggregate(runs: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict
                 single_std = done[0]["summary"]["overall"][f"{key}_std"]
             entry[key] = float(np.mean(vals))
             entry[f"{key}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float(single_std)
+        entry["dice_per_seed"] = [float(r["summary"]["overall"]["dice_mean"]) for r in done]
+        for name in done[0]["summary"]["classes"]:  # frames whose prediction misses the class, mean over seeds
+            entry[f"empty_{name}"] = float(np.mean([r["summary"]["classes"][name]["n_empty_pred"] for r in done]))
         hc = [r["summary"].get("hc_abs_diff_mean") for r in done]
         if all(v is not None for v in hc):
             entry["hc_abs_diff"] = float(np.mean(hc))
@@ -485,59 +530,61 @@ def gap_shares(
     }
 
 
-def comparison_markdown(
-    table: Mapping[str, Mapping[str, Any]],
-    scale: Mapping[str, Any],
-    command: str,
-    dataset_dir: str,
-    split: str,
-    seeds: Sequence[int],
-    class_names: Mapping[int, str],
-    failed: Sequence[str] = (),
-) -> str:
-    """The Markdown report: the command, the scale, the table of mean ± std per method."""
+def robustness_markdown(
+    tables: Mapping[str, Mapping[str, Mapping[str, Any]]], class_names: Mapping[int, str]
+) -> list[str]:
+    """One row per method, one column per list: mean Dice ± std, and the frames whose prediction
+    misses a class the reference contains (mean over seeds, per class)."""
+    lists = list(tables)
+    methods = list(dict.fromkeys(m for t in tables.values() for m in t))
+    names = list(class_names.values())
+    lines = [
+        "| Method | " + " | ".join(f"{name} Dice" for name in lists) + " | "
+        + " | ".join(f"{name} empty ({' / '.join(names)})" for name in lists) + " |",
+        "|---|" + "---|" * (2 * len(lists)),
+    ]
+    for m in methods:
+        dice = [
+            f"{tables[n][m]['dice']:.3f} ± {tables[n][m]['dice_std']:.3f}" if m in tables[n] else "n/a" for n in lists
+        ]
+        empty = [
+            " / ".join(f"{tables[n][m][f'empty_{c}']:g}" for c in names) if m in tables[n] else "n/a" for n in lists
+        ]
+        lines.append(f"| {m} | " + " | ".join(dice + empty) + " |")
+    return lines
+
+
+def list_markdown(
+    table: Mapping[str, Mapping[str, Any]], name: str, n_images: int, class_names: Mapping[int, str]
+) -> list[str]:
+    """One list's section: mean ± std per method with the per-seed values, and the gap shares."""
     unit = next(iter(table.values()))["unit"] if table else "px"
     spreads = sorted({e["spread"] for e in table.values()})
     with_hc = any("hc_abs_diff" in e for e in table.values())
     hc_unit = next((e["hc_unit"] for e in table.values() if "hc_unit" in e), "mm")
     lines = [
-        "# Method comparison",
+        f"## `{name}` ({n_images} images)",
         "",
-        f"Command: `{command}`",
-        "",
-        f"Data: `{dataset_dir}` (one datalist, the same splits for every run); evaluated on the `{split}` list at the "
-        f"original image size (UNeXt argmax at the training size, resized back with nearest neighbour).",
-        "",
-        f"Scale: {scale_line(scale)}; seeds {', '.join(str(s) for s in seeds)}.",
-        "",
-        f"| Method | Dice | HD95 ({unit}) | ASD ({unit}) | "
+        f"| Method | Dice | per seed | HD95 ({unit}) | ASD ({unit}) | "
         + " | ".join(f"Dice {n}" for n in class_names.values())
+        + " | "
+        + " | ".join(f"empty {n}" for n in class_names.values())
         + " |"
         + (f" HC abs. diff ({hc_unit}) |" if with_hc else ""),
-        "|---|---|---|---|" + "---|" * (len(class_names) + with_hc),
+        "|---|---|---|---|---|" + "---|" * (2 * len(class_names) + with_hc),
     ]
     for method, e in table.items():
-        cells = [
-            f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if m == "dice" else f"{e[m]:.2f} ± {e[m + '_std']:.2f}" for m in METRICS
-        ]
+        cells = [f"{e['dice']:.3f} ± {e['dice_std']:.3f}", " / ".join(f"{v:.4f}" for v in e["dice_per_seed"])]
+        cells += [f"{e[m]:.2f} ± {e[m + '_std']:.2f}" for m in METRICS[1:]]
         cells += [f"{e[f'dice_{n}']:.3f} ± {e[f'dice_{n}_std']:.3f}" for n in class_names.values()]
+        cells += [f"{e[f'empty_{n}']:g}" for n in class_names.values()]
         if with_hc:
             cells.append(f"{e['hc_abs_diff']:.2f} ± {e['hc_abs_diff_std']:.2f}" if "hc_abs_diff" in e else "n/a")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Mean over classes and test images per run; ± is the {' / '.join(spreads)}. Distances in {unit}"
-        + (" (pixel spacing from the datalist)" if unit == "mm" else " (no pixel spacing in the datalist)")
-        + ". "
-        "HD95: 95th percentile of the pooled surface distances of both directions; "
-        "ASD: mean of the two directed means. "
-        "Empty predictions score Dice 0 and the image diagonal as distance (metrics.md)."
-        + (
-            " HC abs. diff: |head circumference of the ellipse fitted to the predicted head - reference HC| "
-            "(the HC18 challenge's score)."
-            if with_hc
-            else ""
-        ),
+        f"Mean over classes and images per run; ± is the {' / '.join(spreads)}; empty: frames whose prediction of "
+        "the class is empty while the reference contains it (mean over seeds).",
     ]
     shares = gap_shares(table)
     if shares:
@@ -555,8 +602,50 @@ def comparison_markdown(
             f"{'yes' if v['never_below'] else 'no'} |"
             for m, v in shares.items()
         ]
+    return lines + [""]
+
+
+def comparison_markdown(
+    tables: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    scale: Mapping[str, Any],
+    command: str,
+    dataset_dir: str,
+    seeds: Sequence[int],
+    class_names: Mapping[int, str],
+    counts: Mapping[str, int],
+    failed: Sequence[str] = (),
+) -> str:
+    """The Markdown report: the command, the scale, the robustness table over every list, then
+    one section per list (mean ± std per method, per-seed values, gap shares)."""
+    first = next(iter(tables.values()), {})
+    unit = next(iter(first.values()))["unit"] if first else "px"
+    lines = [
+        "# Method comparison",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Data: `{dataset_dir}` (one datalist, the same splits for every run); evaluated on the lists "
+        f"{', '.join(f'`{n}`' for n in tables)} at the original image size (UNeXt argmax at the training size, "
+        "resized back with nearest neighbour).",
+        "",
+        f"Scale: {scale_line(scale)}; seeds {', '.join(str(s) for s in seeds)}.",
+        "",
+    ]
+    if len(tables) > 1:
+        lines += ["## Every list", ""] + robustness_markdown(tables, class_names) + [""]
+    for name, table in tables.items():
+        lines += list_markdown(table, name, counts.get(name, 0), class_names)
+    lines += [
+        f"Distances in {unit}"
+        + (" (pixel spacing from the datalist)" if unit == "mm" else " (no pixel spacing in the datalist)")
+        + ". HD95: 95th percentile of the pooled surface distances of both directions; "
+        "ASD: mean of the two directed means. "
+        "Empty predictions score Dice 0 and the image diagonal as distance (metrics.md). "
+        "HC abs. diff (where given): |head circumference of the ellipse fitted to the predicted head - reference HC| "
+        "(the HC18 challenge's score).",
+    ]
     if failed:
-        lines += ["", f"Failed runs (not in the table): {', '.join(failed)}."]
+        lines += ["", f"Failed runs (not in the tables): {', '.join(failed)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -601,7 +690,7 @@ def _command_line(
     overrides: Sequence[str],
     out: str,
     max_iterations: int | None,
-    split: str,
+    split: Any,
 ) -> str:
     parts = [
         "python",
@@ -619,9 +708,16 @@ def _command_line(
     parts += ["--out", str(out)]
     if max_iterations is not None:
         parts += ["--max-iterations", str(max_iterations)]
-    if split != "test":
-        parts += ["--split", split]
+    if _as_list(split) and _as_list(split) != ["all"]:
+        parts += ["--split", ",".join(_as_list(split))]
     return shlex.join(parts)
+
+
+def _is_complete(record: Mapping[str, Any] | None, spec: RunSpec, digests: Mapping[str, str]) -> bool:
+    """Whether a ``done.json`` record is of this config and holds every list, on the same entries."""
+    if not record or record.get("config_hash") != spec.config_hash or not isinstance(record.get("lists"), dict):
+        return False
+    return all(record["lists"].get(n, {}).get("entries") == d for n, d in digests.items())
 
 
 def run_comparison(
@@ -631,17 +727,20 @@ def run_comparison(
     override: Any = (),
     out: str = "runs/comparison",
     max_iterations: int | None = None,
-    split: str = "test",
+    split: Any = None,
     launcher: str = "subprocess",
     threads: int | None = None,
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train and evaluate every method x seed (skipping finished runs), then write the outputs.
+    """Train every method x seed and evaluate it on every test list (skipping finished runs and
+    lists already evaluated), then write the outputs.
 
-    Returns ``{"table": per-method aggregates, "runs": [done records], "trained": [run names
-    trained by this call], "failed": [...], "out": OUT}``. Raises ``RuntimeError`` after
-    writing the outputs of the finished runs when some run failed.
+    ``split``: None or ``all`` for every test list of the datalist, else the lists to evaluate.
+    Returns ``{"tables": {list: per-method aggregates}, "table": the first list's, "runs": [done
+    records], "trained": [run names trained or evaluated by this call], "failed": [...], "out":
+    OUT}``. Raises ``RuntimeError`` after writing the outputs of the finished runs when some run
+    failed.
     """
     from tqdm.auto import tqdm
 
@@ -667,7 +766,8 @@ def run_comparison(
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     datalist = load_datalist(_datalist_path(dataset_dir))
-    entries = load_test_entries(dataset_dir, split)
+    lists = evaluation_lists(dataset_dir, split)
+    digests = {name: _entries_digest(entries) for name, entries in lists.items()}
     specs = build_runs(dataset_dir, methods_l, seeds_l, overrides_l, out_dir, max_iterations)
     command = _command_line(dataset_dir, methods_l, seeds_l, overrides_l, out, max_iterations, split)
 
@@ -676,11 +776,12 @@ def run_comparison(
     for spec in bar:
         bar.set_postfix_str(spec.name)
         record = _read_json(spec.run_dir / DONE)
-        if record is not None and record.get("config_hash") == spec.config_hash:
+        if _is_complete(record, spec, digests):
             done_records.append(record)
             continue
+        previous = record if record and record.get("config_hash") == spec.config_hash else None
         try:
-            record = _train_and_evaluate(spec, entries, datalist, launcher, threads, device, split)
+            record = _train_and_evaluate(spec, lists, digests, datalist, launcher, threads, device, previous)
         except Exception as error:  # one failed run does not stop the comparison
             logger.error("run %s failed: %s", spec.name, error)
             tqdm.write(f"run {spec.name} failed: {error}")
@@ -690,16 +791,23 @@ def run_comparison(
         done_records.append(record)
     bar.close()
 
-    table = aggregate(done_records, names_l)
+    views = {name: [list_view(r, name) for r in done_records] for name in lists}
+    tables = {name: aggregate(views[name], names_l) for name in lists}
+    first = next(iter(lists))
     scale = done_records[0]["scale"] if done_records else describe_scale(specs[0], datalist)
-    num_classes = (
-        len(done_records[0]["summary"]["classes"]) + 1 if done_records else int(datalist.get("num_classes", 2))
-    )
+    num_classes = int(datalist.get("num_classes", 2))
+    if done_records:
+        num_classes = len(views[first][0]["summary"]["classes"]) + 1
     class_names = class_names_of(datalist, num_classes)
-    _write_csv(out_dir / "runs.csv", [_run_row(r) for r in done_records])
+    _write_csv(out_dir / "runs.csv", [_run_row(v) for r in done_records for v in (list_view(r, n) for n in lists)])
     _write_csv(
         out_dir / "per_image.csv",
-        [{"method": r["method"], "seed": r["seed"], **row} for r in done_records for row in r["per_image"]],
+        [
+            {"method": r["method"], "seed": r["seed"], "list": name, **row}
+            for r in done_records
+            for name in lists
+            for row in r["lists"][name]["per_image"]
+        ],
     )
     _write_json_atomic(
         out_dir / "scale.json",
@@ -708,7 +816,7 @@ def run_comparison(
             "scale_line": scale_line(scale),
             "command": command,
             "dataset_dir": str(Path(dataset_dir).resolve()),
-            "split": split,
+            "lists": {name: len(entries) for name, entries in lists.items()},
             "seeds": seeds_l,
             "methods": methods_l,
         },
@@ -718,46 +826,41 @@ def run_comparison(
     atomic_write_text(
         out_dir / "comparison.md",
         comparison_markdown(
-            table, scale, command, str(Path(dataset_dir).resolve()), split, seeds_l, class_names, failed
+            tables,
+            scale,
+            command,
+            str(Path(dataset_dir).resolve()),
+            seeds_l,
+            class_names,
+            {name: len(entries) for name, entries in lists.items()},
+            failed,
         ),
     )
-    if table:
-        comparison_plot(table, out_dir / "comparison.png", title=scale_line(scale))
+    if tables[first]:
+        comparison_plot(tables[first], out_dir / "comparison.png", title=f"{first}: {scale_line(scale)}")
     if failed:
         raise RuntimeError(
             f"{len(failed)} run(s) failed: {failed}; the outputs in {out_dir} hold the others. "
             "Run the same command again to retry them."
         )
-    return {"table": table, "runs": done_records, "trained": trained, "failed": failed, "out": str(out_dir)}
+    return {
+        "tables": tables,
+        "table": tables[first],
+        "runs": done_records,
+        "trained": trained,
+        "failed": failed,
+        "out": str(out_dir),
+    }
 
 
-def _train_and_evaluate(
-    spec: RunSpec,
-    entries: Sequence[Mapping[str, Any]],
-    datalist: Mapping[str, Any],
-    launcher: str,
-    threads: int | None,
-    device: str,
-    split: str,
+def _evaluate_list(
+    spec: RunSpec, entries: Sequence[Mapping[str, Any]], datalist: Mapping[str, Any], device: str, num_classes: int
 ) -> dict[str, Any]:
-    """Train (unless ``trained.json`` matches), evaluate, write ``done.json`` last; return its record."""
+    """One list's summary and per-image rows of a trained run."""
     from custom.evaluation.metrics import summarize
 
-    marker = _read_json(spec.run_dir / TRAINED)
-    train_seconds = None
-    if not (marker and marker.get("config_hash") == spec.config_hash and spec.model_path.is_file()):
-        if spec.run_dir.exists():
-            shutil.rmtree(spec.run_dir)  # a stale or half-finished run: start clean
-        start = time.perf_counter()
-        train_run(spec, launcher=launcher, threads=threads)
-        train_seconds = time.perf_counter() - start
-        _write_json_atomic(spec.run_dir / TRAINED, {"config_hash": spec.config_hash, "train_seconds": train_seconds})
-    else:
-        train_seconds = marker.get("train_seconds")
     start = time.perf_counter()
     rows = evaluate_run(spec, entries, device, head_class_of(datalist, entries))
-    eval_seconds = time.perf_counter() - start
-    num_classes = int(_merged_config(spec.config_files, spec.overrides).get_parsed_content("num_classes"))
     summary = summarize(rows, class_names_of(datalist, num_classes))
     hc = [
         r["hc_abs_diff"]
@@ -771,18 +874,46 @@ def _train_and_evaluate(
             len(hc),
         )
         summary["hc_unit"] = rows[0].get("hc_unit", "mm")
+    return {"summary": summary, "per_image": rows, "eval_seconds": time.perf_counter() - start}
+
+
+def _train_and_evaluate(
+    spec: RunSpec,
+    lists: Mapping[str, Sequence[Mapping[str, Any]]],
+    digests: Mapping[str, str],
+    datalist: Mapping[str, Any],
+    launcher: str,
+    threads: int | None,
+    device: str,
+    previous: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (unless ``trained.json`` matches), evaluate every list not already in ``previous`` (the
+    run's ``done.json`` of the same config), write ``done.json`` last; return its record."""
+    marker = _read_json(spec.run_dir / TRAINED)
+    if not (marker and marker.get("config_hash") == spec.config_hash and spec.model_path.is_file()):
+        if spec.run_dir.exists():
+            shutil.rmtree(spec.run_dir)  # a stale or half-finished run: start clean
+        previous = None
+        start = time.perf_counter()
+        train_run(spec, launcher=launcher, threads=threads)
+        train_seconds = time.perf_counter() - start
+        _write_json_atomic(spec.run_dir / TRAINED, {"config_hash": spec.config_hash, "train_seconds": train_seconds})
+    else:
+        train_seconds = marker.get("train_seconds")
+    num_classes = int(_merged_config(spec.config_files, spec.overrides).get_parsed_content("num_classes"))
+    evaluated = dict((previous or {}).get("lists") or {})
+    for name, entries in lists.items():
+        if evaluated.get(name, {}).get("entries") != digests[name]:
+            evaluated[name] = {"entries": digests[name], **_evaluate_list(spec, entries, datalist, device, num_classes)}
     record = {
         "method": spec.method,
         "seed": spec.seed,
         "config_hash": spec.config_hash,
-        "split": split,
         "config_files": spec.config_files,
         "overrides": spec.overrides,
         "scale": describe_scale(spec, datalist),
-        "summary": summary,
-        "per_image": rows,
         "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
+        "lists": evaluated,
     }
     _write_json_atomic(spec.run_dir / DONE, record)
     return record
@@ -804,12 +935,12 @@ def main() -> None:
         override: Any = (),
         out: str = "runs/comparison",
         max_iterations: int | None = None,
-        split: str = "test",
+        split: Any = None,
         launcher: str = "subprocess",
         threads: int | None = None,
         device: str | None = None,
     ) -> None:
-        """Train every method x seed on DATASET_DIR and compare them on its test list (see custom.tools.compare)."""
+        """Train every method x seed on DATASET_DIR and compare them on every test list (see custom.tools.compare)."""
         result = run_comparison(
             dataset_dir, methods, seeds, override, out, max_iterations, split, launcher, threads, device
         )

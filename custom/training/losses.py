@@ -18,6 +18,7 @@ __all__ = [
     "CrossPseudoSupervisionLoss",
     "InformationDivergenceLoss",
     "InterpolationConsistencyLoss",
+    "class_thresholds",
     "confidence_mask",
     "masked_mean",
     "masked_soft_dice",
@@ -78,10 +79,40 @@ def hard_labels(p: torch.Tensor) -> torch.Tensor:
     return p.detach().argmax(dim=1, keepdim=True)
 
 
-def confidence_mask(p: torch.Tensor, threshold: float) -> torch.Tensor:
+def class_thresholds(p: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per-class confidence thresholds ``tau_c = threshold * m_c / max_k m_k`` (``K`` values), where
+    ``m_c`` is the mean largest probability of the batch's pixels whose argmax is ``c``; a class no
+    pixel is assigned to keeps ``threshold``.
+
+    A small structure is predicted less surely than the background around it (its pixels are
+    mostly boundary), so one global threshold keeps the background's pseudo-labels and drops the
+    structure's, and the student then learns that the structure is not there. Scaling each class's
+    threshold by how sure the teacher is of that class relative to its surest class keeps the
+    minority class's confident core (the class-adaptive thresholds of FlexMatch, Zhang et al. 2021,
+    and FreeMatch, Wang et al. 2023, taken over the current batch, so nothing is carried between
+    iterations and a resume needs no extra state). Written here because no library provides it for
+    dense predictions.
+    """
+    p = p.detach()
+    conf, label = p.amax(dim=1).flatten(), p.argmax(dim=1).flatten()
+    k = p.shape[1]
+    counts = torch.bincount(label, minlength=k).to(conf.dtype)
+    means = torch.zeros(k, dtype=conf.dtype, device=conf.device).scatter_add_(0, label, conf) / counts.clamp_min(1)
+    present = counts > 0
+    scale = means / means[present].max() if bool(present.any()) else torch.ones_like(means)
+    return torch.where(present, threshold * scale, torch.full_like(means, threshold))
+
+
+def confidence_mask(p: torch.Tensor, threshold: float, per_class: bool = False) -> torch.Tensor:
     """``B x 1 x H x W`` float mask of the pixels whose largest class probability is at least
-    ``threshold`` (detached: a mask selects pixels, it is not trained)."""
-    return (p.detach().amax(dim=1, keepdim=True) >= threshold).to(p.dtype)
+    ``threshold``, or with ``per_class`` at least their argmax class's threshold
+    (:func:`class_thresholds`); detached: a mask selects pixels, it is not trained."""
+    p_d = p.detach()
+    conf = p_d.amax(dim=1, keepdim=True)
+    if not per_class:
+        return (conf >= threshold).to(p.dtype)
+    tau = class_thresholds(p_d, threshold)[p_d.argmax(dim=1, keepdim=True)]
+    return (conf >= tau).to(p.dtype)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -106,14 +137,16 @@ class CrossPseudoSupervisionLoss(nn.Module):
     ``confidence`` > 0 gates each pseudo-label: a pixel counts in ``Dice(p_student, argmax
     p_teacher)`` only where ``max_c p_teacher >= confidence`` (student probabilities and one-hot
     pseudo-labels are both zeroed elsewhere, MONAI's ``MaskedDiceLoss``); 0 (the paper) keeps
-    every pixel. No confident pixel gives a loss of 0.
+    every pixel. No confident pixel gives a loss of 0. ``per_class`` gates each pixel by its
+    pseudo-label's class threshold instead (:func:`class_thresholds`), so a small structure
+    keeps its pseudo-labels.
     """
 
-    def __init__(self, smooth: float = SMOOTH, confidence: float = 0.0) -> None:
+    def __init__(self, smooth: float = SMOOTH, confidence: float = 0.0, per_class: bool = False) -> None:
         super().__init__()
         if not 0.0 <= confidence < 1.0:
             raise ValueError(f"confidence must be within [0, 1), got {confidence}")
-        self.confidence = float(confidence)
+        self.confidence, self.per_class = float(confidence), bool(per_class)
         self.dice = SoftDiceLoss(smooth)
         self.masked_dice = masked_soft_dice(smooth)
 
@@ -122,7 +155,7 @@ class CrossPseudoSupervisionLoss(nn.Module):
         if self.confidence <= 0.0:
             return self.dice(p_student, hard_labels(p_teacher))
         target = one_hot(hard_labels(p_teacher), num_classes=p_teacher.shape[1], dim=1).to(p_student.dtype)
-        return self.masked_dice(p_student, target, confidence_mask(p_teacher, self.confidence))
+        return self.masked_dice(p_student, target, confidence_mask(p_teacher, self.confidence, self.per_class))
 
     def forward(self, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
         return self.pseudo(p1, p2) + self.pseudo(p2, p1)

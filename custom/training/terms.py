@@ -135,7 +135,8 @@ class CrossPseudoSupervisionTerm(UnsupervisedTerm):
     probabilities (detached): ``Dice(p_a_u, argmax m_u) + Dice(p_b_u, argmax m_u)``,
     ``m = (p_a + p_b) / 2``. Pseudo-labels are always detached.
     ``confidence`` > 0 keeps only the pixels where the pseudo-label's source is at least that
-    confident (:class:`custom.training.losses.CrossPseudoSupervisionLoss`).
+    confident (:class:`custom.training.losses.CrossPseudoSupervisionLoss`); with ``per_class``, at
+    least its class's threshold (:func:`custom.training.losses.class_thresholds`).
     ``ce_weight`` > 0 adds the cross-entropy of the logits to the same pseudo-labels (the form of
     Chen et al.'s CPS; ``dice_weight: 0, ce_weight: 1`` is that form alone), ungated.
     """
@@ -150,6 +151,7 @@ class CrossPseudoSupervisionTerm(UnsupervisedTerm):
         confidence: float = 0.0,
         dice_weight: float = 1.0,
         ce_weight: float = 0.0,
+        per_class: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(weight, name)
@@ -157,7 +159,7 @@ class CrossPseudoSupervisionTerm(UnsupervisedTerm):
         if len(self.roles) != 2:
             raise ValueError(f"cross pseudo supervision needs two roles, got {self.roles}")
         self.dice_weight, self.ce_weight = float(dice_weight), float(ce_weight)
-        self.criterion = CrossPseudoSupervisionLoss(confidence=confidence)
+        self.criterion = CrossPseudoSupervisionLoss(confidence=confidence, per_class=per_class)
 
     def _pairs(self, ctx: IterationContext) -> list[tuple[str, torch.Tensor]]:
         """``(student role, source probabilities of its pseudo-labels)`` for every pair taught."""
@@ -194,7 +196,8 @@ class InformationDivergenceTerm(UnsupervisedTerm):
     ``direction="ensemble"``: each network is moved towards the two networks' detached mean
     ``m``: ``L(m, p_a) + L(m, p_b)``, gated by ``m``'s confidence.
     ``confidence`` > 0 averages over the confident pixels only: where the leader's largest
-    probability is at least ``confidence`` (follower), or either network's is (both).
+    probability is at least ``confidence`` (follower), or either network's is (both); with
+    ``per_class``, at least the threshold of its argmax class (:func:`custom.training.losses.class_thresholds`).
     """
 
     name = "id"
@@ -207,13 +210,14 @@ class InformationDivergenceTerm(UnsupervisedTerm):
         mig_weight: float = 1.0,
         direction: str = "both",
         confidence: float = 0.0,
+        per_class: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(weight, name)
         if not 0.0 <= confidence < 1.0:
             raise ValueError(f"confidence must be within [0, 1), got {confidence}")
         self.roles, self.direction = tuple(roles), _check_direction(direction)
-        self.confidence = float(confidence)
+        self.confidence, self.per_class = float(confidence), bool(per_class)
         self.criterion = InformationDivergenceLoss(kl_weight=kl_weight, mig_weight=mig_weight, reduction="none")
 
     def divergence(self, target: torch.Tensor, model: torch.Tensor) -> torch.Tensor:
@@ -226,7 +230,7 @@ class InformationDivergenceTerm(UnsupervisedTerm):
         per_pixel = self.divergence(target, model)
         if self.confidence <= 0:
             return per_pixel.mean()
-        mask = torch.stack([confidence_mask(p, self.confidence) for p in sources]).amax(dim=0)
+        mask = torch.stack([confidence_mask(p, self.confidence, self.per_class) for p in sources]).amax(dim=0)
         return masked_mean(per_pixel, mask)
 
     def loss(self, ctx: IterationContext) -> torch.Tensor:
