@@ -64,6 +64,8 @@ def prepare(
     overwrite: bool = False,
     progress: bool = True,
     quiet: bool = False,
+    unlabeled_extra: str | Path | None = None,
+    unlabeled_extra_ids: str | int | Sequence[str | int] | None = None,
 ) -> dict[str, Any]:
     """Prepare a dataset of kind ``hc18``, ``psfhs``, ``acouslic`` or ``folder``; returns the summary.
 
@@ -86,6 +88,11 @@ def prepare(
     ``num_classes``/``class_names``/``group_regex`` (folder). ``limit`` keeps the first N samples
     by name (quick trials). ``skip_invalid`` skips invalid pairs (listed in ``skipped.json``)
     instead of failing; ``overwrite`` replaces a non-empty ``out`` after success.
+    ``unlabeled_extra`` adds the images of another folder (any readable format, no masks; e.g. a new
+    site's frames; ``unlabeled_extra_ids`` keeps the numeric names in those ranges) to the
+    ``unlabeled`` list only, as their own group (``extra:<folder>``), never to a labelled,
+    validation or test list; a file that cannot be read, or that is the same frame as one of the
+    dataset's (pixel for pixel), is refused by name (:mod:`custom.data.extra`).
     Raises ``DataValidationError`` listing every problem, ``SplitError`` for impossible splits.
     """
     hide_unlabeled_masks, binarize, skip_invalid, overwrite, progress, quiet = (
@@ -144,6 +151,13 @@ def prepare(
 
     if explicit_test_requested:
         plan = replace(plan, test_groups=tuple(sorted(_explicit_test_groups(checked, test_groups, test_ids))))
+    extra = None
+    if unlabeled_extra is not None and str(unlabeled_extra) != "":
+        from .extra import read_extra_images
+
+        extra = read_extra_images(Path(unlabeled_extra).expanduser(), unlabeled_extra_ids, checked,
+                                  skip_invalid=skip_invalid, progress=progress)
+        problems = problems + extra.problems
     splits = _assign_splits(checked, plan)
     if labeled_every is not None:
         splits = _label_every(splits, int(labeled_every))
@@ -153,13 +167,15 @@ def prepare(
 
     with staging_directory(out, overwrite=overwrite) as staging:
         entries = _write_splits(splits, with_masks, staging, progress=progress)
+        if extra is not None:
+            entries["unlabeled"] += extra.write(staging)
         summary = build_summary(
             kind=kind,
             splits=splits,
             with_masks=with_masks,
             labels=discovery.labels,
             skipped=problems,
-            notes=discovery.notes,
+            notes=discovery.notes + ([extra.note] if extra is not None else []),
             out=str(out),
         )
         summary["seed"] = int(seed)
