@@ -124,7 +124,8 @@ def test_the_gated_pseudo_label_loss_teaches_the_rare_class_only_with_class_thre
     teacher = rare_class_probs()
     for per_class, expect_signal in ((False, False), (True, True)):
         logits = torch.zeros(1, 3, 16, 16, requires_grad=True)
-        CrossPseudoSupervisionLoss(confidence=0.9, per_class=per_class).pseudo(torch.softmax(logits, 1), teacher).backward()
+        loss = CrossPseudoSupervisionLoss(confidence=0.9, per_class=per_class)
+        loss.pseudo(torch.softmax(logits, 1), teacher).backward()
         rare_grad = logits.grad[0, 1, 6:10, 6:10].abs().sum().item()
         assert (rare_grad > 1e-6) == expect_signal
 
