@@ -234,3 +234,46 @@ def test_command_line_input_errors_are_one_line(args, needle, tmp_path):
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in done.stderr
+
+
+def test_every_test_list_is_scored_and_a_list_added_later_is_evaluated_without_retraining(
+    tmp_path, tiny_set, monkeypatch
+):
+    def fake_train(spec, launcher="subprocess", threads=None):
+        spec.model_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(spec.seed)
+        torch.save(UNeXt(1, 2).state_dict(), spec.model_path)
+
+    monkeypatch.setattr(compare, "train_run", fake_train)
+    datalist = Path(tiny_set) / "datalist.json"
+    doc = json.loads(datalist.read_text())
+    doc["test_other"] = doc["validation"][2:4]
+    datalist.write_text(json.dumps(doc))
+    kwargs = dict(methods="labeled_only", seeds="0,1", override=scale_file(tmp_path), out=str(tmp_path / "cmp"),
+                  max_iterations=2, launcher="inprocess", progress=False)
+    result = compare.run_comparison(tiny_set, **kwargs)
+    assert list(result["tables"]) == ["test", "test_other"] and result["trained"] == ["labeled_only/seed0",
+                                                                                        "labeled_only/seed1"]
+    rows = list(csv.DictReader(open(tmp_path / "cmp" / "runs.csv")))
+    assert [(r["seed"], r["list"]) for r in rows] == [("0", "test"), ("0", "test_other"), ("1", "test"),
+                                                      ("1", "test_other")]
+    assert all(any(k.startswith("n_empty_pred_") for k in r) for r in rows)  # per class
+    # each list is scored on its own images (per-image rows name them)
+    per_image = list(csv.DictReader(open(tmp_path / "cmp" / "per_image.csv")))
+    for name in ("test", "test_other"):
+        expected = sorted(2 * [e.get("name") or Path(e["image"]).stem for e in doc[name]])
+        assert sorted(r["name"] for r in per_image if r["list"] == name) == expected
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "## Every list" in md and "## `test_other` (2 images)" in md and "per seed" in md
+
+    # a new list: evaluated for every run, nothing retrained
+    monkeypatch.setattr(compare, "train_run", lambda *a, **k: pytest.fail("retrained"))
+    doc["test_third"] = doc["validation"][:1]
+    datalist.write_text(json.dumps(doc))
+    again = compare.run_comparison(tiny_set, **kwargs)
+    assert list(again["tables"]) == ["test", "test_other", "test_third"] and len(again["trained"]) == 2
+    assert again["tables"]["test"]["labeled_only"]["dice"] == pytest.approx(
+        result["tables"]["test"]["labeled_only"]["dice"])
+    # --split names the lists to score
+    only = compare.run_comparison(tiny_set, **{**kwargs, "out": str(tmp_path / "cmp")}, split="test_third")
+    assert list(only["tables"]) == ["test_third"] and only["trained"] == []
