@@ -249,3 +249,36 @@ def test_unlabeled_extra_frames_only_ever_join_the_unlabelled_list(tmp_path):
                 progress=False, quiet=True, unlabeled_extra=extra)
     assert "broken.png" in str(error.value) and "again.png" in str(error.value) and "04500" in str(error.value)
     assert not (tmp_path / "out2").exists()
+
+
+def test_the_readmes_robustness_commands_run_as_written(tmp_path):
+    """The README's PSFHS protocol preparation and its add-test and shift lines, as written, from a
+    working folder whose ``../shared/data`` is the real data (nothing is written into the repository)."""
+    import os
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import REPO, SHARED_DATA
+
+    require_shared("psfhs_site2")
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    prepare = re.search(r"^\.venv/bin/python -m custom\.data prepare psfhs .*--out data/psfhs20 .*$", text, re.M)
+    section = text[text.index("### Robustness across acquisitions") :]
+    lists = re.findall(r"^(\.venv/bin/python -m custom\.data (?:add-test|shift) .*)$", section, re.M)
+    assert prepare and [shlex.split(c)[3] for c in lists] == ["add-test", "shift"], lists
+    work = tmp_path / "repo"
+    work.mkdir()
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(SHARED_DATA)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for command in [prepare.group(0), *lists]:
+        cmd = shlex.split(command)
+        proc = subprocess.run([sys.executable, *cmd[1:], "--progress", "false"], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{command}\n{proc.stderr[-2000:]}"
+    doc = json.loads((work / "data" / "psfhs20" / "datalist.json").read_text())
+    assert len(doc["test_site2"]) == 50 and {len(doc[f"test_{k}"]) for k in SHIFTS} == {len(doc["test"])}
+    names = {e["name"] for split in ("training", "unlabeled", "validation") for e in doc[split]}
+    assert not names & {e["name"] for e in doc["test_site2"]}
