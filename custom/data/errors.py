@@ -26,13 +26,17 @@ class Problem:
 class DataValidationError(ValueError):
     """The input data failed validation; ``problems`` lists every problem found, one per line."""
 
-    def __init__(self, problems: Iterable[Problem], context: str = "") -> None:
+    def __init__(
+        self,
+        problems: Iterable[Problem],
+        context: str = "",
+        hint: str = "(pass --skip-invalid to skip the affected images instead)",
+    ) -> None:
         self.problems: list[Problem] = list(problems)
         head = f"{len(self.problems)} problem(s) in the input data"
         if context:
             head += f" ({context})"
-        hint = "(pass --skip-invalid to skip the affected images instead)"
-        lines = [f"{head} {hint}:"] + [f"  {problem}" for problem in self.problems]
+        lines = [f"{head} {hint}:".replace(" :", ":")] + [f"  {problem}" for problem in self.problems]
         super().__init__("\n".join(lines))
 
 

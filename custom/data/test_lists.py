@@ -274,9 +274,9 @@ def add_test_list(
     checked, problems = validate_samples(samples, num_classes, progress=progress)
     problems = discovery.problems + problems
     if problems:
-        raise DataValidationError(problems, context=str(source))
+        raise DataValidationError(problems, context=str(source), hint="")
     if not checked:
-        raise DataValidationError([Problem(str(source), "no image/mask pair found")], context="nothing to add")
+        raise DataValidationError([Problem(str(source), "no image/mask pair found")], context="nothing to add", hint="")
     seen = _training_hashes(datalist)
     frames, overlap = [], []
     for c in checked:
@@ -289,7 +289,7 @@ def add_test_list(
             entry["spacing"] = [float(s) for s in c.spacing]
         frames.append({"name": c.sample.name, "image": image, "label": c.sample.load_label().array, "entry": entry})
     if overlap:
-        raise DataValidationError(overlap, context="frames already used for training or validation")
+        raise DataValidationError(overlap, context="frames already used for training or validation", hint="")
     return len(_write_list(file, list_name, frames, overwrite))
 
 
