@@ -138,10 +138,7 @@ class FetalUSTrainConstants(BundleConstants):
         self.settings = settings
 
     def configs(self):
-        return [
-            os.path.join(self.settings.configs_dir, "train.yaml"),
-            os.path.join(self.settings.configs_dir, "methods", f"{self.settings.method}.yaml"),
-        ]
+        return self.settings.config_files("train")[:1]
 
     def multi_gpu_configs(self):
         return []  # single process: the app runs the method's trainer in one process
