@@ -480,6 +480,7 @@ def test_bad_labels_are_refused_naming_the_problem_and_not_stored(server):
         detail = _detail(r)
         assert detail.startswith(f"label for image {image!r}: ") and expected in detail, (what, detail)
         assert detail.endswith("label not saved, the image stays unlabelled"), (what, detail)
+        assert "/tmp" not in detail, detail  # not the server's temporary copy of the upload
         assert not list(stored.glob(f"{image}.*")), what
         assert _datastore_completed(server) == 0, what
     if n == 2:
@@ -794,6 +795,17 @@ def test_readme_monailabel_commands_run_as_written(server, tmp_path):
     errors = [line for line in out.splitlines() if line.startswith("error: ")]
     assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in out, out[-3000:]
     assert "num_classes=3 but the weights were trained with num_classes=2" in errors[0], errors
+    # ... and as written against what it is for: weights trained at cpu_small.yaml's scale with 3 classes
+    psfhs = tmp_path / "psfhs_models"
+    parser = _parser([REPO / "bundle" / "configs" / c for c in ("common.yaml", "cpu_small.yaml")], 3, psfhs)
+    psfhs.mkdir()
+    torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), psfhs / "model.pt")
+    (psfhs / "model_config.json").write_text(json.dumps(parser.get_parsed_content("model_record")))
+    with _running_server(tmp_path, second, _server_env(FETAL_US_MODELS_DIR=str(psfhs))) as (url, log):
+        model = requests.get(f"{url}/info/", timeout=60).json()["models"][MODEL]
+        assert sorted(model["labels"]) == ["fetal head", "pubic symphysis"], model
+        r = requests.post(f"{url}/infer/{MODEL}", params={"image": server["images"][0], "output": "image"}, timeout=60)
+        assert r.status_code == 200, (r.status_code, r.text[:500], _tail(log))
 
 
 def test_app_without_weights_registers_the_tasks_and_says_what_is_missing(tmp_path):

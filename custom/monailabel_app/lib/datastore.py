@@ -49,8 +49,8 @@ def label_problem_or_mask(
     try:
         raw = read_raw(Path(label_file), for_mask=True)
         mask, _ = to_class_ids(raw, label_map)
-    except ReadError as e:
-        return str(e), None
+    except ReadError as e:  # MONAI Label's temporary copy of the upload is no name for the client
+        return str(e).replace(str(label_file), "the uploaded file"), None
     try:
         frame = read_raw(Path(image_file)).array
     except ReadError as e:
