@@ -433,6 +433,11 @@ def test_unknown_model_strategy_and_image_get_a_4xx_naming_them(server):
     r = requests.post(f"{url}/activelearning/no_such_strategy", json=TESTER, timeout=60)
     assert r.status_code == 404, (r.status_code, r.text[:1000])
     assert _detail(r).startswith("strategy 'no_such_strategy': no such strategy") and "divergence" in _detail(r)
+    r = requests.post(f"{url}/activelearning/divergence", json={**TESTER, "max_samples": "many"}, timeout=60)
+    assert r.status_code == 422 and _detail(r).startswith("strategy 'divergence': max_samples 'many'"), r.text
+    # MONAI Label's own check (a 500 there): inference with neither an image id nor a file
+    r = requests.post(f"{url}/infer/{MODEL}", params={"output": "image"}, timeout=60)
+    assert r.status_code == 422 and _detail(r).startswith("inference needs an image: ?image=ID"), r.text
     label = (server["source"] / "labels" / f"{image}.png").read_bytes()
     r = requests.put(
         f"{url}/datastore/label",

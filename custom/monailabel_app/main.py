@@ -52,7 +52,7 @@ from lib.activelearning.reservations import (  # noqa: E402
 )
 from lib.bundle_config import MODEL_NAME, BundleSettings, ensure_repo_on_path  # noqa: E402
 from lib.datastore import FetalUSDatastore  # noqa: E402
-from lib.errors import CONFLICT, NOT_FOUND, http_error  # noqa: E402
+from lib.errors import CONFLICT, NOT_FOUND, UNPROCESSABLE, http_error, install_exception_handlers  # noqa: E402
 from lib.infers import FetalUSInferTask, image_error  # noqa: E402
 from lib.trainers import FetalUSTrainTask  # noqa: E402
 from monailabel.config import settings  # noqa: E402
@@ -114,6 +114,11 @@ class MyApp(MONAILabelApp):
             "from the repository's MONAI bundle",
             version=monailabel.__version__,
         )
+
+    def on_init_complete(self):
+        if install_exception_handlers():
+            logger.info("one-line 4xx answers for MONAI Label's own input errors (lib/errors.py)")
+        super().on_init_complete()
 
     def init_datastore(self) -> Datastore:
         """MONAI Label's local datastore that checks each label before saving it (lib/datastore.py)."""
@@ -178,6 +183,8 @@ class MyApp(MONAILabelApp):
                 res = task({**request, "strategy": strategy}, view)
             except FileNotFoundError as e:  # the divergence strategy before any training
                 raise http_error(CONFLICT, f"strategy {strategy!r}: {e}") from None
+            except ValueError as e:  # a request option that is not a number, ...
+                raise http_error(UNPROCESSABLE, f"strategy {strategy!r}: {e}") from None
             if not res or not res.get("id"):
                 if view.excluded_count:
                     raise http_error(
