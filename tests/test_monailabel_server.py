@@ -502,6 +502,25 @@ def test_bad_labels_are_refused_naming_the_problem_and_not_stored(server):
         assert _datastore_completed(server) == 1
         _check(requests.delete(f"{url}/datastore/label", params={"id": image, "tag": "final"}, timeout=60), server)
         assert _datastore_completed(server) == 0
+    # other raw values: mapped by the upload's params, as `custom.data prepare --label-map` maps them
+    raw = (good > 0) * 7
+
+    def put(params):
+        return requests.put(
+            f"{url}/datastore/label",
+            params={"image": image, "tag": "final"},
+            data={"params": json.dumps(params)},
+            files={"label": (f"{image}.png", _png(raw), "image/png")},
+            timeout=REQUEST_TIMEOUT,
+        )
+
+    r = put({"label_map": "7:9:1"})
+    assert r.status_code == 422 and "--label-map '7:9:1': expected RAW:CLASS pairs" in _detail(r), r.text
+    r = put({"label_map": "7:1"})
+    assert r.status_code == 200, r.text[:1000]
+    assert np.array_equal(np.asarray(Image.open(stored / f"{image}.png")), (good > 0).astype(np.uint8))
+    _check(requests.delete(f"{url}/datastore/label", params={"id": image, "tag": "final"}, timeout=60), server)
+    assert _datastore_completed(server) == 0
     _check(requests.get(f"{url}/info/", timeout=REQUEST_TIMEOUT), server)
 
 
