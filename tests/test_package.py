@@ -300,3 +300,40 @@ def test_monailabel_app_reads_the_packaged_merged_configs(packaged):
     assert "initialize" in settings.parser("train").get() and settings.parser("train").get("train#trainer")
     with pytest.raises(FileNotFoundError, match="trains only 'ours'"):
         BundleSettings.from_conf({"bundle_root": str(bundle), "method": "cps"})
+
+
+def test_readme_package_commands_run_as_written(tmp_path):
+    """The README's packaging lines as written, from a working folder of their own: the package
+    command (plus --weights: the repository holds no trained model), then inference from the
+    package's merged config, once with PYTHONPATH and once from the bundle folder (IMAGES: a frame,
+    the interpreter: this one)."""
+    import shlex
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Export, metadata, sharing") :].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in section.splitlines() if "dist" in line and not line.startswith("#")]
+    assert len(lines) == 3, lines
+    work = tmp_path / "work"
+    work.mkdir()
+    weights = tmp_path / "weights.pt"
+    _distinctive_weights(weights)
+    Image.fromarray((np.random.default_rng(1).random((50, 70)) * 255).astype(np.uint8)).save(work / "frame.png")
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME"}}
+    env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))  # `custom` of the repository for the packager
+
+    def run(line: str, extra: str = "") -> None:
+        line = re.sub(r"(\.\./\.\./)?\.venv/bin/python", lambda m: sys.executable, line)
+        line = line.replace("IMAGES", str(work / "frame.png")) + extra
+        proc = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+    run(lines[0], f" --weights {shlex.quote(str(weights))}")
+    bundle = work / "dist" / NAME
+    assert (work / "dist" / f"{NAME}.zip").is_file() and (bundle / "configs" / "inference.json").is_file()
+    assert not list((bundle / "configs").glob("*.yaml"))
+    env.pop("PYTHONPATH")  # the lines set it themselves (or run from the bundle folder)
+    for i, line in enumerate(lines[1:]):
+        run(line, f" --infer_output_dir {shlex.quote(str(tmp_path / f'out{i}'))}")
+        (mask,) = (tmp_path / f"out{i}").rglob("*.png")
+        got = np.asarray(Image.open(mask))
+        assert got.shape[:2] == (50, 70) and got.min() == got.max() == 1, "the packaged weights (foreground everywhere)"
