@@ -832,6 +832,37 @@ def test_readme_monailabel_commands_run_as_written(server, tmp_path):
         assert r.status_code == 200, (r.status_code, r.text[:500], _tail(log))
 
 
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                found.add(local.rsplit(":", 1)[0])
+    return found
+
+
+def test_without_host_the_server_listens_on_loopback_only(server, tmp_path):
+    """monailabel's own default host is 0.0.0.0: the app makes a server started without --host
+    bind to 127.0.0.1 (the README's command, --host left out)."""
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("no /proc/net/tcp to read the listening address from")
+    start = shlex.split(_readme_commands("monailabel start_server")[0])[1:]
+    i = start.index("--host")
+    args = [str(server["studies"]) if a == "my_frames/" else a for a in start[:i] + start[i + 2 :]]
+    env = _server_env(FETAL_US_MODELS_DIR=str(tmp_path / "models"))
+    with _running_server(tmp_path, args, env) as (url, log):
+        port = int(url.rsplit(":", 1)[1])
+        assert _listening_addresses(port) == {"0100007F"}, (_listening_addresses(port), _tail(log))
+        assert f"Uvicorn running on http://127.0.0.1:{port}" in log.read_text(errors="replace")
+        assert "no --host given: listening on 127.0.0.1 only" in log.read_text(errors="replace")
+
+
 def test_app_without_weights_registers_the_tasks_and_says_what_is_missing(tmp_path):
     """In process, no server: a fresh models folder (nothing trained yet) still gets the infer
     and train tasks (MONAI Label trains the first model); inference and the divergence strategy

@@ -67,8 +67,34 @@ from monailabel.utils.others.generic import strtobool  # noqa: E402
 logger = logging.getLogger(__name__)
 
 
+def loopback_unless_chosen() -> str | None:
+    """``monailabel start_server`` listens on every interface (``0.0.0.0``) unless given ``--host``:
+    without one, make the server bind to ``127.0.0.1``. The app starts inside uvicorn's startup,
+    before uvicorn binds its socket (single process), so the host of uvicorn's ``Config`` (found on
+    the call stack: its lifespan handler) can still be set. Returns the host set, ``None`` when the
+    user chose one or this is not ``start_server``; warns when it cannot be set (``--workers``)."""
+    argv = sys.argv
+    if "start_server" not in argv or any(a in ("--host", "-i") or a.startswith("--host=") for a in argv):
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        config = getattr(owner, "config", None)
+        if type(owner).__module__.startswith("uvicorn.") and hasattr(config, "host"):
+            single = (getattr(config, "workers", 1) or 1) <= 1 and not getattr(config, "fd", None)
+            if config.host == "0.0.0.0" and single and not getattr(config, "uds", None):
+                config.host = "127.0.0.1"
+                logger.warning("no --host given: listening on 127.0.0.1 only (--host 0.0.0.0: every interface)")
+                return config.host
+            break
+        frame = frame.f_back
+    logger.warning("no --host given: monailabel listens on every interface (0.0.0.0); pass --host 127.0.0.1")
+    return None
+
+
 class MyApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
+        loopback_unless_chosen()
         try:
             self._init(app_dir, studies, conf)
         except Exception as error:
