@@ -9,8 +9,13 @@ A studies folder of 6 real HC18 frames (PSFHS when HC18 is absent), a seeded ran
 UNeXt (`model.pt`) and a training state with a `transformer` entry in a temporary models folder
 (never the repository's bundle/models), networks at 64 px with a narrow Swin-Unet, `labeled_bs: 2`.
 The tests run in file order on one server: inference and the strategy on the initial weights,
-then training with no label (refused), one label (trains with a labelled batch of 1), and two
-labels plus a broken one (left out), each checked through `train_stats` in `GET /info/`.
+every client mistake a one-line 4xx (unknown model, strategy or image, bad labels: not stored),
+then training with no label (refused), one label (trains with a labelled batch of 1), a refused
+scale, and two labels plus a frame broken after labelling (left out), each checked through
+`train_stats` in `GET /info/`; then the per-client reservations of the strategies. Further
+servers: the README's start commands and curl lines as written (before any model: 409s; after a
+demo-like model: the train request at the served scale; the second command: one error line, or
+serving cpu_small-scale weights), and a start without --host (loopback only).
 """
 
 from __future__ import annotations

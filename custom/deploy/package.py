@@ -168,8 +168,8 @@ PYTHONPATH=$B python -m custom.deploy.export torchscript --ckpt_dir $B/models \\
 The image size, classes and network widths the weights were trained with come from
 `models/model_config.json`; an explicit, different value is refused. `large_files.yml` lists
 the weights with their sha256, as model-zoo bundles do (the URL is the one given to
-`--weights_url` when packaging). Configs execute Python expressions: run bundles from trusted
-sources only.
+`--weights_url` when packaging; the hashes are those of the files as packaged: package again
+after exporting anew). Configs execute Python expressions: run bundles from trusted sources only.
 """  # noqa: E501
 
 
