@@ -810,6 +810,21 @@ def test_readme_monailabel_commands_run_as_written(server, tmp_path):
         assert "training at image_size [64, 64] (the served model's)" in text, _tail(log)
         assert "\u2588" not in text and "it/s]" not in text, "a progress bar in the server log"
         assert "train#dataset#data" not in text and "unlabeled_datalist" not in text, "image lists in the log"
+        # an explicit scale: another image size replaces the 64 px weights when the request says so
+        before = (models / "model.pt").stat().st_mtime_ns
+        params = {"max_epochs": 1, "val_split": 0, "image_size": 128, "overwrite_model": True}
+        assert requests.post(f"{url}/train/{MODEL}", json=params, timeout=60).status_code == 200
+        deadline = time.monotonic() + TRAIN_TIMEOUT
+        while time.monotonic() < deadline:
+            status = requests.get(f"{url}/train/", timeout=60).json()
+            if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+                break
+            time.sleep(3)
+        assert status.get("status") == "DONE", f"{json.dumps(status)[:3000]}\n{_tail(log)}"
+        stats = requests.get(f"{url}/info/", timeout=60).json()["train_stats"][MODEL]
+        assert stats["status"] == "done" and stats["image_size"] == [128, 128], stats
+        assert json.loads((models / "model_config.json").read_text())["image_size"] == [128, 128]
+        assert (models / "model.pt").stat().st_mtime_ns > before
     # the second command against the 64 px, 2-class weights: one error line, no traceback
     second = [str(studies) if a == "my_frames/" else a for a in shlex.split(starts[1])[1:]]
     proc = subprocess.run(

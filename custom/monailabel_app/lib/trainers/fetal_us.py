@@ -297,6 +297,7 @@ class FetalUSTrainTask(BundleTrainTask):
                     "image_size out to train at the served model's size"
                 )
             out["image_size"] = size
+            out["_resized"] = bool(served) and list(served) != size
         logger.info(
             "training at image_size %s (%s)",
             out.get("image_size", "the configs' default"),
@@ -437,6 +438,7 @@ class FetalUSTrainTask(BundleTrainTask):
         )
         unlabelled = self._unlabeled_data(batch - labelled_batch)
         overrides.update(self.settings.overrides())
+        resized = scale.pop("_resized", False)
         overrides.update(scale)
         # no progress bar: the server logs the task's output line by line, and a bar redrawn to a
         # pipe is a line (or two) per iteration; StatsHandler logs one line every log_every iterations
@@ -446,6 +448,14 @@ class FetalUSTrainTask(BundleTrainTask):
             for h in overrides.get(key, parser.get(key, []))
             if not (isinstance(h, dict) and str(h.get("_target_", "")).endswith("ProgressBar"))
         ]
+        if resized:
+            # another image size: the Swin-Unet starts afresh (its attention windows follow the
+            # size); the UNeXt, size-agnostic, still starts from model.pt
+            overrides[key] = [
+                h
+                for h in overrides[key]
+                if not (isinstance(h, dict) and h.get("key") == "transformer" and h.get("network") == "@transformer")
+            ]
         self._summary["image_size"] = scale.get("image_size")
         overrides["bundle_root"] = self.settings.bundle_root
         overrides[self.const.key_unlabeled_dataset_data()] = unlabelled
