@@ -9,16 +9,23 @@ A studies folder of 6 real HC18 frames (PSFHS when HC18 is absent), a seeded ran
 UNeXt (`model.pt`) and a training state with a `transformer` entry in a temporary models folder
 (never the repository's bundle/models), networks at 64 px with a narrow Swin-Unet, `labeled_bs: 2`.
 The tests run in file order on one server: inference and the strategy on the initial weights,
-then training with no label (refused), one label (trains with a labelled batch of 1), and two
-labels plus a broken one (left out), each checked through `train_stats` in `GET /info/`.
+every client mistake a one-line 4xx (unknown model, strategy or image, bad labels: not stored),
+then training with no label (refused), one label (trains with a labelled batch of 1), a refused
+scale, and two labels plus a frame broken after labelling (left out), each checked through
+`train_stats` in `GET /info/`; then the per-client reservations of the strategies. Further
+servers: the README's start commands and curl lines as written (before any model: 409s; after a
+demo-like model: the train request at the served scale; the second command: one error line, or
+serving cpu_small-scale weights), and a start without --host (loopback only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -43,6 +50,9 @@ N_IMAGES = 6
 STARTUP_TIMEOUT = 240
 REQUEST_TIMEOUT = 180
 TRAIN_TIMEOUT = 480
+# the tests' own strategy requests: one client, whose reservations never hide a frame from itself
+TESTER = {"client_id": "tester"}
+RESERVE_S = 10
 
 TINY_YAML = """\
 image_size: [64, 64]
@@ -134,17 +144,7 @@ def server(tmp_path_factory):
     torch.save(cnn.state_dict(), models_dir / "model.pt")
     torch.save({"transformer": transformer.state_dict()}, models_dir / "train_state" / "train_state.pt")
 
-    # MONAI Label logs to <app>/logs/app.log unless given a logging config: keep it in tmp
-    import monailabel
-
-    log_config = tmp / "logging.json"
-    template = (Path(monailabel.__file__).parent / "logging.json").read_text()
-    log_config.write_text(template.replace("${LOGDIR}", str(tmp)).replace("${LOGFILE}", str(tmp / "app.log")))
-    port = _free_port()
-    exe = Path(sys.executable).parent / "monailabel"
-    launcher = [str(exe)] if exe.exists() else [sys.executable, "-m", "monailabel.main"]
     cmd = [
-        *launcher,
         "start_server",
         "--app",
         str(APP),
@@ -152,10 +152,6 @@ def server(tmp_path_factory):
         str(studies),
         "--host",
         "127.0.0.1",
-        "--port",
-        str(port),
-        "--log_config",
-        str(log_config),
         "--conf",
         "models",
         MODEL,
@@ -174,7 +170,31 @@ def server(tmp_path_factory):
         "--conf",
         "strategy_device",
         "cpu",
+        "--conf",
+        "reserve_s",
+        str(RESERVE_S),
     ]
+    with _running_server(tmp, cmd) as (url, log):
+        yield {
+            "url": url,
+            "studies": studies,
+            "models_dir": models_dir,
+            "configs": configs,
+            "source": source,
+            "num_classes": num_classes,
+            "images": list(files),
+            "files": files,
+            "log": log,
+            "tmp": tmp,
+        }
+
+
+def _launcher() -> list[str]:
+    exe = Path(sys.executable).parent / "monailabel"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "monailabel.main"]
+
+
+def _server_env(**more) -> dict:
     # the `monailabel` launcher runs `$MONAILABEL_PYEXE -m monailabel.main`: this interpreter
     env = {
         **os.environ,
@@ -186,10 +206,30 @@ def server(tmp_path_factory):
         "OMP_NUM_THREADS": "2",
     }
     env.pop("FETAL_US_MODELS_DIR", None)
-    log = tmp / "server.log"
+    env.update(more)
+    return env
+
+
+def _log_config(tmp: Path) -> Path:
+    """MONAI Label logs to <app>/logs/app.log unless given a logging config: keep it in tmp."""
+    import monailabel
+
+    log_config = tmp / "logging.json"
+    template = (Path(monailabel.__file__).parent / "logging.json").read_text()
+    log_config.write_text(template.replace("${LOGDIR}", str(tmp)).replace("${LOGFILE}", str(tmp / "app.log")))
+    return log_config
+
+
+@contextlib.contextmanager
+def _running_server(tmp: Path, args: list[str], env: dict | None = None, cwd: Path = REPO):
+    """``monailabel ARGS --port P --log_config ...`` started on loopback; yields (url, log file)
+    once ``/info/`` answers, and stops the server afterwards."""
+    port = _free_port()
+    cmd = [*_launcher(), *args, "--port", str(port), "--log_config", str(_log_config(tmp))]
+    log = tmp / f"server_{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            cmd, cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=str(cwd), env=env or _server_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -205,17 +245,7 @@ def server(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"server not answering /info/ after {STARTUP_TIMEOUT} s:\n{_tail(log)}")
             time.sleep(2)
-        yield {
-            "url": url,
-            "studies": studies,
-            "models_dir": models_dir,
-            "configs": configs,
-            "source": source,
-            "num_classes": num_classes,
-            "images": list(files),
-            "files": files,
-            "log": log,
-        }
+        yield url, log
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -347,7 +377,9 @@ def test_a_broken_image_gets_an_error_naming_it_and_the_server_keeps_serving(ser
     assert len(detail.split("): ", 1)[1]) > 3, detail  # and the problem
     _check(requests.get(f"{server['url']}/info/", timeout=REQUEST_TIMEOUT), server)
     # the strategy never proposes it
-    nxt = _check(requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server)
+    nxt = _check(
+        requests.post(f"{server['url']}/activelearning/divergence", json=TESTER, timeout=REQUEST_TIMEOUT), server
+    )
     assert nxt.json().get("id") != "broken_frame"
     # remove it again (the training test adds its own broken, labelled frame)
     _check(
@@ -381,19 +413,135 @@ def test_an_unknown_or_missing_image_gets_a_422_naming_its_id(server):
     _check(requests.get(f"{url}/info/", timeout=REQUEST_TIMEOUT), server)
 
 
+def _detail(r) -> str:
+    """The one-line ``detail`` of a 4xx answer."""
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and "Traceback" not in detail, detail
+    return detail
+
+
+def _datastore_completed(server) -> int:
+    return _check(requests.get(f"{server['url']}/info/", timeout=REQUEST_TIMEOUT), server).json()["datastore"][
+        "completed"
+    ]
+
+
+def test_unknown_model_strategy_and_image_get_a_4xx_naming_them(server):
+    url, image = server["url"], server["images"][0]
+    r = requests.post(f"{url}/infer/no_such_model", params={"image": image, "output": "image"}, timeout=60)
+    assert r.status_code == 404, (r.status_code, r.text[:1000])
+    assert _detail(r).startswith("model 'no_such_model': no such model to run inference with") and MODEL in _detail(r)
+    r = requests.post(f"{url}/train/no_such_model", json={"max_epochs": 1}, timeout=60)
+    assert r.status_code == 404, (r.status_code, r.text[:1000])
+    assert _detail(r).startswith("model 'no_such_model': no such model to train") and MODEL in _detail(r)
+    assert requests.get(f"{url}/train/", timeout=60).status_code == 404  # no training task was started
+    r = requests.post(f"{url}/activelearning/no_such_strategy", json=TESTER, timeout=60)
+    assert r.status_code == 404, (r.status_code, r.text[:1000])
+    assert _detail(r).startswith("strategy 'no_such_strategy': no such strategy") and "divergence" in _detail(r)
+    r = requests.post(f"{url}/activelearning/divergence", json={**TESTER, "max_samples": "many"}, timeout=60)
+    assert r.status_code == 422 and _detail(r).startswith("strategy 'divergence': max_samples 'many'"), r.text
+    # MONAI Label's own check (a 500 there): inference with neither an image id nor a file
+    r = requests.post(f"{url}/infer/{MODEL}", params={"output": "image"}, timeout=60)
+    assert r.status_code == 422 and _detail(r).startswith("inference needs an image: ?image=ID"), r.text
+    label = (server["source"] / "labels" / f"{image}.png").read_bytes()
+    r = requests.put(
+        f"{url}/datastore/label",
+        params={"image": "no_such_frame", "tag": "final"},
+        files={"label": ("no_such_frame.png", label, "image/png")},
+        timeout=60,
+    )
+    assert r.status_code == 404, (r.status_code, r.text[:1000])
+    assert _detail(r).startswith("image 'no_such_frame': no such image in the datastore, label not saved")
+    assert _datastore_completed(server) == 0
+    _check(requests.get(f"{url}/info/", timeout=REQUEST_TIMEOUT), server)
+
+
+def _png(array) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_labels_are_refused_naming_the_problem_and_not_stored(server):
+    from PIL import Image
+
+    url, image, n = server["url"], server["images"][1], server["num_classes"]
+    good = np.asarray(Image.open(server["source"] / "labels" / f"{image}.png"))
+    h, w = good.shape[:2]
+    cases = {
+        "truncated PNG": (_png(good)[:200], "cannot read"),
+        "not an image": (b"this is not an image\n" * 20, "cannot read"),
+        "another size": (_png(np.zeros((100, 120))), f"mask of 120x100 pixels for a frame of {w}x{h}"),
+        "a class the model lacks": (_png(np.full((h, w), n)), f"label values [{n}] outside the classes 0..{n - 1}"),
+    }
+    if n != 2:  # 0/255 is read as 0/1 only for a 2-class model
+        cases["0/255"] = (_png((good > 0) * 255), "label values [255] outside the classes")
+    stored = server["studies"] / "labels" / "final"
+    for what, (content, expected) in cases.items():
+        r = requests.put(
+            f"{url}/datastore/label",
+            params={"image": image, "tag": "final"},
+            files={"label": (f"{image}.png", content, "image/png")},
+            timeout=REQUEST_TIMEOUT,
+        )
+        assert r.status_code == 422, (what, r.status_code, r.text[:1000])
+        detail = _detail(r)
+        assert detail.startswith(f"label for image {image!r}: ") and expected in detail, (what, detail)
+        assert detail.endswith("label not saved, the image stays unlabelled"), (what, detail)
+        assert "/tmp" not in detail, detail  # not the server's temporary copy of the upload
+        assert not list(stored.glob(f"{image}.*")), what
+        assert _datastore_completed(server) == 0, what
+    if n == 2:
+        # a 0/255 mask of the frame's size: stored as 0/1, counted, then removed again
+        r = requests.put(
+            f"{url}/datastore/label",
+            params={"image": image, "tag": "final"},
+            files={"label": (f"{image}.png", _png((good > 0) * 255), "image/png")},
+            timeout=REQUEST_TIMEOUT,
+        )
+        assert r.status_code == 200, r.text[:1000]
+        saved = np.asarray(Image.open(stored / f"{image}.png"))
+        assert saved.dtype == np.uint8 and np.array_equal(saved, (good > 0).astype(np.uint8))
+        assert _datastore_completed(server) == 1
+        _check(requests.delete(f"{url}/datastore/label", params={"id": image, "tag": "final"}, timeout=60), server)
+        assert _datastore_completed(server) == 0
+    # other raw values: mapped by the upload's params, as `custom.data prepare --label-map` maps them
+    raw = (good > 0) * 7
+
+    def put(params):
+        return requests.put(
+            f"{url}/datastore/label",
+            params={"image": image, "tag": "final"},
+            data={"params": json.dumps(params)},
+            files={"label": (f"{image}.png", _png(raw), "image/png")},
+            timeout=REQUEST_TIMEOUT,
+        )
+
+    r = put({"label_map": "7:9:1"})
+    assert r.status_code == 422 and "--label-map '7:9:1': expected RAW:CLASS pairs" in _detail(r), r.text
+    r = put({"label_map": "7:1"})
+    assert r.status_code == 200, r.text[:1000]
+    assert np.array_equal(np.asarray(Image.open(stored / f"{image}.png")), (good > 0).astype(np.uint8))
+    _check(requests.delete(f"{url}/datastore/label", params={"id": image, "tag": "final"}, timeout=60), server)
+    assert _datastore_completed(server) == 0
+    _check(requests.get(f"{url}/info/", timeout=REQUEST_TIMEOUT), server)
+
+
 def test_divergence_strategy_returns_the_most_disagreeing_image(server):
     expected = _divergences(server)
     best = max(expected, key=expected.get)
     t0 = time.monotonic()
     first = _check(
-        requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server
+        requests.post(f"{server['url']}/activelearning/divergence", json=TESTER, timeout=REQUEST_TIMEOUT), server
     ).json()
     t_first = time.monotonic() - t0
     assert first["id"] == best, (first, expected)
     assert first["disagreement"] == pytest.approx(expected[best], rel=1e-4, abs=1e-6)
     t0 = time.monotonic()
     again = _check(
-        requests.post(f"{server['url']}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server
+        requests.post(f"{server['url']}/activelearning/divergence", json=TESTER, timeout=REQUEST_TIMEOUT), server
     ).json()
     assert again["id"] == best and again["disagreement"] == first["disagreement"]
     print(f"divergence strategy: first call {t_first:.2f} s, cached call {time.monotonic() - t0:.2f} s")
@@ -462,7 +610,8 @@ def test_training_without_a_label_fails_with_one_message(server):
     assert any(message in line for line in details), details
     assert not any("Traceback" in line for line in details), details
     assert model_pt.stat().st_mtime_ns == before
-    assert _train_stats(server) == {}
+    stats = _train_stats(server)  # refused, and says so (not an earlier run's `done`)
+    assert stats["status"] == "refused" and stats["error"].startswith(message), stats
 
 
 def test_training_on_a_single_label_trains_with_a_smaller_labelled_batch(server):
@@ -485,24 +634,54 @@ def test_training_on_a_single_label_trains_with_a_smaller_labelled_batch(server)
     server["single_label_stats"] = stats
 
 
+def test_a_refused_training_is_visible_in_train_stats(server):
+    """The served model (64 px, recorded in model_config.json by the previous training): a request
+    for another image size is refused unless it says overwrite_model; a bad size is one line."""
+    model_pt = server["models_dir"] / "model.pt"
+    before = model_pt.stat().st_mtime_ns
+    previous = _train_stats(server)
+    assert previous["status"] == "done", previous
+    for params, expected in (
+        (
+            {"image_size": [128, 128]},
+            'image_size [128, 128] but {} was trained at image_size [64, 64]: add "overwrite_model"',
+        ),
+        ({"image_size": "abc"}, "train request: image_size 'abc': expected a side"),
+        ({"overwrite_model": "perhaps"}, "train request: "),
+    ):
+        status = _train(server, **params)
+        details = list(status.get("details") or [])
+        assert status["status"] == "ERROR", f"{json.dumps(status)[:3000]}\n{_tail(server['log'])}"
+        expected = expected.format(model_pt)
+        assert any(expected in line for line in details), (params, details)
+        assert not any("Traceback" in line for line in details), details
+        stats = _train_stats(server)
+        assert stats["status"] == "refused" and expected in stats["error"], (params, stats)
+        assert stats["start_ts"] >= previous["start_ts"], stats
+        assert model_pt.stat().st_mtime_ns == before
+
+
 def test_short_training_run_completes(server):
     source, url = server["source"], server["url"]
     labelled = server["images"][:2]
     for image in labelled:
         assert server["files"][image].suffix == ".png"
         _put_label(server, image)
-    # a truncated frame with a valid mask: training leaves it out (logged by name) and trains on the rest
-    truncated = server["files"][labelled[0]].read_bytes()[:200]
+    # a frame labelled while it was readable, truncated afterwards: training leaves it out
+    # (logged by name) and trains on the rest (a label for an unreadable frame is refused: 422)
+    frame = server["files"][labelled[0]].read_bytes()
     _check(
         requests.put(
             f"{url}/datastore/image",
             params={"image": "broken_labelled"},
-            files={"file": ("broken_labelled.png", truncated, "image/png")},
+            files={"file": ("broken_labelled.png", frame, "image/png")},
             timeout=REQUEST_TIMEOUT,
         ),
         server,
     )
     _put_label(server, "broken_labelled", source / "labels" / f"{labelled[0]}.png")
+    (stored,) = server["studies"].glob("broken_labelled.*")
+    stored.write_bytes(frame[:200])
     model_pt = server["models_dir"] / "model.pt"
     state_pt = server["models_dir"] / "train_state" / "train_state.pt"
     before = (model_pt.stat().st_mtime_ns, state_pt.stat().st_mtime_ns)
@@ -525,16 +704,189 @@ def test_short_training_run_completes(server):
     )
     # the strategy now skips the labelled images and scores with the new weights
     expected = {k: v for k, v in _divergences(server).items() if k not in labelled}
-    nxt = _check(requests.post(f"{url}/activelearning/divergence", json={}, timeout=REQUEST_TIMEOUT), server).json()
+    nxt = _check(requests.post(f"{url}/activelearning/divergence", json=TESTER, timeout=REQUEST_TIMEOUT), server).json()
     assert nxt["id"] == max(expected, key=expected.get), (nxt, expected)
     assert nxt["disagreement"] == pytest.approx(expected[nxt["id"]], rel=1e-4, abs=1e-6)
+
+
+def test_strategies_never_hand_one_frame_to_two_clients_and_say_so(server):
+    """Two annotators asking for the next sample get different frames, each reserved for its
+    client (the answer says until when); a client asking again keeps its own; `random` never fails
+    on a small pool; when every unlabelled frame is reserved by others the answer is a 409."""
+    url = server["url"]
+    time.sleep(RESERVE_S + 1)  # the earlier tests' own reservations have expired
+    a = _check(requests.post(f"{url}/activelearning/first", json={"client_id": "annotator-a"}, timeout=60), server)
+    b = _check(requests.post(f"{url}/activelearning/first", json={"client_id": "annotator-b"}, timeout=60), server)
+    a, b = a.json(), b.json()
+    assert a["id"] and b["id"] and a["id"] != b["id"], (a, b)
+    assert a["reserved_for"] == "annotator-a" and b["reserved_for"] == "annotator-b", (a, b)
+    assert a["reserve_s"] == RESERVE_S and 0 < a["reserved_until"] - time.time() <= RESERVE_S, a
+    again = _check(requests.post(f"{url}/activelearning/first", json={"client_id": "annotator-a"}, timeout=60), server)
+    assert again.json()["id"] == a["id"]
+    # divergence skips the frames reserved by others too
+    d = _check(requests.post(f"{url}/activelearning/divergence", json={"client_id": "annotator-c"}, timeout=60), server)
+    assert d.json()["id"] not in {a["id"], b["id"]}, d.json()
+    # 24 quick `random` calls over the small pool (MONAI Label's own failed 5 times in 24)
+    seen = set()
+    for i in range(24):
+        r = requests.post(f"{url}/activelearning/random", json={"client_id": "quick"}, timeout=60)
+        assert r.status_code == 200 and r.json().get("id"), (i, r.status_code, r.text[:500])
+        assert r.json()["id"] not in {a["id"], b["id"], d.json()["id"]}, r.json()
+        seen.add(r.json()["id"])
+    # every unlabelled frame is now reserved by some client: a new client is told so
+    info = _check(requests.get(f"{url}/datastore/", params={"output": "stats"}, timeout=60), server).json()
+    free = info["total"] - info["completed"] - len({a["id"], b["id"], d.json()["id"]} | seen)
+    if free == 0:
+        r = requests.post(f"{url}/activelearning/first", json={"client_id": "annotator-z"}, timeout=60)
+        assert r.status_code == 409, (r.status_code, r.text[:500])
+        assert _detail(r).startswith("strategy 'first': all ") and "reserved by other clients" in _detail(r)
+
+
+def _readme_commands(prefix: str) -> list[str]:
+    """The README's MONAI Label section: its bash lines starting with ``prefix`` (continuations joined)."""
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("## MONAI Label", 1)[1].split("\n## ", 1)[0]
+    lines: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        lines += [" ".join(line.split()) for line in block.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if line.startswith(prefix)]
+
+
+def test_readme_monailabel_commands_run_as_written(server, tmp_path):
+    """The README's start command, as written (the frames folder and the weights folder given by
+    FETAL_US_MODELS_DIR, a free port), on loopback: before any model inference and divergence are
+    409s naming model.pt; with the weights of a tiny trained model (model_config.json beside them,
+    as after the Quick start demo) the README's curl lines run as written (ID: the frame the
+    strategy proposed) and the train request trains at the served scale; the log holds neither a
+    progress bar nor the image lists. The second start command, against weights of another scale,
+    exits with one error line."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    starts = _readme_commands("monailabel start_server")
+    assert len(starts) == 2 and all("--host 127.0.0.1" in c for c in starts), starts
+    studies, models = tmp_path / "my_frames", tmp_path / "models"
+    studies.mkdir()
+    for image in server["images"][:3]:
+        shutil.copy2(server["files"][image], studies / server["files"][image].name)
+    args = [str(studies) if a == "my_frames/" else a for a in shlex.split(starts[0])[1:]]
+    env = _server_env(FETAL_US_MODELS_DIR=str(models))
+    with _running_server(tmp_path, args, env) as (url, log):
+        r = requests.post(f"{url}/infer/{MODEL}", params={"image": server["images"][0], "output": "image"}, timeout=60)
+        assert r.status_code == 409, (r.status_code, r.text[:500])
+        assert _detail(r).startswith(f"model '{MODEL}': no trained model at {models / 'model.pt'}: train first")
+        r = requests.post(f"{url}/activelearning/divergence", json={}, timeout=60)
+        assert r.status_code == 409, (r.status_code, r.text[:500])
+        assert _detail(r).startswith("strategy 'divergence': the divergence strategy needs the UNeXt weights")
+        # a trained model and its record, as the Quick start demo leaves them
+        shutil.copytree(server["models_dir"], models, ignore=shutil.ignore_patterns("monailabel_eval", "*.json"))
+        shutil.copy2(server["models_dir"] / "model_config.json", models / "model_config.json")
+        port = url.rsplit(":", 1)[1]
+        image = None
+        for line in _readme_commands("curl "):
+            line = line.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+            if image is not None:
+                line = line.replace("ID", image)
+            # as written, plus curl's "fail on an HTTP error" (the line's own options are kept)
+            checked = "set -o pipefail; " + line.replace("curl ", "curl --fail-with-body -sS ", 1)
+            proc = subprocess.run(
+                ["bash", "-c", checked], cwd=tmp_path, capture_output=True, text=True, timeout=REQUEST_TIMEOUT
+            )
+            assert proc.returncode == 0, (line, proc.stdout[-2000:], proc.stderr[-2000:], _tail(log))
+            if "/activelearning/" in line:
+                image = json.loads(proc.stdout)["id"]
+            if "/train/" in line and "-X POST" in line:
+                deadline = time.monotonic() + TRAIN_TIMEOUT
+                while time.monotonic() < deadline:
+                    status = requests.get(f"{url}/train/", timeout=60).json()
+                    if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+                        break
+                    time.sleep(3)
+                assert status.get("status") == "DONE", f"{json.dumps(status)[:3000]}\n{_tail(log)}"
+        assert image is not None
+        stats = requests.get(f"{url}/info/", timeout=60).json()["train_stats"][MODEL]
+        assert stats["status"] == "done" and stats["max_epochs"] == 10, stats
+        assert stats["image_size"] is None or stats["image_size"] == [64, 64], stats
+        assert json.loads((models / "model_config.json").read_text())["image_size"] == [64, 64]
+        text = log.read_text(errors="replace")
+        assert "training at image_size [64, 64] (the served model's)" in text, _tail(log)
+        assert "\u2588" not in text and "it/s]" not in text, "a progress bar in the server log"
+        assert "train#dataset#data" not in text and "unlabeled_datalist" not in text, "image lists in the log"
+        # an explicit scale: another image size replaces the 64 px weights when the request says so
+        before = (models / "model.pt").stat().st_mtime_ns
+        params = {"max_epochs": 1, "val_split": 0, "image_size": 128, "overwrite_model": True}
+        assert requests.post(f"{url}/train/{MODEL}", json=params, timeout=60).status_code == 200
+        deadline = time.monotonic() + TRAIN_TIMEOUT
+        while time.monotonic() < deadline:
+            status = requests.get(f"{url}/train/", timeout=60).json()
+            if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+                break
+            time.sleep(3)
+        assert status.get("status") == "DONE", f"{json.dumps(status)[:3000]}\n{_tail(log)}"
+        stats = requests.get(f"{url}/info/", timeout=60).json()["train_stats"][MODEL]
+        assert stats["status"] == "done" and stats["image_size"] == [128, 128], stats
+        assert json.loads((models / "model_config.json").read_text())["image_size"] == [128, 128]
+        assert (models / "model.pt").stat().st_mtime_ns > before
+    # the second command against the 64 px, 2-class weights: one error line, no traceback
+    second = [str(studies) if a == "my_frames/" else a for a in shlex.split(starts[1])[1:]]
+    proc = subprocess.run(
+        [*_launcher(), *second, "--port", str(_free_port()), "--log_config", str(_log_config(tmp_path))],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT,
+    )
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in out, out[-3000:]
+    assert "num_classes=3 but the weights were trained with num_classes=2" in errors[0], errors
+    # ... and as written against what it is for: weights trained at cpu_small.yaml's scale with 3 classes
+    psfhs = tmp_path / "psfhs_models"
+    parser = _parser([REPO / "bundle" / "configs" / c for c in ("common.yaml", "cpu_small.yaml")], 3, psfhs)
+    psfhs.mkdir()
+    torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), psfhs / "model.pt")
+    (psfhs / "model_config.json").write_text(json.dumps(parser.get_parsed_content("model_record")))
+    with _running_server(tmp_path, second, _server_env(FETAL_US_MODELS_DIR=str(psfhs))) as (url, log):
+        model = requests.get(f"{url}/info/", timeout=60).json()["models"][MODEL]
+        assert sorted(model["labels"]) == ["fetal head", "pubic symphysis"], model
+        r = requests.post(f"{url}/infer/{MODEL}", params={"image": server["images"][0], "output": "image"}, timeout=60)
+        assert r.status_code == 200, (r.status_code, r.text[:500], _tail(log))
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                found.add(local.rsplit(":", 1)[0])
+    return found
+
+
+def test_without_host_the_server_listens_on_loopback_only(server, tmp_path):
+    """monailabel's own default host is 0.0.0.0: the app makes a server started without --host
+    bind to 127.0.0.1 (the README's command, --host left out)."""
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("no /proc/net/tcp to read the listening address from")
+    start = shlex.split(_readme_commands("monailabel start_server")[0])[1:]
+    i = start.index("--host")
+    args = [str(server["studies"]) if a == "my_frames/" else a for a in start[:i] + start[i + 2 :]]
+    env = _server_env(FETAL_US_MODELS_DIR=str(tmp_path / "models"))
+    with _running_server(tmp_path, args, env) as (url, log):
+        port = int(url.rsplit(":", 1)[1])
+        assert _listening_addresses(port) == {"0100007F"}, (_listening_addresses(port), _tail(log))
+        assert f"Uvicorn running on http://127.0.0.1:{port}" in log.read_text(errors="replace")
+        assert "no --host given: listening on 127.0.0.1 only" in log.read_text(errors="replace")
 
 
 def test_app_without_weights_registers_the_tasks_and_says_what_is_missing(tmp_path):
     """In process, no server: a fresh models folder (nothing trained yet) still gets the infer
     and train tasks (MONAI Label trains the first model); inference and the divergence strategy
     answer with errors that name the missing file."""
-    from monailabel.interfaces.exception import MONAILabelException
     from monailabel.utils.others.class_utils import get_class_of_subclass_from_file
 
     source, num_classes = _dataset()
@@ -555,9 +907,13 @@ def test_app_without_weights_registers_the_tasks_and_says_what_is_missing(tmp_pa
     app = app_class(str(APP), str(studies), conf)
     info = app.info()
     assert MODEL in info["models"] and MODEL in info["trainers"] and "divergence" in info["strategies"]
-    with pytest.raises(MONAILabelException, match="no trained model"):
+    from fastapi import HTTPException
+
+    with pytest.raises(HTTPException, match="no trained model") as err:
         app.infer({"model": MODEL, "image": name[: -len(".png")], "device": "cpu"})
-    with pytest.raises(FileNotFoundError, match="model.pt"):
+    assert err.value.status_code == 409
+    with pytest.raises(HTTPException, match="model.pt") as err:
         app.next_sample({"strategy": "divergence"})
+    assert err.value.status_code == 409
     with pytest.raises(ValueError, match="unknown model"):
         app_class(str(APP), str(studies), {**conf, "models": "spleen_ct_segmentation"})

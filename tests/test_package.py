@@ -3,7 +3,9 @@ PYTHONPATH, from another working directory, and a zip of the same files."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -73,13 +75,16 @@ def test_layout_weights_and_zip(packaged):
     bundle = packaged["bundle"]
     files = _files(bundle)
     for required in (
-        "configs/common.yaml",
+        "configs/inference.json",
+        "configs/train.json",
+        "configs/evaluate.json",
         "configs/metadata.json",
         "configs/meta_schema.json",
         "configs/logging.conf",
         "models/model.pt",
         "docs/README.md",
         "LICENSE",
+        "large_files.yml",
         "custom/__init__.py",
         "custom/networks/unext.py",
         "custom/deploy/package.py",
@@ -88,9 +93,8 @@ def test_layout_weights_and_zip(packaged):
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     # only the runtime code the configs import: no comparison, benchmark or GPU-check tool
     assert not {"custom/tools/compare.py", "custom/tools/bench.py", "custom/tools/gpu_check.py"} & set(files)
-    # every config of the repository's bundle is shipped
-    repo_configs = {f for f in _files(REPO / "bundle" / "configs") if "__pycache__" not in f and not f.endswith(".pyc")}
-    assert repo_configs <= {f.removeprefix("configs/") for f in files if f.startswith("configs/")}
+    # one merged config per workflow, none of the split YAML pieces
+    assert not [f for f in files if f.startswith("configs/") and f.endswith((".yaml", ".yml"))]
     assert (bundle / "models" / "model.pt").read_bytes() == packaged["weights"].read_bytes()
     with zipfile.ZipFile(packaged["zip"]) as zf:
         zipped = {n for n in zf.namelist() if not n.endswith("/")}
@@ -104,8 +108,9 @@ def test_no_absolute_path_in_the_copied_configs(packaged):
         if file.is_file():
             text = file.read_text(encoding="utf-8", errors="replace")
             assert not [n for n in needles if n in text], file
-    common = (packaged["bundle"] / "configs" / "common.yaml").read_text()
-    assert 'bundle_root: "$custom.deploy.package.bundle_root()"' in common
+    for workflow in ("inference", "train", "evaluate"):
+        merged = json.loads((packaged["bundle"] / "configs" / f"{workflow}.json").read_text())
+        assert merged["bundle_root"] == "$custom.deploy.package.bundle_root()", workflow
 
 
 def test_refuses_missing_weights_and_existing_output(tmp_path, packaged):
@@ -123,11 +128,15 @@ def test_refuses_missing_weights_and_existing_output(tmp_path, packaged):
     assert not (tmp_path / NAME).exists()
     proc = run("--out", str(tmp_path), "--weights", str(tmp_path / "absent.pt"), "--allow-missing-weights", "true")
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / NAME / "configs" / "common.yaml").is_file() and not (
+    assert (tmp_path / NAME / "configs" / "inference.json").is_file() and not (
         tmp_path / NAME / "models" / "model.pt"
     ).exists()
+    assert not (tmp_path / NAME / "large_files.yml").exists()  # no weights, nothing to list
     proc = run("--out", str(tmp_path), "--weights", str(packaged["weights"]))
     assert proc.returncode == 2 and "exists" in proc.stderr
+    proc = run("--out", str(tmp_path / "u"), "--weights", str(packaged["weights"]), "--weights_url", "ftp://x y")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --weights_url must be an http(s) URL")
+    assert not (tmp_path / "u" / NAME).exists()
 
 
 def test_runs_from_the_copy_alone(packaged, tmp_path):
@@ -155,49 +164,176 @@ def test_runs_from_the_copy_alone(packaged, tmp_path):
     assert Path(root).resolve() == bundle.resolve()
 
     configs = bundle / "configs"
-    if (configs / "inference.yaml").is_file():
-        image = workdir / "frame.png"
-        Image.fromarray((np.random.default_rng(0).random((70, 90)) * 255).astype(np.uint8)).save(image)
-        out = workdir / "masks"
-        cmd = [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            str([str(configs / "common.yaml"), str(configs / "inference.yaml")]),
-            "--meta_file",
-            str(configs / "metadata.json"),
-            "--bundle_root",
-            str(bundle),
-            "--input_path",
-            str(image),
-            "--infer_output_dir",
-            str(out),
-            "--image_size",
-            "[64, 64]",
-            "--num_classes",
-            "2",
-        ]
-        proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        masks = sorted(out.rglob("*.png"))
-        assert masks, f"no mask written under {out}: {proc.stdout[-2000:]}"
-        mask = np.asarray(Image.open(masks[0]))
-        assert mask.shape[:2] == (70, 90)
-        assert mask.min() == mask.max() and mask.max() > 0, "the copy's weights (foreground everywhere) were used"
-    else:
-        script = (
-            "import torch\n"
-            "from monai.bundle import ConfigParser\n"
-            "p = ConfigParser(); p.read_config(r'%s'); p['num_classes'] = 2\n"
-            "net = p.get_parsed_content('network_def')\n"
-            "net.load_state_dict(torch.load(p.get_parsed_content('ckpt_dir') + '/model.pt', weights_only=True))\n"
-            "out = net.eval()(torch.rand(1, 1, 64, 64))\n"
-            "assert out.shape == (1, 2, 64, 64) and bool((out.argmax(1) == 1).all()), out.shape\n"
-            "print('ok')\n" % (configs / "common.yaml")
-        )
-        proc = subprocess.run(
-            [sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+    image = workdir / "frame.png"
+    Image.fromarray((np.random.default_rng(0).random((70, 90)) * 255).astype(np.uint8)).save(image)
+    out = workdir / "masks"
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(configs / "inference.json"),
+        "--meta_file",
+        str(configs / "metadata.json"),
+        "--bundle_root",
+        str(bundle),
+        "--input_path",
+        str(image),
+        "--infer_output_dir",
+        str(out),
+        "--image_size",
+        "[64, 64]",
+        "--num_classes",
+        "2",
+    ]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    masks = sorted(out.rglob("*.png"))
+    assert masks, f"no mask written under {out}: {proc.stdout[-2000:]}"
+    mask = np.asarray(Image.open(masks[0]))
+    assert mask.shape[:2] == (70, 90)
+    assert mask.min() == mask.max() and mask.max() > 0, "the copy's weights (foreground everywhere) were used"
+
+
+# ----------------------------------------------------------------- what the model zoo accepts
+
+# the model zoo's lookup (ci/verify_bundle.py): configs/<workflow>.{json,yaml,yml}, the last found wins
+ZOO_SUFFIXES = ("json", "yaml", "yml")
+
+ZOO_CHECKS = r"""
+import json, sys, torch
+from monai.bundle import ckpt_export, create_workflow, verify_metadata, verify_net_in_out
+B, OUT, DATA = sys.argv[1], sys.argv[2], sys.argv[3]
+meta, infer = f"{B}/configs/metadata.json", f"{B}/configs/inference.json"
+verify_metadata(meta_file=meta, filepath=f"{B}/configs/meta_schema.json")
+verify_net_in_out(net_id="network_def", meta_file=meta, config_file=infer, bundle_root=B)
+ckpt_export(net_id="network_def", filepath=f"{OUT}/verify_model.ts", ckpt_file=f"{B}/models/model.pt",
+            meta_file=meta, config_file=infer, bundle_root=B)
+missing = {}
+# evaluate.json is train.json + evaluate.yaml: checked as a "train" workflow, as the model zoo's unit
+# tests check [train.json, evaluate.json] ("override train.json, thus set the workflow to train")
+for name, workflow, config in (("train", "train", "train"), ("evaluate", "train", "evaluate"),
+                               ("infer", "infer", "inference")):
+    # the properties' components are built: a tiny prepared dataset, its images for inference
+    wf = create_workflow(workflow_type=workflow, config_file=f"{B}/configs/{config}.json", meta_file=meta,
+                         logging_file=f"{B}/configs/logging.conf", bundle_root=B, dataset_dir=DATA,
+                         input_path=f"{DATA}/images", infer_output_dir=f"{OUT}/infer", output_dir=f"{OUT}/eval")
+    missing[name] = wf.check_properties() or []
+print("ZOO " + json.dumps({"missing": missing}))
+"""
+
+
+def test_packaged_bundle_passes_the_model_zoo_checks(packaged, tmp_path, demo_dataset):
+    """The model zoo's verification (full mode), with MONAI's own functions on a freshly packaged
+    bundle: one self-contained config per workflow (no split YAML piece that the zoo would take
+    before inference.json), large_files.yml with the weights' hash, verify_metadata,
+    verify_net_in_out and ckpt_export on configs/inference.json, ConfigWorkflow.check_properties
+    for train, evaluate and infer."""
+    import hashlib
+
+    from monai.bundle import ConfigParser
+
+    bundle = packaged["bundle"]
+    configs = sorted(p.name for p in (bundle / "configs").iterdir())
+    assert configs == sorted(
+        ["evaluate.json", "inference.json", "train.json", "metadata.json", "meta_schema.json", "logging.conf"]
+    ), configs
+    for workflow in ("inference", "train", "evaluate"):
+        found = [f"{workflow}.{s}" for s in ZOO_SUFFIXES if (bundle / "configs" / f"{workflow}.{s}").is_file()]
+        assert found == [f"{workflow}.json"], found
+    for required in ("configs/metadata.json", "LICENSE", "models/model.pt"):
+        assert (bundle / required).is_file(), required
+    large = ConfigParser.load_config_file(str(bundle / "large_files.yml"))["large_files"]
+    assert [e["path"] for e in large] == ["models/model.pt"], large
+    digest = hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest()
+    assert large[0]["hash_type"] == "sha256" and large[0]["hash_val"] == digest, large
+
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", ZOO_CHECKS, str(bundle), str(tmp_path), demo_dataset],
+        cwd=workdir,
+        env=_bundle_env(bundle),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("ZOO ")]
+    assert json.loads(line[4:]) == {"missing": {"train": [], "evaluate": [], "infer": []}}, line
+    # the exported TorchScript is the packaged UNeXt (foreground everywhere)
+    ts = torch.jit.load(str(tmp_path / "verify_model.ts"))
+    assert bool((ts(torch.rand(1, 1, 64, 64)).argmax(1) == 1).all())
+    assert not (bundle / "models" / "verify_model.ts").exists()
+
+
+def test_packaged_docs_follow_the_model_zoo_sections(packaged):
+    readme = (packaged["bundle"] / "docs" / "README.md").read_text(encoding="utf-8")
+    headings = [line for line in readme.splitlines() if re.match(r"#{1,2} ", line)]
+    zoo = [
+        "# Model Overview",
+        "## Data",
+        "## Training configuration",
+        "## Performance",
+        "## MONAI Bundle Commands",
+        "# References",
+        "# License",
+    ]
+    assert [h for h in headings if h in zoo] == zoo, headings
+    commands = readme.split("## MONAI Bundle Commands", 1)[1].split("# References", 1)[0]
+    for workflow in ("train", "evaluate", "inference"):
+        assert f"--config_file configs/{workflow}.json" in commands, workflow
+
+
+def test_monailabel_app_reads_the_packaged_merged_configs(packaged):
+    """The MONAI Label app inside a packaged bundle (no YAML pieces) merges the workflow's JSON."""
+    from custom.monailabel_app.lib.bundle_config import BundleSettings
+
+    bundle = packaged["bundle"]
+    settings = BundleSettings.from_conf({"bundle_root": str(bundle)})
+    assert settings.models_dir == str(bundle / "models")
+    assert settings.config_files("inference")[0] == str(bundle / "configs" / "inference.json")
+    assert settings.config_files("train")[0] == str(bundle / "configs" / "train.json")
+    net = settings.parser("inference").get_parsed_content("network_def")
+    assert net(torch.rand(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+    assert "initialize" in settings.parser("train").get() and settings.parser("train").get("train#trainer")
+    with pytest.raises(FileNotFoundError, match="trains only 'ours'"):
+        BundleSettings.from_conf({"bundle_root": str(bundle), "method": "cps"})
+
+
+def test_readme_package_commands_run_as_written(tmp_path):
+    """The README's packaging lines as written, from a working folder of their own: the package
+    command (plus --weights: the repository holds no trained model), then inference from the
+    package's merged config, once with PYTHONPATH and once from the bundle folder (IMAGES: a frame,
+    the interpreter: this one)."""
+    import shlex
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Export, metadata, sharing") :].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in section.splitlines() if "dist" in line and not line.startswith("#")]
+    assert len(lines) == 3, lines
+    work = tmp_path / "work"
+    work.mkdir()
+    weights = tmp_path / "weights.pt"
+    _distinctive_weights(weights)
+    Image.fromarray((np.random.default_rng(1).random((50, 70)) * 255).astype(np.uint8)).save(work / "frame.png")
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME"}}
+    env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))  # `custom` of the repository for the packager
+
+    def run(line: str, extra: str = "") -> None:
+        line = re.sub(r"(\.\./\.\./)?\.venv/bin/python", lambda m: sys.executable, line)
+        line = line.replace("IMAGES", str(work / "frame.png")) + extra
+        proc = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+    run(lines[0], f" --weights {shlex.quote(str(weights))}")
+    bundle = work / "dist" / NAME
+    assert (work / "dist" / f"{NAME}.zip").is_file() and (bundle / "configs" / "inference.json").is_file()
+    assert not list((bundle / "configs").glob("*.yaml"))
+    env.pop("PYTHONPATH")  # the lines set it themselves (or run from the bundle folder)
+    for i, line in enumerate(lines[1:]):
+        run(line, f" --infer_output_dir {shlex.quote(str(tmp_path / f'out{i}'))}")
+        (mask,) = (tmp_path / f"out{i}").rglob("*.png")
+        got = np.asarray(Image.open(mask))
+        assert got.shape[:2] == (50, 70) and got.min() == got.max() == 1, "the packaged weights (foreground everywhere)"

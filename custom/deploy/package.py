@@ -2,12 +2,18 @@
 
     python -m custom.deploy.package --out DIR [--name fetal_us_ssl] [--weights bundle/models/model.pt] [--zip true]
 
-writes ``DIR/NAME/``::
+writes ``DIR/NAME/`` in the layout of a model-zoo bundle::
 
-    configs/        every file of bundle/configs (metadata.json, meta_schema.json, *.yaml, logging.conf, methods/)
-    models/         model.pt (required unless --allow-missing-weights), and model.ts / model.onnx when they
-                    sit beside the weights
-    docs/           bundle/docs, plus PACKAGE.md (how to run this copy; also README.md when docs has none)
+    configs/        one self-contained config per workflow (inference.json, train.json, evaluate.json:
+                    the repository's config lists merged by MONAI's ConfigParser), metadata.json,
+                    meta_schema.json, logging.conf; none of the split YAML pieces (the model zoo's
+                    verification takes configs/inference.yaml before configs/inference.json)
+    models/         model.pt (required unless --allow-missing-weights), its model_config.json, and
+                    model.ts / model.onnx when they sit beside the weights
+    large_files.yml the weights as model-zoo bundles list them (path, url, sha256): ``--weights_url``
+                    is where model.pt will be downloadable once the folder is shared without it
+    docs/           bundle/docs (README.md in the model zoo's section layout), plus PACKAGE.md
+                    (how to run this copy)
     LICENSE
     custom/         the components the configs import (``$import custom``), at the bundle root
 
@@ -16,19 +22,19 @@ and ``DIR/NAME.zip`` (the folder, under its own name) with ``--zip true``.
 Why ``custom/`` sits at the bundle root: MONAI bundles ship their code as a top-level package of
 the bundle folder (the model zoo's ``scripts/``), imported from the configs with the bundle
 folder on ``sys.path``. MONAI Label adds the bundle folder to ``sys.path``; for ``python -m
-monai.bundle run`` put it on ``PYTHONPATH`` (``ConfigWorkflow.run`` also inserts it, but only
-after ``initialize`` has already evaluated the configs' imports). A package named ``custom``
-there makes the configs' ``$import custom`` resolve unchanged.
+monai.bundle run`` run from the bundle folder (``python -m`` puts the working directory on
+``sys.path``) or put it on ``PYTHONPATH``. A package named ``custom`` there makes the configs'
+``$import custom`` resolve unchanged.
 
-The configs are copied unchanged: ``bundle_root`` in ``common.yaml`` is
-``$custom.deploy.package.bundle_root()``, the bundle folder of the imported ``custom`` package,
-found at run time (the repository's ``bundle/`` or the copy's own folder), so no path is
-written into the copy. ``--bundle_root DIR`` on the command line (as MONAI Label does) still
-overrides it. The merged per-workflow JSON files are written by MONAI's ``ConfigParser``.
+The configs are merged, not rewritten: ``bundle_root`` is ``$custom.deploy.package.bundle_root()``,
+the bundle folder of the imported ``custom`` package, found at run time (the repository's
+``bundle/`` or the copy's own folder), so no path is written into the copy. ``--bundle_root DIR``
+on the command line (as MONAI Label and the model zoo's verification do) still overrides it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -81,64 +87,89 @@ WORKFLOW_CONFIGS = {
     "evaluate": ("common.yaml", "train.yaml", "evaluate.yaml"),
     "inference": ("common.yaml", "inference.yaml"),
 }
+# the other files of configs/ that a packaged bundle ships (the split YAML pieces stay in the repository)
+SHIPPED_CONFIGS = ("metadata.json", "meta_schema.json", "logging.conf")
+LARGE_FILES = "large_files.yml"
 
 
-def _write_workflow_configs(configs: Path) -> None:
-    """Write ``configs/<workflow>.json``: the workflow's config list merged by MONAI's own
-    ``ConfigParser`` (left to right, ``a#b`` keys as nested overrides), unresolved."""
+def _write_workflow_configs(source: Path, configs: Path) -> None:
+    """Write ``configs/<workflow>.json``: the workflow's config list of ``source`` merged by MONAI's
+    own ``ConfigParser`` (left to right, ``a#b`` keys as nested overrides), unresolved."""
     from monai.bundle import ConfigParser
 
     for workflow, files in WORKFLOW_CONFIGS.items():
         parser = ConfigParser()
-        parser.read_config([str(configs / f) for f in files])
+        parser.read_config([str(source / f) for f in files])
         merged = {k: v for k, v in parser.get().items() if k != "_meta_"}  # --meta_file fills it at run time
-        ConfigParser.export_config_file(merged, str(configs / f"{workflow}.json"), fmt="json", indent=1)
+        atomic_write(
+            configs / f"{workflow}.json",
+            lambda tmp, merged=merged: ConfigParser.export_config_file(merged, tmp, fmt="json", indent=1),
+        )
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_large_files(target: Path, weights_url: str) -> None:
+    """``large_files.yml`` as model-zoo bundles write it: each shipped weight file's path, the URL
+    it will be downloaded from (``weights_url``/NAME; empty until published) and its sha256 (the
+    zoo's verification checks the hash of a file that is present and downloads only a missing one)."""
+    entries = []
+    for name in ("model.pt", "model.ts"):
+        file = target / "models" / name
+        if file.is_file():
+            file_url = f"{weights_url.rstrip('/')}/{name}" if weights_url else ""
+            entries.append(
+                f'- path: "models/{name}"\n  url: "{file_url}"\n  hash_val: "{sha256(file)}"\n  hash_type: "sha256"\n'
+            )
+    if entries:
+        atomic_write_text(target / LARGE_FILES, "large_files:\n" + "".join(entries))
 
 
 def _usage(name: str) -> str:
     return f"""# {name}: running this packaged bundle
 
-This folder is a self-contained MONAI bundle: `configs/`, `models/model.pt` (the UNeXt
-weights), `docs/`, `LICENSE` and the Python components the configs import, in `custom/`.
-The configs import `custom`, so the bundle folder must be on `sys.path` (MONAI Label adds it
-itself). `bundle_root` is found at run time from the imported `custom` package; pass
-`--bundle_root` to set it explicitly.
-
-Each workflow also has one merged, self-contained config, as model-zoo bundles do:
-`configs/inference.json`, `configs/evaluate.json` and `configs/train.json` (the config lists
-below, merged). From this folder (`python -m` puts it on `sys.path`):
+This folder is a self-contained MONAI bundle in the model zoo's layout: `configs/`,
+`models/model.pt` (the UNeXt weights) with `models/model_config.json` (what they were trained
+with), `large_files.yml`, `docs/`, `LICENSE` and the Python components the configs import, in
+`custom/`. Each workflow has one self-contained config: `configs/inference.json`,
+`configs/evaluate.json` and `configs/train.json`. The configs import `custom`, so the bundle
+folder must be on `sys.path`: run from this folder (`python -m` puts it there) or put it on
+`PYTHONPATH` (MONAI Label adds it itself). `bundle_root` is found at run time from the
+imported `custom` package; `--bundle_root` sets it explicitly.
 
 ```bash
 python -m monai.bundle run --config_file configs/inference.json --meta_file configs/metadata.json --input_path IMAGES --infer_output_dir OUT
 python -m monai.bundle run evaluating --config_file configs/evaluate.json --meta_file configs/metadata.json --dataset_dir DATA
 python -m monai.bundle run training --config_file configs/train.json --meta_file configs/metadata.json --dataset_dir DATA
+# the model zoo's checks (metadata, network input/output, TorchScript export)
+python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath configs/meta_schema.json
+python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json --config_file configs/inference.json --bundle_root .
+python -m monai.bundle ckpt_export network_def --filepath models/verify_model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json --bundle_root .
 ```
 
-Run from anywhere (`B` is this folder):
+From anywhere (`B` is this folder):
 
 ```bash
 B=/path/to/{name}
-PYTHONPATH=$B python -m monai.bundle run \\
-    --config_file "['$B/configs/common.yaml','$B/configs/inference.yaml']" \\
-    --meta_file $B/configs/metadata.json --bundle_root $B \\
-    --input_path IMAGES --infer_output_dir OUT
-PYTHONPATH=$B python -m monai.bundle verify_metadata \\
-    --meta_file $B/configs/metadata.json --filepath $B/configs/meta_schema.json
-PYTHONPATH=$B python -m monai.bundle verify_net_in_out network_def \\
-    --meta_file $B/configs/metadata.json --config_file "['$B/configs/common.yaml']" --device cpu
+PYTHONPATH=$B python -m monai.bundle run --config_file $B/configs/inference.json \\
+    --meta_file $B/configs/metadata.json --bundle_root $B --input_path IMAGES --infer_output_dir OUT
 # TorchScript and ONNX (dynamic batch) exports of the UNeXt, at the input shape recorded in
 # models/model_config.json, each checked against the network before it is written
 PYTHONPATH=$B python -m custom.deploy.export torchscript --ckpt_dir $B/models \\
-    --config_file "['$B/configs/common.yaml']" --meta_file $B/configs/metadata.json
-PYTHONPATH=$B python -m custom.deploy.export onnx --ckpt_dir $B/models \\
-    --config_file "['$B/configs/common.yaml']" --meta_file $B/configs/metadata.json
+    --config_file $B/configs/inference.json --meta_file $B/configs/metadata.json
 ```
 
 The image size, classes and network widths the weights were trained with come from
-`models/model_config.json`; an explicit, different
-value is refused. Training, evaluation
-and the data-preparation CLI (`PYTHONPATH=$B python -m custom.data prepare ...`) work the same
-way. Configs execute Python expressions: run bundles from trusted sources only.
+`models/model_config.json`; an explicit, different value is refused. `large_files.yml` lists
+the weights with their sha256, as model-zoo bundles do (the URL is the one given to
+`--weights_url` when packaging; the hashes are those of the files as packaged: package again
+after exporting anew). Configs execute Python expressions: run bundles from trusted sources only.
 """  # noqa: E501
 
 
@@ -151,6 +182,7 @@ def package(
     overwrite: Any = False,
     bundle_dir: str | None = None,
     with_exports: Any = True,
+    weights_url: str | None = None,
 ) -> Path:
     """Write the self-contained bundle ``out/name/`` (and ``out/name.zip`` when ``zip``).
 
@@ -166,6 +198,8 @@ def package(
             packaged bundle this module belongs to).
         with_exports: also copy ``model.ts`` / ``model.onnx`` found beside the weights (unless
             they are older than the weights).
+        weights_url: the URL of the folder from which ``model.pt`` (and ``model.ts``) will be
+            downloadable, written into ``large_files.yml`` (empty until given).
 
     Returns:
         the bundle folder written.
@@ -179,6 +213,8 @@ def package(
             (with_exports, "with-exports"),
         )
     )
+    if weights_url and not re.fullmatch(r"https?://[^\s\"'\\]+", str(weights_url)):
+        raise PackagingError(f"--weights_url must be an http(s) URL without spaces or quotes, got {weights_url!r}")
     if not name or os.sep in name or name in {".", ".."} or (os.altsep and os.altsep in name):
         raise PackagingError(f"--name must be a plain folder name, got {name!r}")
     source = Path(bundle_dir).resolve() if bundle_dir else Path(bundle_root())
@@ -208,8 +244,10 @@ def package(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     try:
-        shutil.copytree(source / "configs", target / "configs", ignore=_IGNORE)
-        _write_workflow_configs(target / "configs")
+        (target / "configs").mkdir(parents=True)
+        for config in SHIPPED_CONFIGS:
+            shutil.copy2(source / "configs" / config, target / "configs" / config)
+        _write_workflow_configs(source / "configs", target / "configs")
         shutil.copytree(package_src, target / "custom", ignore=_IGNORE_CODE)
 
         models = target / "models"
@@ -234,6 +272,7 @@ def package(
                     shutil.copy2(found, models / export)
         else:
             logger.warning("packaging without weights: %s is missing", weights_path)
+        _write_large_files(target, weights_url or "")
 
         docs = target / "docs"
         if (source / "docs").is_dir():
@@ -280,13 +319,15 @@ def _command(
     overwrite: Any = False,
     bundle_dir: str | None = None,
     with_exports: Any = True,
+    weights_url: str | None = None,
 ) -> None:
     """Write the self-contained bundle OUT/NAME/ (and OUT/NAME.zip with --zip true).
 
     Flags: --name (folder name, default fetal_us_ssl), --weights (default bundle/models/model.pt),
     --zip true, --allow-missing-weights true (package configs and code only), --overwrite true,
     --bundle_dir (source bundle, default this repository's bundle/), --with_exports false (skip
-    model.ts / model.onnx found beside the weights). Errors exit with status 2 and a message.
+    model.ts / model.onnx found beside the weights), --weights_url (the folder URL from which
+    model.pt will be downloadable, for large_files.yml). Errors exit with status 2 and a message.
     """
     try:
         target = package(
@@ -298,6 +339,7 @@ def _command(
             overwrite=overwrite,
             bundle_dir=bundle_dir,
             with_exports=with_exports,
+            weights_url=weights_url,
         )
     except (PackagingError, OptionError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -32,6 +32,8 @@ APP_OVERRIDE = APP_DIR / "configs" / "monailabel.yaml"
 MODEL_NAME = "fetal_us_ssl"
 
 DEFAULT_LABELS = {2: ["fetal head"], 3: ["pubic symphysis", "fetal head"]}
+# a packaged bundle (custom.deploy.package) ships one merged config per workflow instead of the pieces
+MERGED = ("inference", "train")
 
 
 def _get(conf: Mapping[str, Any], key: str, env: str, default: Any = None) -> Any:
@@ -91,11 +93,19 @@ class BundleSettings:
         for f in overrides:
             if not os.path.isfile(f):
                 raise FileNotFoundError(f"config override not found: {f}")
-        if not os.path.isfile(os.path.join(bundle_root, "configs", "common.yaml")):
-            raise FileNotFoundError(f"{bundle_root} is not the bundle folder (no configs/common.yaml)")
+        configs = os.path.join(bundle_root, "configs")
         method = str(_get(conf, "method", "FETAL_US_METHOD", "ours"))
-        if not os.path.isfile(os.path.join(bundle_root, "configs", "methods", f"{method}.yaml")):
-            raise FileNotFoundError(f"method {method!r}: no configs/methods/{method}.yaml in {bundle_root}")
+        if os.path.isfile(os.path.join(configs, "common.yaml")):
+            if not os.path.isfile(os.path.join(configs, "methods", f"{method}.yaml")):
+                raise FileNotFoundError(f"method {method!r}: no configs/methods/{method}.yaml in {bundle_root}")
+        elif all(os.path.isfile(os.path.join(configs, f"{s}.json")) for s in MERGED):
+            if method != "ours":  # a packaged bundle's train.json is the default method, merged
+                raise FileNotFoundError(f"method {method!r}: a packaged bundle ({bundle_root}) trains only 'ours'")
+        else:
+            raise FileNotFoundError(
+                f"{bundle_root} is not the bundle folder (no configs/common.yaml, nor a packaged bundle's "
+                "configs/inference.json and train.json)"
+            )
         return cls(bundle_root, models_dir, output_dir, num_classes, labels, overrides, method)
 
     # --- files
@@ -117,7 +127,10 @@ class BundleSettings:
 
     def config_files(self, stage: str) -> list[str]:
         """``common.yaml``, the stage's config (``inference.yaml``, or ``train.yaml`` and the method
-        file), the app's ``monailabel.yaml`` and the ``config_overrides``, merged in that order."""
+        file), the app's ``monailabel.yaml`` and the ``config_overrides``, merged in that order; in a
+        packaged bundle the stage's merged ``inference.json`` / ``train.json`` replaces the pieces."""
+        if not os.path.isfile(os.path.join(self.configs_dir, "common.yaml")):
+            return [os.path.join(self.configs_dir, f"{stage}.json"), str(APP_OVERRIDE), *self.config_overrides]
         method = [os.path.join(self.configs_dir, "methods", f"{self.method}.yaml")] if stage == "train" else []
         return [
             os.path.join(self.configs_dir, "common.yaml"),

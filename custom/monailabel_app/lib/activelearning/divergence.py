@@ -145,9 +145,14 @@ class InformationDivergenceStrategy(Strategy):
         images = sorted(datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels")))
         if not images:
             return None
-        max_samples = int(request.get("max_samples", 0) or 0)
+        try:
+            max_samples, seed = int(request.get("max_samples", 0) or 0), int(request.get("seed", 0) or 0)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"max_samples {request.get('max_samples')!r} / seed {request.get('seed')!r}: expected whole numbers"
+            ) from None
         if 0 < max_samples < len(images):
-            images = sorted(random.Random(int(request.get("seed", 0))).sample(images, max_samples))
+            images = sorted(random.Random(seed).sample(images, max_samples))
         paths = {i: datastore.get_image_uri(i) for i in images}
         scores = self.scorer.score(list(paths.values()), {p: i for i, p in paths.items()})
         images = [i for i in images if scores[paths[i]] != float("-inf")]

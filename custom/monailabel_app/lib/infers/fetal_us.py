@@ -38,7 +38,7 @@ class FetalUSInferConstants(BundleConstants):
         self.settings = settings
 
     def configs(self) -> Sequence[str]:
-        return [os.path.join(self.settings.configs_dir, "inference.yaml")]
+        return self.settings.config_files("inference")[:1]
 
     def model_pytorch(self) -> str:
         return self.settings.model_path

@@ -24,7 +24,16 @@ running), ``status``, ``epoch``/``max_epochs``, ``iterations``, ``best_metric`` 
 ``best_metric_epoch`` (the UNeXt's validation mean Dice, the metric ``model.pt`` is chosen by),
 ``eval``/``train`` (metrics, key metric, best and its epoch), ``labelled_images``,
 ``validation_images``, ``validated_on``, ``unlabelled_images``, ``left_out`` (image id and
-problem of each frame left out), ``labeled_batch_size``, ``method``.
+problem of each frame left out), ``labeled_batch_size``, ``method``, ``image_size``. A training
+refused before it starts (no usable label, a bad request, weights of another size) is written
+there too: ``status: refused`` and the one-line ``error``, so ``/info/`` never shows an earlier
+run's ``done`` for it.
+
+Scale: training continues the served model (``models_dir/model_config.json``: image size, input
+channels, intensity range, the Swin-Unet's widths, class names); ``image_size`` in the request
+trains at another size, replacing weights of another size only with ``overwrite_model: true``.
+No progress bar (the server logs the task's output line by line): ``StatsHandler`` logs one line
+every ``log_every`` iterations.
 """
 
 from __future__ import annotations
@@ -62,6 +71,28 @@ def _in_task_process() -> bool:
 
 def _image_id(path: str, ids: Dict[str, str]) -> str:
     return ids.get(os.path.realpath(path)) or os.path.splitext(os.path.basename(path))[0]
+
+
+def _image_size(value: Any) -> list[int]:
+    """``[H, W]`` from a train request's ``image_size`` (``128``, ``[128, 128]`` or ``"128"``)."""
+    import json
+
+    given = value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    size = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(size, list)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 32 and v % 32 == 0 for v in size)
+    ):
+        raise TrainingInputError(
+            f"train request: image_size {given!r}: expected a side (e.g. 128) or [height, width], multiples of 32"
+        )
+    return size
 
 
 def _number(value: Any) -> Any:
@@ -138,10 +169,7 @@ class FetalUSTrainConstants(BundleConstants):
         self.settings = settings
 
     def configs(self):
-        return [
-            os.path.join(self.settings.configs_dir, "train.yaml"),
-            os.path.join(self.settings.configs_dir, "methods", f"{self.settings.method}.yaml"),
-        ]
+        return self.settings.config_files("train")[:1]
 
     def multi_gpu_configs(self):
         return []  # single process: the app runs the method's trainer in one process
@@ -191,12 +219,16 @@ class FetalUSTrainTask(BundleTrainTask):
             logger.warning("the app trains in one process: multi_gpu ignored")
         request["multi_gpu"] = request["force_multi_gpu"] = False
         self._summary = {"model": request.get("model"), "method": self.settings.method}
+        self._request, self._started, self._stats_written = request, time.time(), False
         try:
             return super().__call__(request, datastore)
         except Exception as error:
+            from custom.deploy.model_config import ModelConfigError
             from custom.utils.runtime import input_error_of
 
-            found = error if isinstance(error, TrainingInputError) else input_error_of(error)
+            found = error if isinstance(error, (TrainingInputError, ModelConfigError)) else input_error_of(error)
+            if not self._stats_written:  # refused before training started: /info/ says so, not the last run's `done`
+                self._write_refusal("refused" if found is not None else "failed", found or error)
             if found is None or os.environ.get("CUSTOM_TRACEBACK") == "1":
                 raise
             logger.error("training failed: %s", found)
@@ -204,6 +236,76 @@ class FetalUSTrainTask(BundleTrainTask):
                 # the train status shows the task's last output lines: this one, not a traceback
                 raise SystemExit(1) from None
             raise
+
+    def _write_refusal(self, status: str, error: BaseException) -> None:
+        from custom.utils.atomic import atomic_write_json
+
+        message = (
+            " ".join(str(error).split())
+            if isinstance(error, (TrainingInputError, ValueError))
+            else (f"{type(error).__name__}: {' '.join(str(error).split())}")
+        )
+        stats = {
+            "status": status,
+            "error": message,
+            "start_ts": int(self._started),
+            "last_training": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "total_time": str(datetime.timedelta(seconds=int(time.time() - self._started))),
+            "epoch": 0,
+            "iterations": 0,
+            "best_metric": None,
+            "best_metric_epoch": None,
+            **self._summary,
+        }
+        try:
+            atomic_write_json(self.stats_path, stats)
+        except OSError as e:
+            logger.warning("cannot write %s: %s", self.stats_path, e)
+
+    # --- scale: the served model's (models_dir/model_config.json), or the request's image_size
+    def _scale_overrides(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """The served weights' scale (image size, channels, intensity range, Swin-Unet widths and
+        class names from ``model_config.json``), so that training continues the model inference
+        serves; ``image_size`` in the request trains at that size instead, which replaces weights of
+        another size only with ``"overwrite_model": true`` in the request."""
+        from custom.deploy.model_config import config_path, read
+        from custom.utils.cli import OptionError, parse_bool
+
+        recorded = read(config_path(self.settings.models_dir)) or {}
+        out: Dict[str, Any] = {}
+        for key in ("image_size", "in_channels", "intensity_range"):
+            if recorded.get(key) is not None:
+                out[key] = recorded[key]
+        for key in ("embed_dim", "depths", "num_heads", "window_size"):
+            value = (recorded.get("transformer_def") or {}).get(key)
+            if value is not None:
+                out[f"transformer_def#{key}"] = value
+        out["labels"] = recorded.get("labels") or {"background": 0, **self.settings.label_map()}
+        try:
+            overwrite = parse_bool(request.get("overwrite_model", False), "overwrite_model")
+        except OptionError as e:
+            raise TrainingInputError(f"train request: {e}") from None
+        out["overwrite_model"] = overwrite
+        size = request.get("image_size")
+        if size not in (None, "", []):
+            size = _image_size(size)
+            served = recorded.get("image_size")
+            if served and list(served) != size and os.path.isfile(self.settings.model_path) and not overwrite:
+                raise TrainingInputError(
+                    f"train request: image_size {size} but {self.settings.model_path} was trained at image_size "
+                    f'{list(served)}: add "overwrite_model": true to the request to replace it, or leave '
+                    "image_size out to train at the served model's size"
+                )
+            out["image_size"] = size
+            out["_resized"] = bool(served) and list(served) != size
+        logger.info(
+            "training at image_size %s (%s)",
+            out.get("image_size", "the configs' default"),
+            "the request's"
+            if request.get("image_size") not in (None, "", [])
+            else ("the served model's" if recorded else "no model_config.json yet"),
+        )
+        return out
 
     def config(self):
         c = super().config()
@@ -323,6 +425,7 @@ class FetalUSTrainTask(BundleTrainTask):
                 )
 
     def _update_overrides(self, overrides: Dict[str, Any]) -> Dict[str, Any]:
+        scale = self._scale_overrides(getattr(self, "_request", {}) or {})
         parser = self.bundle_config
         batch, labelled_batch = (
             int(parser.get_parsed_content("batch_size")),
@@ -335,6 +438,25 @@ class FetalUSTrainTask(BundleTrainTask):
         )
         unlabelled = self._unlabeled_data(batch - labelled_batch)
         overrides.update(self.settings.overrides())
+        resized = scale.pop("_resized", False)
+        overrides.update(scale)
+        # no progress bar: the server logs the task's output line by line, and a bar redrawn to a
+        # pipe is a line (or two) per iteration; StatsHandler logs one line every log_every iterations
+        key = self.const.key_train_handlers()
+        overrides[key] = [
+            h
+            for h in overrides.get(key, parser.get(key, []))
+            if not (isinstance(h, dict) and str(h.get("_target_", "")).endswith("ProgressBar"))
+        ]
+        if resized:
+            # another image size: the Swin-Unet starts afresh (its attention windows follow the
+            # size); the UNeXt, size-agnostic, still starts from model.pt
+            overrides[key] = [
+                h
+                for h in overrides[key]
+                if not (isinstance(h, dict) and h.get("key") == "transformer" and h.get("network") == "@transformer")
+            ]
+        self._summary["image_size"] = scale.get("image_size")
         overrides["bundle_root"] = self.settings.bundle_root
         overrides[self.const.key_unlabeled_dataset_data()] = unlabelled
         # the top-level datalists the bundle's other entries may read
@@ -349,18 +471,30 @@ class FetalUSTrainTask(BundleTrainTask):
 
         run_id = request.get("run_id") or "run"
         ensure_repo_on_path()
-        # monai.bundle.run, with the trainer and validator kept for the stats
-        workflow = monai.bundle.create_workflow(
-            run_id=run_id,
-            init_id="initialize",
-            final_id=None,
-            meta_file=self.settings.metadata,
+        # monai.bundle.run, with the trainer and validator kept for the stats; the overrides (the
+        # datalists among them) go in without create_workflow's input summary, which logs every
+        # entry of every list (the labelled list twice: train#dataset#data and train_datalist)
+        workflow = monai.bundle.ConfigWorkflow(
             config_file=self.settings.config_files("train"),
-            **overrides,
+            meta_file=self.settings.metadata,
+            init_id="initialize",
+            run_id=run_id,
+            final_id=None,
+            workflow_type="train",
+        )
+        workflow.parser.update(pairs=overrides)
+        workflow.initialize()
+        logger.info(
+            "training %s on %d labelled, %d validation and %d unlabelled image(s)",
+            run_id,
+            len(overrides.get(self.const.key_train_dataset_data(), [])),
+            len(overrides.get(self.const.key_validate_dataset_data(), []) or []),
+            len(overrides.get(self.const.key_unlabeled_dataset_data(), [])),
         )
         trainer = workflow.parser.get_parsed_content("train#trainer")
         evaluator = workflow.parser.get_parsed_content("validate#evaluator")
         writer = TrainStatsWriter(self.stats_path, trainer, evaluator, self._summary)
+        self._stats_written = True  # from here on the writer reports the run, failed or done
         trainer.add_event_handler(Events.EPOCH_COMPLETED, writer.epoch_completed)
         try:
             workflow.run()
