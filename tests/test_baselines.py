@@ -380,5 +380,6 @@ def test_fully_supervised_config_uses_the_unlabelled_masks_with_the_semi_supervi
     assert parser.get_parsed_content("max_iterations") == 400 * counts["training"]
 
 
-def test_every_method_file_is_in_the_comparison():
+def test_every_method_file_is_discovered_by_the_comparison_and_has_an_expectation_here():
     assert {p.stem for p in (CONFIGS / "methods").glob("*.yaml")} == set(compare.METHODS)
+    assert compare.METHODS[0] == "ours" and set(EXPECTED) == set(compare.METHODS), "a method without its expectation"

@@ -54,6 +54,7 @@ import numpy as np
 
 __all__ = [
     "METHODS",
+    "method_names",
     "RunSpec",
     "load_test_entries",
     "class_names_of",
@@ -73,20 +74,16 @@ CONFIGS = REPO / "bundle" / "configs"
 METHOD_DIR = CONFIGS / "methods"
 BASE_CONFIGS = (CONFIGS / "common.yaml", CONFIGS / "train.yaml")
 META_FILE = CONFIGS / "metadata.json"
-METHODS: tuple[str, ...] = (
-    "ours",
-    "labeled_only",
-    "fully_supervised",
-    "mean_teacher",
-    "uamt",
-    "ict",
-    "dan",
-    "dct",
-    "cps",
-    "cross_teaching",
-    "unimatch",
-    "bcp",
-)
+
+
+def method_names(folder: Path = METHOD_DIR) -> tuple[str, ...]:
+    """The methods, discovered: every ``<name>.yaml`` of ``bundle/configs/methods/`` (a method is its
+    file), the default ``ours`` first, then by name."""
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    return tuple(sorted(names, key=lambda n: n != "ours"))
+
+
+METHODS: tuple[str, ...] = method_names()
 METRICS: tuple[str, ...] = ("dice", "hd95", "asd")
 DONE, TRAINED = "done.json", "trained.json"
 
