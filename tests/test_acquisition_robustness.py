@@ -282,3 +282,31 @@ def test_the_readmes_robustness_commands_run_as_written(tmp_path):
     assert len(doc["test_site2"]) == 50 and {len(doc[f"test_{k}"]) for k in SHIFTS} == {len(doc["test"])}
     names = {e["name"] for split in ("training", "unlabeled", "validation") for e in doc[split]}
     assert not names & {e["name"] for e in doc["test_site2"]}
+
+
+def test_a_pool_with_extra_frames_without_masks_trains(tmp_path, demo_dataset):
+    """Extra unlabelled frames (no mask, their own keys) beside masked unlabelled frames: the
+    unlabelled stream batches images only, and a copy-paste run trains through them."""
+    from conftest import tiny_overrides
+    from monai.bundle import ConfigWorkflow
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dataset, data)
+    doc = json.loads((data / "datalist.json").read_text())
+    assert all("label" in e for e in doc["unlabeled"])
+    doc["unlabeled"] = doc["unlabeled"][:2] + [
+        {"image": e["image"], "group": "extra:site2", "name": f"extra:{i}", "source": "/elsewhere"}
+        for i, e in enumerate(doc["unlabeled"][2:])
+    ]
+    (data / "datalist.json").write_text(json.dumps(doc))
+    wf = ConfigWorkflow(
+        config_file=train_config_files("methods/bcp.yaml"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type="train",
+        **tiny_overrides(tmp_path, str(data), w2s_start=0),
+    )
+    wf.initialize()
+    assert all(set(e) == {"image"} for e in wf.parser.get_parsed_content("unlabeled_datalist"))
+    wf.run()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 2 and (tmp_path / "models" / "model.pt").is_file()

@@ -121,8 +121,8 @@ def load_split(path: str | Path, split: str, require_labels: bool = True, allow_
 
     Raises ``FileNotFoundError`` for a missing datalist or a listed file that is absent, and
     ``ValueError`` naming the datalist and the list for a missing or empty list or an entry
-    without a label where labels are required. Without ``require_labels`` the entries come
-    without their ``label``.
+    without a label where labels are required. Without ``require_labels`` each entry is its
+    ``image`` alone.
     """
     path = Path(path)
     file = path / DATALIST_NAME if path.is_dir() else path
@@ -147,9 +147,10 @@ def load_split(path: str | Path, split: str, require_labels: bool = True, allow_
             if not os.path.isfile(entry[key]):
                 raise FileNotFoundError(f"{file}: '{split}' entry {i}: {key} file not found: {entry[key]}")
     if not require_labels:
-        # a stream that reads no mask loads none: an unchecked mask could stop it, and a list whose
-        # entries only partly have one (extra unlabelled frames beside masked ones) cannot be batched
-        entries = [{k: v for k, v in entry.items() if k != "label"} for entry in entries]
+        # a stream that reads images only gets images only: an unchecked mask could stop it, and a
+        # list whose entries carry different keys (extra unlabelled frames without a mask, with their
+        # source, beside the dataset's own) cannot be batched
+        entries = [{"image": entry["image"]} for entry in entries]
     return entries
 
 
