@@ -28,6 +28,8 @@ __all__ = [
     "full_suffix",
     "strip_suffix",
     "read_raw",
+    "display_form",
+    "exif_orientation",
     "to_grey_uint8",
     "to_class_ids",
     "map_values",
@@ -142,8 +144,43 @@ def read_raw(path: Path, *, for_mask: bool = False) -> RawArray:
     raise ReadError(f"unsupported file type '{suffix}'")
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(image) -> int:
+    """The EXIF ``Orientation`` tag of an open Pillow image (1, upright, when absent or unreadable)."""
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a broken EXIF block: the pixels are shown as stored
+        return 1
+
+
+def display_form(image, *, for_mask: bool = False):
+    """A Pillow image as a viewer displays it: the one conversion every path applies (``prepare``,
+    and through :class:`custom.data.transforms.DisplayPILReader` training, evaluation, inference
+    and MONAI Label).
+
+    * the EXIF orientation is applied (Pillow's ``ImageOps.exif_transpose``), so a rotated JPEG is
+      read, and its mask written, the way it is displayed;
+    * an image in palette (``P``) or 1-bit (``1``) mode becomes the grey levels (or colours) it
+      displays, never its palette indices; a mask keeps its indices (they are the class ids);
+    * CMYK/YCbCr/LAB/HSV become RGB.
+    """
+    from PIL import ImageOps
+
+    if exif_orientation(image) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode == "1" and not for_mask:  # a 1-bit mask stays 0/1 (bool, cast by the caller)
+        image = image.convert("L")
+    elif image.mode == "P" and not for_mask:
+        image = image.convert("RGB")
+    elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    return image
+
+
 def _read_with_pil(path: Path, *, for_mask: bool) -> RawArray:
-    """Read a raster file with Pillow; palette masks keep their indices (the class ids)."""
+    """Read a raster file with Pillow as displayed (:func:`display_form`)."""
     from PIL import Image
 
     with Image.open(path) as image:
@@ -152,14 +189,9 @@ def _read_with_pil(path: Path, *, for_mask: bool) -> RawArray:
             raise ReadError(f"multi-frame file ({frames} frames); expected one 2-D image")
         raw_mode = image.tile[0][3] if image.tile else None  # bit depth as stored, before decoding
         image.load()
-        plain_png = image.format == "PNG" and image.mode == "L" and raw_mode == "L"
-        if image.mode == "1" and not for_mask:  # a 1-bit mask stays 0/1 (bool, cast below)
-            image = image.convert("L")
-        elif image.mode == "P" and not for_mask:
-            image = image.convert("RGB")
-        elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            image = image.convert("RGB")
-        array = np.asarray(image)
+        upright = exif_orientation(image) == 1
+        plain_png = image.format == "PNG" and image.mode == "L" and raw_mode == "L" and upright
+        array = np.asarray(display_form(image, for_mask=for_mask))
     if array.dtype == bool:
         array = array.astype(np.uint8)
     return RawArray(array=array, plain_png=plain_png)

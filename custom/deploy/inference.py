@@ -338,13 +338,13 @@ class SaveMaskd(MapTransform):
                 )
 
     def _save_overlay(self, source: str, mask_xy: np.ndarray) -> None:
-        from monai.transforms import LoadImage
         from PIL import Image
 
+        from custom.data.transforms import load_image
         from custom.evaluation.evaluate import overlay_image
         from custom.utils.atomic import atomic_write
 
-        image = np.squeeze(np.asarray(LoadImage(image_only=True)(source), dtype=np.float32))
+        image = np.squeeze(np.asarray(load_image(source), dtype=np.float32))
         if image.ndim == 3:
             image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
         rgb = overlay_image(image.T, np.zeros_like(mask_xy.T), mask_xy.T.astype(np.int64))

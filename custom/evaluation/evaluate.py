@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import LoadImage
 
 from custom.evaluation.biometry import head_circumference_mm
 from custom.evaluation.metrics import evaluate_case, summarize, summary_markdown
@@ -60,7 +59,12 @@ def _filename(x: Any) -> str | None:
     return x if isinstance(x, str) else None
 
 
-_loader = LoadImage(image_only=True)
+def _loader(path: str, *, for_mask: bool = True):
+    """A reference mask (or, ``for_mask=False``, an image) read as the configs read it
+    (:class:`custom.data.transforms.DisplayPILReader`: EXIF orientation applied, palettes resolved)."""
+    from custom.data.transforms import load_image
+
+    return load_image(path, for_mask=for_mask)
 
 
 def read_label_map(path: str) -> np.ndarray:
@@ -264,7 +268,7 @@ class SegmentationReport:
         ]
         for tag, row in picks:
             image_file, label_file = self.cases[row["name"]]
-            image = np.squeeze(np.asarray(_loader(image_file), dtype=np.float32))
+            image = np.squeeze(np.asarray(_loader(image_file, for_mask=False), dtype=np.float32))
             if image.ndim == 3:
                 image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
             rgb = overlay_image(image.T, read_label_map(label_file).T, self._last_pred[row["name"]].T, self.class_names)
