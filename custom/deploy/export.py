@@ -5,7 +5,7 @@
 
 Options: ``--config_file`` (default ``['bundle/configs/common.yaml']``), ``--meta_file`` (default
 ``bundle/configs/metadata.json``), ``--use_trace`` (TorchScript: trace instead of script),
-``--opset_version`` (ONNX).
+``--opset_version`` (ONNX), ``--image_size "[H, W]"`` (only for weights without their own record).
 
 The input shape is never typed by hand: ``1 x in_channels x image_size`` comes from
 ``model_config.json`` beside ``model.pt`` (written by training, see
@@ -17,7 +17,8 @@ record) and the configs; the ONNX graph has the input ``image`` and output ``pre
 dynamic batch axis. Each export is checked against the eager network on one random input of the
 recorded shape (ONNX Runtime for ONNX when it is installed, else ONNX's reference evaluator), is
 written to a temporary file beside ``--filepath`` and renamed into place only when complete
-(:mod:`custom.utils.atomic`). A missing ``model.pt`` or record, or a record without a usable
+(:mod:`custom.utils.atomic`). A missing ``model.pt`` or record, a record of other weights (its
+``weights_sha256`` is not theirs) unless ``--image_size`` is given, or a record without a usable
 ``image_size``, ends with one ``error: ...`` line (status 2).
 """
 
@@ -32,7 +33,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from custom.deploy.model_config import FILENAME, ModelConfigError, config_path, network_data_format, read
+from custom.deploy.model_config import (
+    FILENAME,
+    ModelConfigError,
+    belongs_to,
+    config_path,
+    network_data_format,
+    read,
+)
 from custom.utils.atomic import atomic_path
 from custom.utils.cli import OptionError, exit_on_error, parse_bool
 
@@ -71,6 +79,25 @@ def input_shape(record: dict, record_file: str) -> list[int]:
     return [1, channels, *size]
 
 
+def _image_size_option(value: Any) -> list[int]:
+    """``--image_size``: two positive integers (``"[64, 64]"`` or ``64,64``), else one line naming the option."""
+    items = value
+    if isinstance(value, str):
+        items = [v for v in value.strip().strip("[]()").replace(",", " ").split() if v]
+    try:
+        size = [int(v) for v in items] if isinstance(items, (list, tuple)) else None
+    except (TypeError, ValueError):
+        size = None
+    if (
+        size is None
+        or len(size) != 2
+        or any(s <= 0 for s in size)
+        or any(isinstance(v, (bool, float)) and v != int(v) for v in items)
+    ):
+        raise OptionError(f"--image_size: expected two positive integers such as \"[448, 448]\", got {value!r}")
+    return size
+
+
 def _files(value: Any, option: str) -> list[str]:
     """A file or a list of files (fire hands ``"['a', 'b']"`` over as a list) that must exist."""
     if isinstance(value, str):
@@ -92,6 +119,7 @@ def export(
     meta_file: str | os.PathLike | None = None,
     use_trace: Any = False,
     opset_version: int | None = None,
+    image_size: Any = None,
 ) -> str:
     """Export ``ckpt_dir/model.pt`` as ``fmt`` (``torchscript`` or ``onnx``) at the recorded input
     shape; returns the written path. See the module docstring."""
@@ -109,10 +137,22 @@ def export(
         raise FileNotFoundError(f"no model.pt in {ckpt_dir}: train first, or pass --ckpt_dir with the weights' folder")
     record_file = config_path(ckpt_dir)
     record = read(record_file)
-    if record is None:
+    why = belongs_to(record, ckpt_file)
+    overrides: dict[str, Any] = {}
+    if image_size is not None:  # the scale given explicitly: the record (if any) is not needed
+        size = _image_size_option(image_size)
+        record = {**(record if why is None else {}), "image_size": size}
+        overrides["image_size"] = size
+        if why is not None:
+            overrides["read_model_config"] = False
+    elif record is None:
         raise FileNotFoundError(
             f"no {FILENAME} beside {ckpt_file}: training writes it (image size, classes, channels, network "
-            "widths); retrain, or write it for these weights"
+            "widths); retrain, or pass --image_size \"[H, W]\" (the size of their training)"
+        )
+    elif why is not None:
+        raise ModelConfigError(
+            f"{ckpt_file}: {why}: retrain, or pass --image_size \"[H, W]\" (the size of their training)"
         )
     shape = input_shape(record, record_file)
     configs = _files(
@@ -158,6 +198,7 @@ def export(
                 converter_kwargs=converter_kwargs,
                 bundle_root=str(BUNDLE_ROOT),
                 ckpt_dir=ckpt_dir,
+                **overrides,
                 **{"_meta_#network_data_format": described["network_data_format"]},
             )
     finally:
@@ -179,10 +220,11 @@ def _command(
     meta_file: str | None = None,
     use_trace: Any = False,
     opset_version: int | None = None,
+    image_size: Any = None,
 ) -> None:
     """Export ckpt_dir/model.pt (default bundle/models) as FMT (torchscript or onnx) at the input
     shape recorded in model_config.json beside it."""
-    path = export(fmt, ckpt_dir, filepath, config_file, meta_file, use_trace, opset_version)
+    path = export(fmt, ckpt_dir, filepath, config_file, meta_file, use_trace, opset_version, image_size)
     print(path)
 
 

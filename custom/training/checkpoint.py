@@ -304,7 +304,8 @@ def _atomic_disk_saver():
         power cut the rename can reach the disk before the data). With a fixed ``filename``,
         ``remove`` does nothing: ignite removes the old best before writing the new one, which
         would leave no ``model.pt`` at all until the write finishes; the rename replaces it.
-        ``before_save`` runs just before each write (it writes ``model_config.json``).
+        ``before_save(sha256)`` runs once the new weights are on disk, just before they are renamed
+        to ``model.pt`` (it writes ``model_config.json`` carrying their checksum).
         """
 
         def __init__(self, dirname: str, filename: str | None = None, before_save: Any = None) -> None:
@@ -317,9 +318,16 @@ def _atomic_disk_saver():
             if idist.get_rank() != self.save_on_rank:
                 return
             path = os.path.join(str(self.dirname), self.filename or filename)
-            if self.before_save is not None:
-                self.before_save()
-            atomic_torch_save(checkpoint, path)
+            if self.before_save is None:
+                atomic_torch_save(checkpoint, path)
+            else:  # the record carries the checksum of exactly the bytes renamed to model.pt
+                from custom.deploy.model_config import weights_sha256
+                from custom.utils.atomic import atomic_path
+
+                with atomic_path(path) as tmp:
+                    with open(tmp, "wb") as f:
+                        torch.save(checkpoint, f)
+                    self.before_save(weights_sha256(tmp))
             _readable_by_all(path)
 
         def remove(self, filename: str) -> None:
