@@ -88,7 +88,12 @@ def setup(
     ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) unless it is already initialised; pin
     this process to ``device`` when it is a CUDA device; seed MONAI/torch/numpy/random with
     ``seed + rank``; on ranks > 0 raise the root logger's level to WARNING. Returns the rank.
+    A bad ``seed`` is refused (one line) before the process group is set up.
     """
+    if seed is not None:
+        from custom.utils.options import check_option
+
+        seed = check_option("seed", seed)
     if not is_distributed():
         backend = backend or default_backend()
         if device is not None and torch.device(device).type == "cuda":
@@ -101,7 +106,7 @@ def setup(
     if seed is not None:
         from monai.utils import set_determinism
 
-        set_determinism(seed=int(seed) + rank)
+        set_determinism(seed=seed + rank)
     if quiet_non_zero_ranks and rank > 0:
         logging.getLogger().setLevel(logging.WARNING)
     logger.info(
