@@ -61,11 +61,22 @@ def validate_datalist(doc: Any, file: str | Path) -> dict[str, Any]:
     return doc
 
 
-def read_datalist_file(path: str | Path) -> dict[str, Any]:
-    """Parse and validate ``datalist.json`` (paths left as written); :class:`DatalistError` says what is wrong."""
+def _datalist_file(path: str | Path) -> Path:
+    """``path``, or ``path/datalist.json`` for a folder; a folder without one is refused saying so."""
     file = Path(path)
     if file.is_dir():
+        if not (file / DATALIST_NAME).is_file():
+            raise FileNotFoundError(
+                f"{file} is a folder with no {DATALIST_NAME} in it; pass the datalist file (or the folder "
+                "`python -m custom.data prepare` wrote)"
+            )
         file = file / DATALIST_NAME
+    return file
+
+
+def read_datalist_file(path: str | Path) -> dict[str, Any]:
+    """Parse and validate ``datalist.json`` (paths left as written); :class:`DatalistError` says what is wrong."""
+    file = _datalist_file(path)
     try:
         raw = file.read_bytes()
     except FileNotFoundError as e:
@@ -114,8 +125,7 @@ def load_split(path: str | Path, split: str, require_labels: bool = True, allow_
     ``ValueError`` naming the datalist and the list for a missing or empty list or an entry
     without a label where labels are required.
     """
-    path = Path(path)
-    file = path / DATALIST_NAME if path.is_dir() else path
+    file = _datalist_file(path)
     if not file.is_file():
         raise FileNotFoundError(f"datalist not found: {file} (prepare one with `python -m custom.data prepare`)")
     try:

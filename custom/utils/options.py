@@ -20,7 +20,7 @@ __all__ = ["RULES", "check_option", "check_training_options"]
 SEED_MAX = 2**32 - 1  # numpy's seeds: 0 .. 2**32 - 1
 # name -> (kind, what the message says it expects)
 RULES: dict[str, tuple[str, str]] = {
-    "num_classes": ("int>=2", "an integer of at least 2 (background included) and at most 255"),
+    "num_classes": ("int>=2", "an integer within 2..256 (background included)"),
     "image_size": ("size", "two positive integers divisible by 32, such as \"[448, 448]\""),
     "max_iterations": ("int>=1", "a positive integer"),
     "batch_size": ("int>=1", "a positive integer"),
@@ -88,7 +88,7 @@ def check_option(name: str, value: Any, *, dashes: bool = False) -> Any:
         raise error
     if (
         (kind == "int>=1" and number < 1)
-        or (kind == "int>=2" and not 2 <= number <= 255)
+        or (kind == "int>=2" and not 2 <= number <= 256)
         or (kind == "seed" and not 0 <= number <= SEED_MAX)
     ):
         raise error
