@@ -44,7 +44,7 @@ from custom.deploy.model_config import (
 from custom.utils.atomic import atomic_path
 from custom.utils.cli import OptionError, exit_on_error, parse_bool
 
-__all__ = ["FORMATS", "ONNX_CONVERTER_KWARGS", "input_shape", "export", "main"]
+__all__ = ["FORMATS", "ONNX_CONVERTER_KWARGS", "WeightsError", "input_shape", "export", "main"]
 
 _HERE = Path(__file__).resolve().parents[2]  # the repository, or the folder of a packaged bundle
 BUNDLE_ROOT = _HERE / "bundle" if (_HERE / "bundle" / "configs" / "common.yaml").is_file() else _HERE
@@ -77,6 +77,41 @@ def input_shape(record: dict, record_file: str) -> list[int]:
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
         raise ModelConfigError(f"{record_file}: in_channels must be a positive integer, got {channels!r}")
     return [1, channels, *size]
+
+
+class WeightsError(ValueError):
+    """``model.pt`` cannot be exported as it is (unreadable, truncated, pickled objects, NaN/Inf,
+    or weights of another network or class count); the message names the file, in one line."""
+
+
+def _check_weights(ckpt_file: str, configs: list[str], ckpt_dir: str, overrides: dict[str, Any]) -> None:
+    """Load ``ckpt_file`` strictly into the network the configs build, before MONAI's export does:
+    MONAI's ``ckpt_export`` copies only the tensors whose shapes match (``copy_model_state``), so
+    weights of another class count would export a partly untrained network without a word. Reads
+    with ``weights_only=True`` (no pickled code runs) and never passes on PyTorch's advice to
+    load with ``weights_only=False``."""
+    from monai.bundle import ConfigParser
+
+    from custom.training.checkpoint import load_network_weights
+
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser.update({"bundle_root": str(BUNDLE_ROOT), "ckpt_dir": ckpt_dir, **overrides})
+    network = parser.get_parsed_content("network_def")
+    try:
+        load_network_weights(network, ckpt_file)
+    except (ValueError, FileNotFoundError) as e:
+        text = " ".join(str(e).split())
+        if "does not fit" in text:  # the strict load's key list is long: its first mismatch says enough
+            import re
+
+            head = text.split(": Error(s)", 1)[0]
+            first = re.search(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) "
+                              r"from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", text)
+            detail = (f": '{first[1]}' is {first[2]} in the file, {first[3]} in the network" if first
+                      else ": its tensor names differ from the network's")
+            text = f"{head}{detail} (weights of another class count or network than the record describes)"
+        raise WeightsError(text) from None
 
 
 def _image_size_option(value: Any) -> list[int]:
@@ -176,6 +211,7 @@ def export(
     else:
         converter_kwargs = dict(verify)
         exporter, how = ckpt_export, f"TorchScript ({'traced' if trace else 'scripted'})"
+    _check_weights(ckpt_file, configs, ckpt_dir, overrides)
     _say(
         f"exporting {ckpt_file} to {how}: input {shape} from {record_file} "
         f"({record.get('num_classes', '?')} classes) ..."
@@ -211,7 +247,7 @@ def export(
     return filepath
 
 
-@exit_on_error((FileNotFoundError, ModelConfigError, IsADirectoryError))
+@exit_on_error((FileNotFoundError, ModelConfigError, IsADirectoryError, WeightsError))
 def _command(
     fmt: str,
     ckpt_dir: str | None = None,
