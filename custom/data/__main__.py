@@ -33,9 +33,9 @@ def _prepare_command(*args: Any, **kwargs: Any) -> None:
     except (ValueError, OSError, RecursionError, MemoryError) as error:
         # any other input error the project's own code raises (a bad option value, an unreadable
         # path, a full disk): one line, never a traceback; a failure elsewhere keeps its traceback
-        found = input_error_of(error)
-        if found is None and isinstance(error, OSError) and error.filename is not None:
-            found = f"{error.filename}: {error.strerror or error}"
+        from custom.utils.outputs import os_error_line
+
+        found = input_error_of(error) or os_error_line(error)
         if found is None:
             raise
         print(f"error: {found}", file=sys.stderr)

@@ -32,6 +32,9 @@ def check_output_target(out: Path, source: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
+    from custom.utils.outputs import check_output_folder
+
+    check_output_folder(out, "--out", replaced_whole=True)  # read-only, full, a mount point: before the work
 
 
 @contextmanager

@@ -148,6 +148,9 @@ class InputScreen:
             raise FileExistsError(
                 f"{self.output_dir}: the inference output folder (infer_output_dir) is an existing file"
             )
+        from custom.utils.outputs import check_output_folder
+
+        check_output_folder(self.output_dir, "--infer_output_dir")  # read-only or full: before any input is read
         good, self.bad = [], []
         for entry in entries:
             reason = screen_file(entry["image"], self.transform, self.intensity_range, self.timeout_s)

@@ -233,6 +233,9 @@ class SegmentationReport:
                 f"{self.output_dir}: the evaluation output folder exists and is not empty; "
                 "pass --overwrite true to replace it (or choose another --eval_output_dir)"
             )
+        from custom.utils.outputs import check_output_folder
+
+        check_output_folder(self.output_dir, "--eval_output_dir", replaced_whole=True)
 
     def write(self) -> None:
         from pathlib import Path

@@ -87,8 +87,14 @@ def hold_ckpt_dir(ckpt_dir: str | os.PathLike) -> str | None:
     path = os.path.join(folder, LOCK_NAME)
     if key in _HELD:
         return path
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    from custom.utils.outputs import OutputFolderError, check_output_folder
+
+    check_output_folder(folder, "--ckpt_dir")  # read-only or full: refused before anything is built
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputFolderError(f"--ckpt_dir {folder}: cannot write there: {e.strerror or e}") from None
     try:
         import fcntl
 
