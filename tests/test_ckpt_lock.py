@@ -67,3 +67,29 @@ def test_training_on_a_locked_ckpt_dir_is_refused_before_anything_is_written(hol
     found = input_error_of(err.value)
     assert isinstance(found, CkptDirLockedError) and f"pid {proc.pid}" in str(found), str(err.value)
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]  # no model.pt, no training state
+
+
+def test_a_killed_runs_temporary_files_are_removed_on_the_next_start(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in (".tmp_abc123.pt", ".tmp_def456.json"):
+        (folder / name).write_bytes(b"half")
+    (folder / "model.ts").write_bytes(b"kept")
+    hold_ckpt_dir(folder)
+    try:
+        assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME, "model.ts"]
+    finally:
+        release_ckpt_dir(folder)
+
+
+def test_an_inference_folder_is_cleared_of_a_killed_runs_temporary_files(tmp_path):
+    from custom.deploy.inference import InputScreen
+
+    out = tmp_path / "inference"
+    out.mkdir()
+    (out / ".tmp_x1y2z3_mask.png").write_bytes(b"half")
+    (out / "old_mask.png").write_bytes(b"kept")
+    screen = InputScreen(str(out))
+    with pytest.raises(Exception):  # the only input is missing: nothing to segment
+        screen([{"image": str(tmp_path / "missing.png")}])
+    assert sorted(p.name for p in out.iterdir()) == ["old_mask.png"]

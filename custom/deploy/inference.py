@@ -151,6 +151,10 @@ class InputScreen:
         from custom.utils.outputs import check_output_folder
 
         check_output_folder(self.output_dir, "--infer_output_dir")  # read-only or full: before any input is read
+        if os.path.isdir(self.output_dir):  # the hidden temporary files of a killed run into this folder
+            from custom.utils.atomic import remove_leftovers
+
+            remove_leftovers(self.output_dir, ".tmp_*", "partial output")
         good, self.bad = [], []
         for entry in entries:
             reason = screen_file(entry["image"], self.transform, self.intensity_range, self.timeout_s)

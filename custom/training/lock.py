@@ -8,7 +8,8 @@ training on the folder is refused at once with one line naming the folder and th
 kernel drops the ``flock`` of a process that dies (even by ``SIGKILL``), so the lock of a killed
 run is taken over on the next start; where the file system has no ``flock``, a lock whose pid is
 no longer alive on this host is taken over the same way (a stale lock). A process may take the
-lock of a folder it already holds again (resume in the same process).
+lock of a folder it already holds again (resume in the same process). Once it holds the lock it
+removes the hidden temporary files a killed training left in the folder (``.tmp_*.pt``/``.json``).
 """
 
 from __future__ import annotations
@@ -127,6 +128,12 @@ def hold_ckpt_dir(ckpt_dir: str | os.PathLike) -> str | None:
         os.close(fd)
         raise
     _HELD[key] = fd
+    from custom.utils.atomic import remove_leftovers
+
+    # what a killed training left half-written (model.pt, model_config.json): no other training
+    # writes here now (the lock), and evaluation/export write other suffixes
+    for pattern in (".tmp_*.pt", ".tmp_*.json", ".tmp_probe_*"):
+        remove_leftovers(folder, pattern, "partial file")
     return path
 
 
