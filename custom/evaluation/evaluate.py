@@ -92,7 +92,7 @@ def case_record(
         raise ValueError(f"{name}: prediction {pred.shape} and reference {gt.shape} differ in size")
     row = {"name": name, **evaluate_case(pred, gt, num_classes, spacing_rc)}
     if head_class is not None:
-        px = spacing_rc[0] if spacing_rc else 1.0
+        px = tuple(spacing_rc) if spacing_rc else 1.0  # (row, column) mm: anisotropic pixels stay so
         hc = head_circumference_mm(pred == head_class, px)
         ref = float(reference_hc_mm) if reference_hc_mm is not None else head_circumference_mm(gt == head_class, px)
         row.update(
