@@ -299,6 +299,13 @@ class SaveMaskd(MapTransform):
                         source, np.squeeze(np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask))
                     )
             except (MaskWriteError, OSError) as e:
+                from custom.utils.outputs import FOLDER_ERRNOS, OutputFolderError
+
+                if isinstance(e, OSError) and e.errno in FOLDER_ERRNOS:  # a full disk, a read-only folder:
+                    raise OutputFolderError(  # no later mask fares better, and exit 0 would claim success
+                        f"--infer_output_dir {self.output_dir}: cannot write {os.path.basename(target)}: "
+                        f"{e.strerror or e} (the masks written before it are complete)"
+                    ) from e
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
                 reason = (
                     f"cannot write its mask {os.path.basename(target)}: {reason}" if isinstance(e, OSError) else reason

@@ -18,13 +18,24 @@ import os
 import shutil
 import tempfile
 
-__all__ = ["OutputFolderError", "OUTPUT_ERRNOS", "MIN_FREE_BYTES", "check_output_folder", "os_error_line"]
+__all__ = [
+    "OutputFolderError",
+    "OUTPUT_ERRNOS",
+    "FOLDER_ERRNOS",
+    "MIN_FREE_BYTES",
+    "check_output_folder",
+    "os_error_line",
+]
 
 # the errors of a path the system will not write to (not bugs): said in one line
 OUTPUT_ERRNOS = frozenset(
     getattr(errno, name)
     for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EBUSY", "EXDEV", "ENAMETOOLONG", "ENOTDIR", "EISDIR")
     if hasattr(errno, name)
+)
+# of those, the ones about the whole folder or device (not one file's name): no later file fares better
+FOLDER_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EBUSY") if hasattr(errno, name)
 )
 MIN_FREE_BYTES = 1 << 20  # below 1 MiB free nothing useful can be written
 
