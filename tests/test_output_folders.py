@@ -131,3 +131,26 @@ def test_training_and_inference_check_their_folders_first(tmp_path, monkeypatch)
     screen = InputScreen(str(tmp_path / "inference"))
     with pytest.raises(OutputFolderError, match="--infer_output_dir"):
         screen([{"image": str(tmp_path / "never_read.png")}])
+
+
+def test_a_full_disk_while_writing_masks_stops_the_run_in_one_line(tmp_path, monkeypatch):
+    import torch
+    from monai.data import MetaTensor
+
+    import custom.utils.atomic as atomic
+    from custom.deploy.inference import InputScreen, SaveMaskd
+
+    screen = InputScreen(str(tmp_path / "inference"))
+    saver = SaveMaskd("pred", str(tmp_path / "inference"), screen=screen)
+    pred = MetaTensor(torch.ones(1, 16, 16), meta={"filename_or_obj": "/x/a.png", "spatial_shape": (16, 16)})
+
+    def full(path):  # the rename that publishes the mask fails as on a full disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(atomic, "_fsync_file", full)
+    with pytest.raises(OutputFolderError) as err:
+        saver({"pred": pred})
+    text = str(err.value)
+    assert text.startswith(f"--infer_output_dir {tmp_path / 'inference'}: cannot write a_mask.png: No space left"), text
+    assert screen.bad == []  # not blamed on the input
+    assert [p.name for p in (tmp_path / "inference").iterdir()] == []  # nothing partial
