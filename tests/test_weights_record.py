@@ -94,3 +94,16 @@ def test_export_refuses_a_record_of_other_weights_in_one_line(tmp_path, capsys):
         main(["torchscript", "--ckpt_dir", str(tmp_path), "--image_size", "abc"])
     assert "--image_size: expected two positive integers" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model_config.json"]
+
+
+def test_packaging_refuses_to_ship_a_record_of_other_weights(tmp_path):
+    from custom.deploy.package import PackagingError, package
+
+    models = tmp_path / "models"
+    models.mkdir()
+    _weights(models / "model.pt", seed=0)
+    ModelConfig(str(models), RECORD).write()
+    _weights(models / "model.pt", seed=1)
+    with pytest.raises(PackagingError, match="describes other weights"):
+        package(str(tmp_path / "dist"), weights=str(models / "model.pt"))
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
