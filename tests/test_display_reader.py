@@ -124,3 +124,16 @@ def test_prepare_accepts_a_mask_drawn_on_the_displayed_image(tmp_path):
     prepare("folder", str(src), str(out), val_fraction=0.34, test_fraction=0.0, seed=0)
     written = sorted((out / "images").glob("*.png")) if (out / "images").is_dir() else []
     assert written and all(np.asarray(Image.open(p)).shape == (64, 40) for p in written)
+
+
+def test_a_mask_of_the_stored_orientation_is_refused_naming_the_rotation(tmp_path):
+    from custom.data.errors import DataValidationError
+    from custom.data.prepare import prepare
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    _rotated_jpeg(src / "images" / "c0.jpg", np.full((40, 64), 60, np.uint8))
+    Image.fromarray(np.zeros((40, 64), np.uint8)).save(src / "labels" / "c0.png")  # drawn on the stored pixels
+    with pytest.raises(DataValidationError, match=r"EXIF Orientation 6 rotates it by 90 degrees"):
+        prepare("folder", str(src), str(tmp_path / "out"), val_fraction=0.0, test_fraction=0.0, progress=False)

@@ -47,6 +47,7 @@ NOTE_RGB = "colour image converted to greyscale (luminance)"
 NOTE_CHANNELS = "multi-channel greyscale image reduced to one channel"
 NOTE_RESCALED = "16-bit/float image rescaled to 8 bit (per-image min to max)"
 NOTE_CONSTANT = "constant image (all pixels equal) written as zeros"
+NOTE_EXIF = "EXIF orientation {orientation} applied (read as displayed)"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class RawArray:
     array: np.ndarray
     spacing: tuple[float, float] | None = None
     plain_png: bool = False  # an 8-bit one-channel PNG: its bytes can be copied to the output as is
+    orientation: int = 1  # the EXIF orientation applied when reading (1: none)
 
 
 @dataclass(frozen=True)
@@ -189,12 +191,12 @@ def _read_with_pil(path: Path, *, for_mask: bool) -> RawArray:
             raise ReadError(f"multi-frame file ({frames} frames); expected one 2-D image")
         raw_mode = image.tile[0][3] if image.tile else None  # bit depth as stored, before decoding
         image.load()
-        upright = exif_orientation(image) == 1
-        plain_png = image.format == "PNG" and image.mode == "L" and raw_mode == "L" and upright
+        orientation = exif_orientation(image)
+        plain_png = image.format == "PNG" and image.mode == "L" and raw_mode == "L" and orientation == 1
         array = np.asarray(display_form(image, for_mask=for_mask))
     if array.dtype == bool:
         array = array.astype(np.uint8)
-    return RawArray(array=array, plain_png=plain_png)
+    return RawArray(array=array, plain_png=plain_png, orientation=orientation)
 
 
 def _read_with_sitk(path: Path) -> RawArray:
@@ -348,6 +350,8 @@ def read_image_plane(
     """Read a 2-D image file as one-channel uint8; ``spacing`` overrides the file's own."""
     raw = read_raw(path)
     array, notes = to_grey_uint8(raw, channels_first=channels_first)
+    if raw.orientation != 1:
+        notes = (*notes, NOTE_EXIF.format(orientation=raw.orientation))
     copy_from = path if raw.plain_png and not notes else None
     return Plane(array=array, spacing=spacing or raw.spacing, notes=notes, copy_from=copy_from)
 
