@@ -91,18 +91,12 @@ def test_a_killed_worker_restarts_the_group_which_resumes_to_the_uninterrupted_w
     assert "resumed from" in log and "at iteration 2" in log, log[-4000:]
     print(f"killed and restarted group: {time.time() - started:.1f} s")
     restarted = _final(tmp_path, "killed")
-    # the Swin-Unet and the EMA teacher end bit-identical: every rank resumed its own batches,
-    # augmentations and generators (with rank 0's for all, they ended far apart)
-    for key in ("transformer", "teacher"):
-        differ = [k for k in reference[key] if not torch.equal(reference[key][k], restarted[key][k])]
+    # bit-identical: every rank resumed its own batches, augmentations, generators and EMA teachers
+    # (with rank 0's for all, the copy-paste term's pseudo-labels on rank 1 came from rank 0's
+    # teacher and the UNeXt ended apart)
+    for key, tensors in reference.items():
+        differ = [k for k in tensors if not torch.equal(tensors[k], restarted[key][k])]
         assert not differ, f"{key}: the restarted run differs from the uninterrupted one in {differ[:5]}"
-    # the UNeXt (BatchNorm, two DDP forwards per step) ends equal up to float rounding: the first
-    # DDP step of a restarted group is not bit-identical to a later one (also without a kill: a
-    # clean stop and --resume true under torchrun gives the same tiny differences; one process
-    # resumes bit-identically, tests/test_kill_resume.py)
-    for key in ("cnn", "model"):
-        for k, v in reference[key].items():
-            torch.testing.assert_close(restarted[key][k], v, atol=1e-4, rtol=1e-2, msg=f"{key}.{k}")
     assert sorted(p.name for p in (tmp_path / "killed" / "models").iterdir()) == [
         "model.pt", "model_config.json", "train_state",
     ]

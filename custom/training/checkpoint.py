@@ -184,11 +184,14 @@ class TrainingStateSaver:
     def rank_state(self, engine: Engine) -> dict[str, Any]:
         """What differs between the ranks of a torchrun group: every random generator, the
         trainer's own generator and its loaders' positions and shuffle generators (each rank
-        seeds them with its rank). The networks, optimisers and EMA teachers are the same on
-        every rank and are saved once."""
+        seeds them with its rank), and the EMA teachers (their BatchNorm statistics follow the
+        rank's own student between DDP's buffer broadcasts). The networks and optimisers are
+        the same on every rank and are saved once."""
         out: dict[str, Any] = {"random": random_states(self.datasets)}
         if hasattr(engine, "extra_state_dict"):
-            out["trainer_extra"] = {k: v for k, v in engine.extra_state_dict().items() if k != "teachers"}
+            out["trainer_extra"] = engine.extra_state_dict()
+        if "teacher" in self.save_dict:
+            out["teacher"] = _state_of(self.save_dict["teacher"])
         return out
 
     def __call__(self, engine: Engine) -> None:
@@ -236,6 +239,8 @@ def resume_training(saver: TrainingStateSaver, engine: Engine, path: str | None 
             len(ranks),
             world,
         )
+    if own is not None and "teacher" in own and "teacher" in saver.save_dict:
+        _load_state_into(saver.save_dict["teacher"], own["teacher"])
     extra = {**state.get("trainer_extra", {}), **((own or {}).get("trainer_extra") or {})}
     if extra and hasattr(engine, "load_extra_state_dict"):
         engine.load_extra_state_dict(extra)
