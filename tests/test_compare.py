@@ -21,11 +21,12 @@ from custom.networks import UNeXt
 
 @pytest.fixture()
 def tiny_set(tmp_path, demo_dataset) -> str:
-    """The demo set with a ``test`` list (its validation images) and a 2-iteration scale file."""
+    """The demo set with a ``test`` list (two of its validation images) and a 2-iteration scale file."""
     data = tmp_path / "data"
     shutil.copytree(demo_dataset, data)
     doc = json.loads((data / "datalist.json").read_text())
-    doc["test"] = doc["validation"][:2]
+    # two validation images become the test list (lists may not overlap: refused by name)
+    doc["test"], doc["validation"] = doc["validation"][:2], doc["validation"][2:]
     (data / "datalist.json").write_text(json.dumps(doc))
     return str(data)
 
@@ -76,7 +77,7 @@ def test_two_methods_one_seed_write_every_output_and_a_rerun_trains_nothing(tmp_
     assert len(per_image) == 2 * 2  # 2 runs x 2 test images
     md = (out / "comparison.md").read_text()
     assert "| ours |" in md and "| labeled_only |" in md and "64x64 px input, 2 iterations" in md
-    assert "8 labelled / 8 unlabelled / 4 validation / 2 test images" in md
+    assert "8 labelled / 8 unlabelled / 2 validation / 2 test images" in md
     assert "python -m custom.tools.compare" in md
     scale = json.loads((out / "scale.json").read_text())["scale"]
     assert scale["image_size"] == [64, 64] and scale["swin_embed_dim"] == 12
