@@ -248,7 +248,20 @@ def test_every_test_list_is_scored_and_a_list_added_later_is_evaluated_without_r
     monkeypatch.setattr(compare, "train_run", fake_train)
     datalist = Path(tiny_set) / "datalist.json"
     doc = json.loads(datalist.read_text())
-    doc["test_other"] = doc["validation"][2:4]
+
+    def copied(entries, name):  # a further test list of its own files (lists may not share an image)
+        out = []
+        for e in entries:
+            new = {**e, "name": f"{name}_{e.get('name') or Path(e['image']).stem}"}
+            for key in ("image", "label"):
+                src = Path(tiny_set) / e[key]
+                dst = src.with_name(f"{name}_{src.name}")
+                shutil.copy(src, dst)
+                new[key] = str(Path(e[key]).with_name(dst.name))
+            out.append(new)
+        return out
+
+    doc["test_other"] = copied(doc["validation"][:2], "other")
     datalist.write_text(json.dumps(doc))
     kwargs = dict(methods="labeled_only", seeds="0,1", override=scale_file(tmp_path), out=str(tmp_path / "cmp"),
                   max_iterations=2, launcher="inprocess", progress=False)
@@ -269,7 +282,7 @@ def test_every_test_list_is_scored_and_a_list_added_later_is_evaluated_without_r
 
     # a new list: evaluated for every run, nothing retrained
     monkeypatch.setattr(compare, "train_run", lambda *a, **k: pytest.fail("retrained"))
-    doc["test_third"] = doc["validation"][:1]
+    doc["test_third"] = copied(doc["validation"][:1], "third")
     datalist.write_text(json.dumps(doc))
     again = compare.run_comparison(tiny_set, **kwargs)
     assert list(again["tables"]) == ["test", "test_other", "test_third"] and len(again["trained"]) == 2

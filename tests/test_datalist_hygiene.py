@@ -82,3 +82,14 @@ def test_unlabeled_may_share_images_with_training(dataset):
     unlabeled = [{"image": "images/a.png"}, {"image": "images/b.png"}]
     file = _write(dataset, {"training": [_entry("a")], "unlabeled": unlabeled})
     assert len(load_split(file, "unlabeled", require_labels=False)) == 2
+
+
+def test_a_further_test_list_may_not_share_an_image_with_training_or_leave_the_folder(dataset):
+    file = _write(dataset, {"training": [_entry("a")], "test": [_entry("b")], "test_site2": [_entry("a")]})
+    with pytest.raises(DatalistError, match="is in both 'training' \\(entry 0\\) and 'test_site2'"):
+        load_datalist(file)
+    _write(dataset, {"training": [_entry("a")], "test_site2": [{"image": "../elsewhere.png"}]})
+    with pytest.raises(DatalistError, match="'test_site2' entry 0: image .* outside the dataset folder"):
+        load_datalist(file)
+    _write(dataset, {"training": [_entry("a")], "test": [_entry("b")], "test_site2": [_entry("c")]})
+    assert [e["image"].endswith("c.png") for e in load_datalist(file)["test_site2"]] == [True]

@@ -141,14 +141,15 @@ def check_hygiene(datalist: dict[str, Any], file: str | Path) -> None:
     * an entry that leaves the datalist's folder (``../``, an absolute path elsewhere, a symlink
       pointing out), unless the datalist sets ``"allow_paths_outside": true``;
     * an image listed twice in one list (a duplicate counts twice in the report);
-    * an image in two of ``training``, ``validation`` and ``test`` (overlapping lists).
+    * an image in two of ``training``, ``validation``, ``test`` and the further test lists
+      ``test_<name>`` (overlapping lists).
 
     ``datalist`` holds absolute paths (as :func:`load_datalist` makes them)."""
     file = Path(file)
     root = os.path.realpath(file.resolve().parent)
     allow_outside = datalist.get(ALLOW_OUTSIDE_KEY) is True
     seen: dict[str, tuple[str, int]] = {}
-    for split in SPLITS:
+    for split in list_names(datalist):
         first: dict[str, int] = {}
         for i, entry in enumerate(datalist.get(split, [])):
             for key in PATH_KEYS:
@@ -169,7 +170,7 @@ def check_hygiene(datalist: dict[str, Any], file: str | Path) -> None:
                     "remove the duplicate"
                 )
             first[image] = i
-            if split in DISJOINT_SPLITS:
+            if split in DISJOINT_SPLITS or split.startswith("test_"):
                 if image in seen and seen[image][0] != split:
                     other, j = seen[image]
                     raise DatalistError(
