@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -54,7 +55,8 @@ def test_bench_train_json_reports_iteration_floor_and_ratio():
     )
     for key in ("iteration_s", "floor_s", "floor_ratio", "peak_rss_mb"):
         assert isinstance(r[key], float) and r[key] > 0, (key, r[key])
-    assert r["floor_ratio"] >= 0.5, r  # the floor is a subset of the iteration's work (timing noise aside)
+    # invariants only (timings on a loaded machine say nothing): the floor is the sum of its parts,
+    # the ratio is the iteration over the floor, every part was measured
     assert 0.0 <= r["data_wait_fraction"] < 1.0
     assert set(r["floor_components_s"]) == {
         "fwd_bwd_cnn",
@@ -62,6 +64,9 @@ def test_bench_train_json_reports_iteration_floor_and_ratio():
         "fwd_bwd_transformer_mix",
         "fwd_teacher",
     }
+    assert all(isinstance(v, float) and v > 0 for v in r["floor_components_s"].values()), r["floor_components_s"]
+    assert r["floor_s"] == pytest.approx(sum(r["floor_components_s"].values()), rel=1e-9)
+    assert r["floor_ratio"] == pytest.approx(r["iteration_s"] / r["floor_s"], rel=1e-9)
     assert r["config"]["image_size"] == 64 and r["config"]["batch_size"] == 5 and r["config"]["labeled_bs"] == 1
     assert r["config"]["malloc_mmap_threshold"] == "128 KiB"
 
@@ -71,7 +76,12 @@ def test_bench_infer_json_reports_every_variant():
     res = r["sizes"]["64"]
     assert set(res) == {"eager", "channels_last", "torchscript", "onnxruntime"}
     for variant, m in res.items():
-        assert m["images_per_s"] > 0 and m["latency_ms"] > 0 and m["throughput_ratio_vs_eager"] > 0, variant
+        assert m["images_per_s"] > 0 and m["latency_ms"] > 0, variant
+        # the ratios are what they say: of this variant's numbers to eager's
+        assert m["throughput_ratio_vs_eager"] == pytest.approx(m["images_per_s"] / res["eager"]["images_per_s"])
+        assert m["latency_ratio_vs_eager"] == pytest.approx(res["eager"]["latency_ms"] / m["latency_ms"])
+        assert m["images_per_s_batch1"] == pytest.approx(1000.0 / m["latency_ms"])
+        assert m["images_per_s"] == pytest.approx(2 / (m["batch_ms"] / 1000.0))  # --batch 2
     assert res["eager"]["throughput_ratio_vs_eager"] == 1.0
     assert r["peak_rss_mb"] > 0
 
@@ -386,7 +396,8 @@ def test_reference_driver_runs_the_scripts_train_with_ict_on_and_times_each_iter
     finally:
         torch.set_num_threads(threads)
     assert len(r["iteration_s_all"]) == 3 and len(r["warmup_s_all"]) == 1
-    assert all(0.005 < t < 5 for t in r["iteration_s_all"]), r["iteration_s_all"]
+    assert all(t > 0 for t in r["iteration_s_all"]), r["iteration_s_all"]  # no timing bound: a loaded machine
+    assert r["iteration_s"] == pytest.approx(statistics.median(r["iteration_s_all"]))
     assert r["peak_rss_mb"] > 0 and r["config"]["ict_start"] == 0
     assert r["config"]["utils"].endswith("Semi-supervised-EGAD/src/code/utils")  # found beside the checkout
     seen = json.loads((tmp_path / "seen.json").read_text())

@@ -21,11 +21,12 @@ from custom.networks import UNeXt
 
 @pytest.fixture()
 def tiny_set(tmp_path, demo_dataset) -> str:
-    """The demo set with a ``test`` list (its validation images) and a 2-iteration scale file."""
+    """The demo set with a ``test`` list (two of its validation images) and a 2-iteration scale file."""
     data = tmp_path / "data"
     shutil.copytree(demo_dataset, data)
     doc = json.loads((data / "datalist.json").read_text())
-    doc["test"] = doc["validation"][:2]
+    # two validation images become the test list (lists may not overlap: refused by name)
+    doc["test"], doc["validation"] = doc["validation"][:2], doc["validation"][2:]
     (data / "datalist.json").write_text(json.dumps(doc))
     return str(data)
 
@@ -76,7 +77,7 @@ def test_two_methods_one_seed_write_every_output_and_a_rerun_trains_nothing(tmp_
     assert len(per_image) == 2 * 2  # 2 runs x 2 test images
     md = (out / "comparison.md").read_text()
     assert "| ours |" in md and "| labeled_only |" in md and "64x64 px input, 2 iterations" in md
-    assert "8 labelled / 8 unlabelled / 4 validation / 2 test images" in md
+    assert "8 labelled / 8 unlabelled / 2 validation / 2 test images" in md
     assert "python -m custom.tools.compare" in md
     scale = json.loads((out / "scale.json").read_text())["scale"]
     assert scale["image_size"] == [64, 64] and scale["swin_embed_dim"] == 12
@@ -247,7 +248,20 @@ def test_every_test_list_is_scored_and_a_list_added_later_is_evaluated_without_r
     monkeypatch.setattr(compare, "train_run", fake_train)
     datalist = Path(tiny_set) / "datalist.json"
     doc = json.loads(datalist.read_text())
-    doc["test_other"] = doc["validation"][2:4]
+
+    def copied(entries, name):  # a further test list of its own files (lists may not share an image)
+        out = []
+        for e in entries:
+            new = {**e, "name": f"{name}_{e.get('name') or Path(e['image']).stem}"}
+            for key in ("image", "label"):
+                src = Path(tiny_set) / e[key]
+                dst = src.with_name(f"{name}_{src.name}")
+                shutil.copy(src, dst)
+                new[key] = str(Path(e[key]).with_name(dst.name))
+            out.append(new)
+        return out
+
+    doc["test_other"] = copied(doc["validation"][:2], "other")
     datalist.write_text(json.dumps(doc))
     kwargs = dict(methods="labeled_only", seeds="0,1", override=scale_file(tmp_path), out=str(tmp_path / "cmp"),
                   max_iterations=2, launcher="inprocess", progress=False)
@@ -268,7 +282,7 @@ def test_every_test_list_is_scored_and_a_list_added_later_is_evaluated_without_r
 
     # a new list: evaluated for every run, nothing retrained
     monkeypatch.setattr(compare, "train_run", lambda *a, **k: pytest.fail("retrained"))
-    doc["test_third"] = doc["validation"][:1]
+    doc["test_third"] = copied(doc["validation"][:1], "third")
     datalist.write_text(json.dumps(doc))
     again = compare.run_comparison(tiny_set, **kwargs)
     assert list(again["tables"]) == ["test", "test_other", "test_third"] and len(again["trained"]) == 2

@@ -75,7 +75,9 @@ def test_evaluate_config_writes_report_at_original_size_with_hc(tmp_path):
         }
         for n in names
     ]
-    (tmp_path / "datalist.json").write_text(json.dumps({"num_classes": 2, "test": entries}))
+    # the entries are the shared data's own files: outside this list's folder, allowed explicitly
+    doc = {"num_classes": 2, "test": entries, "allow_paths_outside": True}
+    (tmp_path / "datalist.json").write_text(json.dumps(doc))
     model = _random_model(tmp_path / "model.pt")
     configs = str([str(CONFIGS / c) for c in ("common.yaml", "train.yaml", "evaluate.yaml")])
     _bundle(

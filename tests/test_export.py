@@ -184,6 +184,12 @@ def test_missing_weights_record_or_size_is_one_line(tmp_path, capsys):
 
     (bare / "model_config.json").write_text(json.dumps({"image_size": 64, "in_channels": 1, "num_classes": 2}))
     err = _fails(["onnx", "--ckpt_dir", str(bare)], capsys)
+    assert "carries no checksum" in err and "--image_size" in err, err  # a record must belong to the weights
+
+    from custom.deploy.model_config import ModelConfig
+
+    ModelConfig(str(bare), {"image_size": 64, "in_channels": 1, "num_classes": 2}).write()  # with their sha256
+    err = _fails(["onnx", "--ckpt_dir", str(bare)], capsys)
     assert "image_size must be two positive integers, got 64" in err and "model_config.json" in err, err
 
     assert "expected one of torchscript, onnx" in _fails(["tflite", "--ckpt_dir", str(bare)], capsys)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -325,17 +326,28 @@ def test_preparation_of_a_fuzzed_folder_lists_every_bad_file(tmp_path, fuzz_fold
     bad = [n for n in kinds if kinds[n] in ("zero bytes", "NaN/Inf") or n.startswith("huge_0")]
     for name in bad:
         assert name in res.stderr, name
+    first_stderr = res.stderr
+    # the refused run named every bad file; with --skip-invalid those are exactly the skipped ones
+    named_bad = {n for n in kinds if re.search(rf"(^|[/\s]){re.escape(n)}(:|\s|$)", first_stderr, re.M)}
     res = subprocess.run(
         _prepare_cmd(source, tmp_path / "out", "--skip-invalid"), capture_output=True, text=True, timeout=600, cwd=REPO
     )
-    assert res.returncode in (0, PREPARE_ERROR_CODE), (res.returncode, res.stderr[-3000:])
-    if res.returncode == 0:
-        skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
-        skipped_files = {Path(s["file"]).name for s in skipped}
-        assert all(n in skipped_files for n in bad)
-        datalist = json.loads((tmp_path / "out" / "datalist.json").read_text())
-        n_written = sum(len(v) for k, v in datalist.items() if k in ("training", "unlabeled", "validation", "test"))
-        assert n_written >= 1 and n_written + len({strip_suffix(n) for n in skipped_files}) >= 1
+    assert res.returncode == 0, (res.returncode, res.stderr[-3000:])
+    skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    skipped_stems = {strip_suffix(Path(s["file"]).name) for s in skipped}
+    assert {strip_suffix(n) for n in bad} <= skipped_stems
+    assert {strip_suffix(n) for n in named_bad} == skipped_stems, (sorted(named_bad), sorted(skipped_stems))
+    datalist = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    written = [e for k, v in datalist.items() if k in ("training", "unlabeled", "validation", "test") for e in v]
+    written_stems = {strip_suffix(Path(e["image"]).name) for e in written}
+    # every pair is either listed (a valid one) or skipped (a bad one), never both, never neither
+    assert written_stems.isdisjoint(skipped_stems) and len(written) == len(written_stems)
+    assert written_stems | skipped_stems == {strip_suffix(n) for n in kinds}
+    from custom.data.readers import read_image_plane, read_mask_plane
+
+    for entry in written:  # each listed pair was written and is readable at one size
+        image = read_image_plane(tmp_path / "out" / entry["image"]).array
+        assert image.ndim == 2 and read_mask_plane(tmp_path / "out" / entry["label"]).array.shape == image.shape
 
 
 def test_preparation_rejects_non_finite_images(fuzz_folder):

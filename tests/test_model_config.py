@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import CONFIGS, REPO, tiny_overrides, train_config_files
+from PIL import Image
 
 SCALES = ["cpu_small.yaml", "demo.yaml", "protocol.yaml", "protocol_cpu.yaml"]
 META = str(CONFIGS / "metadata.json")
@@ -82,7 +84,14 @@ def test_readme_inference_evaluate_export_with_cpu_small(trained, demo_dataset, 
         input_path=str(Path(demo_dataset) / "images"),
         **common,
     )
-    assert list((tmp_path / "out" / "inference").rglob("*.png"))
+    # one mask per input, at the input's own size, holding class ids only
+    inputs = sorted((Path(demo_dataset) / "images").glob("*.png"))
+    masks = sorted((tmp_path / "out" / "inference").glob("*_mask.png"))
+    assert [m.name for m in masks] == [f"{p.stem}_mask.png" for p in inputs]
+    for image, mask in zip(inputs, masks):
+        m = np.asarray(Image.open(mask))
+        assert m.shape == np.asarray(Image.open(image)).shape[:2], mask
+        assert set(np.unique(m)) <= {0, 1}, mask
     run(
         run_id="evaluating",
         config_file=_cfg("common.yaml", "train.yaml", "cpu_small.yaml", "evaluate.yaml"),
@@ -90,6 +99,11 @@ def test_readme_inference_evaluate_export_with_cpu_small(trained, demo_dataset, 
         eval_split="validation",
         **common,
     )
+    validation = json.loads((Path(demo_dataset) / "datalist.json").read_text())["validation"]
+    summary = json.loads((tmp_path / "out" / "evaluation" / "summary.json").read_text())
+    assert summary["n_images"] == len(validation) > 0
+    per_image = (tmp_path / "out" / "evaluation" / "per_image.csv").read_text().strip().splitlines()
+    assert len(per_image) == 1 + len(validation)
     assert (tmp_path / "out" / "evaluation" / "summary.md").is_file()
     ckpt_export(
         net_id="network_def",
@@ -100,7 +114,15 @@ def test_readme_inference_evaluate_export_with_cpu_small(trained, demo_dataset, 
         input_shape=[1, 1, 64, 64],
         **common,
     )
-    assert (tmp_path / "model.ts").is_file()
+    # the TorchScript model computes what the eager network with these weights computes
+    from custom.networks import UNeXt
+
+    eager = UNeXt(1, 2)
+    eager.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), eager.eval()(x), atol=1e-4, rtol=1e-4)
 
 
 def test_consumers_without_the_scale_use_the_recorded_one(trained, demo_dataset, tmp_path):

@@ -310,7 +310,8 @@ def test_disagreement_map_is_at_the_frame_size_and_evaluation_names_the_classes(
         assert np.array(Image.open(out / f"f{i}_mask.png")).shape == (h, w)
     # evaluation names the classes as the datalist does
     entries = [{"image": str(img), "label": str(lab), "name": img.stem} for img, lab in pairs]
-    datalist = {"num_classes": 3, "labels": {"background": 0, "pubic_symphysis": 1, "fetal_head": 2}, "test": entries}
+    datalist = {"num_classes": 3, "labels": {"background": 0, "pubic_symphysis": 1, "fetal_head": 2}, "test": entries,
+                "allow_paths_outside": True}  # the frames lie beside the list's folder
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "datalist.json").write_text(json.dumps(datalist))
     _bundle_run(

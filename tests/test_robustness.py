@@ -228,7 +228,8 @@ def test_training_run_stops_before_training_on_a_bad_list(tmp_path, mixed_traini
 
     datalist, entries, expected = mixed_training_list
     doc = json.loads(Path(datalist).read_text())
-    doc["validation"], doc["unlabeled"] = entries[:2], [{"image": entries[0]["image"]}]
+    # validation must not overlap training (refused by name): the first two move there
+    doc["training"], doc["validation"], doc["unlabeled"] = entries[2:], entries[:2], [{"image": entries[0]["image"]}]
     Path(datalist).write_text(json.dumps(doc))
     with pytest.raises(Exception) as info:
         run(

@@ -223,7 +223,7 @@ def test_two_iteration_bundle_run_writes_loadable_model(tmp_path, demo_dataset):
 
 def _prepare_psfhs_subset(root, ids_labeled, ids_unlabeled, ids_val):
     src = SHARED_DATA / "psfhs"
-    doc = {"training": [], "unlabeled": [], "validation": []}
+    doc = {"training": [], "unlabeled": [], "validation": [], "allow_paths_outside": True}  # the shared files
     for split, ids in (("training", ids_labeled), ("unlabeled", ids_unlabeled), ("validation", ids_val)):
         for i in ids:
             entry = {"image": str(src / "images" / f"{i:05d}.png"), "label": str(src / "labels" / f"{i:05d}.png")}

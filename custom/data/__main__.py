@@ -27,10 +27,22 @@ __all__ = ["main"]
 def _prepare_command(*args: Any, **kwargs: Any) -> None:
     """``prepare`` for the command line: prints the summary (not the returned dict); input errors
     end the program with status 2 and the message instead of a traceback."""
+    from custom.utils.runtime import input_error_of
+
     try:
         prepare(*args, **kwargs)
     except (OptionError, DataValidationError, SplitError, SourceLayoutError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except (ValueError, OSError, RecursionError, MemoryError) as error:
+        # any other input error the project's own code raises (a bad option value, an unreadable
+        # path, a full disk): one line, never a traceback; a failure elsewhere keeps its traceback
+        from custom.utils.outputs import os_error_line
+
+        found = input_error_of(error) or os_error_line(error)
+        if found is None:
+            raise
+        print(f"error: {found}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -70,11 +70,22 @@ def validate_datalist(doc: Any, file: str | Path) -> dict[str, Any]:
     return doc
 
 
-def read_datalist_file(path: str | Path) -> dict[str, Any]:
-    """Parse and validate ``datalist.json`` (paths left as written); :class:`DatalistError` says what is wrong."""
+def _datalist_file(path: str | Path) -> Path:
+    """``path``, or ``path/datalist.json`` for a folder; a folder without one is refused saying so."""
     file = Path(path)
     if file.is_dir():
+        if not (file / DATALIST_NAME).is_file():
+            raise FileNotFoundError(
+                f"{file} is a folder with no {DATALIST_NAME} in it; pass the datalist file (or the folder "
+                "`python -m custom.data prepare` wrote)"
+            )
         file = file / DATALIST_NAME
+    return file
+
+
+def read_datalist_file(path: str | Path) -> dict[str, Any]:
+    """Parse and validate ``datalist.json`` (paths left as written); :class:`DatalistError` says what is wrong."""
+    file = _datalist_file(path)
     try:
         raw = file.read_bytes()
     except FileNotFoundError as e:
@@ -113,7 +124,60 @@ def load_datalist(path: str | Path) -> dict[str, Any]:
             for key in PATH_KEYS:
                 if isinstance(entry.get(key), str):
                     entry[key] = os.path.normpath(base / entry[key])
+    check_hygiene(datalist, path)
     return datalist
+
+
+# a datalist may list files outside its own folder only when it says so (an explicit opt-in)
+ALLOW_OUTSIDE_KEY = "allow_paths_outside"
+# lists whose images must be disjoint: an image in two of them leaks evaluation data into training
+DISJOINT_SPLITS = ("training", "validation", "test")
+
+
+def check_hygiene(datalist: dict[str, Any], file: str | Path) -> None:
+    """Refuse (:class:`DatalistError`, naming the file, the list and the entry) what makes a
+    result silently wrong or reads files the dataset does not hold:
+
+    * an entry that leaves the datalist's folder (``../``, an absolute path elsewhere, a symlink
+      pointing out), unless the datalist sets ``"allow_paths_outside": true``;
+    * an image listed twice in one list (a duplicate counts twice in the report);
+    * an image in two of ``training``, ``validation``, ``test`` and the further test lists
+      ``test_<name>`` (overlapping lists).
+
+    ``datalist`` holds absolute paths (as :func:`load_datalist` makes them)."""
+    file = Path(file)
+    root = os.path.realpath(file.resolve().parent)
+    allow_outside = datalist.get(ALLOW_OUTSIDE_KEY) is True
+    seen: dict[str, tuple[str, int]] = {}
+    for split in list_names(datalist):
+        first: dict[str, int] = {}
+        for i, entry in enumerate(datalist.get(split, [])):
+            for key in PATH_KEYS:
+                value = entry.get(key)
+                if not isinstance(value, str) or allow_outside:
+                    continue
+                real = os.path.realpath(value)
+                if real != root and not real.startswith(root + os.sep):
+                    how = " (through a symbolic link)" if os.path.normpath(value).startswith(root + os.sep) else ""
+                    raise DatalistError(
+                        f"{file}: '{split}' entry {i}: {key} {value} lies outside the dataset folder {root}{how}; "
+                        f"move it inside, or set \"{ALLOW_OUTSIDE_KEY}\": true in the datalist to allow it"
+                    )
+            image = os.path.realpath(entry["image"])
+            if image in first:
+                raise DatalistError(
+                    f"{file}: '{split}' lists {entry['image']} twice (entries {first[image]} and {i}); "
+                    "remove the duplicate"
+                )
+            first[image] = i
+            if split in DISJOINT_SPLITS or split.startswith("test_"):
+                if image in seen and seen[image][0] != split:
+                    other, j = seen[image]
+                    raise DatalistError(
+                        f"{file}: {entry['image']} is in both '{other}' (entry {j}) and '{split}' (entry {i}); "
+                        f"the {', '.join(DISJOINT_SPLITS)} lists must not overlap"
+                    )
+                seen.setdefault(image, (split, i))
 
 
 def load_split(path: str | Path, split: str, require_labels: bool = True, allow_empty: bool = False) -> list[dict[str, Any]]:
@@ -124,8 +188,7 @@ def load_split(path: str | Path, split: str, require_labels: bool = True, allow_
     without a label where labels are required. Without ``require_labels`` each entry is its
     ``image`` alone.
     """
-    path = Path(path)
-    file = path / DATALIST_NAME if path.is_dir() else path
+    file = _datalist_file(path)
     if not file.is_file():
         raise FileNotFoundError(f"datalist not found: {file} (prepare one with `python -m custom.data prepare`)")
     try:

@@ -7,6 +7,8 @@ import ast
 from collections.abc import Iterable
 from typing import Any
 
+from custom.utils.cli import OptionError
+
 __all__ = ["parse_label_map", "parse_id_ranges", "parse_names", "parse_group_list"]
 
 
@@ -23,7 +25,7 @@ def parse_label_map(value: Any) -> dict[int, int] | None:
     """Raw mask value -> class id, from a dict, ``"255:1"``, ``"0:0,255:1"`` or ``"{255: 1}"``."""
     if value is None or value == "" or value == {}:
         return None
-    error = ValueError(f"--label-map {value!r}: expected RAW:CLASS pairs like '255:1' or '0:0,128:1,255:2', or a dict")
+    error = OptionError(f"--label-map {value!r}: expected RAW:CLASS pairs like '255:1' or '0:0,128:1,255:2', or a dict")
     if isinstance(value, str) and value.strip().startswith("{"):
         try:
             value = ast.literal_eval(value.strip())
@@ -38,7 +40,7 @@ def parse_label_map(value: Any) -> dict[int, int] | None:
     except (ValueError, TypeError) as exc:
         raise error from exc
     if any(class_id < 0 or class_id > 255 for class_id in mapping.values()):
-        raise ValueError(f"--label-map {value!r}: class ids must be within 0..255")
+        raise OptionError(f"--label-map {value!r}: class ids must be within 0..255")
     return mapping
 
 
@@ -56,7 +58,7 @@ def parse_id_ranges(value: Any) -> set[int]:
             else:
                 ids.add(int(text))
         except ValueError as exc:
-            raise ValueError(f"--test-ids {value!r}: '{text}' is not an id or an id range like 4500-4799") from exc
+            raise OptionError(f"--test-ids {value!r}: '{text}' is not an id or an id range like 4500-4799") from exc
     return ids
 
 

@@ -80,13 +80,15 @@ def _reason(error: BaseException) -> str:
     return f"cannot read ({type(error).__name__}: {text})" if not isinstance(error, TimeoutError) else text
 
 
-def load_channel_first(path: str | Path) -> np.ndarray:
+def load_channel_first(path: str | Path, *, for_mask: bool = False) -> np.ndarray:
     """The file as the bundle's ``LoadImaged(image_only=True, ensure_channel_first=True)`` reads it.
 
     Raises ``ValueError`` saying why (missing, empty, undecodable) without the file name (the
     caller adds it); ``TimeoutError`` passes through.
     """
     from monai.transforms import LoadImage
+
+    from .transforms import DisplayPILReader
 
     path = str(path)
     if not os.path.isfile(path):
@@ -102,7 +104,9 @@ def load_channel_first(path: str | Path) -> np.ndarray:
         raise ValueError(str(e)) from e
     try:
         with np.errstate(all="ignore"):
-            data = LoadImage(image_only=True, ensure_channel_first=True)(path)
+            data = LoadImage(
+                image_only=True, ensure_channel_first=True, reader=DisplayPILReader(for_mask=for_mask)
+            )(path)
     except TimeoutError:
         raise
     except MemoryError as e:
@@ -205,7 +209,7 @@ def check_entries(entries: Sequence[Mapping[str, Any]], num_classes: int | None 
             continue
         try:
             with time_limit(timeout_s, f"reading {label_file}"):
-                label = load_channel_first(str(label_file))
+                label = load_channel_first(str(label_file), for_mask=True)
             for problem in label_problems(label, image_spatial, int(num_classes or 2), scan_values=scan and num_classes is not None):
                 problems.append((str(label_file), problem))
         except (ValueError, OSError, TimeoutError) as e:

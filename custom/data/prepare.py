@@ -15,6 +15,7 @@ from typing import Any
 
 from custom.utils.atomic import atomic_write_json
 from custom.utils.cli import parse_bool
+from custom.utils.options import check_option
 from .datalist import DATALIST_NAME
 from .errors import DataValidationError, Problem, SplitError
 from .options import parse_group_list, parse_id_ranges, parse_label_map, parse_names
@@ -99,6 +100,8 @@ def prepare(
         parse_bool(value, name) for value, name in ((hide_unlabeled_masks, "hide-unlabeled-masks"), (binarize, "binarize"),
                                                     (skip_invalid, "skip-invalid"), (overwrite, "overwrite"),
                                                     (progress, "progress"), (quiet, "quiet")))
+    seed = check_option("seed", seed, dashes=True)  # the one rule of custom/utils/options.py
+    num_classes = None if num_classes is None else check_option("num_classes", num_classes, dashes=True)
     options = _recorded_options(locals())
     source, out = Path(source).expanduser(), Path(out).expanduser()
     kind = str(kind).lower()

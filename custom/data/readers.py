@@ -28,6 +28,8 @@ __all__ = [
     "full_suffix",
     "strip_suffix",
     "read_raw",
+    "display_form",
+    "exif_orientation",
     "to_grey_uint8",
     "to_class_ids",
     "map_values",
@@ -45,6 +47,7 @@ NOTE_RGB = "colour image converted to greyscale (luminance)"
 NOTE_CHANNELS = "multi-channel greyscale image reduced to one channel"
 NOTE_RESCALED = "16-bit/float image rescaled to 8 bit (per-image min to max)"
 NOTE_CONSTANT = "constant image (all pixels equal) written as zeros"
+NOTE_EXIF = "EXIF orientation {orientation} applied (read as displayed)"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class RawArray:
     array: np.ndarray
     spacing: tuple[float, float] | None = None
     plain_png: bool = False  # an 8-bit one-channel PNG: its bytes can be copied to the output as is
+    orientation: int = 1  # the EXIF orientation applied when reading (1: none)
 
 
 @dataclass(frozen=True)
@@ -142,8 +146,43 @@ def read_raw(path: Path, *, for_mask: bool = False) -> RawArray:
     raise ReadError(f"unsupported file type '{suffix}'")
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(image) -> int:
+    """The EXIF ``Orientation`` tag of an open Pillow image (1, upright, when absent or unreadable)."""
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a broken EXIF block: the pixels are shown as stored
+        return 1
+
+
+def display_form(image, *, for_mask: bool = False):
+    """A Pillow image as a viewer displays it: the one conversion every path applies (``prepare``,
+    and through :class:`custom.data.transforms.DisplayPILReader` training, evaluation, inference
+    and MONAI Label).
+
+    * the EXIF orientation is applied (Pillow's ``ImageOps.exif_transpose``), so a rotated JPEG is
+      read, and its mask written, the way it is displayed;
+    * an image in palette (``P``) or 1-bit (``1``) mode becomes the grey levels (or colours) it
+      displays, never its palette indices; a mask keeps its indices (they are the class ids);
+    * CMYK/YCbCr/LAB/HSV become RGB.
+    """
+    from PIL import ImageOps
+
+    if exif_orientation(image) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode == "1" and not for_mask:  # a 1-bit mask stays 0/1 (bool, cast by the caller)
+        image = image.convert("L")
+    elif image.mode == "P" and not for_mask:
+        image = image.convert("RGB")
+    elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    return image
+
+
 def _read_with_pil(path: Path, *, for_mask: bool) -> RawArray:
-    """Read a raster file with Pillow; palette masks keep their indices (the class ids)."""
+    """Read a raster file with Pillow as displayed (:func:`display_form`)."""
     from PIL import Image
 
     with Image.open(path) as image:
@@ -152,17 +191,12 @@ def _read_with_pil(path: Path, *, for_mask: bool) -> RawArray:
             raise ReadError(f"multi-frame file ({frames} frames); expected one 2-D image")
         raw_mode = image.tile[0][3] if image.tile else None  # bit depth as stored, before decoding
         image.load()
-        plain_png = image.format == "PNG" and image.mode == "L" and raw_mode == "L"
-        if image.mode == "1" and not for_mask:  # a 1-bit mask stays 0/1 (bool, cast below)
-            image = image.convert("L")
-        elif image.mode == "P" and not for_mask:
-            image = image.convert("RGB")
-        elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            image = image.convert("RGB")
-        array = np.asarray(image)
+        orientation = exif_orientation(image)
+        plain_png = image.format == "PNG" and image.mode == "L" and raw_mode == "L" and orientation == 1
+        array = np.asarray(display_form(image, for_mask=for_mask))
     if array.dtype == bool:
         array = array.astype(np.uint8)
-    return RawArray(array=array, plain_png=plain_png)
+    return RawArray(array=array, plain_png=plain_png, orientation=orientation)
 
 
 def _read_with_sitk(path: Path) -> RawArray:
@@ -316,6 +350,8 @@ def read_image_plane(
     """Read a 2-D image file as one-channel uint8; ``spacing`` overrides the file's own."""
     raw = read_raw(path)
     array, notes = to_grey_uint8(raw, channels_first=channels_first)
+    if raw.orientation != 1:
+        notes = (*notes, NOTE_EXIF.format(orientation=raw.orientation))
     copy_from = path if raw.plain_png and not notes else None
     return Plane(array=array, spacing=spacing or raw.spacing, notes=notes, copy_from=copy_from)
 

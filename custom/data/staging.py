@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from custom.utils.atomic import remove_leftovers
+from custom.utils.cli import OptionError
 
 __all__ = ["check_output_target", "staging_directory"]
 
@@ -26,11 +27,14 @@ def _is_within(path: Path, folder: Path) -> bool:
 def check_output_target(out: Path, source: Path, overwrite: bool) -> None:
     """Refuse an ``out`` that would destroy the source or existing data (unless ``overwrite``)."""
     if _is_within(source, out):
-        raise ValueError(f"{out}: the output folder must not be the source or contain it ({source})")
+        raise OptionError(f"--out {out}: the output folder must not be the source or contain it (--source {source})")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
+    from custom.utils.outputs import check_output_folder
+
+    check_output_folder(out, "--out", replaced_whole=True)  # read-only, full, a mount point: before the work
 
 
 @contextmanager

@@ -8,7 +8,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["ToGreyscaled"]
+__all__ = ["ToGreyscaled", "DisplayPILReader", "load_image"]
 
 
 class ToGreyscaled(MapTransform):
@@ -42,3 +42,35 @@ class ToGreyscaled(MapTransform):
                 )
             d[key] = img
         return d
+
+
+def _display_pil_reader_class():
+    from monai.data import PILReader
+
+    return PILReader
+
+
+class DisplayPILReader(_display_pil_reader_class()):
+    """MONAI's ``PILReader`` reading files as they are displayed, through the same conversion as
+    ``python -m custom.data prepare`` (:func:`custom.data.readers.display_form`): EXIF orientation
+    applied, palette / 1-bit images as their grey levels (a mask, ``for_mask=True``, keeps its
+    palette indices: they are the class ids). ``LoadImage(reader=DisplayPILReader())`` tries it
+    first for PNG/JPEG/BMP and keeps MONAI's own readers for every other format."""
+
+    def __init__(self, for_mask: bool = False, **kwargs) -> None:
+        from functools import partial
+
+        from custom.data.readers import display_form
+
+        kwargs.pop("converter", None)
+        super().__init__(converter=partial(display_form, for_mask=bool(for_mask)), **kwargs)
+        self.for_mask = bool(for_mask)
+
+
+def load_image(path: str, *, for_mask: bool = False, **kwargs):
+    """``monai.transforms.LoadImage(image_only=True, reader=DisplayPILReader(for_mask), **kwargs)(path)``:
+    every place outside the configs that reads an input image or a reference mask reads it so."""
+    from monai.transforms import LoadImage
+
+    kwargs.setdefault("image_only", True)
+    return LoadImage(reader=DisplayPILReader(for_mask=for_mask), **kwargs)(path)

@@ -48,6 +48,17 @@ def _size(array: np.ndarray) -> str:
     return f"{array.shape[1]}x{array.shape[0]}" if array.ndim == 2 else "x".join(map(str, array.shape))
 
 
+def _rotation_hint(notes) -> str:
+    """Why an image and its mask are each other's transpose, where the image was rotated for display."""
+    rotated = [n for n in notes if n.startswith("EXIF orientation") and n.split()[2] in ("5", "6", "7", "8")]
+    if not rotated:
+        return ""
+    return (
+        f" (the image's EXIF Orientation {rotated[0].split()[2]} rotates it by 90 degrees for display, and it is "
+        "read as displayed: draw the mask on the displayed image)"
+    )
+
+
 def check_sample(sample: Sample, num_classes: int) -> tuple[CheckedSample | None, list[Problem]]:
     """Read one pair and check it; returns the checked sample or the problems found (all of them)."""
     image, image_problem = _load(sample.image_file, sample.load_image)
@@ -57,6 +68,8 @@ def check_sample(sample: Sample, num_classes: int) -> tuple[CheckedSample | None
         return None, problems
     if image.array.shape != label.array.shape:
         message = f"size {_size(label.array)} differs from image {_size(image.array)}"
+        if label.array.shape == image.array.shape[::-1]:
+            message += _rotation_hint(image.notes)
         problems.append(Problem(sample.label_file, message))
     values = present_values(label.array)
     outside = [int(v) for v in values if v < 0 or v >= num_classes]

@@ -5,7 +5,7 @@
 
 Options: ``--config_file`` (default ``['bundle/configs/common.yaml']``), ``--meta_file`` (default
 ``bundle/configs/metadata.json``), ``--use_trace`` (TorchScript: trace instead of script),
-``--opset_version`` (ONNX).
+``--opset_version`` (ONNX), ``--image_size "[H, W]"`` (only for weights without their own record).
 
 The input shape is never typed by hand: ``1 x in_channels x image_size`` comes from
 ``model_config.json`` beside ``model.pt`` (written by training, see
@@ -17,7 +17,8 @@ record) and the configs; the ONNX graph has the input ``image`` and output ``pre
 dynamic batch axis. Each export is checked against the eager network on one random input of the
 recorded shape (ONNX Runtime for ONNX when it is installed, else ONNX's reference evaluator), is
 written to a temporary file beside ``--filepath`` and renamed into place only when complete
-(:mod:`custom.utils.atomic`). A missing ``model.pt`` or record, or a record without a usable
+(:mod:`custom.utils.atomic`). A missing ``model.pt`` or record, a record of other weights (its
+``weights_sha256`` is not theirs) unless ``--image_size`` is given, or a record without a usable
 ``image_size``, ends with one ``error: ...`` line (status 2).
 """
 
@@ -32,11 +33,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from custom.deploy.model_config import FILENAME, ModelConfigError, config_path, network_data_format, read
+from custom.deploy.model_config import (
+    FILENAME,
+    ModelConfigError,
+    belongs_to,
+    config_path,
+    network_data_format,
+    read,
+)
 from custom.utils.atomic import atomic_path
 from custom.utils.cli import OptionError, exit_on_error, parse_bool
 
-__all__ = ["FORMATS", "ONNX_CONVERTER_KWARGS", "input_shape", "export", "main"]
+__all__ = ["FORMATS", "ONNX_CONVERTER_KWARGS", "WeightsError", "input_shape", "export", "main"]
 
 _HERE = Path(__file__).resolve().parents[2]  # the repository, or the folder of a packaged bundle
 BUNDLE_ROOT = _HERE / "bundle" if (_HERE / "bundle" / "configs" / "common.yaml").is_file() else _HERE
@@ -71,6 +79,60 @@ def input_shape(record: dict, record_file: str) -> list[int]:
     return [1, channels, *size]
 
 
+class WeightsError(ValueError):
+    """``model.pt`` cannot be exported as it is (unreadable, truncated, pickled objects, NaN/Inf,
+    or weights of another network or class count); the message names the file, in one line."""
+
+
+def _check_weights(ckpt_file: str, configs: list[str], ckpt_dir: str, overrides: dict[str, Any]) -> None:
+    """Load ``ckpt_file`` strictly into the network the configs build, before MONAI's export does:
+    MONAI's ``ckpt_export`` copies only the tensors whose shapes match (``copy_model_state``), so
+    weights of another class count would export a partly untrained network without a word. Reads
+    with ``weights_only=True`` (no pickled code runs) and never passes on PyTorch's advice to
+    load with ``weights_only=False``."""
+    from monai.bundle import ConfigParser
+
+    from custom.training.checkpoint import load_network_weights
+
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser.update({"bundle_root": str(BUNDLE_ROOT), "ckpt_dir": ckpt_dir, **overrides})
+    network = parser.get_parsed_content("network_def")
+    try:
+        load_network_weights(network, ckpt_file)
+    except (ValueError, FileNotFoundError) as e:
+        text = " ".join(str(e).split())
+        if "does not fit" in text:  # the strict load's key list is long: its first mismatch says enough
+            import re
+
+            head = text.split(": Error(s)", 1)[0]
+            first = re.search(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) "
+                              r"from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", text)
+            detail = (f": '{first[1]}' is {first[2]} in the file, {first[3]} in the network" if first
+                      else ": its tensor names differ from the network's")
+            text = f"{head}{detail} (weights of another class count or network than the record describes)"
+        raise WeightsError(text) from None
+
+
+def _image_size_option(value: Any) -> list[int]:
+    """``--image_size``: two positive integers (``"[64, 64]"`` or ``64,64``), else one line naming the option."""
+    items = value
+    if isinstance(value, str):
+        items = [v for v in value.strip().strip("[]()").replace(",", " ").split() if v]
+    try:
+        size = [int(v) for v in items] if isinstance(items, (list, tuple)) else None
+    except (TypeError, ValueError):
+        size = None
+    if (
+        size is None
+        or len(size) != 2
+        or any(s <= 0 for s in size)
+        or any(isinstance(v, (bool, float)) and v != int(v) for v in items)
+    ):
+        raise OptionError(f"--image_size: expected two positive integers such as \"[448, 448]\", got {value!r}")
+    return size
+
+
 def _files(value: Any, option: str) -> list[str]:
     """A file or a list of files (fire hands ``"['a', 'b']"`` over as a list) that must exist."""
     if isinstance(value, str):
@@ -92,6 +154,7 @@ def export(
     meta_file: str | os.PathLike | None = None,
     use_trace: Any = False,
     opset_version: int | None = None,
+    image_size: Any = None,
 ) -> str:
     """Export ``ckpt_dir/model.pt`` as ``fmt`` (``torchscript`` or ``onnx``) at the recorded input
     shape; returns the written path. See the module docstring."""
@@ -109,10 +172,22 @@ def export(
         raise FileNotFoundError(f"no model.pt in {ckpt_dir}: train first, or pass --ckpt_dir with the weights' folder")
     record_file = config_path(ckpt_dir)
     record = read(record_file)
-    if record is None:
+    why = belongs_to(record, ckpt_file)
+    overrides: dict[str, Any] = {}
+    if image_size is not None:  # the scale given explicitly: the record (if any) is not needed
+        size = _image_size_option(image_size)
+        record = {**(record if why is None else {}), "image_size": size}
+        overrides["image_size"] = size
+        if why is not None:
+            overrides["read_model_config"] = False
+    elif record is None:
         raise FileNotFoundError(
             f"no {FILENAME} beside {ckpt_file}: training writes it (image size, classes, channels, network "
-            "widths); retrain, or write it for these weights"
+            "widths); retrain, or pass --image_size \"[H, W]\" (the size of their training)"
+        )
+    elif why is not None:
+        raise ModelConfigError(
+            f"{ckpt_file}: {why}: retrain, or pass --image_size \"[H, W]\" (the size of their training)"
         )
     shape = input_shape(record, record_file)
     configs = _files(
@@ -136,6 +211,7 @@ def export(
     else:
         converter_kwargs = dict(verify)
         exporter, how = ckpt_export, f"TorchScript ({'traced' if trace else 'scripted'})"
+    _check_weights(ckpt_file, configs, ckpt_dir, overrides)
     _say(
         f"exporting {ckpt_file} to {how}: input {shape} from {record_file} "
         f"({record.get('num_classes', '?')} classes) ..."
@@ -158,6 +234,7 @@ def export(
                 converter_kwargs=converter_kwargs,
                 bundle_root=str(BUNDLE_ROOT),
                 ckpt_dir=ckpt_dir,
+                **overrides,
                 **{"_meta_#network_data_format": described["network_data_format"]},
             )
     finally:
@@ -170,7 +247,7 @@ def export(
     return filepath
 
 
-@exit_on_error((FileNotFoundError, ModelConfigError, IsADirectoryError))
+@exit_on_error((FileNotFoundError, ModelConfigError, IsADirectoryError, WeightsError))
 def _command(
     fmt: str,
     ckpt_dir: str | None = None,
@@ -179,10 +256,11 @@ def _command(
     meta_file: str | None = None,
     use_trace: Any = False,
     opset_version: int | None = None,
+    image_size: Any = None,
 ) -> None:
     """Export ckpt_dir/model.pt (default bundle/models) as FMT (torchscript or onnx) at the input
     shape recorded in model_config.json beside it."""
-    path = export(fmt, ckpt_dir, filepath, config_file, meta_file, use_trace, opset_version)
+    path = export(fmt, ckpt_dir, filepath, config_file, meta_file, use_trace, opset_version, image_size)
     print(path)
 
 

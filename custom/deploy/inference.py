@@ -148,6 +148,13 @@ class InputScreen:
             raise FileExistsError(
                 f"{self.output_dir}: the inference output folder (infer_output_dir) is an existing file"
             )
+        from custom.utils.outputs import check_output_folder
+
+        check_output_folder(self.output_dir, "--infer_output_dir")  # read-only or full: before any input is read
+        if os.path.isdir(self.output_dir):  # the hidden temporary files of a killed run into this folder
+            from custom.utils.atomic import remove_leftovers
+
+            remove_leftovers(self.output_dir, ".tmp_*", "partial output")
         good, self.bad = [], []
         for entry in entries:
             reason = screen_file(entry["image"], self.transform, self.intensity_range, self.timeout_s)
@@ -292,6 +299,13 @@ class SaveMaskd(MapTransform):
                         source, np.squeeze(np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask))
                     )
             except (MaskWriteError, OSError) as e:
+                from custom.utils.outputs import FOLDER_ERRNOS, OutputFolderError
+
+                if isinstance(e, OSError) and e.errno in FOLDER_ERRNOS:  # a full disk, a read-only folder:
+                    raise OutputFolderError(  # no later mask fares better, and exit 0 would claim success
+                        f"--infer_output_dir {self.output_dir}: cannot write {os.path.basename(target)}: "
+                        f"{e.strerror or e} (the masks written before it are complete)"
+                    ) from e
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
                 reason = (
                     f"cannot write its mask {os.path.basename(target)}: {reason}" if isinstance(e, OSError) else reason
@@ -338,13 +352,13 @@ class SaveMaskd(MapTransform):
                 )
 
     def _save_overlay(self, source: str, mask_xy: np.ndarray) -> None:
-        from monai.transforms import LoadImage
         from PIL import Image
 
+        from custom.data.transforms import load_image
         from custom.evaluation.evaluate import overlay_image
         from custom.utils.atomic import atomic_write
 
-        image = np.squeeze(np.asarray(LoadImage(image_only=True)(source), dtype=np.float32))
+        image = np.squeeze(np.asarray(load_image(source), dtype=np.float32))
         if image.ndim == 3:
             image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
         rgb = overlay_image(image.T, np.zeros_like(mask_xy.T), mask_xy.T.astype(np.int64))

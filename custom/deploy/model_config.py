@@ -1,6 +1,7 @@
 """What the weights were trained with travels with them: ``model_config.json`` beside ``model.pt``.
 
-Training writes it (atomically, just before each write of ``model.pt``; see
+Training writes it (atomically, with the sha256 of the weights it describes, ``weights_sha256``,
+just before each ``model.pt`` is renamed into place; see
 ``custom.training.checkpoint.BestModelSaver``): image size, classes and their names, input channels,
 intensity range and the architecture arguments of both networks. Every consumer merges
 ``common.yaml``, whose ``image_size``, ``num_classes``, ... default to the recorded values
@@ -29,6 +30,11 @@ __all__ = [
     "datalist_labels",
     "differences",
     "check",
+    "CHECKSUM_KEY",
+    "weights_sha256",
+    "belongs_to",
+    "trusted",
+    "recorded_image_size",
     "ModelConfig",
     "network_data_format",
     "write_network_data_format",
@@ -37,7 +43,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FILENAME = "model_config.json"
+# the sha256 of the weights file the record describes: a record belongs to those bytes only
+CHECKSUM_KEY = "weights_sha256"
 _MISSING = object()
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 class ModelConfigError(ValueError):
@@ -107,6 +116,68 @@ def _flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def weights_sha256(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a weights file (cached by path, size and modification time)."""
+    import hashlib
+
+    path = os.path.abspath(os.fspath(path))
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def belongs_to(record: Mapping | None, weights: str | os.PathLike) -> str | None:
+    """``None`` when ``record`` carries the checksum of ``weights``; else why it does not (a phrase)."""
+    if record is None:
+        return f"there is no {FILENAME} beside them"
+    recorded = record.get(CHECKSUM_KEY)
+    if not recorded:
+        return f"their {FILENAME} carries no checksum of the weights it describes (written before records did)"
+    if recorded != weights_sha256(weights):
+        return f"their {FILENAME} describes other weights (its {CHECKSUM_KEY} differs from theirs)"
+    return None
+
+
+def trusted(record_file: str | os.PathLike | None, weights: str | os.PathLike | None) -> str | None:
+    """``record_file`` when it describes ``weights`` (its checksum matches), else ``None``: a record
+    that belongs to other weights never sets a value. Where ``weights`` is absent the record is
+    taken as it is (the loader then reports the missing weights)."""
+    if record_file is None:
+        return None
+    if weights is None or not os.path.isfile(weights):
+        return os.fspath(record_file)
+    why = belongs_to(read(record_file), weights)
+    if why is None:
+        return os.fspath(record_file)
+    if os.path.isfile(record_file):
+        logger.warning("%s: %s; it is ignored", weights, why)
+    return None
+
+
+def recorded_image_size(record_file: str | os.PathLike | None, weights: str | os.PathLike | None, default: Any) -> Any:
+    """The image size ``weights`` were trained at, from their own record (``image_size`` of common.yaml
+    when not given explicitly). A missing record, or one of other weights (checksum), is refused:
+    running at a default size gives wrong masks without a word. ``default`` where records are not
+    read (``record_file`` ``None``: training) or the weights are absent."""
+    if record_file is None:
+        return default
+    if weights is None or not os.path.isfile(weights):
+        return value(record_file, "image_size", default)
+    why = belongs_to(read(record_file), weights)
+    if why is not None:
+        raise ModelConfigError(
+            f"{weights}: {why}, so the image size they were trained at is unknown: pass it explicitly "
+            "(--image_size \"[H, W]\", the size of their training) or retrain"
+        )
+    return value(record_file, "image_size", default)
+
+
 def differences(recorded: Mapping, given: Mapping) -> list[str]:
     """``key: recorded X, given Y`` for each setting present in both that differs."""
     rec, giv = _flatten(_norm(recorded)), _flatten(_norm(given))
@@ -123,7 +194,7 @@ def check(path: str | os.PathLike | None, record: Mapping) -> bool:
     data = read(path)
     if data is None:
         return True
-    diff = differences(data, record)
+    diff = differences({k: v for k, v in data.items() if k != CHECKSUM_KEY}, record)
     if diff:
         raise ModelConfigError(
             f"{'; '.join(diff)} ({path}): drop the override, or point ckpt_dir at weights trained with it"
@@ -165,7 +236,7 @@ class ModelConfig:
                 FILENAME,
             )
             return
-        diff = differences(recorded, self.record)
+        diff = differences({k: v for k, v in recorded.items() if k != CHECKSUM_KEY}, self.record)
         if diff:
             raise ModelConfigError(
                 f"{self.weights} holds weights of another configuration ({diff[0]}"
@@ -173,9 +244,16 @@ class ModelConfig:
                 "them, or a new --ckpt_dir"
             )
 
-    def write(self) -> None:
-        if read(self.path) != self.record:
-            _write_json(self.path, self.record)
+    def write(self, sha256: str | None = None) -> None:
+        """Write the record with the checksum of the weights it describes: ``sha256`` (of the
+        bytes about to become ``model.pt``), else that of the ``model.pt`` on disk."""
+        record = dict(self.record)
+        if sha256 is None and os.path.isfile(self.weights):
+            sha256 = weights_sha256(self.weights)
+        if sha256 is not None:
+            record[CHECKSUM_KEY] = sha256
+        if read(self.path) != record:
+            _write_json(self.path, record)
 
 
 def network_data_format(meta: Mapping, record: Mapping) -> dict:

@@ -257,7 +257,11 @@ def package(
             # what the weights were trained with travels with them (custom/deploy/model_config.py)
             recorded = weights_path.parent / "model_config.json"
             if recorded.is_file():
-                from custom.deploy.model_config import write_network_data_format
+                from custom.deploy.model_config import belongs_to, read, write_network_data_format
+
+                why = belongs_to(read(recorded), weights_path)
+                if why is not None:  # a record of other weights would be shipped as theirs
+                    raise PackagingError(f"{weights_path}: {why}; retrain, or package weights with their own record")
 
                 shutil.copy2(recorded, models / "model_config.json")
                 write_network_data_format(target / "configs" / "metadata.json", recorded)

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import LoadImage
 
 from custom.evaluation.biometry import head_circumference_mm
 from custom.evaluation.metrics import evaluate_case, summarize, summary_markdown
@@ -60,7 +59,12 @@ def _filename(x: Any) -> str | None:
     return x if isinstance(x, str) else None
 
 
-_loader = LoadImage(image_only=True)
+def _loader(path: str, *, for_mask: bool = True):
+    """A reference mask (or, ``for_mask=False``, an image) read as the configs read it
+    (:class:`custom.data.transforms.DisplayPILReader`: EXIF orientation applied, palettes resolved)."""
+    from custom.data.transforms import load_image
+
+    return load_image(path, for_mask=for_mask)
 
 
 def read_label_map(path: str) -> np.ndarray:
@@ -88,7 +92,7 @@ def case_record(
         raise ValueError(f"{name}: prediction {pred.shape} and reference {gt.shape} differ in size")
     row = {"name": name, **evaluate_case(pred, gt, num_classes, spacing_rc)}
     if head_class is not None:
-        px = spacing_rc[0] if spacing_rc else 1.0
+        px = tuple(spacing_rc) if spacing_rc else 1.0  # (row, column) mm: anisotropic pixels stay so
         hc = head_circumference_mm(pred == head_class, px)
         ref = float(reference_hc_mm) if reference_hc_mm is not None else head_circumference_mm(gt == head_class, px)
         row.update(
@@ -229,6 +233,9 @@ class SegmentationReport:
                 f"{self.output_dir}: the evaluation output folder exists and is not empty; "
                 "pass --overwrite true to replace it (or choose another --eval_output_dir)"
             )
+        from custom.utils.outputs import check_output_folder
+
+        check_output_folder(self.output_dir, "--eval_output_dir", replaced_whole=True)
 
     def write(self) -> None:
         from pathlib import Path
@@ -264,7 +271,7 @@ class SegmentationReport:
         ]
         for tag, row in picks:
             image_file, label_file = self.cases[row["name"]]
-            image = np.squeeze(np.asarray(_loader(image_file), dtype=np.float32))
+            image = np.squeeze(np.asarray(_loader(image_file, for_mask=False), dtype=np.float32))
             if image.ndim == 3:
                 image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
             rgb = overlay_image(image.T, read_label_map(label_file).T, self._last_pred[row["name"]].T, self.class_names)

@@ -659,7 +659,7 @@ def bench_evaluate(
     for r in picks:
         image_file = root / "images" / f"{r['name']}.png"
         image = (
-            np.squeeze(np.asarray(_loader(str(image_file)), dtype=np.float32))
+            np.squeeze(np.asarray(_loader(str(image_file), for_mask=False), dtype=np.float32))
             if image_file.is_file()
             else np.zeros(preds[r["name"]].shape, np.float32)
         )

@@ -136,7 +136,12 @@ class TrainingStateSaver:
     """Saves ``{name: obj.state_dict()}`` of every object in ``save_dict`` plus the trainer
     (iteration, epoch, its extra state) and all random generators (global ones and those of
     the random transforms of ``datasets``) to ``save_dir/filename`` every ``save_interval``
-    epochs and at the end, atomically. :func:`resume_training` reads it back."""
+    epochs and at the end, atomically. :func:`resume_training` reads it back.
+
+    Under ``torchrun`` rank 0 alone writes, with what differs between ranks gathered from every
+    rank (``ranks``: :meth:`rank_state`), so that a restarted group resumes each rank where it
+    was (rank 1's augmentations and batches are not rank 0's) and ends with the uninterrupted
+    run's weights."""
 
     def __init__(
         self,
@@ -176,11 +181,43 @@ class TrainingStateSaver:
         out["random"] = random_states(self.datasets)
         return out
 
+    def rank_state(self, engine: Engine) -> dict[str, Any]:
+        """What differs between the ranks of a torchrun group: every random generator, the
+        trainer's own generator and its loaders' positions and shuffle generators (each rank
+        seeds them with its rank), and the EMA teachers (their BatchNorm statistics follow the
+        rank's own student between DDP's buffer broadcasts). The networks and optimisers are
+        the same on every rank and are saved once."""
+        out: dict[str, Any] = {"random": random_states(self.datasets)}
+        if hasattr(engine, "extra_state_dict"):
+            out["trainer_extra"] = engine.extra_state_dict()
+        if "teacher" in self.save_dict:
+            out["teacher"] = _state_of(self.save_dict["teacher"])
+        return out
+
     def __call__(self, engine: Engine) -> None:
-        if engine.state.rank if hasattr(engine.state, "rank") else 0:
+        rank, world = _rank_and_world()
+        gathered = None
+        if world > 1:  # what differs between ranks (a collective: every rank calls this at the same events)
+            import torch.distributed as dist
+
+            gathered = [None] * world
+            dist.all_gather_object(gathered, self.rank_state(engine))
+        if rank != 0:  # one writer
             return
-        atomic_torch_save(self.state(engine), self.path)
+        state = self.state(engine)
+        if gathered is not None:
+            state["ranks"] = gathered
+        atomic_torch_save(state, self.path)
         logger.info("saved training state at iteration %d to %s", engine.state.iteration, self.path)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def resume_training(saver: TrainingStateSaver, engine: Engine, path: str | None = None) -> bool:
@@ -192,10 +229,24 @@ def resume_training(saver: TrainingStateSaver, engine: Engine, path: str | None 
         logger.info("no training state at %s: starting from scratch", path)
         return False
     state = load_training_state(path, saver.save_dict, engine)
-    if "trainer_extra" in state and hasattr(engine, "load_extra_state_dict"):
-        engine.load_extra_state_dict(state["trainer_extra"])
-    if "random" in state:
-        set_random_states(state["random"], saver.datasets)
+    rank, world = _rank_and_world()
+    ranks = state.get("ranks")
+    own = ranks[rank] if ranks is not None and len(ranks) == world else None  # torchrun: this rank's own
+    if ranks is not None and own is None:
+        logger.warning(
+            "%s was written by %d processes, this run has %d: every rank resumes rank 0's generators",
+            path,
+            len(ranks),
+            world,
+        )
+    if own is not None and "teacher" in own and "teacher" in saver.save_dict:
+        _load_state_into(saver.save_dict["teacher"], own["teacher"])
+    extra = {**state.get("trainer_extra", {}), **((own or {}).get("trainer_extra") or {})}
+    if extra and hasattr(engine, "load_extra_state_dict"):
+        engine.load_extra_state_dict(extra)
+    random = (own or {}).get("random", state.get("random"))
+    if random is not None:
+        set_random_states(random, saver.datasets)
     logger.info("resumed from %s at iteration %d (epoch %d)", path, engine.state.iteration, engine.state.epoch)
     return True
 
@@ -304,7 +355,8 @@ def _atomic_disk_saver():
         power cut the rename can reach the disk before the data). With a fixed ``filename``,
         ``remove`` does nothing: ignite removes the old best before writing the new one, which
         would leave no ``model.pt`` at all until the write finishes; the rename replaces it.
-        ``before_save`` runs just before each write (it writes ``model_config.json``).
+        ``before_save(sha256)`` runs once the new weights are on disk, just before they are renamed
+        to ``model.pt`` (it writes ``model_config.json`` carrying their checksum).
         """
 
         def __init__(self, dirname: str, filename: str | None = None, before_save: Any = None) -> None:
@@ -317,9 +369,16 @@ def _atomic_disk_saver():
             if idist.get_rank() != self.save_on_rank:
                 return
             path = os.path.join(str(self.dirname), self.filename or filename)
-            if self.before_save is not None:
-                self.before_save()
-            atomic_torch_save(checkpoint, path)
+            if self.before_save is None:
+                atomic_torch_save(checkpoint, path)
+            else:  # the record carries the checksum of exactly the bytes renamed to model.pt
+                from custom.deploy.model_config import weights_sha256
+                from custom.utils.atomic import atomic_path
+
+                with atomic_path(path) as tmp:
+                    with open(tmp, "wb") as f:
+                        torch.save(checkpoint, f)
+                    self.before_save(weights_sha256(tmp))
             _readable_by_all(path)
 
         def remove(self, filename: str) -> None:

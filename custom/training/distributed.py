@@ -88,12 +88,17 @@ def setup(
     ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) unless it is already initialised; pin
     this process to ``device`` when it is a CUDA device; seed MONAI/torch/numpy/random with
     ``seed + rank``; on ranks > 0 raise the root logger's level to WARNING. Returns the rank.
+    A bad ``seed`` is refused (one line) before the process group is set up.
     """
+    if seed is not None:
+        from custom.utils.options import check_option
+
+        seed = check_option("seed", seed)
     if not is_distributed():
         backend = backend or default_backend()
         if device is not None and torch.device(device).type == "cuda":
             torch.cuda.set_device(torch.device(device))  # before NCCL creates its communicators
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=float(timeout_minutes)))
+        _init_process_group(backend, datetime.timedelta(minutes=float(timeout_minutes)))
     elif device is not None and torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
     _sync_ignite()  # on every rank, now (see there)
@@ -101,7 +106,7 @@ def setup(
     if seed is not None:
         from monai.utils import set_determinism
 
-        set_determinism(seed=int(seed) + rank)
+        set_determinism(seed=seed + rank)
     if quiet_non_zero_ranks and rank > 0:
         logging.getLogger().setLevel(logging.WARNING)
     logger.info(
@@ -121,6 +126,27 @@ def cleanup() -> None:
         dist.barrier()
         dist.destroy_process_group()
         _sync_ignite()
+
+
+def _init_process_group(backend: str, timeout: datetime.timedelta) -> None:
+    """``init_process_group`` from torchrun's environment, in a store namespace of its own per
+    restart of the group (``TORCHELASTIC_RESTART_COUNT``).
+
+    torchrun (``--max-restarts``) keeps serving one store across restarts, and the keys of the
+    failed attempt stay in it: gloo of the restarted group read the dead worker's old address
+    and failed with ``connectFullMesh ... Connection refused``, so the group never resumed."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None:  # not under torchrun's agent
+        dist.init_process_group(backend=backend, timeout=timeout)
+        return
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+    dist.init_process_group(
+        backend=backend,
+        store=dist.PrefixStore(f"fetal_us_ssl/attempt_{restart}", store),
+        rank=rank,
+        world_size=world_size,
+        timeout=timeout,
+    )
 
 
 def _sync_ignite() -> None:

@@ -14,7 +14,8 @@ before torch wherever the project starts Python itself).
   (``FileExistsError``, ``FileNotFoundError``, ``ValueError`` and their subclasses, raised in
   ``custom/``: an existing output, a missing checkpoint, a bad option or list) ends the run
   with ``error: <its message>`` on one line (status 1) instead of MONAI's chained
-  traceback; the message itself stays where the error is raised. ``CUSTOM_TRACEBACK=1``
+  traceback; the message itself stays where the error is raised. So does a path the system
+  will not write to (``ENOSPC``, ``EROFS``, ``EACCES``, ``EBUSY``: ``custom.utils.outputs``). ``CUSTOM_TRACEBACK=1``
   shows the full traceback.
 """
 
@@ -96,6 +97,10 @@ class _OneLineErrors:
 
     def __call__(self, kind, error, tb) -> None:
         found = None if os.environ.get("CUSTOM_TRACEBACK") == "1" else input_error_of(error)
+        if found is None and os.environ.get("CUSTOM_TRACEBACK") != "1":
+            from custom.utils.outputs import os_error_line
+
+            found = os_error_line(error)  # a full disk, a read-only folder, ...: the path and why
         if found is None:
             self.previous(kind, error, tb)
             return

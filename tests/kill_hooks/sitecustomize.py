@@ -6,6 +6,9 @@ KILL_SCORES   "0.3,0.5,..."  the UNeXt validation Dice of each epoch (a scripted
 KILL_AT       "iteration:N"  SIGKILL after the trainer's N-th iteration (mid-epoch)
               "model:N"      SIGKILL in the middle of the N-th write of model.pt of this process
               "state:N"      SIGKILL in the middle of the N-th write of the training state
+KILL_RANK     "1"            kill only the torchrun worker of this RANK (default: any process)
+KILL_ONCE     a file path    kill only while this file is absent, creating it first (a group that
+                             torchrun restarts is then not killed again)
 A kill mid-write writes half the bytes of the file first, into whatever file the code
 under test opened (the target itself when it writes in place, a temporary file otherwise).
 """
@@ -18,7 +21,16 @@ import sys
 sys.path.insert(0, os.environ.get("KILL_REPO", os.getcwd()))
 
 
+def _armed() -> bool:
+    """False once a KILL_ONCE kill has happened."""
+    once = os.environ.get("KILL_ONCE")
+    return not (once and os.path.exists(once))
+
+
 def _die():
+    once = os.environ.get("KILL_ONCE")
+    if once:
+        open(once, "w").close()
     sys.stdout.flush()
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
@@ -39,6 +51,8 @@ if _scores:
     PolicyMeanDice.completed = completed
 
 _at = os.environ.get("KILL_AT")
+if _at and os.environ.get("KILL_RANK") not in (None, "", os.environ.get("RANK", "0")):
+    _at = None  # another torchrun worker is the one to kill
 if _at:
     _kind, _n = _at.split(":")
     _n = int(_n)
@@ -53,6 +67,7 @@ if _at:
                 event_name == Events.ITERATION_COMPLETED
                 and type(self).__name__ == "SemiSupervisedTrainer"
                 and self.state.iteration == _n
+                and _armed()
             ):
                 _die()
             return out
@@ -67,7 +82,7 @@ if _at:
             is_state = isinstance(obj, dict) and "trainer" in obj
             if is_state == (_kind == "state"):
                 _count[0] += 1
-                if _count[0] == _n:
+                if _count[0] == _n and _armed():
                     buf = io.BytesIO()
                     _save(obj, buf, *args, **kwargs)
                     data = buf.getvalue()

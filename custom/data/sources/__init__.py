@@ -24,7 +24,9 @@ KINDS: dict[str, Callable[[Path, SourceOptions], Discovery]] = {
 def discover(kind: str, source: Path, options: SourceOptions) -> Discovery:
     """Scan ``source`` as dataset ``kind`` (one of ``KINDS``)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown source kind {kind!r}; choose one of {', '.join(KINDS)}")
+        from custom.utils.cli import OptionError
+
+        raise OptionError(f"unknown source kind {kind!r}; choose one of {', '.join(KINDS)}")
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: source folder not found")
     return KINDS[kind](source, options)

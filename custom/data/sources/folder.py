@@ -33,7 +33,9 @@ def class_labels(options: SourceOptions) -> dict[str, int]:
     else:
         num_classes = 2
     if not 2 <= num_classes <= 256:
-        raise ValueError(f"--num-classes {num_classes}: must be within 2..256 (background included)")
+        from custom.utils.cli import OptionError
+
+        raise OptionError(f"--num-classes {num_classes}: must be within 2..256 (background included)")
     if options.label_map and max(options.label_map.values()) >= num_classes:
         raise ValueError(f"--label-map {dict(options.label_map)} maps to class ids beyond --num-classes {num_classes}")
     names = options.class_names or ("background",) + tuple(f"class_{i}" for i in range(1, num_classes))

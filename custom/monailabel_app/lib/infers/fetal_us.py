@@ -85,7 +85,8 @@ class FetalUSInferTask(BundleInferTask):
 
         self.settings = settings
         kwargs.setdefault("post_filter", [SaveImaged, custom.deploy.inference.SaveMaskd])
-        # LoadImaged keys are [image, label] (allow_missing_keys); MONAI Label's tensor-loading
+        # the bundle reads image and label with its own LoadImaged (label: allow_missing_keys, both through
+        # custom.data.transforms.DisplayPILReader); MONAI Label's tensor-loading
         # wrapper would ask for a label, so keep the bundle's own LoadImaged
         kwargs.setdefault("extend_load_image", False)
         kwargs.setdefault("load_strict", True)
