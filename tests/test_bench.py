@@ -105,11 +105,36 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p + EPS)).sum(dim=1)
 
 
+def _gate(p: torch.Tensor, confidence: float, per_class: bool) -> torch.Tensor:
+    """Pixels whose largest probability reaches the threshold: ``confidence``, or per class
+    ``confidence * m_c / max_k m_k`` with ``m_c`` the mean largest probability of the pixels whose
+    argmax is ``c`` (classes no pixel takes keep ``confidence``), written out class by class."""
+    top, label = p.amax(1), p.argmax(1)
+    if not per_class:
+        return top >= confidence
+    means = {c: float(top[label == c].mean()) for c in range(p.shape[1]) if bool((label == c).any())}
+    best = max(means.values())
+    threshold = torch.full_like(top, confidence)
+    for c, m in means.items():
+        threshold[label == c] = confidence * m / best
+    return top >= threshold
+
+
 def _reference_terms(
-    nets: dict, teacher, x_l, y_l, x_u, generator_state, coupling: str, confidence: float = 0.0, cnn_teacher=None
+    nets: dict,
+    teacher,
+    x_l,
+    y_l,
+    x_u,
+    generator_state,
+    coupling: str,
+    confidence: float = 0.0,
+    cnn_teacher=None,
+    per_class: bool = False,
 ) -> dict[str, float]:
     """The paper (``coupling="both"``: one forward of [x_l; x_u], every pixel) or the default
-    (``"follower"``: x_l and x_u forwarded apart, the CNN leading, pixels gated by its confidence)."""
+    (``"follower"``: x_l and x_u forwarded apart, the CNN leading, pixels gated by its confidence,
+    per class with ``per_class``)."""
     x = torch.cat([x_l, x_u])
     nl = x_l.shape[0]
     with torch.no_grad():
@@ -126,7 +151,7 @@ def _reference_terms(
         if coupling == "both":
             out["loss_cps"] = _dice(p1[nl:], y2) + _dice(p2[nl:], y1)
         else:  # follower, the CNN leading: only the Transformer learns from the CNN's confident pseudo-labels
-            out["loss_cps"] = _dice(p2[nl:], y1, p1[nl:].amax(1) >= confidence)
+            out["loss_cps"] = _dice(p2[nl:], y1, _gate(p1[nl:], confidence, per_class))
         # ICT: the same lambda draw as the trainer (its generator's state before the iteration)
         half = x_u.shape[0] // 2
         g = torch.Generator()
@@ -141,7 +166,7 @@ def _reference_terms(
         # pixels where the leader (the CNN, p1) is confident
         kl = (p1 * (torch.log(p1 + EPS) - torch.log(p2 + EPS))).sum(1)
         mig = _entropy(p1) + _entropy(p2) - _entropy(0.5 * (p1 + p2))
-        keep = p1.amax(1) >= confidence
+        keep = _gate(p1, confidence, per_class)
         out["loss_id"] = (mig + kl)[keep].mean()
         if cnn_teacher is not None:  # the default's copy-paste term, drawing its boxes after ICT's lambdas
             out["loss_bcp"] = _reference_copy_paste(nets["cnn"], cnn_teacher, x_l, y_l, x_u, g)
@@ -252,7 +277,10 @@ def test_one_trainer_iteration_equals_the_reference_math(tmp_path, demo_dataset,
     x_u = plain(captured["unlabeled"]["image"]).float()
     if peeked is not None:
         assert torch.equal(peeked, x_u), "the peeked batch is the one the trainer drew"
-    expected = _reference_terms(nets, teacher, x_l, y_l, x_u, generator_state, coupling, confidence, cnn_teacher)
+    per_class = coupling == "follower" and bool(parser.get_parsed_content("confidence_per_class"))
+    expected = _reference_terms(
+        nets, teacher, x_l, y_l, x_u, generator_state, coupling, confidence, cnn_teacher, per_class
+    )
     if coupling == "follower":
         with torch.no_grad():
             conf = torch.softmax(nets["cnn"](x_u), 1).amax(1)
