@@ -24,12 +24,23 @@ NAME = "fetal_us_ssl"
 
 def _distinctive_weights(path: Path) -> None:
     """Random UNeXt weights whose prediction is class 1 everywhere (a large bias on the last
-    layer): a mask full of foreground proves that the copy's weights were the ones loaded."""
+    layer): a mask full of foreground proves that the copy's weights were the ones loaded. Beside
+    them, the record a 64 px training writes (``model_config.json`` with their checksum): weights
+    without their own record are refused wherever they are run."""
+    from monai.bundle import ConfigParser
+
+    from custom.deploy.model_config import ModelConfig, weights_sha256
+
     torch.manual_seed(0)
     net = UNeXt(1, 2)
     with torch.no_grad():
         net.final.bias.copy_(torch.tensor([-1e3, 1e3]))
     torch.save(net.state_dict(), path)
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundle" / "configs" / "common.yaml")])
+    parser.update({"bundle_root": str(REPO / "bundle"), "ckpt_dir": str(path.parent), "read_model_config": False,
+                   "image_size": [64, 64], "num_classes": 2, "labels": {"background": 0, "fetal head": 1}})
+    ModelConfig(str(path.parent), parser.get_parsed_content("model_record")).write(sha256=weights_sha256(path))
 
 
 def _bundle_env(bundle: Path) -> dict:
@@ -215,10 +226,14 @@ missing = {}
 # tests check [train.json, evaluate.json] ("override train.json, thus set the workflow to train")
 for name, workflow, config in (("train", "train", "train"), ("evaluate", "train", "evaluate"),
                                ("infer", "infer", "inference")):
-    # the properties' components are built: a tiny prepared dataset, its images for inference
+    # the properties' components are built: a tiny prepared dataset, its images for inference; the
+    # training workflows into a folder of their own (the packaged weights, trained at 64 px, are kept:
+    # a training at the configs' own scale refuses to replace them)
+    own = {"ckpt_dir": f"{OUT}/ckpt_{name}"} if workflow == "train" else {}
     wf = create_workflow(workflow_type=workflow, config_file=f"{B}/configs/{config}.json", meta_file=meta,
                          logging_file=f"{B}/configs/logging.conf", bundle_root=B, dataset_dir=DATA,
-                         input_path=f"{DATA}/images", infer_output_dir=f"{OUT}/infer", output_dir=f"{OUT}/eval")
+                         input_path=f"{DATA}/images", infer_output_dir=f"{OUT}/infer", output_dir=f"{OUT}/eval",
+                         **own)
     missing[name] = wf.check_properties() or []
 print("ZOO " + json.dumps({"missing": missing}))
 """
