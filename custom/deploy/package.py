@@ -265,6 +265,11 @@ def package(
 
                 shutil.copy2(recorded, models / "model_config.json")
                 write_network_data_format(target / "configs" / "metadata.json", recorded)
+            else:  # inference from the package will refuse them unless the image size is given explicitly
+                logger.warning(
+                    "%s has no model_config.json beside it: the package's inference and evaluation will need "
+                    "--image_size explicitly (package weights with the record their training wrote)", weights_path
+                )
             if with_exports_:
                 for export in ("model.ts", "model.onnx"):
                     found = weights_path.parent / export
