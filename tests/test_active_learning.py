@@ -104,6 +104,9 @@ def test_rankings_pick_distinct_unlabelled_frames_and_the_spread_strategy_covers
         assert len(picked) == len(set(picked)) == 6 and set(picked) <= set(ids[5:])
     with pytest.raises(ValueError, match="cannot pick 30 of 20"):
         al.select("random", ids, 30, rng)
+    clusters = {i: "a" if int(i) < 10 else "b" for i in ids}
+    picks = {"picks": {"divergence": {"0": {"1": top}}, "divergence_spread": {"0": {"1": spread, "2": ["00", "01"]}}}}
+    assert al.groups_spanned(picks, clusters) == {"divergence": 1.0, "divergence_spread": 1.5}
 
 
 def test_kmeans_separates_obvious_clusters():

@@ -413,8 +413,20 @@ def labels_to_reach(curves: Mapping[str, Sequence[Mapping[str, Any]]], reference
     return out
 
 
+def groups_spanned(picks: Mapping[str, Any], groups: Mapping[str, str]) -> dict[str, float]:
+    """Per strategy, the mean over seeds and rounds of how many groups (PSFHS video blocks, HC18
+    subjects) one round's batch spans: a ranking that picks neighbouring frames spans few."""
+    out = {}
+    for strategy, seeds in picks.get("picks", {}).items():
+        spans = [len({groups[i] for i in ids}) for rounds in seeds.values() for ids in rounds.values()]
+        if spans:
+            out[strategy] = float(np.mean(spans))
+    return out
+
+
 def results_markdown(curves: Mapping[str, Sequence[Mapping[str, Any]]], split: str, settings: Mapping[str, Any],
-                     command: str, pool_size: int, seconds: Mapping[str, float]) -> str:
+                     command: str, pool_size: int, seconds: Mapping[str, float],
+                     spans: Mapping[str, float] | None = None) -> str:
     rounds = sorted({p["round"] for pts in curves.values() for p in pts})
     counts = {p["round"]: p["n_labelled"] for pts in curves.values() for p in pts}
     lines = [
@@ -452,6 +464,12 @@ def results_markdown(curves: Mapping[str, Sequence[Mapping[str, Any]]], split: s
             n = "not reached" if r["n_labelled"] is None else str(r["n_labelled"])
             saved = "n/a" if r["saved"] is None else str(r["saved"])
             lines.append(f"| {strategy} | {n} | {saved} |")
+    if spans:
+        lines += [
+            "",
+            f"Groups (video blocks or subjects) one batch of {settings['batch']} frames spans, mean over seeds "
+            "and rounds: " + ", ".join(f"{k} {v:.1f}" for k, v in spans.items()) + ".",
+        ]
     lines += [
         "",
         "Time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + ".",
@@ -642,12 +660,13 @@ def run_study(
         return compare.build_runs(rnd.dataset_dir, [method], [rnd.seed], overrides, rnd.compare_dir, max_iterations)[0]
 
     rows: list[dict[str, Any]] = []
-    seconds = {"training": 0.0, "scoring": 0.0}
+    seconds = {"training (every round)": 0.0, "scoring (this invocation)": 0.0}
+    groups = {frame_id(e): str(e.get("group", frame_id(e))) for e in pool}
     total = len(seeds_l) * (1 + len(strategies_l) * rounds_n)
     bar = tqdm(total=total, desc="active learning", unit="training", disable=not progress)
 
     def record(rnd: Round, done: Mapping[str, Any], strategies_of: Sequence[str]) -> None:
-        seconds["training"] += float(done.get("train_seconds") or 0.0)
+        seconds["training (every round)"] += float(done.get("train_seconds") or 0.0)
         for name in split_l:
             summary = done["lists"][name]["summary"]
             for strategy in strategies_of:
@@ -672,7 +691,8 @@ def run_study(
         scale = (describe(spec_of(first_round)) if first_round else "")
         text = "\n".join(
             results_markdown(curves[name], name, {**settings, "scale": scale,
-                                                  "n_test": len(fixed_lists[name])}, command, len(pool), seconds)
+                                                  "n_test": len(fixed_lists[name])}, command, len(pool), seconds,
+                             groups_spanned(picks, groups))
             for name in split_l
         )
         from custom.utils.atomic import atomic_write_text
@@ -720,7 +740,7 @@ def run_study(
                     t0 = time.perf_counter()
                     scored = {} if strategy == "random" else score_pool(
                         spec_of(previous), annotator.hidden(candidates), strategy, device)
-                    seconds["scoring"] += time.perf_counter() - t0
+                    seconds["scoring (this invocation)"] += time.perf_counter() - t0
                     chosen = select(strategy, candidates, counts[rnd_n] - counts[rnd_n - 1],
                                     np.random.default_rng([seed, rnd_n]), scored.get("scores"),
                                     scored.get("features"), seed=seed * 1000 + rnd_n)
