@@ -52,6 +52,7 @@ import json
 import logging
 import math
 import shlex
+import textwrap
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -496,7 +497,7 @@ def study_plot(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, ti
         ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("labelled frames")
     ax.set_ylabel("test mean Dice (UNeXt)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 80), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
