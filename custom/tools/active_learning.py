@@ -5,7 +5,8 @@ Command line::
     python -m custom.tools.active_learning --dataset-dir DIR --out OUT \\
         [--strategies random,entropy,divergence,divergence_spread] [--seeds 0,1] [--rounds K] \\
         [--seed-fraction 0.02] [--batch-fraction 0.02] [--method ours] [--override FILE[,FILE...]] \\
-        [--max-iterations N] [--split test] [--val-limit N] [--test-limit N] [--threads N] [--progress true]
+        [--max-iterations N] [--split test] [--val-limit N] [--test-limit N] [--threads N] [--progress true] \
+        [--launcher subprocess|inprocess]
 
 The pool is the prepared dataset's ``training`` + ``unlabeled`` frames; their masks are known (the
 set must be prepared without ``--hide-unlabeled-masks``) but held by a :class:`SimulatedAnnotator`
@@ -40,7 +41,8 @@ per strategy, seed and round, the frame ids picked), ``results.csv`` (strategy, 
 n_labelled, test mean Dice per list and class, training seconds), ``results.md`` (mean ± std over
 seeds per strategy and round, and how many labels each strategy needs to reach random's final
 Dice) and ``plot.png`` (test Dice against labelled frames, one line per strategy, the band the std
-over seeds). An interrupted study resumes: a finished round's training is skipped (compare's
+over seeds). The measured study and its answer: ``bundle/docs/active_learning.md``. An interrupted
+study resumes: a finished round's training is skipped (compare's
 ``done.json``) and the picks already in ``picks.json`` are reused, never drawn again.
 """
 
