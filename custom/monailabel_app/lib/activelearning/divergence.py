@@ -7,9 +7,10 @@ disagree most, by the method's information divergence averaged over the image:
     score(x) = mean over pixels of KL(p_cnn || p_transformer) + MIG(p_cnn, p_transformer)
 
 (``custom.training.losses.InformationDivergenceLoss(reduction="image")``), computed at the training size
-with the bundle's deterministic preprocessing. Scores are cached per image (path + mtime) and
-per pair of weight files (their mtimes): after a training run writes new weights, every image is
-scored again; otherwise a call only scores images it has not seen.
+with the bundle's deterministic preprocessing by :func:`custom.evaluation.disagreement.divergence_scores`,
+the very function the simulated active-learning study (``custom.tools.active_learning``) ranks with.
+Scores are cached per image (path + mtime) and per pair of weight files (their mtimes): after a
+training run writes new weights, every image is scored again; otherwise a call only scores images it has not seen.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from ..bundle_config import BundleSettings, ensure_repo_on_path
+
+ensure_repo_on_path()
+from custom.evaluation.disagreement import divergence_scores  # noqa: E402  (the study's score too)
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +61,6 @@ class DivergenceScorer:
         from monai.transforms import Compose
 
         import custom.training.checkpoint
-        import custom.training.losses
 
         key = self.weights_key()
         if self._cnn is not None and key == self._weights_key:
@@ -75,7 +78,6 @@ class DivergenceScorer:
         custom.training.checkpoint.load_network_weights(transformer, self.settings.train_state_path, key="transformer")
         self._cnn, self._transformer = cnn.to(self.device).eval(), transformer.to(self.device).eval()
         self._preprocessing = Compose(parser.get_parsed_content("deterministic_transforms", instantiate=True))
-        self._divergence = custom.training.losses.InformationDivergenceLoss(reduction="image")
         if key != self._weights_key:
             self._cache.clear()  # other weights, other scores
         self._weights_key = key
@@ -86,19 +88,9 @@ class DivergenceScorer:
             self.device,
         )
 
-    @torch.no_grad()
     def _compute(self, paths: Sequence[str]) -> list[float]:
-        out: list[float] = []
-        for start in range(0, len(paths), self.batch_size):
-            chunk = paths[start : start + self.batch_size]
-            x = torch.stack([torch.as_tensor(self._preprocessing({"image": p})["image"]) for p in chunk]).to(
-                self.device
-            )
-            x = x.as_tensor() if hasattr(x, "as_tensor") else x
-            p_cnn = torch.softmax(self._cnn(x).float(), dim=1)
-            p_transformer = torch.softmax(self._transformer(x).float(), dim=1)
-            out.extend(float(s) for s in self._divergence(p_cnn, p_transformer).cpu())
-        return out
+        images = (self._preprocessing({"image": p})["image"] for p in paths)
+        return divergence_scores(self._cnn, self._transformer, images, self.batch_size, self.device)
 
     def score(self, paths: Sequence[str], names: Mapping[str, str] | None = None) -> Dict[str, float]:
         """``{path: divergence}``; a file that cannot be read scores ``-inf`` and is logged with
