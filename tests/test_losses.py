@@ -250,7 +250,6 @@ def _context(p_cnn, p_vit, leader="cnn", labeled_bs=0):
         networks={},
         logits={},
         probs={"cnn": p_cnn, "transformer": p_vit},
-        teacher=None,
         iteration=0,
         leader=leader,
     )
@@ -318,7 +317,6 @@ def test_self_training_term_is_gated_dice_of_the_perturbed_prediction_against_th
         networks={"cnn": net},
         logits={},
         probs={"cnn": p_clean},
-        teacher=None,
         iteration=0,
         generator=torch.Generator().manual_seed(3),
     )

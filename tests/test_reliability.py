@@ -180,17 +180,17 @@ def test_inference_config_disables_the_disagreement_for_with_disagreement_false(
 
 @pytest.mark.parametrize("value, disabled", [("false", True), ("true", False), ("0", True), ("yes", False)])
 def test_train_config_booleans_from_the_command_line_are_parsed(value, disabled) -> None:
-    """``--validate_transformer false`` switches the Swin-Unet's validation (and the leader choice) off."""
+    """``--validate_transformer false`` switches the Swin-Unet's validation off (the coupling's
+    leader, chosen by validation, then stays the UNeXt: the Swin-Unet is never rated)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(train_config_files())
     parser["validate_transformer"] = value
-    for name in ("transformer_validation", "leader_selection"):
-        assert parser.get_parsed_content(f"method_handlers#{name}#_disabled_") is disabled
+    assert parser.get_parsed_content("method_handlers#transformer_validation#_disabled_") is disabled
     parser["validate_transformer"] = "perhaps"
     with pytest.raises(Exception, match="validate_transformer"):
-        parser.get_parsed_content("method_handlers#leader_selection#_disabled_")
+        parser.get_parsed_content("method_handlers#transformer_validation#_disabled_")
 
 
 # ----------------------------------------------------------------------------- item 6: atomic writes

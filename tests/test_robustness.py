@@ -70,7 +70,7 @@ def _tiny_trainer(iterations, terms, nonfinite):
         },
         supervised_loss=SupervisedLoss(),
         terms=terms,
-        teacher=EMATeacher(vit, 0.99),
+        teachers={"transformer": EMATeacher(vit, 0.99)},
         seed=0,
         decollate=False,
         nonfinite=nonfinite,
@@ -86,7 +86,7 @@ def test_skip_policy_skips_the_step_counts_it_and_warns(caplog):
         snapshots.append(
             {
                 "cnn": [p.detach().clone() for p in engine.networks["cnn"].parameters()],
-                "teacher": [p.detach().clone() for p in engine.teacher.module.parameters()],
+                "teacher": [p.detach().clone() for p in engine.teachers["transformer"].module.parameters()],
                 "grads": [p.grad for p in engine.networks["cnn"].parameters()],
                 "output": dict(engine.state.output),
             }
@@ -94,7 +94,7 @@ def test_skip_policy_skips_the_step_counts_it_and_warns(caplog):
 
     before = {
         "cnn": [p.detach().clone() for p in trainer.networks["cnn"].parameters()],
-        "teacher": [p.detach().clone() for p in trainer.teacher.module.parameters()],
+        "teacher": [p.detach().clone() for p in trainer.teachers["transformer"].module.parameters()],
     }
     trainer.add_event_handler(Events.ITERATION_COMPLETED, snap)
     with caplog.at_level(logging.WARNING, logger="custom.training.trainer"):

@@ -23,7 +23,6 @@ def _ctx(net, x, labels, labeled_bs, teacher, seed=0):
         networks={"cnn": net},
         logits=logits,
         probs={"cnn": torch.softmax(logits["cnn"], 1)},
-        teacher=None,
         iteration=0,
         generator=torch.Generator().manual_seed(seed),
         teachers={"cnn": teacher},

@@ -91,7 +91,7 @@ def _trainer(iterations, lr=0.01, terms=None, seed=0, forward="joint"):
         },
         supervised_loss=SupervisedLoss(),
         terms=terms,
-        teacher=teacher,
+        teachers={"transformer": teacher},
         seed=seed,
         decollate=False,
         forward=forward,
@@ -119,10 +119,10 @@ def test_each_term_is_nonzero_and_the_total_decreases_when_overfitting():
 def test_zero_weight_term_is_skipped_and_teacher_follows_student():
     ict = InterpolationConsistencyTerm(weight=lambda t: 0.0)
     trainer, outputs = _trainer(iterations=2, terms=[ict])
-    before = [p.clone() for p in trainer.teacher.module.parameters()]
+    before = [p.clone() for p in trainer.teachers["transformer"].module.parameters()]
     trainer.run()
     assert outputs[0]["loss_ict"] == 0.0 and outputs[0]["weight_ict"] == 0.0
-    changed = [not torch.equal(a, b) for a, b in zip(before, trainer.teacher.module.parameters())]
+    changed = [not torch.equal(a, b) for a, b in zip(before, trainer.teachers["transformer"].module.parameters())]
     assert any(changed)
 
 
@@ -209,7 +209,6 @@ def test_two_iteration_bundle_run_writes_loadable_model(tmp_path, demo_dataset):
     assert {
         "cnn",
         "transformer",
-        "teacher",
         "optimizer_cnn",
         "optimizer_transformer",
         "lr_scheduler_cnn",

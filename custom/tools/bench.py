@@ -214,6 +214,8 @@ class _Floor:
         channels_last: bool,
         seed: int = 0,
     ) -> None:
+        from custom.training.terms import InterpolationConsistencyTerm
+
         g = torch.Generator().manual_seed(seed)
         b = image_shape[0]
         self.x = torch.rand(*image_shape, generator=g).to(device)
@@ -228,22 +230,16 @@ class _Floor:
             if self.x_mix is not None:
                 self.x_mix = self.x_mix.contiguous(memory_format=torch.channels_last)
         self.trainer, self.device, self.autocast = trainer, device, autocast
-        ict_roles: list[str] = []
-        for term in trainer.terms:
-            if (
-                hasattr(term, "alpha")
-                and hasattr(term, "roles")
-                and type(term).__name__ == "InterpolationConsistencyTerm"
-            ):
-                ict_roles += list(term.roles)
+        ict = [t for t in trainer.terms if isinstance(t, InterpolationConsistencyTerm)]
+        ict_roles = [role for t in ict for role in t.roles]
         self.components: dict[str, Callable[[], None]] = {}
         for role, net in trainer.networks.items():
             self.components[f"fwd_bwd_{role}"] = self._fwd_bwd(net, self.x)
         if self.x_mix is not None and b > labeled_bs:
             for role in ict_roles:
                 self.components[f"fwd_bwd_{role}_mix"] = self._fwd_bwd(trainer.networks[role], self.x_mix)
-            if trainer.teacher is not None and ict_roles:
-                self.components["fwd_teacher"] = self._fwd_no_grad(trainer.teacher, self.x_u)
+            for role in dict.fromkeys(r for t in ict for r in t.teacher_roles):
+                self.components[f"fwd_teacher_{role}"] = self._fwd_no_grad(trainer.teachers[role], self.x_u)
         self.times: dict[str, list[float]] = {k: [] for k in self.components}
 
     def _fwd_bwd(self, net, x):
@@ -343,8 +339,8 @@ def bench_train(
         if channels_last:
             for net in trainer.networks.values():
                 net.to(memory_format=torch.channels_last)
-            if trainer.teacher is not None:
-                trainer.teacher.to(memory_format=torch.channels_last)
+            for teacher in trainer.teachers.values():
+                teacher.to(memory_format=torch.channels_last)
         cache_info: dict[str, Any] = {}
         if compile:
             from custom.utils.compile_cache import cache_entries, compile_networks, configure
