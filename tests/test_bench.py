@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from conftest import REPO, tiny_overrides, train_config_files
 from ignite.engine import Events
 
-from custom.tools.bench import build_trainer
+from custom.tools.bench.train import build_trainer
 from custom.training.trainer import logged_terms
 
 TINY_SWIN = {

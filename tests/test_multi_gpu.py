@@ -63,7 +63,7 @@ def test_every_logging_or_saving_handler_is_disabled_on_other_ranks(extra):
             else:
                 assert disabled != "@is_not_rank0", f"{where}#{i} ({name}) must run on every rank"
     init = parser["initialize"]
-    assert init[0]["_target_"] == "custom.training.distributed.setup"
+    assert init[0] == "$custom.utils.runtime.setup()" and init[1]["_target_"] == "custom.training.distributed.setup"
     assert not any("set_determinism" in str(item) for item in init), "the seed is set per rank by setup()"
     assert "wrap_ddp(@networks" in parser["train#trainer#networks"]
     assert parser["train#dataloader#shuffle"] is False and parser["train#unlabeled_dataloader#shuffle"] is False

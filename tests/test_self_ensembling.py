@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_baselines import reference_dice
+from test_methods import reference_dice
 
 from custom.methods import BidirectionalCopyPasteTerm, WeakToStrongTerm, copy_paste_pairs, cutmix, random_boxes
 from custom.networks import UNeXt

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, SHARED_DATA, require_shared, tiny_overrides, train_config_files
+from conftest import CONFIGS, REPO, SHARED_DATA, require_shared, tiny_overrides, train_config_files
 from ignite.engine import Events
 
 from custom.networks import SwinUnet, UNeXt
@@ -275,3 +275,35 @@ def test_monai_mlflow_tracking_logs_the_run(tmp_path, demo_dataset):
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     metrics = set().union(*(r.data.metrics for r in runs))
     assert any("loss" in m.lower() for m in metrics) and "val_mean_dice" in metrics, metrics
+
+
+@pytest.mark.parametrize("value, on", [("false", False), ("true", True), ("yes", True)])
+def test_compile_is_switched_by_its_value(value, on):
+    """``--compile true`` switches torch.compile on (no line to uncomment); a bad value is one line."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(train_config_files())
+    assert parser["compile"] is False  # off by default
+    parser["compile"] = value
+    assert parser.get_parsed_content("train#trainer#compile") is on
+    parser["compile"] = "sometimes"
+    with pytest.raises(Exception, match="compile"):
+        parser.get_parsed_content("train#trainer#compile")
+
+
+def test_each_workflow_states_which_record_it_reads():
+    """Training reads no record of earlier weights; evaluation and inference the one beside the
+    weights they load, whatever config came before them in the merge."""
+    from monai.bundle import ConfigParser
+
+    def record_file(*files):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / f) for f in files])
+        parser.update({"bundle_root": str(REPO / "bundle"), "ckpt_dir": "/weights"})
+        return parser.get_parsed_content("model_config_file")
+
+    assert record_file("common.yaml", "train.yaml", "methods/ours.yaml") is None
+    for files in (("common.yaml", "train.yaml", "evaluate.yaml"), ("common.yaml", "evaluate.yaml")):
+        assert record_file(*files) == "/weights/model_config.json"
+    assert record_file("common.yaml", "inference.yaml") == "/weights/model_config.json"

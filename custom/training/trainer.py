@@ -166,7 +166,7 @@ class SemiSupervisedTrainer(Trainer):
             statistics only, exactly as labelled-only training does.
         compile: compile every network and EMA teacher in place with ``torch.compile`` when the
             run starts, through the persistent compile cache of :mod:`custom.utils.compile_cache`
-            (off by default: see the README's Performance section for when it pays).
+            (off by default: see bundle/docs/performance.md for when it pays).
     """
 
     def __init__(
@@ -519,7 +519,7 @@ def resolve_amp(
     amp: Any, image_size: Sequence[int], device: torch.device | str, amp_dtype: str = "bfloat16", min_side: int = 224
 ) -> bool:
     """The ``amp`` option: a boolean (``true/false/yes/no/1/0``), or ``auto``: bfloat16 autocast
-    where it was measured to win with the same test Dice (README, Performance): images of at
+    where it was measured to win with the same test Dice (bundle/docs/performance.md): images of at
     least ``min_side`` pixels a side on a device with native bfloat16; off at the small CPU
     scales (64-128 px), where it was slower."""
     if isinstance(amp, str) and amp.strip().lower() == "auto":

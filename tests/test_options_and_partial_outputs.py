@@ -1,4 +1,4 @@
-"""Reliability fixes of issue 15 (what an independent test broke): boolean options, atomic
+"""Boolean options, atomic
 writes, per-file reading in inference, output folders, datalist schema, leftovers, header
 size limits. Tiny synthetic inputs in ``tmp_path``; seconds on 2 cores."""
 
@@ -141,7 +141,7 @@ def test_package_refuses_a_non_boolean_value_by_name(tmp_path: Path, monkeypatch
 
 
 def test_bench_json_false_is_not_json() -> None:
-    from custom.tools.bench import _wants_json
+    from custom.tools.bench.cli import _wants_json
 
     assert _wants_json(["infer", "--json"]) and _wants_json(["infer", "--json", "yes"]) and _wants_json(["--json=1"])
     assert not _wants_json(["infer", "--json", "false"]) and not _wants_json(["infer", "--json=No"])

@@ -134,7 +134,7 @@ def test_stop_keeps_the_last_good_checkpoint(tmp_path, demo_dataset):
         demo_dataset,
         max_iterations=4,
         validate_transformer=False,
-        terms=[{"_target_": "test_robustness.NanFrom", "start": 2}],
+        terms=[{"_target_": "test_nonfinite_losses_and_bad_input.NanFrom", "start": 2}],
     )
     ov["train#epoch_length"] = 2
     with pytest.raises(Exception) as info:
