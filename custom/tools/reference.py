@@ -287,7 +287,11 @@ def parse_variant(spec: str) -> dict[str, Any]:
 
 
 def _methods() -> set[str]:
-    return {"paper", *(p.stem for p in (REPO / "bundle" / "configs" / "methods").glob("*.yaml"))}
+    """The methods a variant may name: those of ``bundle/configs/methods/`` (discovered by the
+    comparison) and ``paper``."""
+    from custom.tools.compare import method_names
+
+    return {"paper", *method_names()}
 
 
 def _child(cmd: list[str], timeout: float) -> dict:
