@@ -5,19 +5,15 @@ transforms, the synthetic demo set), ``training/`` (trainer, handlers, terms, lo
 checkpoints, distributed), ``methods/`` (the unsupervised terms of each method),
 ``evaluation/`` (metrics, evaluation, biometry, overlays), ``deploy/`` (inference, model
 record, packaging, export), ``tools/`` (comparison, benchmarks, GPU check; not shipped),
-``utils/`` (command-line options, atomic writes, runtime defaults), ``monailabel_app/``.
+``utils/`` (command-line options, atomic writes, paths, the process setup), ``monailabel_app/``.
 
 Submodules load on first attribute access (PEP 562), so a config's ``$import custom``
 makes expressions such as ``$custom.training.trainer.logged_terms`` resolve (MONAI binds
 ``$import a.b`` to the name ``a.b``, not ``a``), while ``python -m custom.data`` does not
-pay for importing torch-heavy modules it does not use.
+pay for importing torch-heavy modules it does not use. Importing it changes nothing in the
+process: the configs' ``initialize`` and the entry points call :func:`custom.utils.runtime.setup`.
 """
 
 from custom.utils.lazy import lazy_submodules
 
 __getattr__ = lazy_submodules(__name__, __path__)
-
-from custom.utils import runtime as _runtime  # noqa: E402
-
-# OMP_WAIT_POLICY=PASSIVE unless set, repeated library warnings once (see custom/utils/runtime.py)
-_runtime.apply_defaults()

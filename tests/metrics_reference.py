@@ -1,7 +1,7 @@
 """The per-image metrics of ``custom.evaluation.metrics`` as implemented before issue 17 item 4, kept
-verbatim as the reference of ``tests/test_metrics_speed.py`` (full-image surfaces and
+verbatim as the reference of ``tests/test_metrics_match_full_image_reference.py`` (full-image surfaces and
 distance transforms, MONAI's ``compute_hausdorff_distance`` for HD95_monai) and as the
-"previous" figure of ``python -m custom.tools.bench evaluate --reference true``.
+"previous" figure of ``python -m custom.tools.bench evaluate --reference tests/metrics_reference.py``.
 
 Not collected by pytest (no ``test_`` prefix); imported by the test and by the benchmark.
 """

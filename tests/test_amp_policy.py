@@ -53,6 +53,6 @@ def test_the_default_config_resolves_auto_by_its_image_size(extra, size, monkeyp
     monkeypatch.setattr(tr, "bf16_is_native", lambda device: True)
     parser = ConfigParser()
     parser.read_config(train_config_files(*extra))
-    parser["read_model_config"] = False
+    parser["model_config_file"] = None
     assert parser.get_parsed_content("amp") == "auto" and parser.get_parsed_content("image_size")[0] == size
     assert parser.get_parsed_content("train#trainer#amp") is (size >= 224)

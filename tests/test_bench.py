@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from conftest import REPO, tiny_overrides, train_config_files
 from ignite.engine import Events
 
-from custom.tools.bench import build_trainer
+from custom.tools.bench.train import build_trainer
 from custom.training.trainer import logged_terms
 
 TINY_SWIN = {
@@ -62,7 +62,7 @@ def test_bench_train_json_reports_iteration_floor_and_ratio():
         "fwd_bwd_cnn",
         "fwd_bwd_transformer",
         "fwd_bwd_transformer_mix",
-        "fwd_teacher",
+        "fwd_teacher_transformer",
     }
     assert all(isinstance(v, float) and v > 0 for v in r["floor_components_s"].values()), r["floor_components_s"]
     assert r["floor_s"] == pytest.approx(sum(r["floor_components_s"].values()), rel=1e-9)
@@ -236,10 +236,10 @@ def test_one_trainer_iteration_equals_the_reference_math(tmp_path, demo_dataset,
                 if hasattr(t, "criterion") and hasattr(t.criterion, "confidence"):
                     t.criterion.confidence = confidence
     assert parser.get_parsed_content("forward") == ("joint" if coupling == "both" else "separate")
-    assert parser.get_parsed_content("coupling") == coupling
+    assert parser.get_parsed_content("coupling#direction") == coupling
     assert all(t.direction == coupling for t in trainer.terms if hasattr(t, "direction"))
     nets = {role: copy.deepcopy(net).train() for role, net in trainer.networks.items()}
-    teacher = copy.deepcopy(trainer.teacher.module)
+    teacher = copy.deepcopy(trainer.teachers["transformer"].module)
     cnn_teacher = copy.deepcopy(trainer.teachers["cnn"].module) if "cnn" in trainer.teachers else None
     assert (cnn_teacher is not None) == (coupling == "follower"), "the default's copy-paste term has its EMA teacher"
     assert teacher.training == (coupling == "both")  # paper.yaml: the EMA teacher in train mode
@@ -258,7 +258,9 @@ def test_one_trainer_iteration_equals_the_reference_math(tmp_path, demo_dataset,
     calls: dict[str, list[int]] = {"cnn": [], "transformer": [], "teacher": [], "cnn_teacher": []}
     for role, net in trainer.networks.items():
         net.register_forward_hook(lambda m, inp, out, role=role: calls[role].append(inp[0].shape[0]))
-    trainer.teacher.module.register_forward_hook(lambda m, inp, out: calls["teacher"].append(inp[0].shape[0]))
+    trainer.teachers["transformer"].module.register_forward_hook(
+        lambda m, inp, out: calls["teacher"].append(inp[0].shape[0])
+    )
     if cnn_teacher is not None:
         trainer.teachers["cnn"].module.register_forward_hook(
             lambda m, inp, out: calls["cnn_teacher"].append(inp[0].shape[0])
@@ -327,7 +329,7 @@ def test_compile_networks_compiles_in_place_keeping_parameter_names(tmp_path, mo
     nets = torch.nn.ModuleDict({"cnn": torch.nn.Conv2d(1, 2, 3), "transformer": torch.nn.Conv2d(1, 2, 1)})
     keys = {r: list(n.state_dict()) for r, n in nets.items()}
     teacher = EMATeacher(nets["transformer"])
-    trainer = SimpleNamespace(networks=nets, teacher=teacher, teachers={"cnn": EMATeacher(nets["cnn"])})
+    trainer = SimpleNamespace(networks=nets, teachers={"transformer": teacher, "cnn": EMATeacher(nets["cnn"])})
     x = torch.rand(1, 1, 8, 8)
     before = nets["cnn"](x)
     assert compile_networks(trainer, tmp_path / "cache", backend="eager") == (tmp_path / "cache").resolve()
@@ -489,5 +491,5 @@ def test_trainer_compile_option_compiles_every_network_once_at_run_start(tmp_pat
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cache").resolve())
     for role, net in trainer.networks.items():
         assert net._compiled_call_impl is not None and list(net.state_dict()) == keys[role], role
-    assert all(t.module._compiled_call_impl is not None for t in [trainer.teacher, *trainer.teachers.values()])
+    assert all(t.module._compiled_call_impl is not None for t in trainer.teachers.values())
     assert trainer.state.iteration == 1

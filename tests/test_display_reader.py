@@ -42,7 +42,7 @@ def _preprocessing(image_size=(64, 64)):
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "common.yaml"))
-    parser.update({"bundle_root": str(REPO / "bundle"), "image_size": list(image_size), "read_model_config": False})
+    parser.update({"bundle_root": str(REPO / "bundle"), "image_size": list(image_size), "model_config_file": None})
     from monai.transforms import Compose
 
     return Compose(parser.get_parsed_content("deterministic_transforms"))

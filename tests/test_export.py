@@ -50,7 +50,7 @@ def _write_model(ckpt_dir, net: UNeXt) -> dict:
         {
             "bundle_root": str(REPO / "bundle"),
             "ckpt_dir": str(ckpt_dir),
-            "read_model_config": False,
+            "model_config_file": None,
             "image_size": [SIZE, SIZE],
             "num_classes": CLASSES,
             "labels": {"background": 0, "fetal head": 1},

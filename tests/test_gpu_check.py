@@ -28,7 +28,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_tiny_gpu_check_writes_every_stage_into_one_json(tmp_path):
     out = tmp_path / "check" / "gpu.json"
-    proc = _cli("--out", str(out), "--tiny", "true")
+    proc = _cli("--out", str(out), "--tiny", "true", "--dataset-dir", str(SHARED_DATA / "psfhs"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert [p.name for p in out.parent.iterdir()] == ["gpu.json"]  # atomic: no temporary file left

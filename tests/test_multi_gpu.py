@@ -63,7 +63,7 @@ def test_every_logging_or_saving_handler_is_disabled_on_other_ranks(extra):
             else:
                 assert disabled != "@is_not_rank0", f"{where}#{i} ({name}) must run on every rank"
     init = parser["initialize"]
-    assert init[0]["_target_"] == "custom.training.distributed.setup"
+    assert init[0] == "$custom.utils.runtime.setup()" and init[1]["_target_"] == "custom.training.distributed.setup"
     assert not any("set_determinism" in str(item) for item in init), "the seed is set per rank by setup()"
     assert "wrap_ddp(@networks" in parser["train#trainer#networks"]
     assert parser["train#dataloader#shuffle"] is False and parser["train#unlabeled_dataloader#shuffle"] is False
@@ -93,17 +93,12 @@ def _worker(rank: int, world: int, store: str, out_dir: str, dataset_dir: str) -
     cd.setup(backend="gloo", seed=5, quiet_non_zero_ranks=False)
     res["initial_seed"] = torch.initial_seed()
 
-    # LeaderBroadcast: each rank believes something else; rank 0's choice wins everywhere
-    class FakeEngine:
-        leader = "transformer" if rank == 0 else "cnn"
+    # the coupling's broadcast: each rank believes something else; rank 0's choice wins everywhere
+    from custom.training.coupling import Coupling
 
-    handler = cd.LeaderBroadcast(src=0)
-    engine = FakeEngine()
-    handler(engine)
-    res["leader"], res["leader_mismatches"] = engine.leader, handler.mismatches
-    engine.leader = None if rank == 0 else "cnn"  # None (no leader yet) is broadcast too
-    handler(engine)
-    res["leader_none"] = engine.leader
+    coupling = Coupling(leader="transformer" if rank == 0 else "cnn")
+    coupling.broadcast()
+    res["leader"], res["leader_mismatches"] = coupling.leader, coupling.mismatches
 
     # BroadcastBuffers: BatchNorm statistics that drifted apart are rank 0's afterwards
     bn = nn.BatchNorm2d(3)
@@ -157,7 +152,7 @@ def _worker(rank: int, world: int, store: str, out_dir: str, dataset_dir: str) -
         **over,
     )
     wf.initialize()
-    teacher_cfg = wf.parser.get_parsed_content("teacher")  # before the trainer or anything else
+    teacher_cfg = wf.parser.get_parsed_content("transformer_teacher")  # before the trainer or anything else
     res["cfg_teacher"] = {k: v.clone() for k, v in teacher_cfg.state_dict().items()}
     res["cfg_missing_properties"] = wf.check_properties()  # resolves the trainer, hence wraps `network` too
     res["cfg_network"] = {k: v.clone() for k, v in wf.parser.get_parsed_content("network").state_dict().items()}
@@ -197,7 +192,6 @@ def test_setup_seeds_each_rank_differently(spawned):
 def test_leader_is_broadcast_from_rank0(spawned):
     assert [r["leader"] for r in spawned] == ["transformer"] * WORLD
     assert [r["leader_mismatches"] for r in spawned] == [0, 1]
-    assert [r["leader_none"] for r in spawned] == [None] * WORLD
 
 
 def test_buffers_are_broadcast_from_rank0(spawned):
@@ -228,12 +222,9 @@ def test_config_builds_the_teacher_after_the_ddp_broadcast(spawned):
     assert a["cfg_samplers"] == ["DistributedSampler"] * 3
     # rank 0: every handler; rank 1: no logging, no saving; both sync buffers and the leader
     assert a["cfg_handlers"][0] == b["cfg_handlers"][0] == "BroadcastBuffers"
-    assert a["cfg_handlers"][-1] == b["cfg_handlers"][-1] == "LeaderBroadcast"
     assert {"StatsHandler", "TensorBoardStatsHandler", "ProgressBar"} <= set(a["cfg_handlers"])
     assert not {"StatsHandler", "TensorBoardStatsHandler", "ProgressBar"} & set(b["cfg_handlers"])
-    assert {"ValidationHandler", "NetworkValidationHandler", "LeaderSelector", "TrainingStateSaver"} <= set(
-        b["cfg_handlers"]
-    )
+    assert {"ValidationHandler", "NetworkValidationHandler", "Coupling", "TrainingStateSaver"} <= set(b["cfg_handlers"])
     assert a["cfg_val_handlers"] == ["StatsHandler", "TensorBoardStatsHandler", "BestModelSaver"]
     assert b["cfg_val_handlers"] == []
 
@@ -245,7 +236,7 @@ def _torchrun(tmp_path: Path, demo_dataset: str, name: str, **more) -> str:
     over = tiny_overrides(tmp_path, demo_dataset, max_iterations=4, dist_timeout_minutes=2, **more)
     dump = (
         f"$torch.save({{'cnn': @network.state_dict(), 'transformer': @transformer.state_dict(), "
-        f"'teacher': @teacher.state_dict(), 'leader': @train#trainer.leader, "
+        f"'teacher': @transformer_teacher.state_dict(), 'leader': @train#trainer.leader, "
         f"'iteration': @train#trainer.state.iteration, 'best': @validate#evaluator.state.best_metric}}, "
         f"'{tmp_path}/{name}_rank' + str(torch.distributed.get_rank()) + '.pt')"
     )
@@ -305,10 +296,7 @@ def test_torchrun_two_processes_train_identical_weights_save_once_and_resume(tmp
         demo_dataset,
         "first",
         stop_after_first_epoch=STOP_AFTER_FIRST_EPOCH,
-        **{
-            "train#trainer#train_handlers": "$@ddp_first_handlers + @train#handlers + @ddp_last_handlers"
-            " + [@stop_after_first_epoch]"
-        },
+        **{"train#trainer#train_handlers": "$@ddp_first_handlers + @train#handlers + [@stop_after_first_epoch]"},
     )
     states = _rank_states(tmp_path, "first")
     assert [s["iteration"] for s in states] == [2, 2]
@@ -332,6 +320,7 @@ def test_torchrun_two_processes_train_identical_weights_save_once_and_resume(tmp
     assert not any(k.startswith("module.") for k in full["cnn"]) and not any(
         k.startswith("module.") for k in full["transformer"]
     )
+    full["teacher"] = full["trainer_extra"]["teachers"]["transformer"]
     assert not any(k.startswith("module.module.") for k in full["teacher"])
     for key in ("cnn", "transformer", "teacher"):  # the final state is rank 0's, equal to every rank's
         assert all(torch.equal(full[key][k], states[0][key][k]) for k in full[key])

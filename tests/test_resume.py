@@ -85,7 +85,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, demo_dataset):
     )
     a, b = _final_state(full), _final_state(killed)
     assert b["trainer"]["iteration"] == a["trainer"]["iteration"] == 24
-    for part in ("cnn", "transformer", "teacher"):
+    parts = ("cnn", "transformer", "teacher_cnn", "teacher_transformer")
+    a, b = ({**s, **{f"teacher_{r}": t for r, t in s["trainer_extra"]["teachers"].items()}} for s in (a, b))
+    for part in parts:
         for key, value in a[part].items():
             if value.is_floating_point():
                 assert torch.allclose(value, b[part][key], atol=1e-6, rtol=1e-5), (part, key, killed_at)
@@ -113,3 +115,39 @@ def test_interrupted_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
         atomic_torch_save({"w": torch.zeros(3)}, str(target))
     assert target.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["state.pt"]  # no temporary file left behind
+
+
+def test_a_state_of_the_earlier_teacher_layout_resumes_into_the_teachers_by_role(tmp_path):
+    """Before every EMA teacher was kept by role, the method's one teacher was saved as ``teacher``
+    (the others by role in the trainer's state): it goes to the one role the file lacks; a file
+    that fits no role is refused in one line."""
+    from types import SimpleNamespace
+
+    from custom.training.checkpoint import TrainingStateSaver, resume_training
+    from custom.training.ema import EMATeacher
+
+    nets = {"cnn": torch.nn.Conv2d(1, 2, 1), "transformer": torch.nn.Conv2d(1, 2, 3)}
+    old = {role: EMATeacher(net) for role, net in nets.items()}
+    for t in old.values():
+        torch.nn.init.constant_(t.module.weight, 0.5)
+    engine = SimpleNamespace(
+        teachers={role: EMATeacher(net) for role, net in nets.items()},
+        load_state_dict=lambda state: None,
+        state=SimpleNamespace(iteration=4, epoch=2),
+    )
+    loaded = {}
+    engine.load_extra_state_dict = lambda extra: loaded.update(extra)
+    state = {
+        "trainer": {},
+        "teacher": old["transformer"].state_dict(),
+        "trainer_extra": {"teachers": {"cnn": old["cnn"].state_dict()}},
+    }
+    atomic_torch_save(state, str(tmp_path / "train_state.pt"))
+    saver = TrainingStateSaver(str(tmp_path), save_dict={})
+    assert resume_training(saver, engine)
+    assert set(loaded["teachers"]) == {"cnn", "transformer"}
+    assert torch.equal(loaded["teachers"]["transformer"]["module.weight"], old["transformer"].module.weight)
+    engine.teachers = {"cnn": engine.teachers["cnn"]}  # a method without a role left for it
+    with pytest.raises(ValueError, match="earlier layout") as e:
+        resume_training(saver, engine)
+    assert "\n" not in str(e.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_baselines import reference_dice
+from test_methods import reference_dice
 
 from custom.methods import BidirectionalCopyPasteTerm, WeakToStrongTerm, copy_paste_pairs, cutmix, random_boxes
 from custom.networks import UNeXt
@@ -23,7 +23,6 @@ def _ctx(net, x, labels, labeled_bs, teacher, seed=0):
         networks={"cnn": net},
         logits=logits,
         probs={"cnn": torch.softmax(logits["cnn"], 1)},
-        teacher=None,
         iteration=0,
         generator=torch.Generator().manual_seed(seed),
         teachers={"cnn": teacher},

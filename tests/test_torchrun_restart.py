@@ -55,7 +55,8 @@ def _final(tmp_path: Path, name: str) -> dict:
     assert state["trainer"]["iteration"] == ITERATIONS
     return {
         "model": torch.load(models / "model.pt", map_location="cpu", weights_only=True),
-        **{k: state[k] for k in ("cnn", "transformer", "teacher")},
+        **{k: state[k] for k in ("cnn", "transformer")},
+        "teacher": state["trainer_extra"]["teachers"]["transformer"],
     }
 
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, SHARED_DATA, require_shared, tiny_overrides, train_config_files
+from conftest import CONFIGS, REPO, SHARED_DATA, require_shared, tiny_overrides, train_config_files
 from ignite.engine import Events
 
 from custom.networks import SwinUnet, UNeXt
@@ -91,7 +91,7 @@ def _trainer(iterations, lr=0.01, terms=None, seed=0, forward="joint"):
         },
         supervised_loss=SupervisedLoss(),
         terms=terms,
-        teacher=teacher,
+        teachers={"transformer": teacher},
         seed=seed,
         decollate=False,
         forward=forward,
@@ -119,10 +119,10 @@ def test_each_term_is_nonzero_and_the_total_decreases_when_overfitting():
 def test_zero_weight_term_is_skipped_and_teacher_follows_student():
     ict = InterpolationConsistencyTerm(weight=lambda t: 0.0)
     trainer, outputs = _trainer(iterations=2, terms=[ict])
-    before = [p.clone() for p in trainer.teacher.module.parameters()]
+    before = [p.clone() for p in trainer.teachers["transformer"].module.parameters()]
     trainer.run()
     assert outputs[0]["loss_ict"] == 0.0 and outputs[0]["weight_ict"] == 0.0
-    changed = [not torch.equal(a, b) for a, b in zip(before, trainer.teacher.module.parameters())]
+    changed = [not torch.equal(a, b) for a, b in zip(before, trainer.teachers["transformer"].module.parameters())]
     assert any(changed)
 
 
@@ -209,7 +209,6 @@ def test_two_iteration_bundle_run_writes_loadable_model(tmp_path, demo_dataset):
     assert {
         "cnn",
         "transformer",
-        "teacher",
         "optimizer_cnn",
         "optimizer_transformer",
         "lr_scheduler_cnn",
@@ -276,3 +275,35 @@ def test_monai_mlflow_tracking_logs_the_run(tmp_path, demo_dataset):
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     metrics = set().union(*(r.data.metrics for r in runs))
     assert any("loss" in m.lower() for m in metrics) and "val_mean_dice" in metrics, metrics
+
+
+@pytest.mark.parametrize("value, on", [("false", False), ("true", True), ("yes", True)])
+def test_compile_is_switched_by_its_value(value, on):
+    """``--compile true`` switches torch.compile on (no line to uncomment); a bad value is one line."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(train_config_files())
+    assert parser["compile"] is False  # off by default
+    parser["compile"] = value
+    assert parser.get_parsed_content("train#trainer#compile") is on
+    parser["compile"] = "sometimes"
+    with pytest.raises(Exception, match="compile"):
+        parser.get_parsed_content("train#trainer#compile")
+
+
+def test_each_workflow_states_which_record_it_reads():
+    """Training reads no record of earlier weights; evaluation and inference the one beside the
+    weights they load, whatever config came before them in the merge."""
+    from monai.bundle import ConfigParser
+
+    def record_file(*files):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / f) for f in files])
+        parser.update({"bundle_root": str(REPO / "bundle"), "ckpt_dir": "/weights"})
+        return parser.get_parsed_content("model_config_file")
+
+    assert record_file("common.yaml", "train.yaml", "methods/ours.yaml") is None
+    for files in (("common.yaml", "train.yaml", "evaluate.yaml"), ("common.yaml", "evaluate.yaml")):
+        assert record_file(*files) == "/weights/model_config.json"
+    assert record_file("common.yaml", "inference.yaml") == "/weights/model_config.json"

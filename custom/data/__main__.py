@@ -68,7 +68,11 @@ def _lists_command(function):
 
 def main() -> None:
     """Dispatch the subcommands."""
+    from custom.utils.runtime import setup
+
     from .test_lists import add_shifted_lists, add_test_list
+
+    setup()
 
     fire.Fire({"prepare": _prepare_command, "add-test": _lists_command(add_test_list),
                "shift": _lists_command(add_shifted_lists)})

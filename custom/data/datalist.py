@@ -11,7 +11,7 @@ from typing import Any
 
 from .splits import SPLITS
 
-__all__ = ["DATALIST_NAME", "PATH_KEYS", "list_names", "evaluation_lists", "DatalistError", "read_datalist_file", "validate_datalist", "load_datalist", "load_split", "datalist_num_classes", "datalist_class_names", "labeled_union_datalist"]
+__all__ = ["DATALIST_NAME", "PATH_KEYS", "list_names", "evaluation_lists", "DatalistError", "read_datalist_file", "validate_datalist", "load_datalist", "load_split", "datalist_num_classes", "datalist_class_names", "label_names", "labeled_union_datalist"]
 
 DATALIST_NAME = "datalist.json"
 PATH_KEYS = ("image", "label")
@@ -227,17 +227,25 @@ def datalist_num_classes(path: str | Path, default: int = 2) -> int:
         return default
 
 
-def datalist_class_names(path: str | Path, num_classes: int) -> dict[int, str]:
+def label_names(labels: Any, num_classes: int) -> dict[int, str]:
     """Foreground ``{label: name}`` from a datalist's ``labels`` (``{name: label}``, written by
     ``custom.data prepare``); ``class_<label>`` for labels it does not name or when absent."""
+    try:
+        named = {int(label): str(name) for name, label in (labels or {}).items()}
+    except (ValueError, TypeError, AttributeError):
+        named = {}
+    return {c: named.get(c, f"class_{c}") for c in range(1, int(num_classes))}
+
+
+def datalist_class_names(path: str | Path, num_classes: int) -> dict[int, str]:
+    """:func:`label_names` of the datalist file at ``path`` (or in the folder ``path``)."""
     path = Path(path)
     file = path / DATALIST_NAME if path.is_dir() else path
     try:
-        labels = read_datalist_file(file).get("labels") or {}
-        named = {int(label): str(name) for name, label in labels.items()}
+        labels = read_datalist_file(file).get("labels")
     except (OSError, ValueError, TypeError, AttributeError):
-        named = {}
-    return {c: named.get(c, f"class_{c}") for c in range(1, int(num_classes))}
+        labels = None
+    return label_names(labels, num_classes)
 
 
 def labeled_union_datalist(datalist_file: str, dataset_dir: str) -> list[dict]:

@@ -43,11 +43,11 @@ from custom.deploy.model_config import (
 )
 from custom.utils.atomic import atomic_path
 from custom.utils.cli import OptionError, exit_on_error, parse_bool
+from custom.utils.paths import bundle_root
 
 __all__ = ["FORMATS", "ONNX_CONVERTER_KWARGS", "WeightsError", "input_shape", "export", "main"]
 
-_HERE = Path(__file__).resolve().parents[2]  # the repository, or the folder of a packaged bundle
-BUNDLE_ROOT = _HERE / "bundle" if (_HERE / "bundle" / "configs" / "common.yaml").is_file() else _HERE
+BUNDLE_ROOT = Path(bundle_root())  # the repository's bundle/, or a packaged bundle's folder
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
 # the names and the dynamic batch axis the bundle's ONNX model has always had
 ONNX_CONVERTER_KWARGS = {
@@ -179,7 +179,7 @@ def export(
         record = {**(record if why is None else {}), "image_size": size}
         overrides["image_size"] = size
         if why is not None:
-            overrides["read_model_config"] = False
+            overrides["model_config_file"] = None
     elif record is None:
         raise FileNotFoundError(
             f"no {FILENAME} beside {ckpt_file}: training writes it (image size, classes, channels, network "
@@ -267,6 +267,9 @@ def _command(
 def main(argv: Sequence[str] | None = None) -> None:
     import fire
 
+    from custom.utils.runtime import setup
+
+    setup()
     fire.Fire(_command, command=list(argv) if argv is not None else None, name="custom.deploy.export")
 
 

@@ -7,7 +7,7 @@ intensity range and the architecture arguments of both networks. Every consumer 
 ``common.yaml``, whose ``image_size``, ``num_classes``, ... default to the recorded values
 (:func:`value`), so evaluation, inference, export, packaging and MONAI Label need no scale
 override; an explicit, different value is refused by :func:`check` with one line naming both.
-Training does not read the file (``read_model_config: false`` in train.yaml): it refuses to
+Training does not read the file (``model_config_file: null`` in train.yaml): it refuses to
 replace weights of another configuration unless told to (:class:`ModelConfig`).
 """
 

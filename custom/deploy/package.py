@@ -26,7 +26,7 @@ monai.bundle run`` run from the bundle folder (``python -m`` puts the working di
 ``sys.path``) or put it on ``PYTHONPATH``. A package named ``custom`` there makes the configs'
 ``$import custom`` resolve unchanged.
 
-The configs are merged, not rewritten: ``bundle_root`` is ``$custom.deploy.package.bundle_root()``,
+The configs are merged, not rewritten: ``bundle_root`` is ``$custom.utils.paths.bundle_root()``,
 the bundle folder of the imported ``custom`` package, found at run time (the repository's
 ``bundle/`` or the copy's own folder), so no path is written into the copy. ``--bundle_root DIR``
 on the command line (as MONAI Label and the model zoo's verification do) still overrides it.
@@ -45,8 +45,9 @@ from typing import Any
 
 from custom.utils.atomic import atomic_write, atomic_write_text
 from custom.utils.cli import OptionError, parse_bool
+from custom.utils.paths import bundle_root
 
-__all__ = ["package", "bundle_root", "PackagingError", "main"]
+__all__ = ["package", "PackagingError", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,22 +63,6 @@ _IGNORE_CODE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_
 
 class PackagingError(RuntimeError):
     """The bundle cannot be packaged as asked (missing weights, existing output, ...)."""
-
-
-def bundle_root() -> str:
-    """The bundle folder of the ``custom`` package that is imported, found at run time.
-
-    In a packaged bundle ``custom/`` sits inside the bundle folder (``NAME/custom``); in the
-    repository it sits beside it (``repo/custom`` and ``repo/bundle``). Both are recognised by
-    their ``configs/metadata.json``.
-    """
-    here = Path(__file__).resolve().parents[2]
-    for candidate in (here, here / "bundle"):
-        if (candidate / "configs" / "metadata.json").is_file():
-            return str(candidate)
-    raise FileNotFoundError(
-        f"no bundle folder (configs/metadata.json) at {here} or {here / 'bundle'}: pass --bundle_root DIR"
-    )
 
 
 # one merged, self-contained config per workflow, as model-zoo bundles ship them
@@ -361,6 +346,9 @@ def _command(
 def main() -> None:
     import fire
 
+    from custom.utils.runtime import setup
+
+    setup()
     fire.Fire(_command)
 
 

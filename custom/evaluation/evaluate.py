@@ -118,6 +118,25 @@ def overlay_image(
     return draw(image_rc, gt_rc, pred_rc, class_names)
 
 
+def head_circumference_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The head-circumference error over ``rows`` (those with ``hc_abs_diff``): its mean and
+    standard deviation over the images with a head ellipse, their unit, counts and the reference's
+    source; ``None`` when no row has one (HC18's challenge score, ``summary["head_circumference"]``)."""
+    hc_rows = [r for r in rows if "hc_abs_diff" in r]
+    if not hc_rows:
+        return None
+    diffs = np.array([r["hc_abs_diff"] for r in hc_rows], dtype=float)
+    valid = diffs[~np.isnan(diffs)]
+    return {
+        "unit": hc_rows[0]["hc_unit"],
+        "n": int(len(hc_rows)),
+        "n_no_ellipse": int(np.isnan(diffs).sum()),
+        "abs_diff_mean": float(valid.mean()) if len(valid) else float("nan"),
+        "abs_diff_std": float(valid.std()) if len(valid) else float("nan"),
+        "reference": hc_rows[0].get("hc_ref_source"),
+    }
+
+
 def write_report(
     rows: Sequence[Mapping[str, Any]],
     output_dir: str,
@@ -129,18 +148,9 @@ def write_report(
         raise ValueError("no image was evaluated: the evaluation list is empty")
     os.makedirs(output_dir, exist_ok=True)
     summary = summarize(list(rows), class_names)
-    hc_rows = [r for r in rows if "hc_abs_diff" in r]
-    if hc_rows:
-        diffs = np.array([r["hc_abs_diff"] for r in hc_rows], dtype=float)
-        valid = diffs[~np.isnan(diffs)]
-        summary["head_circumference"] = {
-            "unit": hc_rows[0]["hc_unit"],
-            "n": int(len(hc_rows)),
-            "n_no_ellipse": int(np.isnan(diffs).sum()),
-            "abs_diff_mean": float(valid.mean()) if len(valid) else float("nan"),
-            "abs_diff_std": float(valid.std()) if len(valid) else float("nan"),
-            "reference": hc_rows[0]["hc_ref_source"],
-        }
+    hc = head_circumference_summary(rows)
+    if hc is not None:
+        summary["head_circumference"] = hc
     if extra:
         summary.update(extra)
     keys: list[str] = []
@@ -152,7 +162,7 @@ def write_report(
         writer.writerows(rows)
     atomic_write_json(os.path.join(output_dir, "summary.json"), summary, default=float)
     md = summary_markdown(summary)
-    if hc_rows:
+    if hc is not None:
         h = summary["head_circumference"]
         md += (
             f"\n\nHead circumference absolute difference ({h['unit']}, reference: {h['reference']}): "

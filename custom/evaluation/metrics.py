@@ -23,7 +23,7 @@ Speed: every distance of a class is computed on the bounding box of
 outside the image) and the distance to the nearest surface pixel (all surface pixels lie
 inside) are the same on the box as on the whole image; the surfaces and the two directed
 distance sets are computed once per class and shared by HD95, ASD and HD95_monai
-(``python -m custom.tools.bench evaluate`` measures it; ``tests/test_metrics_speed.py`` checks the
+(``python -m custom.tools.bench evaluate`` measures it; ``tests/test_metrics_match_full_image_reference.py`` checks the
 values against the previous full-image implementation and MONAI).
 
 The surface-distance core is written here from the definitions above (scipy's exact

@@ -1,11 +1,12 @@
 """Adversarial learning on the UNeXt: the deep adversarial network (DAN, Zhang et al. 2017).
 
 The discriminator's own optimiser step is taken by the trainer in the iteration, before the
-losses (``discriminator_step``), as MONAI's GAN trainer does; the term's loss is the
+losses (the term's ``before_loss`` hook: :meth:`AdversarialTerm.discriminator_step`), as MONAI's
+GAN trainer does; the term's loss is the
 segmenter's adversarial part only.
 
 Symbols: ``x_u`` the unlabelled images, ``p_r = softmax(f_r(x))`` the trainer's forward of role
-``r`` (``p_r,u`` its unlabelled part), ``f_t`` the EMA teacher of the trainer (``teacher_role``),
+``r`` (``p_r,u`` its unlabelled part), ``f_t`` the EMA teacher of ``r`` (the trainer's ``teachers[r]``),
 ``K`` the number of classes. Defaults follow the public SSL4MIS baselines (HiLab-git/SSL4MIS, 2D
 scripts) that the semi-supervised tables of the field, the reference's included, are run with.
 """
@@ -84,7 +85,7 @@ class AdversarialTerm(UnsupervisedTerm):
     lr 1e-4, betas 0.9/0.99) tells labelled from unlabelled images by the segmenter's output.
     Each iteration, in order:
 
-    1. :meth:`discriminator_step`, called by the trainer before this term's loss, on detached
+    1. :meth:`discriminator_step`, called by the trainer before the losses (:meth:`before_loss`), on detached
        predictions of the whole batch, ``D`` in train mode:
        ``L_D = CE(D(p_l.detach(), x_l), 1) + ... = mean_i CE(D(p_i.detach(), x_i), d_i)`` with
        ``d_i = 1`` for labelled and ``0`` for unlabelled images; ``D``'s optimiser steps.
@@ -111,6 +112,10 @@ class AdversarialTerm(UnsupervisedTerm):
         super().__init__(weight, name)
         self.discriminator, self.optimizer, self.role = discriminator, optimizer, role
         self.last_discriminator_loss = float("nan")
+
+    def before_loss(self, ctx: IterationContext) -> dict[str, torch.Tensor]:
+        """The discriminator's step, logged as ``loss_<name>_discriminator``."""
+        return {f"loss_{self.name}_discriminator": self.discriminator_step(ctx)}
 
     def discriminator_step(self, ctx: IterationContext) -> torch.Tensor:
         """One optimiser step of ``D`` on ``L_D``; returns ``L_D`` (detached)."""

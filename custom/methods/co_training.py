@@ -3,7 +3,7 @@ second view. (Cross pseudo supervision and cross teaching are ours' CPS term,
 :class:`custom.training.terms.CrossPseudoSupervisionTerm`, in both directions.)
 
 Symbols: ``x_u`` the unlabelled images, ``p_r = softmax(f_r(x))`` the trainer's forward of role
-``r`` (``p_r,u`` its unlabelled part), ``f_t`` the EMA teacher of the trainer (``teacher_role``),
+``r`` (``p_r,u`` its unlabelled part), ``f_t`` the EMA teacher of ``r`` (the trainer's ``teachers[r]``),
 ``K`` the number of classes. Defaults follow the public SSL4MIS baselines (HiLab-git/SSL4MIS, 2D
 scripts) that the semi-supervised tables of the field, the reference's included, are run with.
 """

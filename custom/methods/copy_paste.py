@@ -81,6 +81,7 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
             raise ValueError(f"confidence must be within [0, 1), got {confidence}")
         self.per_class = bool(per_class)
         self.role, self.unlabeled_weight = role, float(unlabeled_weight)
+        self.teacher_roles = (role,)
         self.box_area, self.confidence = float(box_area), float(confidence)
         self.clean_statistics = bool(clean_statistics)
         self.dice = masked_soft_dice()

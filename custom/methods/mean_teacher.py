@@ -2,7 +2,7 @@
 uncertainty-aware mean teacher (Yu et al. 2019), both against the trainer's EMA teacher.
 
 Symbols: ``x_u`` the unlabelled images, ``p_r = softmax(f_r(x))`` the trainer's forward of role
-``r`` (``p_r,u`` its unlabelled part), ``f_t`` the EMA teacher of the trainer (``teacher_role``),
+``r`` (``p_r,u`` its unlabelled part), ``f_t`` the EMA teacher of ``r`` (the trainer's ``teachers[r]``),
 ``K`` the number of classes. Defaults follow the public SSL4MIS baselines (HiLab-git/SSL4MIS, 2D
 scripts) that the semi-supervised tables of the field, the reference's included, are run with.
 """
@@ -37,19 +37,13 @@ def clipped_noise(
     return (n * std).clamp(-clip, clip)
 
 
-def _teacher(ctx: IterationContext, term: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    if ctx.teacher is None:
-        raise RuntimeError(f"{term} needs an EMA teacher: set the trainer's teacher (and teacher_role: cnn)")
-    return ctx.teacher
-
-
 class MeanTeacherTerm(UnsupervisedTerm):
     """Mean teacher (Tarvainen & Valpola, 2017) on one network and its EMA teacher.
 
     ``L_mt = mean( (p_s,u - p_t)^2 )`` with ``p_s,u`` the student's probabilities on ``x_u``
     (the trainer's forward of ``role``) and ``p_t = softmax(f_t(x_u + n))`` the teacher's on a
     noisy copy, ``n = clip(N(0, 0.1^2), -0.2, 0.2)`` (no gradient to the teacher). The teacher
-    is the trainer's ``teacher`` (EMA of ``role``, decay 0.99).
+    is the EMA of ``role`` (the trainer's ``teachers[role]``, decay 0.99).
     """
 
     name = "mt"
@@ -64,9 +58,10 @@ class MeanTeacherTerm(UnsupervisedTerm):
     ) -> None:
         super().__init__(weight, name)
         self.role, self.noise_std, self.noise_clip = role, float(noise_std), float(noise_clip)
+        self.teacher_roles = (role,)
 
     def loss(self, ctx: IterationContext) -> torch.Tensor:
-        teacher = _teacher(ctx, type(self).__name__)
+        teacher = ctx.teacher(self.role)
         x_u = ctx.unlabeled_images
         with torch.no_grad(), ctx.autocast():
             p_t = torch.softmax(
@@ -109,6 +104,7 @@ class UncertaintyAwareMeanTeacherTerm(UnsupervisedTerm):
         if passes < 1:
             raise ValueError(f"passes must be >= 1, got {passes}")
         self.role, self.total_iterations, self.passes = role, int(total_iterations), int(passes)
+        self.teacher_roles = (role,)
         self.noise_std, self.noise_clip, self.threshold_start = (
             float(noise_std),
             float(noise_clip),
@@ -136,7 +132,7 @@ class UncertaintyAwareMeanTeacherTerm(UnsupervisedTerm):
         return -(mu * torch.log(mu + 1e-6)).sum(dim=1, keepdim=True)
 
     def loss(self, ctx: IterationContext) -> torch.Tensor:
-        teacher = _teacher(ctx, type(self).__name__)
+        teacher = ctx.teacher(self.role)
         x_u, p_s = ctx.unlabeled_images, ctx.unlabeled_probs(self.role)
         with torch.no_grad(), ctx.autocast():
             p_t = torch.softmax(

@@ -77,6 +77,7 @@ class WeakToStrongTerm(UnsupervisedTerm):
         if not 0.0 <= feature_dropout < 1.0:
             raise ValueError(f"feature_dropout must be within [0, 1), got {feature_dropout}")
         self.role, self.views, self.fp_weight = role, int(views), float(fp_weight if views else 1.0)
+        self.teacher_roles = (role,)
         self.cutmix_prob, self.cutmix_area = float(cutmix_prob), tuple(float(a) for a in cutmix_area)
         self.feature_dropout, self.noise_std, self.blur_prob = (
             float(feature_dropout),

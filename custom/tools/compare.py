@@ -38,7 +38,6 @@ import hashlib
 import inspect
 import json
 import logging
-import math
 import os
 import shlex
 import shutil
@@ -52,12 +51,14 @@ from typing import Any
 
 import numpy as np
 
+from custom.data.datalist import label_names
+from custom.utils.paths import source_root
+
 __all__ = [
     "METHODS",
     "method_names",
     "RunSpec",
     "load_test_entries",
-    "class_names_of",
     "build_runs",
     "train_run",
     "evaluate_run",
@@ -69,7 +70,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = source_root()  # the repository (the folder holding custom/)
 CONFIGS = REPO / "bundle" / "configs"
 METHOD_DIR = CONFIGS / "methods"
 BASE_CONFIGS = (CONFIGS / "common.yaml", CONFIGS / "train.yaml")
@@ -169,11 +170,18 @@ def _entries_digest(entries: Sequence[Mapping[str, Any]]) -> str:
     return _sha(json.dumps(list(entries), sort_keys=True, default=str))
 
 
-def class_names_of(datalist: Mapping[str, Any], num_classes: int) -> dict[int, str]:
-    """Foreground ``{label: name}`` from the datalist's ``labels`` (``{name: label}``), else ``class_<c>``."""
-    labels = datalist.get("labels")
-    names = {int(v): str(k) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
-    return {c: names.get(c, f"class_{c}") for c in range(1, num_classes)}
+def _hc(summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The head-circumference part of a list's summary (``head_circumference``, as evaluation
+    writes it; a record of an earlier comparison kept ``hc_abs_diff_mean``/``_std``/``hc_unit``)."""
+    if "head_circumference" in summary:
+        return summary["head_circumference"]
+    if "hc_abs_diff_mean" in summary:
+        return {
+            "abs_diff_mean": summary["hc_abs_diff_mean"],
+            "abs_diff_std": summary["hc_abs_diff_std"],
+            "unit": summary.get("hc_unit", "mm"),
+        }
+    return None
 
 
 # ---------------------------------------------------------------------------- run specs
@@ -364,14 +372,13 @@ def evaluate_run(
     """Build the run's UNeXt from its merged config, load ``model.pt`` and evaluate it on ``entries``
     at the original size with :func:`custom.evaluation.evaluate.evaluate_network` and the run's own
     deterministic transforms (the head circumference error for ``head_class``)."""
-    import torch
     from monai.transforms import Compose
 
     from custom.evaluation.evaluate import evaluate_network
+    from custom.training.checkpoint import load_network_weights
 
     parser = _merged_config(spec.config_files, spec.overrides)
-    network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(spec.model_path, map_location="cpu", weights_only=True))
+    network = load_network_weights(parser.get_parsed_content("network_def"), str(spec.model_path))
     num_classes = int(parser.get_parsed_content("num_classes"))
     preprocessing = Compose(parser.get_parsed_content("deterministic_transforms"))
     rows, _ = evaluate_network(network, entries, preprocessing, num_classes, head_class=head_class, device=device)
@@ -446,8 +453,9 @@ def _run_row(done: Mapping[str, Any]) -> dict[str, Any]:
         row[m] = overall[f"{m}_mean"]
     for name, entry in classes.items():
         row[f"dice_{name}"] = entry["dice_mean"]
-    if "hc_abs_diff_mean" in done["summary"]:
-        row["hc_abs_diff"] = done["summary"]["hc_abs_diff_mean"]
+    hc = _hc(done["summary"])
+    if hc is not None:
+        row["hc_abs_diff"] = hc["abs_diff_mean"]
     row["n_empty_pred"] = overall["n_empty_pred"]
     for name, entry in classes.items():
         row[f"n_empty_pred_{name}"] = entry["n_empty_pred"]
@@ -496,13 +504,12 @@ def aggregate(runs: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict
         entry["dice_per_seed"] = [float(r["summary"]["overall"]["dice_mean"]) for r in done]
         for name in done[0]["summary"]["classes"]:  # frames whose prediction misses the class, mean over seeds
             entry[f"empty_{name}"] = float(np.mean([r["summary"]["classes"][name]["n_empty_pred"] for r in done]))
-        hc = [r["summary"].get("hc_abs_diff_mean") for r in done]
-        if all(v is not None for v in hc):
+        hcs = [_hc(r["summary"]) for r in done]
+        if all(h is not None for h in hcs):
+            hc = [h["abs_diff_mean"] for h in hcs]
             entry["hc_abs_diff"] = float(np.mean(hc))
-            entry["hc_abs_diff_std"] = (
-                float(np.std(hc, ddof=1)) if len(hc) > 1 else float(done[0]["summary"]["hc_abs_diff_std"])
-            )
-            entry["hc_unit"] = done[0]["summary"].get("hc_unit", "mm")
+            entry["hc_abs_diff_std"] = float(np.std(hc, ddof=1)) if len(hc) > 1 else float(hcs[0]["abs_diff_std"])
+            entry["hc_unit"] = hcs[0].get("unit", "mm")
         entry["spread"] = "std over seeds (ddof=1)" if len(done) > 1 else "std over test images (one seed)"
         out[method] = entry
     return out
@@ -795,7 +802,7 @@ def run_comparison(
     num_classes = int(datalist.get("num_classes", 2))
     if done_records:
         num_classes = len(views[first][0]["summary"]["classes"]) + 1
-    class_names = class_names_of(datalist, num_classes)
+    class_names = label_names(datalist.get("labels"), num_classes)
     _write_csv(out_dir / "runs.csv", [_run_row(v) for r in done_records for v in (list_view(r, n) for n in lists)])
     _write_csv(
         out_dir / "per_image.csv",
@@ -854,23 +861,15 @@ def _evaluate_list(
     spec: RunSpec, entries: Sequence[Mapping[str, Any]], datalist: Mapping[str, Any], device: str, num_classes: int
 ) -> dict[str, Any]:
     """One list's summary and per-image rows of a trained run."""
+    from custom.evaluation.evaluate import head_circumference_summary
     from custom.evaluation.metrics import summarize
 
     start = time.perf_counter()
     rows = evaluate_run(spec, entries, device, head_class_of(datalist, entries))
-    summary = summarize(rows, class_names_of(datalist, num_classes))
-    hc = [
-        r["hc_abs_diff"]
-        for r in rows
-        if isinstance(r.get("hc_abs_diff"), (int, float)) and math.isfinite(r["hc_abs_diff"])
-    ]
-    if hc:  # HC18: the challenge's score, |HC(prediction) - HC(reference)| from fitted ellipses
-        summary["hc_abs_diff_mean"], summary["hc_abs_diff_std"], summary["hc_n"] = (
-            float(np.mean(hc)),
-            float(np.std(hc)),
-            len(hc),
-        )
-        summary["hc_unit"] = rows[0].get("hc_unit", "mm")
+    summary = summarize(rows, label_names(datalist.get("labels"), num_classes))
+    hc = head_circumference_summary(rows)  # HC18: the challenge's score, |HC(prediction) - HC(reference)|
+    if hc is not None:
+        summary["head_circumference"] = hc
     return {"summary": summary, "per_image": rows, "eval_seconds": time.perf_counter() - start}
 
 
@@ -921,6 +920,9 @@ def main() -> None:
     import fire
 
     from custom.utils.cli import exit_on_error
+    from custom.utils.runtime import setup
+
+    setup()
 
     # bad input (a missing dataset, a bad option, a malformed datalist) and failed runs are one line
     @exit_on_error((RuntimeError,), status=1)

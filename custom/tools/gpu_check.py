@@ -5,16 +5,16 @@ records its error and the end of its traceback; the file is rewritten atomically
 stage, so a run stopped half-way still leaves the finished stages):
 
 * ``environment``: torch, CUDA, cuDNN, MONAI versions, the device name and memory;
-* ``train_fp32``, ``train_bf16``, ``train_compile``: :func:`custom.tools.bench.bench_train` at 448 px
+* ``train_fp32``, ``train_bf16``, ``train_compile``: :func:`custom.tools.bench.train.bench_train` at 448 px
   (the paper's method, batch 5 with 1 labelled, synthetic data): fp32, bf16 autocast,
   ``torch.compile`` (fp32, inductor, without the compute-floor measurement) with a new, empty
   compile cache (:mod:`custom.utils.compile_cache`), so its first iteration is a cold compile;
 * ``train_compile_cached``: the same compiled benchmark again in a new process
   (``python -m custom.tools.bench train --compile true``) on the cache the previous stage filled:
   the first iteration of a later run on the same machine;
-* ``infer``: :func:`custom.tools.bench.bench_infer` (the deployed UNeXt on the CPU variants) and the
+* ``infer``: :func:`custom.tools.bench.infer.bench_infer` (the deployed UNeXt on the CPU variants) and the
   same network on the GPU (batch 1 latency, batch 8 throughput, fp32 and bf16 autocast);
-* ``prepare_psfhs``: ``python -m custom.data prepare psfhs`` of ``../shared/data/psfhs`` into a
+* ``prepare_psfhs``: ``python -m custom.data prepare psfhs`` of ``--dataset-dir`` (the PSFHS source) into a
   temporary folder (the protocol's split: every 20th frame labelled, test ids 4500-4799);
 * ``real_paper``, ``real_default``: a short training at 448 px of ``paper.yaml`` (the published
   recipe) and of the ``train.yaml`` default (``ours``), through ``custom.tools.compare``'s
@@ -41,11 +41,11 @@ from typing import Any
 import torch
 
 from custom.utils.atomic import atomic_write_json, atomic_write_text
+from custom.utils.paths import source_root
 
 __all__ = ["STAGES", "TINY_SWIN", "run_gpu_check"]
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_PSFHS = REPO.parent / "shared" / "data" / "psfhs"
+REPO = source_root()  # the repository (the folder holding custom/)
 TINY_SWIN = {
     "transformer_def#embed_dim": 12,
     "transformer_def#num_heads": [1, 1, 2, 2],
@@ -93,9 +93,10 @@ def _environment(device: torch.device) -> dict[str, Any]:
 
 def _infer_on_device(device: torch.device, sizes: tuple[int, ...], batch: int, reps: int, warmup: int) -> dict:
     """The deployed UNeXt on ``device``: median batch-1 latency and batch-``batch`` images/s, fp32 and bf16."""
-    from custom.tools.bench import _deployed_unext, _median, _sync
+    from custom.tools.bench.infer import deployed_unext
+    from custom.tools.bench.timing import median, sync
 
-    net = _deployed_unext(num_classes=3).to(device)
+    net = deployed_unext(num_classes=3).to(device)
     out: dict[str, Any] = {}
     for size in sizes:
         for dtype in ("fp32", "bf16"):
@@ -105,21 +106,23 @@ def _infer_on_device(device: torch.device, sizes: tuple[int, ...], batch: int, r
                 for b in times:
                     x = torch.rand(b, 1, size, size, device=device)
                     for r in range(warmup + reps):
-                        _sync(device)
+                        sync(device)
                         t = time.perf_counter()
                         net(x)
-                        _sync(device)
+                        sync(device)
                         if r >= warmup:
                             times[b].append(time.perf_counter() - t)
             out[f"{size}_{dtype}"] = {
-                "latency_ms": 1000 * _median(times[1]),
-                "images_per_s": batch / _median(times[batch]),
+                "latency_ms": 1000 * median(times[1]),
+                "images_per_s": batch / median(times[batch]),
             }
     return out
 
 
-def _prepare(dataset_dir: Path, out: Path, tiny: bool) -> dict:
+def _prepare(dataset_dir: Path | None, out: Path, tiny: bool) -> dict:
     """``python -m custom.data prepare psfhs`` into ``out`` (a subprocess: the command users run)."""
+    if dataset_dir is None:
+        raise FileNotFoundError("no PSFHS frames: pass --dataset-dir (the PSFHS source, e.g. ../shared/data/psfhs)")
     if not (dataset_dir / "images").is_dir():
         raise FileNotFoundError(f"PSFHS frames not found at {dataset_dir} (expected images/ and labels/)")
     split = (
@@ -166,10 +169,10 @@ def _real_training(
 ) -> dict:
     """Train ``method`` for ``iterations`` with ``custom.tools.compare``'s pieces, then the test Dice."""
     from custom.data import load_datalist
+    from custom.data.datalist import label_names
     from custom.evaluation.metrics import summarize
     from custom.tools.compare import (
         build_runs,
-        class_names_of,
         evaluate_run,
         head_class_of,
         load_test_entries,
@@ -193,7 +196,7 @@ def _real_training(
     t = time.perf_counter()
     rows = evaluate_run(spec, entries, device, head_class_of(datalist, entries))
     eval_s = time.perf_counter() - t
-    summary = summarize(rows, class_names_of(datalist, int(datalist.get("num_classes", 3))))
+    summary = summarize(rows, label_names(datalist.get("labels"), int(datalist.get("num_classes", 3))))
     return {
         "method": spec.method,
         "config_files": [Path(f).name for f in spec.config_files[:-1]],
@@ -220,7 +223,9 @@ def run_gpu_check(
     _stage_hook: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the stages (module doc), writing ``out`` atomically after each; returns the result."""
-    from custom.tools.bench import _progress, bench_infer, bench_train
+    from custom.tools.bench.infer import bench_infer
+    from custom.tools.bench.timing import progress
+    from custom.tools.bench.train import bench_train
 
     out = Path(out)
     if out.is_dir():
@@ -230,7 +235,7 @@ def run_gpu_check(
     device = torch.device("cuda" if cuda else "cpu")
     threads = int(threads or (2 if tiny else min(16, os.cpu_count() or 1)))
     iterations = int(iterations or (3 if tiny else 300))
-    data = Path(dataset_dir) if dataset_dir else DEFAULT_PSFHS
+    data = Path(dataset_dir) if dataset_dir else None
     size = 64 if tiny else 448
     train_kw: dict[str, Any] = dict(
         image_size=size,
@@ -308,7 +313,7 @@ def run_gpu_check(
     unknown = [s for s in stages if s not in plan]
     if unknown:
         raise ValueError(f"--stages: unknown {unknown}; known: {list(plan)}")
-    bar = _progress(len(stages), "gpu check", quiet)
+    bar = progress(len(stages), "gpu check", quiet)
     try:
         for name in stages:
             bar.set_postfix_str(name)

@@ -47,7 +47,6 @@ import os
 import random
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,11 +56,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from custom.tools.bench.timing import median
 from custom.utils.cli import OptionError
+from custom.utils.paths import source_root
 
 __all__ = ["SCRIPT", "parse_variant", "run_reference", "compare", "main"]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = source_root()  # the repository (the folder holding custom/)
 SCRIPT = Path("src") / "code" / "train_semi_swin_unext_consist_v2.py"
 CONFIG = Path("src") / "code" / "configs" / "swin_tiny_patch4_window7_224_lite.yaml"
 UTILS = Path("src") / "code" / "utils"
@@ -72,10 +73,6 @@ UNUSED_LOSSES = ("ConstraLoss_multi_AvgProj", "smooth_l1_loss", "global_contra_l
 def _peak_rss_mb() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
-
-
-def _median(xs: Sequence[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
 
 
 def resolve_paths(path: str | os.PathLike, utils_path: str | os.PathLike | None = None) -> tuple[Path, Path]:
@@ -237,7 +234,7 @@ def run_reference(
     it = intervals[int(warmup) :]
     return {
         "benchmark": "reference",
-        "iteration_s": _median(it),
+        "iteration_s": median(it),
         "iteration_s_all": it,
         "warmup_s_all": intervals[: int(warmup)],
         "peak_rss_mb": _peak_rss_mb(),
@@ -290,7 +287,11 @@ def parse_variant(spec: str) -> dict[str, Any]:
 
 
 def _methods() -> set[str]:
-    return {"paper", *(p.stem for p in (REPO / "bundle" / "configs" / "methods").glob("*.yaml"))}
+    """The methods a variant may name: those of ``bundle/configs/methods/`` (discovered by the
+    comparison) and ``paper``."""
+    from custom.tools.compare import method_names
+
+    return {"paper", *method_names()}
 
 
 def _child(cmd: list[str], timeout: float) -> dict:
@@ -349,10 +350,10 @@ def compare(
     for n in names:
         pooled = [x for res in runs[n] for x in res["iteration_s_all"]]
         out["sides"][n] = {
-            "iteration_s": _median(pooled),
+            "iteration_s": median(pooled),
             "iterations_pooled": len(pooled),
             "round_medians_s": [res["iteration_s"] for res in runs[n]],
-            "peak_rss_mb": _median([res["peak_rss_mb"] for res in runs[n]]),
+            "peak_rss_mb": median([res["peak_rss_mb"] for res in runs[n]]),
             "peak_rss_mb_all": [res["peak_rss_mb"] for res in runs[n]],
             "config": runs[n][0]["config"],
         }
@@ -408,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     (the child of :func:`compare`; its interpreter may lack this project's dependencies but torch)."""
     import argparse
 
+    from custom.utils.runtime import setup
+
+    setup()
     p = argparse.ArgumentParser(prog="custom.tools.reference")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")

@@ -184,14 +184,12 @@ class TrainingStateSaver:
     def rank_state(self, engine: Engine) -> dict[str, Any]:
         """What differs between the ranks of a torchrun group: every random generator, the
         trainer's own generator and its loaders' positions and shuffle generators (each rank
-        seeds them with its rank), and the EMA teachers (their BatchNorm statistics follow the
-        rank's own student between DDP's buffer broadcasts). The networks and optimisers are
-        the same on every rank and are saved once."""
+        seeds them with its rank), and the EMA teachers (in the trainer's extra state: their
+        BatchNorm statistics follow the rank's own student between DDP's buffer broadcasts). The
+        networks and optimisers are the same on every rank and are saved once."""
         out: dict[str, Any] = {"random": random_states(self.datasets)}
         if hasattr(engine, "extra_state_dict"):
             out["trainer_extra"] = engine.extra_state_dict()
-        if "teacher" in self.save_dict:
-            out["teacher"] = _state_of(self.save_dict["teacher"])
         return out
 
     def __call__(self, engine: Engine) -> None:
@@ -239,9 +237,9 @@ def resume_training(saver: TrainingStateSaver, engine: Engine, path: str | None 
             len(ranks),
             world,
         )
-    if own is not None and "teacher" in own and "teacher" in saver.save_dict:
-        _load_state_into(saver.save_dict["teacher"], own["teacher"])
     extra = {**state.get("trainer_extra", {}), **((own or {}).get("trainer_extra") or {})}
+    if "teacher" in state:  # written before every EMA teacher was kept by role in the trainer's state
+        extra = _teachers_by_role(extra, (own or {}).get("teacher", state["teacher"]), engine, path)
     if extra and hasattr(engine, "load_extra_state_dict"):
         engine.load_extra_state_dict(extra)
     random = (own or {}).get("random", state.get("random"))
@@ -249,6 +247,20 @@ def resume_training(saver: TrainingStateSaver, engine: Engine, path: str | None 
         set_random_states(random, saver.datasets)
     logger.info("resumed from %s at iteration %d (epoch %d)", path, engine.state.iteration, engine.state.epoch)
     return True
+
+
+def _teachers_by_role(extra: dict[str, Any], legacy: Any, engine: Engine, path: str) -> dict[str, Any]:
+    """A training state of the earlier layout (one EMA teacher under ``teacher``, the others by
+    role in ``trainer_extra``) in today's: that teacher goes to the one role of the trainer's
+    ``teachers`` that the file holds no teacher for."""
+    saved = dict(extra.get("teachers") or {})
+    missing = [role for role in getattr(engine, "teachers", {}) if role not in saved]
+    if len(missing) != 1:
+        raise ValueError(
+            f"{path} holds an EMA teacher of an earlier layout ('teacher') that fits none of this method's "
+            f"teachers by role ({missing or 'none left'}): start anew, or resume with the method that wrote it"
+        )
+    return {**extra, "teachers": {**saved, missing[0]: legacy}}
 
 
 def safe_torch_load(path: str, what: str = "checkpoint", hint: str = "") -> Any:
@@ -478,18 +490,14 @@ def training_objects(
     networks: Mapping[str, Any],
     optimizers: Mapping[str, Any],
     lr_schedulers: Mapping[str, Any],
-    teacher: Any = None,
     extra: Mapping[str, Any] | None = None,
     validator: Any = None,
 ) -> dict[str, Any]:
     """What the training state saves, derived from what the method trains: every network under
-    its role, ``optimizer_<role>``, ``lr_scheduler_<role>``, the ``teacher`` (if any), the
-    method's further objects (``extra``, e.g. a discriminator) and the deployed network's
-    ``validator`` (its best metric). The further EMA teachers by role are the trainer's own
-    extra state."""
+    its role, ``optimizer_<role>``, ``lr_scheduler_<role>``, the method's further objects
+    (``extra``, e.g. a discriminator) and the deployed network's ``validator`` (its best metric).
+    The EMA teachers (by role) are the trainer's own extra state."""
     out: dict[str, Any] = dict(networks)
-    if teacher is not None:
-        out["teacher"] = teacher
     out.update({f"optimizer_{role}": opt for role, opt in optimizers.items()})
     out.update({f"lr_scheduler_{role}": s for role, s in lr_schedulers.items()})
     clash = sorted(set(out) & set(extra or {}))

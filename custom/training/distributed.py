@@ -19,11 +19,8 @@ What DDP does not do by itself for this method, and what this module adds:
   validation handlers, it copies rank 0's buffers to all ranks at the end of each epoch
   and of the run: validation (on all ranks, each on a shard) and the saved checkpoints
   then use the buffers DDP itself treats as authoritative.
-* :class:`LeaderBroadcast`: the leader-follower coupling picks a leader from validation
-  metrics (:class:`custom.training.handlers.LeaderSelector`). The metric handlers all-gather their
-  values, so every rank computes the same leader; broadcasting rank 0's choice makes that
-  an invariant rather than an assumption (a differing leader would make the ranks
-  optimise different losses).
+* the leader of the cross terms is broadcast from rank 0 by its own component
+  (:meth:`custom.training.coupling.Coupling.broadcast`).
 * :func:`cleanup` destroys the process group (the bundle's ``finalize``).
 
 Everything here is a no-op in a single process, so the handlers are safe in any config.
@@ -54,7 +51,6 @@ __all__ = [
     "from_rank0",
     "wrap_ddp",
     "BroadcastBuffers",
-    "LeaderBroadcast",
 ]
 
 logger = logging.getLogger(__name__)
@@ -225,29 +221,3 @@ class BroadcastBuffers:
 
     def __call__(self, engine=None) -> None:
         broadcast_buffers(self.modules, self.src)
-
-
-class LeaderBroadcast:
-    """Ignite handler: the trainer's ``leader`` (the leader-follower coupling's choice) set to
-    rank ``src``'s at the end of each epoch. Attach after :class:`custom.training.handlers.LeaderSelector`.
-    A rank whose own choice differed logs a warning (it indicates that the ranks saw
-    different validation metrics)."""
-
-    def __init__(self, src: int = 0) -> None:
-        self.src = int(src)
-        self.mismatches = 0
-
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine) -> None:
-        local = getattr(engine, "leader", None)
-        chosen = broadcast_object(local, self.src)
-        if chosen != local:
-            self.mismatches += 1
-            logging.getLogger(__name__).warning(
-                "rank %d: leader %r replaced by rank %d's %r", get_rank(), local, self.src, chosen
-            )
-        engine.leader = chosen

@@ -4,6 +4,12 @@ A term is a small component with one job: given what the trainer computed this i
 (:class:`IterationContext`), return a loss. The trainer multiplies it by the term's
 ramp-up weight and skips the term entirely while that weight is 0 (a warm-up), so a
 method is a list of terms in a config, never a new training loop.
+
+What a term asks of the trainer is declared on :class:`UnsupervisedTerm`, never found by
+name: ``teacher_roles`` (the roles whose EMA teacher it reads, ``ctx.teacher(role)``: the
+trainer refuses to start without them), ``own_graph`` (its loss builds its own forward,
+backpropagated apart) and :meth:`UnsupervisedTerm.before_loss` (a step of its own taken
+before the losses, e.g. an adversarial term's discriminator).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from custom.training.coupling import check_direction
 from custom.training.ema import EMATeacher
 from custom.training.losses import (
     CrossPseudoSupervisionLoss,
@@ -50,7 +57,6 @@ class IterationContext:
     networks: dict[str, nn.Module]
     logits: dict[str, torch.Tensor]
     probs: dict[str, torch.Tensor]
-    teacher: EMATeacher | None
     iteration: int
     generator: torch.Generator | None = None
     autocast: Callable = contextlib.nullcontext
@@ -60,16 +66,19 @@ class IterationContext:
     #: values computed once per iteration and shared by the terms (see :meth:`teacher_probs`)
     cache: dict = field(default_factory=dict)
 
+    def teacher(self, role: str) -> EMATeacher:
+        """The EMA teacher of ``role``'s network (a term lists ``role`` in its ``teacher_roles``)."""
+        teacher = self.teachers.get(role)
+        if teacher is None:
+            raise RuntimeError(f"no EMA teacher of {role!r}: add it to the method's teachers, e.g. {{{role}: ...}}")
+        return teacher
+
     def teacher_probs(self, role: str) -> torch.Tensor:
-        """``softmax(teacher_role(x_u))`` of the EMA teacher of ``role`` on the unlabelled images,
+        """``softmax(f_t(x_u))`` of the EMA teacher of ``role`` on the unlabelled images,
         computed once per iteration whichever terms ask for it (no gradient)."""
         key = ("teacher_probs", role)
         if key not in self.cache:
-            teacher = self.teachers.get(role)
-            if teacher is None:
-                raise RuntimeError(
-                    f"no EMA teacher of {role!r}: set train#trainer#teachers, e.g. {{{role}: '@cnn_teacher'}}"
-                )
+            teacher = self.teacher(role)
             with torch.no_grad(), self.autocast():
                 self.cache[key] = torch.softmax(teacher(self.unlabeled_images).float(), 1)
         return self.cache[key]
@@ -83,29 +92,20 @@ class IterationContext:
 
     def teacher_student(self, roles: Sequence[str]) -> tuple[str, str]:
         """``(leader, follower)`` among two roles; the leader is the trainer's current one
-        (chosen by validation, see :class:`custom.training.handlers.LeaderSelector`), else the first role."""
+        (its :class:`custom.training.coupling.Coupling`'s), else the first role."""
         a, b = roles
         leader = self.leader if self.leader in (a, b) else a
         return leader, (b if leader == a else a)
 
 
-# how two networks teach each other; "mutual" (both directions, each towards the other's
-# detached probabilities) differs from "both" only for the divergence, whose targets can carry
-# gradients: pseudo-labels never do
-CPS_DIRECTIONS = ("both", "follower", "ensemble")
-DIRECTIONS = ("both", "mutual", "follower", "ensemble")
-
-
-def _check_direction(direction: str, allowed: Sequence[str] = DIRECTIONS) -> str:
-    if direction not in allowed:
-        raise ValueError(f"direction must be one of {tuple(allowed)}, got {direction!r}")
-    return direction
-
-
 class UnsupervisedTerm(nn.Module):
-    """Base class: ``name`` (used in logs as ``loss_<name>``), a ``weight`` schedule, ``loss(ctx)``."""
+    """Base class: ``name`` (used in logs as ``loss_<name>``), a ``weight`` schedule, ``loss(ctx)``,
+    and what the term asks of the trainer (``teacher_roles``, ``own_graph``, :meth:`before_loss`)."""
 
     name = "term"
+    #: the roles whose EMA teacher the term reads (``ctx.teacher(role)``); the trainer checks
+    #: that its ``teachers`` hold them when it is built
+    teacher_roles: tuple[str, ...] = ()
 
     def __init__(self, weight: Callable[[int], float] | float = 1.0, name: str | None = None) -> None:
         super().__init__()
@@ -120,6 +120,12 @@ class UnsupervisedTerm(nn.Module):
     def weight(self, iteration: int) -> float:
         return float(self.schedule(iteration))
 
+    def before_loss(self, ctx: IterationContext) -> dict[str, torch.Tensor]:
+        """A step of the term's own, taken by the trainer before the losses while the term's weight
+        is not 0 (an adversarial term's discriminator steps here, as MONAI's ``GanTrainer`` steps
+        D before G); returns values to log by name. None by default."""
+        return {}
+
     def loss(self, ctx: IterationContext) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -128,7 +134,9 @@ class CrossPseudoSupervisionTerm(UnsupervisedTerm):
     """Cross pseudo supervision between two networks (method.md, 2), and the cross-teaching and
     CPS baselines (the same term in both directions between other roles).
 
-    ``direction="both"`` (the paper): ``Dice(p_a_u, argmax p_b_u) + Dice(p_b_u, argmax p_a_u)``.
+    ``direction`` is the coupling's (:data:`custom.training.coupling.COUPLINGS`).
+    ``direction="both"`` (the paper): ``Dice(p_a_u, argmax p_b_u) + Dice(p_b_u, argmax p_a_u)``;
+    ``"mutual"`` is the same, pseudo-labels being always detached.
     ``direction="follower"``: only ``Dice(p_follower_u, argmax p_leader_u)``: the network that
     validates worse learns from the better one's pseudo-labels, never the other way round.
     ``"ensemble"``: each network learns from the pseudo-labels of the two networks' mean
@@ -155,7 +163,7 @@ class CrossPseudoSupervisionTerm(UnsupervisedTerm):
         name: str | None = None,
     ) -> None:
         super().__init__(weight, name)
-        self.roles, self.direction = tuple(roles), _check_direction(direction, CPS_DIRECTIONS)
+        self.roles, self.direction = tuple(roles), check_direction(direction)
         if len(self.roles) != 2:
             raise ValueError(f"cross pseudo supervision needs two roles, got {self.roles}")
         self.dice_weight, self.ce_weight = float(dice_weight), float(ce_weight)
@@ -216,7 +224,7 @@ class InformationDivergenceTerm(UnsupervisedTerm):
         super().__init__(weight, name)
         if not 0.0 <= confidence < 1.0:
             raise ValueError(f"confidence must be within [0, 1), got {confidence}")
-        self.roles, self.direction = tuple(roles), _check_direction(direction)
+        self.roles, self.direction = tuple(roles), check_direction(direction)
         self.confidence, self.per_class = float(confidence), bool(per_class)
         self.criterion = InformationDivergenceLoss(kl_weight=kl_weight, mig_weight=mig_weight, reduction="none")
 
@@ -249,25 +257,31 @@ class InformationDivergenceTerm(UnsupervisedTerm):
 
 class InterpolationConsistencyTerm(UnsupervisedTerm):
     """ICT: the unlabelled halves are mixed with ``lambda ~ Beta(alpha, alpha)``; each network
-    in ``roles`` predicts the mixed images and is pulled (MSE) towards the mixed EMA-teacher
-    probabilities (method.md, 3). The reference applies it to the Swin-Unet only."""
+    in ``roles`` predicts the mixed images and is pulled (MSE) towards the mixed probabilities of
+    the EMA teacher of ``teacher`` (default: the first role) (method.md, 3). The reference
+    applies it to the Swin-Unet only, with the Swin-Unet's EMA teacher."""
 
     name = "ict"
     own_graph = True  # its loss needs none of the shared forward: the trainer backpropagates it apart
 
     def __init__(
-        self, roles: Sequence[str] = ("transformer",), weight=1.0, alpha: float = 0.5, name: str | None = None
+        self,
+        roles: Sequence[str] = ("transformer",),
+        weight=1.0,
+        alpha: float = 0.5,
+        teacher: str | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(weight, name)
         self.roles, self.alpha = tuple(roles), float(alpha)
+        self.teacher_roles = (teacher or self.roles[0],)
         self.criterion = InterpolationConsistencyLoss()
 
     def loss(self, ctx: IterationContext) -> torch.Tensor:
-        if ctx.teacher is None:
-            raise RuntimeError("InterpolationConsistencyTerm needs an EMA teacher: set the trainer's teacher")
+        teacher = ctx.teacher(self.teacher_roles[0])
         with ctx.autocast():
             x_mix, target, _ = interpolation_mixup(
-                ctx.unlabeled_images, lambda x: torch.softmax(ctx.teacher(x).float(), 1), self.alpha, ctx.generator
+                ctx.unlabeled_images, lambda x: torch.softmax(teacher(x).float(), 1), self.alpha, ctx.generator
             )
             total = 0.0
             for role in self.roles:

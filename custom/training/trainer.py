@@ -8,7 +8,7 @@ Each iteration (method.md, "Losses, per iteration"):
    ``forward="separate"``); ``p_r = softmax(f_r(x))``;
 3. ``L = sum_r L_sup(f_r(x_l), y_l) + sum_k w_k(t) L_k``, the ``L_k`` being the method's
    unsupervised terms (:mod:`custom.training.terms`), each skipped while its weight is 0;
-4. one backward pass; every optimiser steps; the EMA teacher is updated.
+4. one backward pass; every optimiser steps; the EMA teachers are updated.
 
 Logging, validation, checkpoints and learning-rate schedules are MONAI/Ignite handlers
 attached from the config; the engine fires MONAI's ``IterationEvents`` and returns an
@@ -31,6 +31,7 @@ from monai.engines.utils import IterationEvents, default_metric_cmp_fn
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
+from custom.training.coupling import Coupling
 from custom.training.ema import EMATeacher
 from custom.training.terms import IterationContext, UnsupervisedTerm
 
@@ -142,15 +143,15 @@ class SemiSupervisedTrainer(Trainer):
         unlabeled_data_loader: unlabelled batches ``{"image"}``, cycled; ``None`` for
             supervised-only methods.
         terms: the method's unsupervised terms.
-        teachers: further EMA teachers, role -> :class:`EMATeacher` of that role's network (e.g.
-            ``{"cnn": EMA of the UNeXt}`` for the weak-to-strong and copy-paste terms, which read
-            it as ``ctx.teachers["cnn"]``); each is updated after the optimisers step and saved
-            in the training state with the trainer's extra state.
-        teacher: an :class:`EMATeacher` of one network (``teacher_role``), updated after the
-            optimisers step.
+        teachers: the EMA teachers, role -> :class:`EMATeacher` of that role's network (e.g.
+            ``{"transformer": EMA of the Swin-Unet}`` for ICT); a term reads them as
+            ``ctx.teacher(role)`` and declares the roles in its ``teacher_roles`` (checked here).
+            Each is updated after the optimisers step and saved in the training state with the
+            trainer's extra state.
         deployed_role: the network whose labelled predictions are put in the output as ``pred``.
-        initial_leader: the role that leads the ``direction="follower"`` cross terms until a
-            :class:`custom.training.handlers.LeaderSelector` has compared validation scores.
+        coupling: the :class:`custom.training.coupling.Coupling` of the cross terms (how two
+            networks teach each other and which leads); its ``leader`` is read every iteration
+            (``ctx.leader``) and saved with the trainer's state. ``None``: no coupled networks.
         amp: mixed precision (``amp_dtype``: ``"float16"`` with a grad scaler on CUDA, or ``"bfloat16"``).
         generator: random generator of the mixup weights (seeded for determinism).
         nonfinite: what a non-finite (NaN/Inf) total loss does: ``"stop"`` raises
@@ -165,7 +166,7 @@ class SemiSupervisedTrainer(Trainer):
             statistics only, exactly as labelled-only training does.
         compile: compile every network and EMA teacher in place with ``torch.compile`` when the
             run starts, through the persistent compile cache of :mod:`custom.utils.compile_cache`
-            (off by default: see the README's Performance section for when it pays).
+            (off by default: see bundle/docs/performance.md for when it pays).
     """
 
     def __init__(
@@ -178,8 +179,6 @@ class SemiSupervisedTrainer(Trainer):
         supervised_loss: Callable,
         unlabeled_data_loader: Iterable | None = None,
         terms: Sequence[UnsupervisedTerm] = (),
-        teacher: EMATeacher | None = None,
-        teacher_role: str = "transformer",
         supervised_roles: Sequence[str] | None = None,
         deployed_role: str = "cnn",
         epoch_length: int | None = None,
@@ -194,7 +193,7 @@ class SemiSupervisedTrainer(Trainer):
         decollate: bool = True,
         generator: torch.Generator | None = None,
         seed: int | None = None,
-        initial_leader: str | None = None,
+        coupling: Coupling | None = None,
         nonfinite: str = "stop",
         forward: str = "joint",
         teachers: Mapping[str, EMATeacher] | None = None,
@@ -228,13 +227,15 @@ class SemiSupervisedTrainer(Trainer):
         self.supervised_loss = supervised_loss
         self.supervised_roles = tuple(supervised_roles) if supervised_roles is not None else tuple(self.networks)
         self.terms = list(terms)
-        self.teacher, self.teacher_role = teacher, teacher_role
-        if teacher is not None and teacher_role not in self.networks:
-            raise ValueError(f"teacher_role {teacher_role!r} is not one of the networks {list(self.networks)}")
         self.teachers = dict(teachers or {})
         unknown = [r for r in self.teachers if r not in self.networks]
         if unknown:
             raise ValueError(f"teachers given for roles {unknown} that are not networks {list(self.networks)}")
+        lacking = {t.name: r for t in self.terms for r in t.teacher_roles if r not in self.teachers}
+        if lacking:
+            raise ValueError(
+                f"terms without the EMA teacher they read (term: role): {lacking}; teachers: {list(self.teachers)}"
+            )
         self.deployed_role = deployed_role
         # both streams are cycled by us, so that their positions are part of the training
         # state: Ignite draws the labelled batches from an endless iterator, epoch_length long
@@ -247,7 +248,7 @@ class SemiSupervisedTrainer(Trainer):
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         self.generator = generator
-        self.leader = initial_leader  # updated by custom.training.handlers.LeaderSelector after validation
+        self.coupling = coupling
         self.nonfinite = nonfinite
         self.forward_mode = forward
         self.state.nonfinite_skips = 0
@@ -268,6 +269,11 @@ class SemiSupervisedTrainer(Trainer):
             out.append(v.to(self.state.device, non_blocking=self.non_blocking))
         return out
 
+    @property
+    def leader(self) -> str | None:
+        """The coupling's current leader (``None`` without a coupling)."""
+        return self.coupling.leader if self.coupling is not None else None
+
     def extra_state_dict(self) -> dict[str, Any]:
         """What ``Engine.state_dict`` lacks for an exact resume: the mixup generator, the
         labelled loader's shuffle generator, the unlabelled stream's position and the leader."""
@@ -286,7 +292,8 @@ class SemiSupervisedTrainer(Trainer):
             self.labeled.load_state_dict(state["labeled"])
         if state.get("unlabeled") is not None and self.unlabeled is not None:
             self.unlabeled.load_state_dict(state["unlabeled"])
-        self.leader = state.get("leader", self.leader)
+        if self.coupling is not None and state.get("leader") is not None:
+            self.coupling.leader = state["leader"]
         for role, sd in (state.get("teachers") or {}).items():
             if role in self.teachers:
                 self.teachers[role].load_state_dict(sd)
@@ -335,7 +342,6 @@ class SemiSupervisedTrainer(Trainer):
             networks=dict(engine.networks),
             logits=logits,
             probs=probs,
-            teacher=engine.teacher,
             iteration=t,
             generator=engine.generator,
             autocast=engine._autocast,
@@ -349,12 +355,8 @@ class SemiSupervisedTrainer(Trainer):
             if w == 0.0:
                 out[f"loss_{term.name}"] = 0.0
                 continue
-            adversary_step = getattr(term, "discriminator_step", None)
-            if adversary_step is not None:
-                # an adversarial term's discriminator takes its own optimiser step first, on this
-                # iteration's detached predictions (as MONAI's GanTrainer steps D before G)
-                out[f"loss_{term.name}_discriminator"] = adversary_step(ctx)
-            if getattr(term, "own_graph", False):
+            out.update(term.before_loss(ctx))  # e.g. an adversarial term's discriminator step
+            if term.own_graph:
                 deferred.append((term, w))
                 continue
             value = term.loss(ctx)
@@ -399,8 +401,6 @@ class SemiSupervisedTrainer(Trainer):
                 opt.step()
         if self._scaled:
             self.scaler.update()
-        if self.teacher is not None:
-            self.teacher.update(self.networks[self.teacher_role], step=t)
         for role, teacher in self.teachers.items():
             teacher.update(self.networks[role], step=t)
 
@@ -519,7 +519,7 @@ def resolve_amp(
     amp: Any, image_size: Sequence[int], device: torch.device | str, amp_dtype: str = "bfloat16", min_side: int = 224
 ) -> bool:
     """The ``amp`` option: a boolean (``true/false/yes/no/1/0``), or ``auto``: bfloat16 autocast
-    where it was measured to win with the same test Dice (README, Performance): images of at
+    where it was measured to win with the same test Dice (bundle/docs/performance.md): images of at
     least ``min_side`` pixels a side on a device with native bfloat16; off at the small CPU
     scales (64-128 px), where it was slower."""
     if isinstance(amp, str) and amp.strip().lower() == "auto":

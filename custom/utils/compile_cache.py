@@ -74,12 +74,12 @@ def cache_entries(cache_dir: str | os.PathLike) -> int:
 
 def compile_networks(trainer: Any, cache_dir: str | os.PathLike | None = None, **options: Any) -> Path:
     """:func:`configure` the cache, then ``compile`` every network of ``trainer.networks`` and the
-    module of every EMA teacher (``trainer.teacher``, ``trainer.teachers``) in place; ``options``
+    module of every EMA teacher (``trainer.teachers``) in place; ``options``
     go to ``nn.Module.compile`` (e.g. ``backend``, ``mode``). Returns the cache directory."""
     path = configure(cache_dir)
     for net in trainer.networks.values():
         net.compile(**options)
-    teachers = [getattr(trainer, "teacher", None), *(getattr(trainer, "teachers", None) or {}).values()]
+    teachers = list((getattr(trainer, "teachers", None) or {}).values())
     for teacher in teachers:
         if teacher is not None:
             getattr(teacher, "module", teacher).compile(**options)

@@ -1,13 +1,16 @@
-"""Process defaults applied when ``custom`` is imported (it imports nothing heavy, so this runs
-before torch wherever the project starts Python itself).
+"""The process setup of the project's entry points, called explicitly: first in the bundle
+configs' ``initialize`` lists (as MONAI bundles set up their runs there) and at the start of every
+command-line entry point (``python -m custom.data``, ``custom.deploy.export``,
+``custom.deploy.package``, ``custom.tools.compare``, ``custom.tools.bench``,
+``custom.tools.reference``). Importing ``custom`` changes nothing in the process.
 
 - ``OMP_WAIT_POLICY`` becomes ``PASSIVE`` unless it is already set: idle OpenMP threads then
   yield the cores instead of spinning (2.6x faster training iterations on a loaded 2-core
   machine). ``OMP_WAIT_POLICY=ACTIVE`` (or any value) in the environment overrides it. OpenMP
-  reads it when torch loads, so it takes effect where ``custom`` is imported before torch:
-  ``python -m custom.tools.compare``, ``custom.tools.bench``, ``custom.data``, ``custom.deploy.package`` and the
-  training subprocesses they start (which inherit the environment). ``python -m monai.bundle``
-  imports torch before any config, so the README's bundle commands set it on the command line.
+  reads it when torch loads, so it takes effect in the processes an entry point starts (the
+  training subprocesses of ``custom.tools.compare``, which inherit the environment); a process
+  that has loaded torch already (``python -m monai.bundle``, a tool importing torch) gets it from
+  the command line, as the README's commands set it.
 - warnings that MONAI repeats for every image reader it builds (``nvImageCodec is not
   available``, 50-315 times a run) are shown once per process.
 - in a ``python -m monai.bundle`` run, an input error that the project's own code raises
@@ -26,7 +29,7 @@ import os
 import sys
 import warnings
 
-__all__ = ["OMP_DEFAULT", "apply_defaults", "OnceFilter"]
+__all__ = ["OMP_DEFAULT", "setup", "OnceFilter"]
 
 OMP_DEFAULT = "PASSIVE"
 # loggers whose identical records are shown once per process
@@ -49,8 +52,9 @@ class OnceFilter(logging.Filter):
         return True
 
 
-def apply_defaults() -> None:
-    """Set ``OMP_WAIT_POLICY`` (unless set) and show repeated library warnings once; idempotent."""
+def setup() -> None:
+    """Set ``OMP_WAIT_POLICY`` (unless set), show repeated library warnings once and, in a
+    ``python -m monai.bundle`` run, end on the project's input errors with one line; idempotent."""
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_DEFAULT)
     for name in _ONCE_LOGGERS:
         logger = logging.getLogger(name)

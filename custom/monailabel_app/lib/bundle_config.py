@@ -165,11 +165,16 @@ class BundleSettings:
 
 
 def default_bundle_root() -> Path:
-    """The repository's ``bundle/``; in a copy made by ``custom.deploy.package`` (``NAME/custom/...``)
-    the folder holding ``custom`` is the bundle itself."""
-    if (REPO_ROOT / "bundle" / "configs" / "common.yaml").is_file():
-        return REPO_ROOT / "bundle"
-    return REPO_ROOT
+    """The bundle folder as every config and tool finds it (:func:`custom.utils.paths.bundle_root`):
+    the repository's ``bundle/``, or a copy made by ``custom.deploy.package`` itself; where there is
+    none, the folder holding ``custom`` (refused below with a line saying what is missing)."""
+    ensure_repo_on_path()
+    from custom.utils.paths import bundle_root
+
+    try:
+        return Path(bundle_root())
+    except FileNotFoundError:
+        return REPO_ROOT
 
 
 def ensure_repo_on_path() -> None:

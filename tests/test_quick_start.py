@@ -1,4 +1,4 @@
-"""A newcomer's run (issue 16): the README's Quick start lines as written, the test command
+"""A newcomer's run: the README's Quick start lines as written, the test command
 that keeps the environment, OMP_WAIT_POLICY by default, the iteration-log interval and
 library warnings shown once."""
 
@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import CONFIGS, REPO, train_config_files
 
 README = REPO / "README.md"
 
@@ -59,13 +59,51 @@ def test_ci_test_keeps_the_existing_environment(tmp_path):
     assert python.is_file() and python.resolve() == before
 
 
+def test_importing_custom_changes_nothing_in_the_process():
+    code = (
+        "import os, sys, warnings; hook, filters = sys.excepthook, list(warnings.filters); import custom;"
+        "assert 'torch' not in sys.modules, 'custom imported torch';"
+        "assert 'OMP_WAIT_POLICY' not in os.environ, 'custom set OMP_WAIT_POLICY';"
+        "assert sys.excepthook is hook and warnings.filters == filters; print('untouched')"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=_env_without_omp()
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "untouched", res.stderr
+
+
+def test_every_entry_point_and_bundle_config_calls_the_runtime_setup():
+    """The setup is called explicitly: first in the configs' initialize lists (as MONAI bundles
+    set up a run there) and in every command-line entry point's main."""
+    from monai.bundle import ConfigParser
+
+    for files in (
+        train_config_files(),
+        train_config_files("demo.yaml"),
+        [str(CONFIGS / "common.yaml"), str(CONFIGS / "inference.yaml")],
+    ):
+        assert ConfigParser.load_config_files(files)["initialize"][0].startswith("$custom.utils.runtime.setup()"), files
+    for module in (
+        "data/__main__.py",
+        "deploy/export.py",
+        "deploy/package.py",
+        "tools/bench/cli.py",
+        "tools/compare.py",
+        "tools/reference.py",
+    ):
+        text = (REPO / "custom" / module).read_text(encoding="utf-8")
+        main = text[text.index("def main(") :]
+        assert "setup()" in main.split("\ndef ", 1)[0], module
+
+
 @pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_importing_custom_sets_omp_wait_policy_unless_set(given, expected):
+def test_the_runtime_setup_sets_omp_wait_policy_unless_set(given, expected):
     env = _env_without_omp()
     if given:
         env["OMP_WAIT_POLICY"] = given
     code = (
-        "import sys, os, custom; assert 'torch' not in sys.modules, 'custom imported torch';"
+        "import sys, os; from custom.utils.runtime import setup; setup();"
+        "assert 'torch' not in sys.modules, 'the setup imported torch';"
         "import subprocess; print(os.environ['OMP_WAIT_POLICY']);"
         "print(subprocess.run([sys.executable, '-c', 'import os; print(os.environ[\"OMP_WAIT_POLICY\"])'],"
         " capture_output=True, text=True).stdout.strip())"
@@ -310,8 +348,12 @@ def test_disagreement_map_is_at_the_frame_size_and_evaluation_names_the_classes(
         assert np.array(Image.open(out / f"f{i}_mask.png")).shape == (h, w)
     # evaluation names the classes as the datalist does
     entries = [{"image": str(img), "label": str(lab), "name": img.stem} for img, lab in pairs]
-    datalist = {"num_classes": 3, "labels": {"background": 0, "pubic_symphysis": 1, "fetal_head": 2}, "test": entries,
-                "allow_paths_outside": True}  # the frames lie beside the list's folder
+    datalist = {
+        "num_classes": 3,
+        "labels": {"background": 0, "pubic_symphysis": 1, "fetal_head": 2},
+        "test": entries,
+        "allow_paths_outside": True,
+    }  # the frames lie beside the list's folder
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "datalist.json").write_text(json.dumps(datalist))
     _bundle_run(

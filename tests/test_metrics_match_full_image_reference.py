@@ -149,7 +149,17 @@ def _bench_evaluate(*args: str):
 def test_bench_evaluate_json_reports_frames_per_second_beside_the_reference():
     import json
 
-    proc = _bench_evaluate("--frames", "4", "--reference", "true", "--n-overlays", "1", "--json")
+    proc = _bench_evaluate(
+        "--dataset-dir",
+        str(PSFHS_LABELS.parent),
+        "--frames",
+        "4",
+        "--reference",
+        "tests/metrics_reference.py",
+        "--n-overlays",
+        "1",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stdout

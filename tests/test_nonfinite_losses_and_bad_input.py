@@ -70,7 +70,7 @@ def _tiny_trainer(iterations, terms, nonfinite):
         },
         supervised_loss=SupervisedLoss(),
         terms=terms,
-        teacher=EMATeacher(vit, 0.99),
+        teachers={"transformer": EMATeacher(vit, 0.99)},
         seed=0,
         decollate=False,
         nonfinite=nonfinite,
@@ -86,7 +86,7 @@ def test_skip_policy_skips_the_step_counts_it_and_warns(caplog):
         snapshots.append(
             {
                 "cnn": [p.detach().clone() for p in engine.networks["cnn"].parameters()],
-                "teacher": [p.detach().clone() for p in engine.teacher.module.parameters()],
+                "teacher": [p.detach().clone() for p in engine.teachers["transformer"].module.parameters()],
                 "grads": [p.grad for p in engine.networks["cnn"].parameters()],
                 "output": dict(engine.state.output),
             }
@@ -94,7 +94,7 @@ def test_skip_policy_skips_the_step_counts_it_and_warns(caplog):
 
     before = {
         "cnn": [p.detach().clone() for p in trainer.networks["cnn"].parameters()],
-        "teacher": [p.detach().clone() for p in trainer.teacher.module.parameters()],
+        "teacher": [p.detach().clone() for p in trainer.teachers["transformer"].module.parameters()],
     }
     trainer.add_event_handler(Events.ITERATION_COMPLETED, snap)
     with caplog.at_level(logging.WARNING, logger="custom.training.trainer"):
@@ -134,7 +134,7 @@ def test_stop_keeps_the_last_good_checkpoint(tmp_path, demo_dataset):
         demo_dataset,
         max_iterations=4,
         validate_transformer=False,
-        terms=[{"_target_": "test_robustness.NanFrom", "start": 2}],
+        terms=[{"_target_": "test_nonfinite_losses_and_bad_input.NanFrom", "start": 2}],
     )
     ov["train#epoch_length"] = 2
     with pytest.raises(Exception) as info:

@@ -1,0 +1,5 @@
+"""``python -m custom.tools.bench``."""
+
+from custom.tools.bench.cli import main
+
+main()

@@ -1,0 +1,30 @@
+"""Where the project's files are, found once from the imported ``custom`` package.
+
+In the repository ``custom/`` sits beside ``bundle/``; in a bundle copied by
+:mod:`custom.deploy.package` it sits inside the bundle folder (``NAME/custom``). Every config
+(``bundle_root`` in ``common.yaml``), tool and the MONAI Label app asks :func:`bundle_root`,
+so none holds a path of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["source_root", "bundle_root"]
+
+
+def source_root() -> Path:
+    """The folder holding the imported ``custom`` package: the repository, or a packaged bundle."""
+    return Path(__file__).resolve().parents[2]
+
+
+def bundle_root() -> str:
+    """The bundle folder: the repository's ``bundle/``, or the packaged bundle itself, recognised
+    by its ``configs/metadata.json``."""
+    here = source_root()
+    for candidate in (here, here / "bundle"):
+        if (candidate / "configs" / "metadata.json").is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"no bundle folder (configs/metadata.json) at {here} or {here / 'bundle'}: pass --bundle_root DIR"
+    )
