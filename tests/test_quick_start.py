@@ -83,14 +83,14 @@ def test_every_entry_point_and_bundle_config_calls_the_runtime_setup():
         [str(CONFIGS / "common.yaml"), str(CONFIGS / "inference.yaml")],
     ):
         assert ConfigParser.load_config_files(files)["initialize"][0].startswith("$custom.utils.runtime.setup()"), files
-    for module in (
-        "data/__main__.py",
-        "deploy/export.py",
-        "deploy/package.py",
-        "tools/bench/cli.py",
-        "tools/compare.py",
-        "tools/reference.py",
-    ):
+    # every fire entry point, found rather than listed (a new tool cannot be forgotten)
+    modules = sorted(
+        p.relative_to(REPO / "custom").as_posix()
+        for p in (REPO / "custom").rglob("*.py")
+        if "monailabel_app" not in p.parts and "def main(" in (text := p.read_text(encoding="utf-8")) and "fire" in text
+    )
+    assert {"tools/compare.py", "tools/active_learning.py", "data/__main__.py"} <= set(modules), modules
+    for module in modules:
         text = (REPO / "custom" / module).read_text(encoding="utf-8")
         main = text[text.index("def main(") :]
         assert "setup()" in main.split("\ndef ", 1)[0], module

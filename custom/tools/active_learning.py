@@ -767,6 +767,9 @@ def main() -> None:
     import fire
 
     from custom.utils.cli import exit_on_error
+    from custom.utils.runtime import setup
+
+    setup()
 
     @exit_on_error((RuntimeError,), status=1)
     @exit_on_error((ValueError, OSError, KeyError))
