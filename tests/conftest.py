@@ -12,8 +12,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def train_config_files(*extra: str) -> list[str]:
-    """common.yaml, train.yaml, the method (the first ``methods/...`` of ``extra``, else ours.yaml)
-    and the other ``extra`` files, as the README's training commands list them."""
+    """common.yaml, train.yaml, the method (the first ``methods/...`` of ``extra``, else ours.yaml:
+    the paper's method, which exercises both networks and every term kind) and the other ``extra``
+    files, as the README's training commands list them."""
     method = [e for e in extra if e.startswith("methods/")][:1] or ["methods/ours.yaml"]
     rest = [e for e in extra if e not in method]
     return [str(CONFIGS / f) for f in ("common.yaml", "train.yaml", *method, *rest)]

@@ -342,7 +342,7 @@ def test_the_methods_are_their_files_and_train_what_they_name():
     the files name what differs: the two-network methods, the baselines with an EMA teacher."""
     from monai.bundle import ConfigParser
 
-    assert list(METHODS) == ["ours", *sorted(p.stem for p in (CONFIGS / "methods").glob("*.yaml") if p.stem != "ours")]
+    assert list(METHODS) == ["bcp", *sorted(p.stem for p in (CONFIGS / "methods").glob("*.yaml") if p.stem != "bcp")]
     networks = {
         m: tuple(ConfigParser.load_config_files(train_config_files(f"methods/{m}.yaml"))["networks"]) for m in METHODS
     }

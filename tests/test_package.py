@@ -313,8 +313,41 @@ def test_monailabel_app_reads_the_packaged_merged_configs(packaged):
     net = settings.parser("inference").get_parsed_content("network_def")
     assert net(torch.rand(1, 1, 64, 64)).shape == (1, 2, 64, 64)
     assert "initialize" in settings.parser("train").get() and settings.parser("train").get("train#trainer")
-    with pytest.raises(FileNotFoundError, match="trains only 'ours'"):
+    # the packaged train.json trains the default method, the one the app then trains
+    assert settings.method == "bcp" and not settings.trains_transformer
+    assert BundleSettings.from_conf({"bundle_root": str(bundle), "method": "bcp"}).method == "bcp"
+    with pytest.raises(FileNotFoundError, match="trains only 'bcp'"):
         BundleSettings.from_conf({"bundle_root": str(bundle), "method": "cps"})
+
+
+def test_the_packaged_train_json_trains_the_method_asked_for(tmp_path):
+    """train.json merges the default method unless --method names another; the app in the source
+    tree trains the default unless told, and only the paper's method trains the Swin-Unet; an
+    unknown method is one line naming it."""
+    from custom.deploy.package import package
+    from custom.monailabel_app.lib.bundle_config import BundleSettings
+
+    weights = tmp_path / "weights.pt"
+    _distinctive_weights(weights)
+    ours = package(str(tmp_path / "dist"), name="ours", weights=str(weights), method="ours")
+    train = json.loads((ours / "configs" / "train.json").read_text())
+    assert train["method"] == "ours" and set(train["networks"]) == {"cnn", "transformer"}
+    settings = BundleSettings.from_conf({"bundle_root": str(ours)})
+    assert settings.method == "ours" and settings.trains_transformer
+    source = BundleSettings.from_conf({"bundle_root": str(REPO / "bundle")})
+    assert source.method == "bcp" and not source.trains_transformer
+    assert BundleSettings.from_conf({"bundle_root": str(REPO / "bundle"), "method": "ours"}).trains_transformer
+    proc = subprocess.run(
+        [sys.executable, "-m", "custom.deploy.package", "--out", str(tmp_path / "d2"), "--weights", str(weights),
+         "--method", "no_such_method"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: --method 'no_such_method': no configs/methods/no_such_method.yaml in "
+        f"{REPO / 'bundle'}; known: {sorted(p.stem for p in (REPO / 'bundle' / 'configs' / 'methods').glob('*.yaml'))}"
+    ], proc.stderr
+    assert not (tmp_path / "d2").exists()
 
 
 def test_readme_package_commands_run_as_written(tmp_path):

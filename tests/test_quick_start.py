@@ -121,19 +121,35 @@ def test_every_n_filters_iterations():
     assert every_n(0) is False
 
 
-def test_quick_start_demo_line_logs_every_log_every_iterations_and_warns_once(tmp_path):
-    """The Quick start's demo line as written, at a tiny size: 6 iterations, a line every 2."""
+def _tensorboard_scalars(folder) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in folder.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+@pytest.mark.parametrize("method", ["as written", "ours"])
+def test_quick_start_demo_line_logs_every_log_every_iterations_and_warns_once(tmp_path, method):
+    """The Quick start's demo line as written (the default method, the UNeXt alone), and with the
+    paper's method in its place (both networks), at a tiny size: 6 iterations, a line every 2."""
     demo = [line for line in _quick_start_lines() if "demo.yaml" in line]
     assert len(demo) == 1 and "OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m monai.bundle run training" in demo[0]
+    assert "'bundle/configs/methods/bcp.yaml'" in demo[0], "the Quick start trains the default method"
     if not (REPO / ".venv" / "bin" / "python").is_file():
         pytest.skip("no .venv in the repository (CI builds it)")
+    line = demo[0] if method == "as written" else demo[0].replace("methods/bcp.yaml", f"methods/{method}.yaml")
     tiny = (
         f" --dataset_dir {tmp_path / 'demo'} --ckpt_dir {tmp_path / 'models'} --output_dir {tmp_path / 'eval'}"
-        " --max_iterations 6 --train#epoch_length 3 --log_every 2 --ict_start 0"
-        " --transformer_def#embed_dim 12 --transformer_def#num_heads '[1,1,2,2]'"
+        " --max_iterations 6 --train#epoch_length 3 --log_every 2"
     )
+    if method == "ours":
+        tiny += " --ict_start 0 --transformer_def#embed_dim 12 --transformer_def#num_heads '[1,1,2,2]'"
     res = subprocess.run(
-        ["bash", "-c", demo[0] + tiny], cwd=REPO, capture_output=True, text=True, timeout=600, env=_env_without_omp()
+        ["bash", "-c", line + tiny], cwd=REPO, capture_output=True, text=True, timeout=600, env=_env_without_omp()
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     iteration_lines = [line for line in res.stdout.splitlines() if re.search(r"Epoch: \d+/\d+, Iter: \d+/\d+ --", line)]
@@ -146,15 +162,13 @@ def test_quick_start_demo_line_logs_every_log_every_iterations_and_warns_once(tm
     assert "Epoch [2/2]: [3/3] 100%" in res.stderr
     assert not re.search(r"\d+%\|[^\n\r]*\n?[^\r\n]*- INFO -", res.stderr)
     assert (tmp_path / "models" / "model.pt").is_file()
-    # both networks' validation metrics reach TensorBoard
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set()
-    for events in (tmp_path / "eval").glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        tags |= set(acc.Tags()["scalars"])
-    assert {"val_mean_dice", "val_transformer_mean_dice", "val_transformer_hd95"} <= tags, tags
+    # every trained network's validation metrics and every term's loss reach TensorBoard
+    tags = _tensorboard_scalars(tmp_path / "eval")
+    if method == "ours":
+        assert {"val_mean_dice", "val_transformer_mean_dice", "val_transformer_hd95", "loss_cps"} <= tags, tags
+    else:
+        assert {"val_mean_dice", "loss_bcp", "loss_sup_cnn"} <= tags, tags
+        assert not [t for t in tags if "transformer" in t], tags
 
 
 # ----------------------------------------------------------------- labelled frames across video blocks

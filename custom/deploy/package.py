@@ -1,11 +1,13 @@
 """Package the bundle as a self-contained model-zoo folder (and zip) for sharing.
 
-    python -m custom.deploy.package --out DIR [--name fetal_us_ssl] [--weights bundle/models/model.pt] [--zip true]
+    python -m custom.deploy.package --out DIR [--name fetal_us_ssl] [--weights bundle/models/model.pt] \
+        [--zip true] [--method bcp]
 
 writes ``DIR/NAME/`` in the layout of a model-zoo bundle::
 
     configs/        one self-contained config per workflow (inference.json, train.json, evaluate.json:
-                    the repository's config lists merged by MONAI's ConfigParser), metadata.json,
+                    the repository's config lists merged by MONAI's ConfigParser; train.json trains
+                    ``--method``, default the bundle's default method), metadata.json,
                     meta_schema.json, logging.conf; none of the split YAML pieces (the model zoo's
                     verification takes configs/inference.yaml before configs/inference.json)
     models/         model.pt (required unless --allow-missing-weights), its model_config.json, and
@@ -45,7 +47,7 @@ from typing import Any
 
 from custom.utils.atomic import atomic_write, atomic_write_text
 from custom.utils.cli import OptionError, parse_bool
-from custom.utils.paths import bundle_root
+from custom.utils.paths import DEFAULT_METHOD, bundle_root
 
 __all__ = ["package", "PackagingError", "main"]
 
@@ -67,22 +69,27 @@ class PackagingError(RuntimeError):
 
 # one merged, self-contained config per workflow, as model-zoo bundles ship them
 # (`configs/inference.json` runs alone); MONAI has no includes, so the lists are merged here
-WORKFLOW_CONFIGS = {
-    "train": ("common.yaml", "train.yaml", "methods/ours.yaml"),
-    "evaluate": ("common.yaml", "train.yaml", "evaluate.yaml"),
-    "inference": ("common.yaml", "inference.yaml"),
-}
+def workflow_configs(method: str = DEFAULT_METHOD) -> dict[str, tuple[str, ...]]:
+    """The config files merged into each workflow's json: training trains ``method``."""
+    return {
+        "train": ("common.yaml", "train.yaml", f"methods/{method}.yaml"),
+        "evaluate": ("common.yaml", "train.yaml", "evaluate.yaml"),
+        "inference": ("common.yaml", "inference.yaml"),
+    }
+
+
+WORKFLOW_CONFIGS = workflow_configs()
 # the other files of configs/ that a packaged bundle ships (the split YAML pieces stay in the repository)
 SHIPPED_CONFIGS = ("metadata.json", "meta_schema.json", "logging.conf")
 LARGE_FILES = "large_files.yml"
 
 
-def _write_workflow_configs(source: Path, configs: Path) -> None:
+def _write_workflow_configs(source: Path, configs: Path, method: str = DEFAULT_METHOD) -> None:
     """Write ``configs/<workflow>.json``: the workflow's config list of ``source`` merged by MONAI's
     own ``ConfigParser`` (left to right, ``a#b`` keys as nested overrides), unresolved."""
     from monai.bundle import ConfigParser
 
-    for workflow, files in WORKFLOW_CONFIGS.items():
+    for workflow, files in workflow_configs(method).items():
         parser = ConfigParser()
         parser.read_config([str(source / f) for f in files])
         merged = {k: v for k, v in parser.get().items() if k != "_meta_"}  # --meta_file fills it at run time
@@ -168,6 +175,7 @@ def package(
     bundle_dir: str | None = None,
     with_exports: Any = True,
     weights_url: str | None = None,
+    method: str = DEFAULT_METHOD,
 ) -> Path:
     """Write the self-contained bundle ``out/name/`` (and ``out/name.zip`` when ``zip``).
 
@@ -185,6 +193,7 @@ def package(
             they are older than the weights).
         weights_url: the URL of the folder from which ``model.pt`` (and ``model.ts``) will be
             downloadable, written into ``large_files.yml`` (empty until given).
+        method: the method ``configs/train.json`` trains (``bundle/configs/methods/<method>.yaml``).
 
     Returns:
         the bundle folder written.
@@ -205,6 +214,9 @@ def package(
     source = Path(bundle_dir).resolve() if bundle_dir else Path(bundle_root())
     if not (source / "configs" / "common.yaml").is_file():
         raise PackagingError(f"{source}: not a bundle folder (no configs/common.yaml)")
+    if not (source / "configs" / "methods" / f"{method}.yaml").is_file():
+        known = sorted(p.stem for p in (source / "configs" / "methods").glob("*.yaml"))
+        raise PackagingError(f"--method {method!r}: no configs/methods/{method}.yaml in {source}; known: {known}")
     package_src = Path(__file__).resolve().parents[1]  # custom/
     weights_path = Path(weights).resolve() if weights else source / "models" / "model.pt"
     if not weights_path.is_file() and not allow_missing:
@@ -232,7 +244,7 @@ def package(
         (target / "configs").mkdir(parents=True)
         for config in SHIPPED_CONFIGS:
             shutil.copy2(source / "configs" / config, target / "configs" / config)
-        _write_workflow_configs(source / "configs", target / "configs")
+        _write_workflow_configs(source / "configs", target / "configs", str(method))
         shutil.copytree(package_src, target / "custom", ignore=_IGNORE_CODE)
 
         models = target / "models"
@@ -314,6 +326,7 @@ def _command(
     bundle_dir: str | None = None,
     with_exports: Any = True,
     weights_url: str | None = None,
+    method: str = DEFAULT_METHOD,
 ) -> None:
     """Write the self-contained bundle OUT/NAME/ (and OUT/NAME.zip with --zip true).
 
@@ -321,7 +334,8 @@ def _command(
     --zip true, --allow-missing-weights true (package configs and code only), --overwrite true,
     --bundle_dir (source bundle, default this repository's bundle/), --with_exports false (skip
     model.ts / model.onnx found beside the weights), --weights_url (the folder URL from which
-    model.pt will be downloadable, for large_files.yml). Errors exit with status 2 and a message.
+    model.pt will be downloadable, for large_files.yml), --method (what configs/train.json trains,
+    default the bundle's default, custom.utils.paths.DEFAULT_METHOD). Errors exit with status 2 and a message.
     """
     try:
         target = package(
@@ -334,6 +348,7 @@ def _command(
             bundle_dir=bundle_dir,
             with_exports=with_exports,
             weights_url=weights_url,
+            method=method,
         )
     except (PackagingError, OptionError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

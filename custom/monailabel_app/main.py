@@ -6,10 +6,12 @@ Registers, under the model name ``fetal_us_ssl``:
 
 * inference: the deployed UNeXt (``BundleInferTask`` over common.yaml + inference.yaml), masks
   at the original image size;
-* training: the bundle's method (``BundleTrainTask``, run id ``run``) on MONAI Label's labelled
-  images, with its unlabelled images feeding the semi-supervised terms;
+* training: the bundle's default method, or the one ``--conf method`` names (``BundleTrainTask``,
+  run id ``run``), on MONAI Label's labelled images, with its unlabelled images feeding the
+  semi-supervised terms;
 * active learning: ``divergence`` (the unlabelled image on which the UNeXt and the Swin-Unet
-  disagree most: mean KL + MIG), beside MONAI Label's ``random`` and ``first``.
+  disagree most: mean KL + MIG; needs ``--conf method ours``, which trains the Swin-Unet),
+  beside MONAI Label's ``random`` and ``first``.
 
 Training summarises each run in ``models_dir/train_stats.json`` (``train_stats`` in ``GET /info/``;
 see ``lib/trainers/fetal_us.py``) and refuses, in one line, to start without a usable labelled
@@ -18,15 +20,16 @@ image.
 A client's mistake gets a 4xx with one line naming the image, model, strategy or file and what to
 do (``lib/errors.py``), never a 500: a frame that cannot be segmented, or an id the datastore does
 not hold, 422; an unknown model or strategy, 404; inference or the ``divergence`` strategy before
-any model is trained, 409; a label that cannot be used (``lib/datastore.py``: unreadable, not
-2-D, not the frame's size, values outside the classes), 422, and it is not stored. A frame handed
+any model is trained, or the ``divergence`` strategy with a method without the Swin-Unet, 409; a
+label that cannot be used (``lib/datastore.py``: unreadable, not 2-D, not the frame's size, values
+outside the classes), 422, and it is not stored. A frame handed
 out by a strategy is reserved for the asking client for ``reserve_s`` seconds
 (``lib/activelearning/reservations.py``).
 
 Where the bundle and its weights are, and the scale of the networks, come from ``--conf`` (see
 ``lib/bundle_config.py``): ``bundle_root``, ``models_dir``, ``output_dir``, ``config_overrides``
 (e.g. ``bundle/configs/cpu_small.yaml`` for weights trained at that scale), ``num_classes``,
-``labels``; ``strategy_device``, ``skip_trainers``, ``skip_strategy``, ``reserve_s``.
+``labels``, ``method``; ``strategy_device``, ``skip_trainers``, ``skip_strategy``, ``reserve_s``.
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ class MyApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name=f"MONAILabel - fetal ultrasound SSL bundle ({monailabel.__version__})",
-            description="Semi-supervised fetal ultrasound segmentation (UNeXt + Swin-Unet) "
+            description=f"Semi-supervised fetal ultrasound segmentation (UNeXt; method {self.bundle.method!r}) "
             "from the repository's MONAI bundle",
             version=monailabel.__version__,
         )
@@ -207,7 +210,7 @@ class MyApp(MONAILabelApp):
             view = FreeImagesView(self.datastore(), self.reservations.held_by_others(client))
             try:
                 res = task({**request, "strategy": strategy}, view)
-            except FileNotFoundError as e:  # the divergence strategy before any training
+            except FileNotFoundError as e:  # the divergence strategy before any training, or without the Swin-Unet
                 raise http_error(CONFLICT, f"strategy {strategy!r}: {e}") from None
             except ValueError as e:  # a request option that is not a number, ...
                 raise http_error(UNPROCESSABLE, f"strategy {strategy!r}: {e}") from None

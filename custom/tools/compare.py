@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from custom.data.datalist import label_names
-from custom.utils.paths import source_root
+from custom.utils.paths import DEFAULT_METHOD, PAPER_METHOD, source_root
 
 __all__ = [
     "METHODS",
@@ -79,9 +79,9 @@ META_FILE = CONFIGS / "metadata.json"
 
 def method_names(folder: Path = METHOD_DIR) -> tuple[str, ...]:
     """The methods, discovered: every ``<name>.yaml`` of ``bundle/configs/methods/`` (a method is its
-    file), the default ``ours`` first, then by name."""
+    file), the default (``custom.utils.paths.DEFAULT_METHOD``) first, then by name."""
     names = sorted(p.stem for p in folder.glob("*.yaml"))
-    return tuple(sorted(names, key=lambda n: n != "ours"))
+    return tuple(sorted(names, key=lambda n: n != DEFAULT_METHOD))
 
 
 METHODS: tuple[str, ...] = method_names()
@@ -235,10 +235,10 @@ def _merged_config(config_files: Sequence[str], overrides: Mapping[str, Any] | N
 
 
 def method_file(method: str) -> tuple[str, list[Path]]:
-    """``(name, files)`` of a method: a name in ``bundle/configs/methods`` (``ours``), or the path of
+    """``(name, files)`` of a method: a name in ``bundle/configs/methods`` (``bcp``), or the path of
     a YAML file named by its stem: a method file of its own (it sets ``method``), or any other
-    override (``bundle/configs/paper.yaml``, an ablation), which varies the default and is merged
-    over ``methods/ours.yaml``."""
+    override (``bundle/configs/paper.yaml``, an ablation), which varies the paper's method and is
+    merged over ``methods/ours.yaml`` (``custom.utils.paths.PAPER_METHOD``)."""
     if method.endswith((".yaml", ".yml", ".json")):
         path = Path(method).expanduser().resolve()
         if not path.is_file():
@@ -246,7 +246,7 @@ def method_file(method: str) -> tuple[str, list[Path]]:
         from monai.bundle import ConfigParser
 
         own = "method" in (ConfigParser.load_config_file(str(path)) or {})
-        return path.stem, [path] if own else [METHOD_DIR / "ours.yaml", path]
+        return path.stem, [path] if own else [METHOD_DIR / f"{PAPER_METHOD}.yaml", path]
     path = METHOD_DIR / f"{method}.yaml"
     if not path.is_file():
         raise ValueError(
@@ -666,7 +666,7 @@ def comparison_plot(table: Mapping[str, Mapping[str, Any]], path: Path, title: s
     for ax, metric in zip(axes[0], METRICS):
         means = [table[m][metric] for m in methods]
         stds = [table[m][f"{metric}_std"] for m in methods]
-        colors = ["tab:red" if m == "ours" else "tab:blue" for m in methods]
+        colors = ["tab:red" if m == DEFAULT_METHOD else "tab:blue" for m in methods]
         ax.bar(range(len(methods)), means, yerr=stds, capsize=3, color=colors)
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=45, ha="right", fontsize=8)

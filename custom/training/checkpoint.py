@@ -310,7 +310,10 @@ def load_network_weights(network: torch.nn.Module, path: str, key: str | None = 
     state = safe_torch_load(path, "checkpoint", " (train the bundle first or point ckpt_path at a model.pt)")
     if key is not None:
         if not isinstance(state, dict) or key not in state:
-            raise ValueError(f"{path} has no '{key}' entry")
+            raise ValueError(
+                f"{path} has no '{key}' entry: the method it was trained with has no network of that role "
+                "(the Swin-Unet: methods/ours.yaml trains it)"
+            )
         state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict")

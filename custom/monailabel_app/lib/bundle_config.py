@@ -13,7 +13,12 @@ conf key           environment variable         default
                                                 ``bundle/configs/cpu_small.yaml`` (relative to the repo)
 ``num_classes``    ``FETAL_US_NUM_CLASSES``     2 (3 for PSFHS weights)
 ``labels``         ``FETAL_US_LABELS``          ``fetal head`` (2 classes), ``pubic symphysis,fetal head`` (3)
+``method``         ``FETAL_US_METHOD``          the bundle's default (``custom.utils.paths.DEFAULT_METHOD``,
+                                                ``bcp``); a packaged bundle: the method its ``train.json`` trains
 ================== ============================ ==========================================================
+
+The ``divergence`` strategy needs the Swin-Unet, which only a method that trains it saves
+(``--conf method ours``); with any other method it answers that in one line.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,8 +62,9 @@ class BundleSettings:
     num_classes: int = 2
     labels: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS[2]))
     config_overrides: list[str] = field(default_factory=list)
-    # the method file the app trains with (bundle/configs/methods/<method>.yaml)
-    method: str = "ours"
+    # the method file the app trains with (bundle/configs/methods/<method>.yaml); from_conf: the
+    # conf's, else the bundle's default
+    method: str = ""
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any] | None = None) -> "BundleSettings":
@@ -94,19 +101,31 @@ class BundleSettings:
             if not os.path.isfile(f):
                 raise FileNotFoundError(f"config override not found: {f}")
         configs = os.path.join(bundle_root, "configs")
-        method = str(_get(conf, "method", "FETAL_US_METHOD", "ours"))
+        method = _get(conf, "method", "FETAL_US_METHOD", None)
         if os.path.isfile(os.path.join(configs, "common.yaml")):
+            from custom.utils.paths import DEFAULT_METHOD
+
+            method = str(method or DEFAULT_METHOD)
             if not os.path.isfile(os.path.join(configs, "methods", f"{method}.yaml")):
                 raise FileNotFoundError(f"method {method!r}: no configs/methods/{method}.yaml in {bundle_root}")
         elif all(os.path.isfile(os.path.join(configs, f"{s}.json")) for s in MERGED):
-            if method != "ours":  # a packaged bundle's train.json is the default method, merged
-                raise FileNotFoundError(f"method {method!r}: a packaged bundle ({bundle_root}) trains only 'ours'")
+            packaged = packaged_method(configs)  # a packaged bundle's train.json is one method, merged
+            if method not in (None, packaged):
+                raise FileNotFoundError(
+                    f"method {method!r}: a packaged bundle ({bundle_root}) trains only {packaged!r}"
+                )
+            method = packaged
         else:
             raise FileNotFoundError(
                 f"{bundle_root} is not the bundle folder (no configs/common.yaml, nor a packaged bundle's "
                 "configs/inference.json and train.json)"
             )
         return cls(bundle_root, models_dir, output_dir, num_classes, labels, overrides, method)
+
+    @cached_property
+    def trains_transformer(self) -> bool:
+        """Whether the app's method trains the Swin-Unet (and saves it for the divergence strategy)."""
+        return "transformer" in (self.parser("train").get("networks") or {})
 
     # --- files
     @property
@@ -162,6 +181,14 @@ class BundleSettings:
 
     def label_map(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.labels, start=1)}
+
+
+def packaged_method(configs: str) -> str | None:
+    """The method a packaged bundle's ``configs/train.json`` trains (its ``method`` entry)."""
+    import json
+
+    with open(os.path.join(configs, "train.json"), encoding="utf-8") as f:
+        return json.load(f).get("method")
 
 
 def default_bundle_root() -> Path:

@@ -25,7 +25,8 @@ _KEPT_HANDLERS = ("LrSchedules",)
 
 def config_files(method: str = "paper") -> list[str]:
     """``common.yaml + train.yaml`` and the method: for ``method="paper"``, ``methods/ours.yaml`` and
-    ``paper.yaml``; for any other name, ``methods/<name>.yaml`` (``ours``: the default)."""
+    ``paper.yaml``; for any other name, ``methods/<name>.yaml`` (none: ``ours``, the paper's method,
+    whose Swin-Unet is most of an iteration's compute)."""
     files = [str(CONFIGS / "common.yaml"), str(CONFIGS / "train.yaml")]
     if method == "paper":
         files += [str(CONFIGS / "methods" / "ours.yaml"), str(CONFIGS / "paper.yaml")]

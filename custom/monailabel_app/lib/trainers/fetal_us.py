@@ -1,4 +1,4 @@
-"""Training of the bundle's method (UNeXt + Swin-Unet) through MONAI Label's ``BundleTrainTask``.
+"""Training of the bundle's method (the default, or ``--conf method``) through MONAI Label's ``BundleTrainTask``.
 
 MONAI Label's labelled images become ``train#dataset#data`` (and ``validate#dataset#data``
 by ``val_split``); its unlabelled images feed the semi-supervised terms through
@@ -411,7 +411,7 @@ class FetalUSTrainTask(BundleTrainTask):
         model_pytorch = os.path.join(self.settings.models_dir, os.path.basename(model_pytorch))
         super()._load_checkpoint(model_pytorch, pretrained, train_handlers)
         state = self.settings.train_state_path
-        if pretrained and os.path.isfile(state):
+        if pretrained and os.path.isfile(state) and self.settings.trains_transformer:
             if not [t for t in train_handlers if t.get("_target_") == "custom.training.checkpoint.WeightsLoader"]:
                 logger.info("Transformer weights from %s", state)
                 train_handlers.insert(
