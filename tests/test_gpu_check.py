@@ -12,6 +12,7 @@ import sys
 from conftest import REPO, SHARED_DATA
 
 from custom.tools.gpu_check import STAGES, run_gpu_check
+from custom.utils.paths import DEFAULT_METHOD
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -49,7 +50,7 @@ def test_tiny_gpu_check_writes_every_stage_into_one_json(tmp_path):
     assert cold["compile_cache_files_before"] == 0 and warm["first_iteration_s"] > 0
     assert r["stages"]["infer"]["result"]["cpu"]["sizes"]["64"]["eager"]["images_per_s"] > 0
     if data_present:
-        for name, method in (("real_paper", "paper"), ("real_default", "ours")):
+        for name, method in (("real_paper", "paper"), ("real_default", DEFAULT_METHOD)):
             result = r["stages"][name]["result"]
             assert result["method"] == method and result["iterations"] == 3 and result["test_images"] > 0
             assert 0.0 <= result["test_dice"] <= 1.0

@@ -17,7 +17,7 @@ stage, so a run stopped half-way still leaves the finished stages):
 * ``prepare_psfhs``: ``python -m custom.data prepare psfhs`` of ``--dataset-dir`` (the PSFHS source) into a
   temporary folder (the protocol's split: every 20th frame labelled, test ids 4500-4799);
 * ``real_paper``, ``real_default``: a short training at 448 px of ``paper.yaml`` (the published
-  recipe) and of the ``train.yaml`` default (``ours``), through ``custom.tools.compare``'s
+  recipe) and of the default method (``custom.utils.paths.DEFAULT_METHOD``), through ``custom.tools.compare``'s
   ``build_runs`` / ``train_run`` (``monai.bundle run training`` in a subprocess) /
   ``evaluate_run`` (argmax at 448, nearest back to the frame's size), then the test Dice.
 
@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from custom.utils.atomic import atomic_write_json, atomic_write_text
-from custom.utils.paths import source_root
+from custom.utils.paths import DEFAULT_METHOD, source_root
 
 __all__ = ["STAGES", "TINY_SWIN", "run_gpu_check"]
 
@@ -308,7 +308,7 @@ def run_gpu_check(
         "real_paper": lambda: _real_training(
             str(REPO / "bundle" / "configs" / "paper.yaml"), prepared, work, iterations, tiny, str(device), threads
         ),
-        "real_default": lambda: _real_training("ours", prepared, work, iterations, tiny, str(device), threads),
+        "real_default": lambda: _real_training(DEFAULT_METHOD, prepared, work, iterations, tiny, str(device), threads),
     }
     unknown = [s for s in stages if s not in plan]
     if unknown:
