@@ -35,9 +35,9 @@ Our side is ``python -m custom.tools.bench train`` (no floor measurement) at the
 batch and threads. The variants are the method (``paper``: the published recipe, the equal
 mathematics; ``ours``: the paper's method as this bundle configures it) with ``+bf16``
 (autocast), ``+cl`` (channels-last) or ``+compile`` (``torch.compile`` through the persistent
-cache) appended. Every round runs the reference and each variant once, in an order rotated from round to round, so that all see the
-same load; the result pools the post-warm-up iterations of every round, per side, and also
-gives the ratio of the two medians within each round.
+cache) appended. Every round runs the reference and each variant once, in an order rotated from
+round to round, so that all see the same load; the result pools the post-warm-up iterations of
+every round, per side, and also gives the ratio of the two medians within each round.
 """
 
 from __future__ import annotations
