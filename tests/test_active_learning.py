@@ -248,6 +248,7 @@ def test_a_tiny_study_gives_every_strategy_the_same_budget_and_resumes_with_its_
         (["--progress", "maybe"], "--progress"),
         (["--rounds", "two"], "--rounds"),
         (["--seed-fraction", "0.9", "--batch-fraction", "0.5"], "leave some unlabelled"),
+        (["--seeds", "0", "1"], "unexpected argument(s) 1"),  # fire would hand the 1 to --rounds
     ],
 )
 def test_bad_options_are_one_line(args, needle, tmp_path, pool_set):

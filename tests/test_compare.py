@@ -217,7 +217,12 @@ def test_methods_are_names_or_override_files_and_the_gap_share_is_computed():
 
 @pytest.mark.parametrize(
     "args, needle",
-    [(["/nonexistent/set"], "datalist not found"), (["{data}", "--methods", "nosuch"], "unknown method 'nosuch'")],
+    [
+        (["/nonexistent/set"], "datalist not found"),
+        (["{data}", "--methods", "nosuch"], "unknown method 'nosuch'"),
+        # a space-separated list: fire would hand the 2 to the next parameter (max_iterations)
+        (["--dataset-dir", "{data}", "--seeds", "1", "2"], "unexpected argument(s) 2: give every option as --name"),
+    ],
 )
 def test_command_line_input_errors_are_one_line(args, needle, tmp_path):
     import subprocess

@@ -766,7 +766,7 @@ def main() -> None:
     """``python -m custom.tools.active_learning``: :func:`run_study` as a command (fire)."""
     import fire
 
-    from custom.utils.cli import exit_on_error
+    from custom.utils.cli import exit_on_error, refuse_stray_arguments
     from custom.utils.runtime import setup
 
     setup()
@@ -775,6 +775,7 @@ def main() -> None:
     @exit_on_error((ValueError, OSError, KeyError))
     def active_learning(
         dataset_dir: str,
+        *stray: Any,
         out: str = "runs/active_learning",
         strategies: Any = ",".join(STRATEGIES),
         seeds: Any = "0,1",
@@ -793,6 +794,7 @@ def main() -> None:
         launcher: str = "subprocess",
     ) -> None:
         """Simulated active learning on DATASET_DIR (see custom.tools.active_learning)."""
+        refuse_stray_arguments(stray)
         result = run_study(dataset_dir, out, strategies, seeds, rounds, seed_fraction, batch_fraction, method,
                            override, max_iterations, split, val_limit, test_limit, threads, device, progress,
                            launcher)

@@ -919,7 +919,7 @@ def main() -> None:
     """``python -m custom.tools.compare``: :func:`run_comparison` as a command (fire)."""
     import fire
 
-    from custom.utils.cli import exit_on_error
+    from custom.utils.cli import exit_on_error, refuse_stray_arguments
     from custom.utils.runtime import setup
 
     setup()
@@ -929,6 +929,7 @@ def main() -> None:
     @exit_on_error((ValueError, OSError, KeyError))
     def compare(
         dataset_dir: str,
+        *stray: Any,
         methods: Any = ",".join(METHODS),
         seeds: Any = "0",
         override: Any = (),
@@ -940,6 +941,7 @@ def main() -> None:
         device: str | None = None,
     ) -> None:
         """Train every method x seed on DATASET_DIR and compare them on every test list (see custom.tools.compare)."""
+        refuse_stray_arguments(stray)
         result = run_comparison(
             dataset_dir, methods, seeds, override, out, max_iterations, split, launcher, threads, device
         )

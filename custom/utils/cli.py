@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["OptionError", "parse_bool", "TRUE_WORDS", "FALSE_WORDS", "exit_on_error"]
+__all__ = ["OptionError", "parse_bool", "TRUE_WORDS", "FALSE_WORDS", "exit_on_error", "refuse_stray_arguments"]
 
 TRUE_WORDS = frozenset({"true", "1", "yes", "y", "on"})
 FALSE_WORDS = frozenset({"false", "0", "no", "n", "off"})
@@ -43,6 +43,18 @@ def parse_bool(value: Any, option_name: str) -> bool:
             return False
     name = option_name if option_name.startswith("-") else f"--{option_name}"
     raise OptionError(f"{name}: expected true or false (also 1/0, yes/no), got {value!r}")
+
+
+def refuse_stray_arguments(stray: tuple[Any, ...]) -> None:
+    """Refuse values no option took. ``fire`` hands a value it cannot place on an option to the next
+    positional parameter: ``--seeds 1 2`` sets ``seeds`` to 1 and the parameter after it to 2
+    (``custom.tools.compare``: ``max_iterations``, a 2-iteration run reported as a result). Entry
+    points with list options take ``*stray`` after their positional parameters and call this first."""
+    if stray:
+        raise OptionError(
+            f"unexpected argument(s) {' '.join(str(s) for s in stray)}: give every option as --name VALUE "
+            "and a list comma-separated without spaces (--seeds 1,2)"
+        )
 
 
 def exit_on_error(errors: tuple[type[BaseException], ...], status: int = 2) -> Callable[[Callable], Callable]:
