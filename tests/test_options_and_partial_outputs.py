@@ -603,3 +603,57 @@ def test_a_header_claiming_gigapixels_is_refused_before_reading(tmp_path: Path) 
         prepare("folder", source, tmp_path / "out", group_regex=r"^(s\d+)", progress=False, quiet=True)
     with pytest.raises(ValueError, match=r"^header declares 900,000,000 pixels"):
         load_channel_first(bomb)
+
+
+# ----------------------------------------------------------------- values no option took
+
+def test_a_stray_value_is_refused_before_the_function_runs() -> None:
+    """``without_stray_arguments``: the required positional parameters still bind by position or
+    by flag; anything beyond them is refused by name and the function never runs."""
+    from custom.utils.cli import without_stray_arguments
+
+    calls = []
+
+    def command(dataset_dir, name, seeds=(0,), max_iterations=None, **more):
+        calls.append((dataset_dir, name, seeds, max_iterations, more))
+
+    wrapped = without_stray_arguments(command)
+    wrapped("d", "n", seeds=(1, 2), extra=3)
+    wrapped("d", name="n")
+    assert calls == [("d", "n", (1, 2), None, {"extra": 3}), ("d", "n", (0,), None, {})]
+    with pytest.raises(OptionError, match=r"unexpected argument\(s\) 2: give every option as --name VALUE"):
+        wrapped("2", dataset_dir="d", name="n")  # what fire hands over for --dataset-dir d --name n --seeds 1 2
+    with pytest.raises(OptionError, match=r"unexpected argument\(s\) x"):
+        wrapped("d", "n", "x")
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["custom.data", "prepare", "folder", "--source", "{src}", "--out", "{out}", "--labeled-fraction", "0.1",
+         "--seed", "3", "4"],
+        ["custom.data", "shift", "--dataset-dir", "{out}", "--kinds", "zoom_out", "low_res"],
+        ["custom.deploy.package", "--out", "{out}", "--zip", "true", "false"],
+        ["custom.deploy.export", "onnx", "--ckpt_dir", "{src}", "--filepath", "{out}/m.onnx", "extra"],
+        ["custom.tools.compare", "--dataset-dir", "{src}", "--seeds", "1", "2", "--out", "{out}"],
+        ["custom.tools.active_learning", "--dataset-dir", "{src}", "--seeds", "0", "1", "--out", "{out}"],
+        ["custom.tools.bench", "train", "--image-size", "64", "128"],
+    ],
+    ids=["prepare", "shift", "package", "export", "compare", "active_learning", "bench"],
+)
+def test_every_command_refuses_a_value_no_option_took_in_one_line(argv, tmp_path: Path) -> None:
+    """``--seeds 1 2`` or ``--kinds a b``: fire would give the second value to another parameter
+    (compare: a 2-iteration run) or run the command and only then fail; instead one line and
+    status 2, and nothing is written."""
+    import subprocess
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    args = [a.format(src=src, out=out) for a in argv]
+    done = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "unexpected argument(s)" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()

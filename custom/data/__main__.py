@@ -16,21 +16,24 @@ from typing import Any
 
 import fire
 
-from custom.utils.cli import OptionError
+from custom.utils.cli import OptionError, without_stray_arguments
 from .errors import DataValidationError, SourceLayoutError, SplitError
 from .prepare import prepare
 
 __all__ = ["main"]
 
 
-@functools.wraps(prepare)
+_prepare = without_stray_arguments(prepare)  # --test-ids 4500 4799: one line, before anything is written
+
+
+@functools.wraps(_prepare)
 def _prepare_command(*args: Any, **kwargs: Any) -> None:
     """``prepare`` for the command line: prints the summary (not the returned dict); input errors
     end the program with status 2 and the message instead of a traceback."""
     from custom.utils.runtime import input_error_of
 
     try:
-        prepare(*args, **kwargs)
+        _prepare(*args, **kwargs)
     except (OptionError, DataValidationError, SplitError, SourceLayoutError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -49,6 +52,7 @@ def _prepare_command(*args: Any, **kwargs: Any) -> None:
 def _lists_command(function):
     """A ``custom.data.test_lists`` function for the command line: prints the datalist's lists after
     it; input errors are one line and status 2."""
+    function = without_stray_arguments(function)
 
     @functools.wraps(function)
     def command(*args: Any, **kwargs: Any) -> None:

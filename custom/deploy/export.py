@@ -267,10 +267,12 @@ def _command(
 def main(argv: Sequence[str] | None = None) -> None:
     import fire
 
+    from custom.utils.cli import exit_on_error, without_stray_arguments
     from custom.utils.runtime import setup
 
     setup()
-    fire.Fire(_command, command=list(argv) if argv is not None else None, name="custom.deploy.export")
+    command = exit_on_error(())(without_stray_arguments(_command))  # a value no option took: one line
+    fire.Fire(command, command=list(argv) if argv is not None else None, name="custom.deploy.export")
 
 
 if __name__ == "__main__":

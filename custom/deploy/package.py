@@ -364,7 +364,9 @@ def main() -> None:
     from custom.utils.runtime import setup
 
     setup()
-    fire.Fire(_command)
+    from custom.utils.cli import exit_on_error, without_stray_arguments
+
+    fire.Fire(exit_on_error(())(without_stray_arguments(_command)))  # a value no option took: one line
 
 
 if __name__ == "__main__":

@@ -8,11 +8,20 @@ unchanged. :func:`parse_bool` turns all of them into a bool, or refuses the valu
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["OptionError", "parse_bool", "TRUE_WORDS", "FALSE_WORDS", "exit_on_error", "refuse_stray_arguments"]
+__all__ = [
+    "OptionError",
+    "parse_bool",
+    "TRUE_WORDS",
+    "FALSE_WORDS",
+    "exit_on_error",
+    "refuse_stray_arguments",
+    "without_stray_arguments",
+]
 
 TRUE_WORDS = frozenset({"true", "1", "yes", "y", "on"})
 FALSE_WORDS = frozenset({"false", "0", "no", "n", "off"})
@@ -55,6 +64,33 @@ def refuse_stray_arguments(stray: tuple[Any, ...]) -> None:
             f"unexpected argument(s) {' '.join(str(s) for s in stray)}: give every option as --name VALUE "
             "and a list comma-separated without spaces (--seeds 1,2)"
         )
+
+
+def without_stray_arguments(function: Callable) -> Callable:
+    """``function`` for ``fire`` with a ``*stray`` parameter after its required positional ones (the
+    others become keyword-only), so that a value no option took (``--ids 4950 4999``) is refused in
+    one line before anything runs: without it fire binds the value to the next parameter, or runs
+    the command and only then fails on the value it could not consume."""
+    signature = inspect.signature(function)
+    params = list(signature.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    rest = [
+        p.replace(kind=p.KEYWORD_ONLY) if p.kind is p.POSITIONAL_OR_KEYWORD else p
+        for p in params
+        if p not in positional and p.kind is not p.VAR_KEYWORD
+    ]
+    var_kw = [p for p in params if p.kind is p.VAR_KEYWORD]
+    stray = inspect.Parameter("stray", inspect.Parameter.VAR_POSITIONAL)
+    names = [p.name for p in positional]
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        open_slots = len([n for n in names if n not in kwargs])
+        refuse_stray_arguments(args[open_slots:])
+        return function(*args, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*positional, stray, *rest, *var_kw])
+    return wrapper
 
 
 def exit_on_error(errors: tuple[type[BaseException], ...], status: int = 2) -> Callable[[Callable], Callable]:

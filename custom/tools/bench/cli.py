@@ -12,7 +12,7 @@ from custom.tools.bench.evaluate import bench_evaluate, print_evaluate
 from custom.tools.bench.infer import bench_infer, print_infer
 from custom.tools.bench.timing import set_mmap_threshold
 from custom.tools.bench.train import bench_train, print_train
-from custom.utils.cli import OptionError, parse_bool
+from custom.utils.cli import OptionError, parse_bool, without_stray_arguments
 
 __all__ = ["Bench", "main"]
 
@@ -21,6 +21,7 @@ class Bench:
     """Benchmarks of the trainer (``train``), the deployed UNeXt (``infer``), the evaluation (``evaluate``),
     the comparison with the authors' implementation (``reference``) and the GPU check (``gpu``)."""
 
+    @without_stray_arguments
     def train(
         self,
         image_size: int = 224,
@@ -84,6 +85,7 @@ class Bench:
         )
         _emit(r, json, print_train)
 
+    @without_stray_arguments
     def infer(
         self,
         sizes: Any = (256, 448),
@@ -100,6 +102,7 @@ class Bench:
         r = bench_infer(sizes, threads, batch, reps, warmup, num_classes, variants, quiet=False)
         _emit(r, json, print_infer)
 
+    @without_stray_arguments
     def evaluate(
         self,
         dataset_dir: str | None = None,
@@ -119,6 +122,7 @@ class Bench:
         r = bench_evaluate(dataset_dir, frames, threads, num_classes, n_overlays, reference, quiet=False)
         _emit(r, json, print_evaluate)
 
+    @without_stray_arguments
     def reference(
         self,
         path: str | None = None,
@@ -165,6 +169,7 @@ class Bench:
         )
         _emit(r, json, print_comparison)
 
+    @without_stray_arguments
     def gpu(
         self,
         out: str | None = None,
