@@ -766,16 +766,16 @@ def main() -> None:
     """``python -m custom.tools.active_learning``: :func:`run_study` as a command (fire)."""
     import fire
 
-    from custom.utils.cli import exit_on_error, refuse_stray_arguments
+    from custom.utils.cli import exit_on_error, without_stray_arguments
     from custom.utils.runtime import setup
 
     setup()
 
     @exit_on_error((RuntimeError,), status=1)
     @exit_on_error((ValueError, OSError, KeyError))
+    @without_stray_arguments  # '--seeds 1 2': one line, not 2 handed to the next parameter
     def active_learning(
         dataset_dir: str,
-        *stray: Any,
         out: str = "runs/active_learning",
         strategies: Any = ",".join(STRATEGIES),
         seeds: Any = "0,1",
@@ -794,7 +794,6 @@ def main() -> None:
         launcher: str = "subprocess",
     ) -> None:
         """Simulated active learning on DATASET_DIR (see custom.tools.active_learning)."""
-        refuse_stray_arguments(stray)
         result = run_study(dataset_dir, out, strategies, seeds, rounds, seed_fraction, batch_fraction, method,
                            override, max_iterations, split, val_limit, test_limit, threads, device, progress,
                            launcher)

@@ -919,7 +919,7 @@ def main() -> None:
     """``python -m custom.tools.compare``: :func:`run_comparison` as a command (fire)."""
     import fire
 
-    from custom.utils.cli import exit_on_error, refuse_stray_arguments
+    from custom.utils.cli import exit_on_error, without_stray_arguments
     from custom.utils.runtime import setup
 
     setup()
@@ -927,9 +927,9 @@ def main() -> None:
     # bad input (a missing dataset, a bad option, a malformed datalist) and failed runs are one line
     @exit_on_error((RuntimeError,), status=1)
     @exit_on_error((ValueError, OSError, KeyError))
+    @without_stray_arguments  # '--seeds 1 2': one line, not 2 handed to the next parameter
     def compare(
         dataset_dir: str,
-        *stray: Any,
         methods: Any = ",".join(METHODS),
         seeds: Any = "0",
         override: Any = (),
@@ -941,7 +941,6 @@ def main() -> None:
         device: str | None = None,
     ) -> None:
         """Train every method x seed on DATASET_DIR and compare them on every test list (see custom.tools.compare)."""
-        refuse_stray_arguments(stray)
         result = run_comparison(
             dataset_dir, methods, seeds, override, out, max_iterations, split, launcher, threads, device
         )
