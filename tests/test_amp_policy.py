@@ -29,8 +29,9 @@ def test_auto_is_on_only_for_large_images_on_a_native_bf16_device(monkeypatch, n
     monkeypatch.setattr(tr, "bf16_is_native", lambda device: native)
     assert tr.resolve_amp("auto", [448, 448], "cpu") is native
     assert tr.resolve_amp("auto", [224, 224], "cpu") is native
-    assert tr.resolve_amp("auto", [128, 128], "cpu") is False  # the CPU scales: bf16 was slower there
-    assert tr.resolve_amp("auto", [448, 128], "cpu") is False  # the smaller side decides
+    assert tr.resolve_amp("auto", [128, 128], "cpu") is native  # the CPU scale: bf16 was faster there
+    assert tr.resolve_amp("auto", [64, 64], "cpu") is False  # the demo's size: bf16 was slower there
+    assert tr.resolve_amp("auto", [448, 64], "cpu") is False  # the smaller side decides
     assert tr.resolve_amp("auto", [448, 448], "cpu", amp_dtype="float16") is False  # auto means bfloat16 only
     assert tr.resolve_amp("auto", [448, 448], "cpu", min_side=512) is False
 
@@ -55,4 +56,4 @@ def test_the_default_config_resolves_auto_by_its_image_size(extra, size, monkeyp
     parser.read_config(train_config_files(*extra))
     parser["model_config_file"] = None
     assert parser.get_parsed_content("amp") == "auto" and parser.get_parsed_content("image_size")[0] == size
-    assert parser.get_parsed_content("train#trainer#amp") is (size >= 224)
+    assert parser.get_parsed_content("train#trainer#amp") is (size >= 128)

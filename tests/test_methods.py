@@ -21,6 +21,7 @@ from custom.training.ema import EMATeacher
 from custom.training.losses import entropy
 from custom.training.mixup import interpolation_mixup
 from custom.training.terms import CrossPseudoSupervisionTerm, InterpolationConsistencyTerm, IterationContext
+from custom.utils.paths import DEFAULT_METHOD
 
 S = 1e-5
 METHODS = compare.METHODS  # the comparison's method list; every method file is in it (test below)
@@ -342,12 +343,15 @@ def test_the_methods_are_their_files_and_train_what_they_name():
     the files name what differs: the two-network methods, the baselines with an EMA teacher."""
     from monai.bundle import ConfigParser
 
-    assert list(METHODS) == ["bcp", *sorted(p.stem for p in (CONFIGS / "methods").glob("*.yaml") if p.stem != "bcp")]
+    assert list(METHODS) == [
+        DEFAULT_METHOD,
+        *sorted(p.stem for p in (CONFIGS / "methods").glob("*.yaml") if p.stem != DEFAULT_METHOD),
+    ]
     networks = {
         m: tuple(ConfigParser.load_config_files(train_config_files(f"methods/{m}.yaml"))["networks"]) for m in METHODS
     }
-    assert {m for m, roles in networks.items() if len(roles) == 2} == {"ours", "cps", "dct", "cross_teaching"}
-    assert networks["ours"] == networks["cross_teaching"] == ("cnn", "transformer")
+    assert {m for m, roles in networks.items() if len(roles) == 2} == {"ours", "paper", "cps", "dct", "cross_teaching"}
+    assert networks["ours"] == networks["paper"] == networks["cross_teaching"] == ("cnn", "transformer")
 
 
 def test_fully_supervised_config_uses_the_unlabelled_masks_with_the_semi_supervised_budget(tmp_path, demo_dataset):

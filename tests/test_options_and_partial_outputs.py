@@ -187,10 +187,10 @@ def test_train_config_booleans_from_the_command_line_are_parsed(value, disabled)
     parser = ConfigParser()
     parser.read_config(train_config_files())
     parser["validate_transformer"] = value
-    assert parser.get_parsed_content("method_handlers#transformer_validation#_disabled_") is disabled
+    assert parser.get_parsed_content("transformer_validation#_disabled_") is disabled
     parser["validate_transformer"] = "perhaps"
     with pytest.raises(Exception, match="validate_transformer"):
-        parser.get_parsed_content("method_handlers#transformer_validation#_disabled_")
+        parser.get_parsed_content("transformer_validation#_disabled_")
 
 
 # ----------------------------------------------------------------------------- item 6: atomic writes

@@ -132,8 +132,10 @@ def test_separate_forward_normalises_the_supervised_pass_with_labelled_images_on
 
     trainer, outputs = _trainer(iterations=1, terms=[CrossPseudoSupervisionTerm()], forward=forward)
     cnn_before = copy.deepcopy(trainer.networks["cnn"]).train()
-    calls = []
+    calls, swin_calls = [], []
     trainer.networks["cnn"].register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    trainer.networks["transformer"].register_forward_hook(lambda m, inp, out: swin_calls.append(inp[0].shape[0]))
+    swin_before = copy.deepcopy(trainer.networks["transformer"]).train()
     trainer.run()
     labeled, unlabeled = _batches()
     x_l, y_l = labeled[0]["image"], labeled[0]["label"]
@@ -144,6 +146,12 @@ def test_separate_forward_normalises_the_supervised_pass_with_labelled_images_on
     expected = alone if forward == "separate" else mixed
     assert float(outputs[0]["loss_sup_cnn"]) == pytest.approx(expected, rel=1e-5)
     assert calls == ([2, 4] if forward == "separate" else [6])
+    # the Swin-Unet normalises each image by itself (LayerNorm): one forward in either mode, the same
+    # supervised loss as a forward of the labelled images alone
+    assert swin_calls == [6]
+    with torch.no_grad():
+        swin_alone = float(SupervisedLoss()(swin_before(x_l), y_l))
+    assert float(outputs[0]["loss_sup_transformer"]) == pytest.approx(swin_alone, rel=1e-5)
     with pytest.raises(ValueError, match="forward must be one of"):
         _trainer(iterations=1, forward="sideways")
 

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from custom.data.datalist import label_names
-from custom.utils.paths import DEFAULT_METHOD, PAPER_METHOD, source_root
+from custom.utils.paths import DEFAULT_METHOD, ABLATED_METHOD, source_root
 
 __all__ = [
     "METHODS",
@@ -237,8 +237,8 @@ def _merged_config(config_files: Sequence[str], overrides: Mapping[str, Any] | N
 def method_file(method: str) -> tuple[str, list[Path]]:
     """``(name, files)`` of a method: a name in ``bundle/configs/methods`` (``bcp``), or the path of
     a YAML file named by its stem: a method file of its own (it sets ``method``), or any other
-    override (``bundle/configs/paper.yaml``, an ablation), which varies the paper's method and is
-    merged over ``methods/ours.yaml`` (``custom.utils.paths.PAPER_METHOD``)."""
+    override (an ablation), which varies the default and is merged over ``methods/ours.yaml``
+    (``custom.utils.paths.ABLATED_METHOD``)."""
     if method.endswith((".yaml", ".yml", ".json")):
         path = Path(method).expanduser().resolve()
         if not path.is_file():
@@ -246,7 +246,7 @@ def method_file(method: str) -> tuple[str, list[Path]]:
         from monai.bundle import ConfigParser
 
         own = "method" in (ConfigParser.load_config_file(str(path)) or {})
-        return path.stem, [path] if own else [METHOD_DIR / f"{PAPER_METHOD}.yaml", path]
+        return path.stem, [path] if own else [METHOD_DIR / f"{ABLATED_METHOD}.yaml", path]
     path = METHOD_DIR / f"{method}.yaml"
     if not path.is_file():
         raise ValueError(

@@ -16,8 +16,8 @@ stage, so a run stopped half-way still leaves the finished stages):
   same network on the GPU (batch 1 latency, batch 8 throughput, fp32 and bf16 autocast);
 * ``prepare_psfhs``: ``python -m custom.data prepare psfhs`` of ``--dataset-dir`` (the PSFHS source) into a
   temporary folder (the protocol's split: every 20th frame labelled, test ids 4500-4799);
-* ``real_paper``, ``real_default``: a short training at 448 px of ``paper.yaml`` (the published
-  recipe) and of the default method (``custom.utils.paths.DEFAULT_METHOD``), through ``custom.tools.compare``'s
+* ``real_paper``, ``real_default``: a short training at 448 px of ``methods/paper.yaml`` (the
+  published recipe) and of the default method (``custom.utils.paths.DEFAULT_METHOD``), through ``custom.tools.compare``'s
   ``build_runs`` / ``train_run`` (``monai.bundle run training`` in a subprocess) /
   ``evaluate_run`` (argmax at 448, nearest back to the frame's size), then the test Dice.
 
@@ -305,9 +305,7 @@ def run_gpu_check(
             **({"cuda": _infer_on_device(device, (256, 448), 8, 20, 5)} if cuda else {}),
         },
         "prepare_psfhs": lambda: _prepare(data, prepared, tiny),
-        "real_paper": lambda: _real_training(
-            str(REPO / "bundle" / "configs" / "paper.yaml"), prepared, work, iterations, tiny, str(device), threads
-        ),
+        "real_paper": lambda: _real_training("paper", prepared, work, iterations, tiny, str(device), threads),
         "real_default": lambda: _real_training(DEFAULT_METHOD, prepared, work, iterations, tiny, str(device), threads),
     }
     unknown = [s for s in stages if s not in plan]

@@ -288,10 +288,10 @@ def parse_variant(spec: str) -> dict[str, Any]:
 
 def _methods() -> set[str]:
     """The methods a variant may name: those of ``bundle/configs/methods/`` (discovered by the
-    comparison) and ``paper``."""
+    comparison; ``paper`` among them)."""
     from custom.tools.compare import method_names
 
-    return {"paper", *method_names()}
+    return set(method_names())
 
 
 def _child(cmd: list[str], timeout: float) -> dict:

@@ -4,8 +4,8 @@ Each iteration (method.md, "Losses, per iteration"):
 
 1. a labelled batch (the engine's data loader) and an unlabelled batch (its own loader,
    cycled) are concatenated: ``x = [x_l; x_u]``;
-2. every network forwards once on the whole batch (or on ``x_l`` and ``x_u`` separately,
-   ``forward="separate"``); ``p_r = softmax(f_r(x))``;
+2. every network forwards once on the whole batch (a network with batch normalisation on ``x_l``
+   and ``x_u`` separately under ``forward="separate"``); ``p_r = softmax(f_r(x))``;
 3. ``L = sum_r L_sup(f_r(x_l), y_l) + sum_k w_k(t) L_k``, the ``L_k`` being the method's
    unsupervised terms (:mod:`custom.training.terms`), each skipped while its weight is 0;
 4. one backward pass; every optimiser steps; the EMA teachers are updated.
@@ -162,8 +162,10 @@ class SemiSupervisedTrainer(Trainer):
             the output, so it is logged).
         forward: ``"joint"`` (the paper): every network forwards once on ``[x_l; x_u]``, so its
             batch-normalisation statistics mix labelled and unlabelled images; ``"separate"``:
-            two forwards, ``x_l`` then ``x_u``, so the supervised pass normalises with labelled
-            statistics only, exactly as labelled-only training does.
+            a network with batch normalisation forwards twice, ``x_l`` then ``x_u``, so its
+            supervised pass normalises with labelled statistics only, exactly as labelled-only
+            training does; a network without (the Swin-Unet: LayerNorm) still forwards once, which
+            gives the same outputs.
         compile: compile every network and EMA teacher in place with ``torch.compile`` when the
             run starts, through the persistent compile cache of :mod:`custom.utils.compile_cache`
             (off by default: see bundle/docs/performance.md for when it pays).
@@ -251,6 +253,11 @@ class SemiSupervisedTrainer(Trainer):
         self.coupling = coupling
         self.nonfinite = nonfinite
         self.forward_mode = forward
+        # which networks normalise with batch statistics (BatchNorm: the UNeXt); only those forward the
+        # labelled and unlabelled images apart under forward="separate". A network normalising each
+        # image by itself (LayerNorm: the Swin-Unet) gives the same outputs from one forward of the
+        # whole batch, at one call's cost instead of two.
+        self._batch_statistics = {role: _uses_batch_statistics(net) for role, net in self.networks.items()}
         self.state.nonfinite_skips = 0
         self.compile_networks = bool(compile)
 
@@ -319,12 +326,12 @@ class SemiSupervisedTrainer(Trainer):
             opt.zero_grad(set_to_none=True)
 
         with engine._autocast():
-            if engine.forward_mode == "separate" and labeled_bs < x.shape[0]:
-                logits = {
-                    role: torch.cat([net(x[:labeled_bs]), net(x[labeled_bs:])]) for role, net in engine.networks.items()
-                }
-            else:
-                logits = {role: net(x) for role, net in engine.networks.items()}
+            logits = {}
+            for role, net in engine.networks.items():
+                if engine.forward_mode == "separate" and labeled_bs < x.shape[0] and engine._batch_statistics[role]:
+                    logits[role] = torch.cat([net(x[:labeled_bs]), net(x[labeled_bs:])])
+                else:  # one forward: joint, or a network whose output does not depend on its batch
+                    logits[role] = net(x)
         logits = {role: v.float() for role, v in logits.items()}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         probs = {role: torch.softmax(v, dim=1) for role, v in logits.items()}
@@ -444,6 +451,11 @@ class SemiSupervisedTrainer(Trainer):
         super(Trainer, self).run()
 
 
+def _uses_batch_statistics(net: nn.Module) -> bool:
+    """Whether ``net``'s output for one image depends on the other images of its batch (batch norm)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
 def _finite_on_all_ranks(total: torch.Tensor) -> bool:
     """Whether the loss is finite here and, under DDP, on every rank (so all ranks skip together)."""
     finite = bool(torch.isfinite(total))
@@ -516,12 +528,11 @@ def bf16_is_native(device: torch.device | str) -> bool:
 
 
 def resolve_amp(
-    amp: Any, image_size: Sequence[int], device: torch.device | str, amp_dtype: str = "bfloat16", min_side: int = 224
+    amp: Any, image_size: Sequence[int], device: torch.device | str, amp_dtype: str = "bfloat16", min_side: int = 128
 ) -> bool:
     """The ``amp`` option: a boolean (``true/false/yes/no/1/0``), or ``auto``: bfloat16 autocast
-    where it was measured to win with the same test Dice (bundle/docs/performance.md): images of at
-    least ``min_side`` pixels a side on a device with native bfloat16; off at the small CPU
-    scales (64-128 px), where it was slower."""
+    where it was measured to win (bundle/docs/performance.md): images of at least ``min_side``
+    pixels a side on a device with native bfloat16; off below (at 64 px it was slower)."""
     if isinstance(amp, str) and amp.strip().lower() == "auto":
         on = (
             str(amp_dtype) == "bfloat16"

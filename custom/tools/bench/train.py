@@ -24,15 +24,9 @@ _KEPT_HANDLERS = ("LrSchedules",)
 
 
 def config_files(method: str = "paper") -> list[str]:
-    """``common.yaml + train.yaml`` and the method: for ``method="paper"``, ``methods/ours.yaml`` and
-    ``paper.yaml``; for any other name, ``methods/<name>.yaml`` (none: ``ours``, the paper's method,
-    whose Swin-Unet is most of an iteration's compute)."""
-    files = [str(CONFIGS / "common.yaml"), str(CONFIGS / "train.yaml")]
-    if method == "paper":
-        files += [str(CONFIGS / "methods" / "ours.yaml"), str(CONFIGS / "paper.yaml")]
-    else:
-        files.append(str(CONFIGS / "methods" / f"{method or 'ours'}.yaml"))
-    return files
+    """``common.yaml + train.yaml`` and ``methods/<method>.yaml`` (``paper``: the published recipe;
+    none: ``ours``, the default, whose Swin-Unet is most of an iteration's compute)."""
+    return [str(CONFIGS / "common.yaml"), str(CONFIGS / "train.yaml"), str(CONFIGS / "methods" / f"{method or 'ours'}.yaml")]
 
 
 def build_trainer(files: Sequence[str], overrides: dict[str, Any], keep_handlers: Sequence[str] = _KEPT_HANDLERS):
