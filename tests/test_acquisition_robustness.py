@@ -303,7 +303,7 @@ def test_a_pool_with_extra_frames_without_masks_trains(tmp_path, demo_dataset):
         config_file=train_config_files("methods/bcp.yaml"),
         meta_file=str(CONFIGS / "metadata.json"),
         workflow_type="train",
-        **tiny_overrides(tmp_path, str(data), w2s_start=0),
+        **tiny_overrides(tmp_path, str(data), bcp_start=0),
     )
     wf.initialize()
     assert all(set(e) == {"image"} for e in wf.parser.get_parsed_content("unlabeled_datalist"))

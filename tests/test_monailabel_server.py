@@ -173,11 +173,7 @@ def server(tmp_path_factory):
         "--conf",
         "reserve_s",
         str(RESERVE_S),
-        # the paper's method: the divergence strategy needs the Swin-Unet it trains (the app's
-        # default method, BCP, trains the UNeXt alone; test_readme_monailabel_commands_run_as_written)
-        "--conf",
-        "method",
-        "ours",
+        # the app's default method (the two networks): the divergence strategy needs the Swin-Unet it trains
     ]
     with _running_server(tmp, cmd) as (url, log):
         yield {
@@ -764,13 +760,13 @@ def _readme_commands(prefix: str) -> list[str]:
 
 def test_readme_monailabel_commands_run_as_written(server, tmp_path):
     """The README's start command, as written (the frames folder and the weights folder given by
-    FETAL_US_MODELS_DIR, a free port), on loopback: the app trains the default method; before any
-    model inference is a 409 naming model.pt and divergence a 409 saying the default method does not
-    train the Swin-Unet it needs; with the weights of a tiny trained model (model_config.json beside them,
-    as after the Quick start demo) the README's curl lines run as written (ID: the frame the
-    strategy proposed) and the train request trains at the served scale; the log holds neither a
-    progress bar nor the image lists. The second start command, against weights of another scale,
-    exits with one error line."""
+    FETAL_US_MODELS_DIR, a free port), on loopback: the app trains the default method (both
+    networks); before any model inference and the divergence strategy are 409s naming the missing
+    weights; with the weights of a tiny trained model (model_config.json beside them, as after the
+    Quick start demo) the README's curl lines run as written (ID: the frame the strategy proposed),
+    the train request trains at the served scale, and after it the divergence strategy proposes a
+    frame; the log holds neither a progress bar nor the image lists. The second start command,
+    against weights of another scale, exits with one error line."""
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     starts = _readme_commands("monailabel start_server")
@@ -787,9 +783,8 @@ def test_readme_monailabel_commands_run_as_written(server, tmp_path):
         assert _detail(r).startswith(f"model '{MODEL}': no trained model at {models / 'model.pt'}: train first")
         r = requests.post(f"{url}/activelearning/divergence", json={}, timeout=60)
         assert r.status_code == 409, (r.status_code, r.text[:500])
-        assert _detail(r).startswith(
-            "strategy 'divergence': the divergence strategy needs the Swin-Unet, which the app's method 'bcp' does not"
-        ), _detail(r)
+        assert _detail(r).startswith("strategy 'divergence': the divergence strategy needs the "), _detail(r)
+        assert "train first" in _detail(r), _detail(r)
         # a trained model and its record, as the Quick start demo leaves them
         shutil.copytree(server["models_dir"], models, ignore=shutil.ignore_patterns("monailabel_eval", "*.json"))
         shutil.copy2(server["models_dir"] / "model_config.json", models / "model_config.json")
@@ -817,7 +812,11 @@ def test_readme_monailabel_commands_run_as_written(server, tmp_path):
                 assert status.get("status") == "DONE", f"{json.dumps(status)[:3000]}\n{_tail(log)}"
         assert image is not None
         stats = requests.get(f"{url}/info/", timeout=60).json()["train_stats"][MODEL]
-        assert stats["status"] == "done" and stats["max_epochs"] == 10 and stats["method"] == "bcp", stats
+        assert stats["status"] == "done" and stats["max_epochs"] == 10 and stats["method"] == "ours", stats
+        # after its first training the server answers the divergence strategy with one of its frames
+        r = requests.post(f"{url}/activelearning/divergence", json={"client_id": "readme"}, timeout=REQUEST_TIMEOUT)
+        frames = {p.stem for p in studies.glob("*.png")}
+        assert r.status_code == 200 and r.json()["id"] in frames, (r.text, _tail(log))
         assert stats["image_size"] is None or stats["image_size"] == [64, 64], stats
         assert json.loads((models / "model_config.json").read_text())["image_size"] == [64, 64]
         text = log.read_text(errors="replace")
@@ -926,12 +925,12 @@ def test_app_without_weights_registers_the_tasks_and_says_what_is_missing(tmp_pa
     with pytest.raises(HTTPException, match="no trained model") as err:
         app.infer({"model": MODEL, "image": name[: -len(".png")], "device": "cpu"})
     assert err.value.status_code == 409
-    with pytest.raises(HTTPException, match="needs the Swin-Unet, which the app's method 'bcp'") as err:
-        app.next_sample({"strategy": "divergence"})  # the default method trains the UNeXt alone
-    assert err.value.status_code == 409
-    ours = app_class(str(APP), str(studies), {**conf, "method": "ours"})
     with pytest.raises(HTTPException, match="model.pt") as err:
-        ours.next_sample({"strategy": "divergence"})
+        app.next_sample({"strategy": "divergence"})  # the default method trains the Swin-Unet: not yet
+    assert err.value.status_code == 409
+    bcp = app_class(str(APP), str(studies), {**conf, "method": "bcp"})
+    with pytest.raises(HTTPException, match="needs the Swin-Unet, which the app's method 'bcp'") as err:
+        bcp.next_sample({"strategy": "divergence"})  # one network: nothing to disagree with
     assert err.value.status_code == 409
     with pytest.raises(ValueError, match="unknown model"):
         app_class(str(APP), str(studies), {**conf, "models": "spleen_ct_segmentation"})

@@ -313,30 +313,47 @@ def test_monailabel_app_reads_the_packaged_merged_configs(packaged):
     net = settings.parser("inference").get_parsed_content("network_def")
     assert net(torch.rand(1, 1, 64, 64)).shape == (1, 2, 64, 64)
     assert "initialize" in settings.parser("train").get() and settings.parser("train").get("train#trainer")
-    # the packaged train.json trains the default method, the one the app then trains
-    assert settings.method == "bcp" and not settings.trains_transformer
-    assert BundleSettings.from_conf({"bundle_root": str(bundle), "method": "bcp"}).method == "bcp"
-    with pytest.raises(FileNotFoundError, match="trains only 'bcp'"):
-        BundleSettings.from_conf({"bundle_root": str(bundle), "method": "cps"})
+    # the packaged train.json trains the default method, the paper's two networks, which the app then trains
+    assert settings.method == "ours" and settings.trains_transformer
+    assert BundleSettings.from_conf({"bundle_root": str(bundle), "method": "ours"}).method == "ours"
+    with pytest.raises(FileNotFoundError, match="trains only 'ours'"):
+        BundleSettings.from_conf({"bundle_root": str(bundle), "method": "bcp"})
+
+
+def test_the_default_packaged_train_json_is_the_two_network_system(packaged):
+    """Packaged without --method, train.json holds the Swin-Unet beside the UNeXt, cross pseudo-
+    supervision, ICT with the Swin-Unet's EMA teacher and the information divergence."""
+    train = json.loads((packaged["bundle"] / "configs" / "train.json").read_text())
+    assert train["method"] == "ours"
+    assert train["networks"] == {"cnn": "@network", "transformer": "@transformer"}
+    assert train["transformer_def"]["_target_"] == "custom.networks.SwinUnet"
+    terms = {ref.lstrip("@"): train[ref.lstrip("@")]["_target_"] for ref in train["terms"]}
+    assert {
+        "cps_term": "custom.training.terms.CrossPseudoSupervisionTerm",
+        "ict_term": "custom.training.terms.InterpolationConsistencyTerm",
+        "id_term": "custom.training.terms.InformationDivergenceTerm",
+    }.items() <= terms.items(), terms
+    assert train["teachers"]["transformer"] == "@transformer_teacher"
+    assert train["train"]["trainer"]["coupling"] == "@method_coupling" and train["method_coupling"] == "@coupling"
 
 
 def test_the_packaged_train_json_trains_the_method_asked_for(tmp_path):
     """train.json merges the default method unless --method names another; the app in the source
-    tree trains the default unless told, and only the paper's method trains the Swin-Unet; an
+    tree trains the default unless told, and a single-network method trains no Swin-Unet; an
     unknown method is one line naming it."""
     from custom.deploy.package import package
     from custom.monailabel_app.lib.bundle_config import BundleSettings
 
     weights = tmp_path / "weights.pt"
     _distinctive_weights(weights)
-    ours = package(str(tmp_path / "dist"), name="ours", weights=str(weights), method="ours")
-    train = json.loads((ours / "configs" / "train.json").read_text())
-    assert train["method"] == "ours" and set(train["networks"]) == {"cnn", "transformer"}
-    settings = BundleSettings.from_conf({"bundle_root": str(ours)})
-    assert settings.method == "ours" and settings.trains_transformer
+    bcp = package(str(tmp_path / "dist"), name="bcp", weights=str(weights), method="bcp")
+    train = json.loads((bcp / "configs" / "train.json").read_text())
+    assert train["method"] == "bcp" and set(train["networks"]) == {"cnn"} and train["terms"] == ["@bcp_term"]
+    settings = BundleSettings.from_conf({"bundle_root": str(bcp)})
+    assert settings.method == "bcp" and not settings.trains_transformer
     source = BundleSettings.from_conf({"bundle_root": str(REPO / "bundle")})
-    assert source.method == "bcp" and not source.trains_transformer
-    assert BundleSettings.from_conf({"bundle_root": str(REPO / "bundle"), "method": "ours"}).trains_transformer
+    assert source.method == "ours" and source.trains_transformer
+    assert not BundleSettings.from_conf({"bundle_root": str(REPO / "bundle"), "method": "bcp"}).trains_transformer
     proc = subprocess.run(
         [sys.executable, "-m", "custom.deploy.package", "--out", str(tmp_path / "d2"), "--weights", str(weights),
          "--method", "no_such_method"],

@@ -116,7 +116,11 @@ def recipe_violations(parser) -> list[str]:
     expect("EMA teacher in train mode", get("transformer_teacher#train_mode"), True)
     # --- SGD lr 0.001, momentum 0.9, weight decay 1e-4 for both networks; poly 0.9 over 400 x labelled
     opt = get("optimizer_def")
-    expect("optimiser", (opt.func.__name__, dict(opt.keywords)), ("SGD", {"lr": 0.001, "momentum": 0.9, "weight_decay": 1e-4}))
+    expect(
+        "optimiser",
+        (opt.func.__name__, dict(opt.keywords)),
+        ("SGD", {"lr": 0.001, "momentum": 0.9, "weight_decay": 1e-4}),
+    )
     expect("optimised networks", parser["optimizers"], "$custom.training.schedules.per_role(@optimizer_def, @networks)")
     expect("poly power", get("lr_power"), 0.9)
     n_labeled = len(load_split(get("datalist_file"), "training"))
@@ -128,7 +132,9 @@ def recipe_violations(parser) -> list[str]:
     expect(
         "labelled augmentation",
         sorted(active),
-        sorted(["RandRotated", "RandScaleIntensityd", "RandAdjustContrastd", "RandGaussianSmoothd", "RandGaussianNoised"]),
+        sorted(
+            ["RandRotated", "RandScaleIntensityd", "RandAdjustContrastd", "RandGaussianSmoothd", "RandGaussianNoised"]
+        ),
     )
     if "RandRotated" in active:
         rot = active["RandRotated"]

@@ -12,6 +12,8 @@ import sys
 import pytest
 from conftest import CONFIGS, REPO, train_config_files
 
+from custom.utils.paths import DEFAULT_METHOD
+
 README = REPO / "README.md"
 
 
@@ -132,21 +134,23 @@ def _tensorboard_scalars(folder) -> set[str]:
     return tags
 
 
-@pytest.mark.parametrize("method", ["as written", "ours"])
+@pytest.mark.parametrize("method", ["as written", "bcp"])
 def test_quick_start_demo_line_logs_every_log_every_iterations_and_warns_once(tmp_path, method):
-    """The Quick start's demo line as written (the default method, the UNeXt alone), and with the
-    paper's method in its place (both networks), at a tiny size: 6 iterations, a line every 2."""
+    """The Quick start's demo line as written (the default method: both networks), and with the
+    single-network BCP in its place, at a tiny size: 6 iterations, a line every 2."""
     demo = [line for line in _quick_start_lines() if "demo.yaml" in line]
     assert len(demo) == 1 and "OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m monai.bundle run training" in demo[0]
-    assert "'bundle/configs/methods/bcp.yaml'" in demo[0], "the Quick start trains the default method"
+    assert f"'bundle/configs/methods/{DEFAULT_METHOD}.yaml'" in demo[0], "the Quick start trains the default method"
     if not (REPO / ".venv" / "bin" / "python").is_file():
         pytest.skip("no .venv in the repository (CI builds it)")
-    line = demo[0] if method == "as written" else demo[0].replace("methods/bcp.yaml", f"methods/{method}.yaml")
+    line = demo[0]
+    if method != "as written":
+        line = line.replace(f"methods/{DEFAULT_METHOD}.yaml", f"methods/{method}.yaml")
     tiny = (
         f" --dataset_dir {tmp_path / 'demo'} --ckpt_dir {tmp_path / 'models'} --output_dir {tmp_path / 'eval'}"
         " --max_iterations 6 --train#epoch_length 3 --log_every 2"
     )
-    if method == "ours":
+    if method == "as written":
         tiny += " --ict_start 0 --transformer_def#embed_dim 12 --transformer_def#num_heads '[1,1,2,2]'"
     res = subprocess.run(
         ["bash", "-c", line + tiny], cwd=REPO, capture_output=True, text=True, timeout=600, env=_env_without_omp()
@@ -164,8 +168,9 @@ def test_quick_start_demo_line_logs_every_log_every_iterations_and_warns_once(tm
     assert (tmp_path / "models" / "model.pt").is_file()
     # every trained network's validation metrics and every term's loss reach TensorBoard
     tags = _tensorboard_scalars(tmp_path / "eval")
-    if method == "ours":
-        assert {"val_mean_dice", "val_transformer_mean_dice", "val_transformer_hd95", "loss_cps"} <= tags, tags
+    if method == "as written":
+        assert {"val_mean_dice", "val_transformer_mean_dice", "val_transformer_hd95"} <= tags, tags
+        assert {"loss_cps", "loss_id", "loss_ict", "loss_bcp"} <= tags, tags
     else:
         assert {"val_mean_dice", "loss_bcp", "loss_sup_cnn"} <= tags, tags
         assert not [t for t in tags if "transformer" in t], tags

@@ -10,7 +10,7 @@ Registers, under the model name ``fetal_us_ssl``:
   run id ``run``), on MONAI Label's labelled images, with its unlabelled images feeding the
   semi-supervised terms;
 * active learning: ``divergence`` (the unlabelled image on which the UNeXt and the Swin-Unet
-  disagree most: mean KL + MIG; needs ``--conf method ours``, which trains the Swin-Unet),
+  disagree most: mean KL + MIG; needs a method that trains the Swin-Unet, as the default does),
   beside MONAI Label's ``random`` and ``first``.
 
 Training summarises each run in ``models_dir/train_stats.json`` (``train_stats`` in ``GET /info/``;

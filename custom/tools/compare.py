@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from custom.data.datalist import label_names
-from custom.utils.paths import DEFAULT_METHOD, ABLATED_METHOD, source_root
+from custom.utils.paths import ABLATED_METHOD, DEFAULT_METHOD, source_root
 
 __all__ = [
     "METHODS",

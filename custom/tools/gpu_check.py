@@ -17,8 +17,8 @@ stage, so a run stopped half-way still leaves the finished stages):
 * ``prepare_psfhs``: ``python -m custom.data prepare psfhs`` of ``--dataset-dir`` (the PSFHS source) into a
   temporary folder (the protocol's split: every 20th frame labelled, test ids 4500-4799);
 * ``real_paper``, ``real_default``: a short training at 448 px of ``methods/paper.yaml`` (the
-  published recipe) and of the default method (``custom.utils.paths.DEFAULT_METHOD``), through ``custom.tools.compare``'s
-  ``build_runs`` / ``train_run`` (``monai.bundle run training`` in a subprocess) /
+  published recipe) and of the default method (``custom.utils.paths.DEFAULT_METHOD``), through
+  ``custom.tools.compare``'s ``build_runs`` / ``train_run`` (``monai.bundle run training`` in a subprocess) /
   ``evaluate_run`` (argmax at 448, nearest back to the frame's size), then the test Dice.
 
 Sized for under 8 minutes on one H200. ``--tiny true`` runs every stage on the CPU at 64 px with a

@@ -495,8 +495,8 @@ def require_method(method: str | None) -> None:
     if not method:
         raise ValueError(
             "no method: train.yaml holds only what every method shares; add a method file after it in "
-            "--config_file, e.g. 'bundle/configs/methods/bcp.yaml' (the default), "
-            "'bundle/configs/methods/ours.yaml' (the paper's method) or 'bundle/configs/methods/labeled_only.yaml'"
+            "--config_file, e.g. 'bundle/configs/methods/ours.yaml' (the default), "
+            "'bundle/configs/methods/bcp.yaml' (one network, fast) or 'bundle/configs/methods/labeled_only.yaml'"
         )
 
 

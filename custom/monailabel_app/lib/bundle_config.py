@@ -14,11 +14,11 @@ conf key           environment variable         default
 ``num_classes``    ``FETAL_US_NUM_CLASSES``     2 (3 for PSFHS weights)
 ``labels``         ``FETAL_US_LABELS``          ``fetal head`` (2 classes), ``pubic symphysis,fetal head`` (3)
 ``method``         ``FETAL_US_METHOD``          the bundle's default (``custom.utils.paths.DEFAULT_METHOD``,
-                                                ``bcp``); a packaged bundle: the method its ``train.json`` trains
+                                                ``ours``); a packaged bundle: the method its ``train.json`` trains
 ================== ============================ ==========================================================
 
-The ``divergence`` strategy needs the Swin-Unet, which only a method that trains it saves
-(``--conf method ours``); with any other method it answers that in one line.
+The ``divergence`` strategy needs the Swin-Unet, which only a method that trains it saves (the
+default ``ours``, ``paper``); with any other method it answers that in one line.
 """
 
 from __future__ import annotations

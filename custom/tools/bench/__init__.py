@@ -41,7 +41,7 @@ OpenMP's default spin-waiting of the idle threads costs far more than the comput
 
 How ``train`` measures:
 
-* the trainer is ``train#trainer`` of ``common.yaml + train.yaml (+ paper.yaml)`` built with
+* the trainer is ``train#trainer`` of ``common.yaml + train.yaml + methods/<method>.yaml`` built with
   ``monai.bundle.ConfigParser`` and the overrides below; its per-epoch and logging handlers
   (validation, leader selection, state saving, Stats/TensorBoard, progress bar) are removed,
   the learning-rate schedulers are kept. ``ict_start`` is 0 so that every term is computed.

@@ -47,8 +47,8 @@ class Bench:
     ):
         """Median s/iteration of the trainer, the compute floor, their ratio, loader wait, peak memory.
 
-        ``--method paper`` (default: common + train + paper.yaml) or a methods/ file name
-        (``ours``); ``--overrides "{'transformer_def#window_size': 4}"`` any config value;
+        ``--method paper`` (default: common + train + methods/paper.yaml, the published recipe) or
+        another methods/ file name (``ours``); ``--overrides "{'transformer_def#window_size': 4}"`` any config value;
         ``--mmap-threshold-kib 128``: freed large buffers go back to the system (see
         :func:`set_mmap_threshold`), recorded in the result's ``config``. ``--compile true``
         compiles the networks and teachers with ``torch.compile`` through the persistent cache of
@@ -180,7 +180,7 @@ class Bench:
         stages: Any = None,
     ):
         """The GPU check (``custom.tools.gpu_check``): train benchmark at 448 px (fp32, bf16, compile),
-        inference benchmark, short real PSFHS trainings of paper.yaml and the default with their
+        inference benchmark, short real PSFHS trainings of methods/paper.yaml and the default with their
         test Dice; one JSON file ``--out`` written atomically after every stage. ``--tiny true``:
         the same on the CPU at 64 px in about a minute. ``--iterations`` of the real trainings
         (default 300; tiny 3), ``--stages "[train_fp32, infer]"`` a subset."""

@@ -26,7 +26,7 @@ _KEPT_HANDLERS = ("LrSchedules",)
 def config_files(method: str = "paper") -> list[str]:
     """``common.yaml + train.yaml`` and ``methods/<method>.yaml`` (``paper``: the published recipe;
     none: ``ours``, the default, whose Swin-Unet is most of an iteration's compute)."""
-    return [str(CONFIGS / "common.yaml"), str(CONFIGS / "train.yaml"), str(CONFIGS / "methods" / f"{method or 'ours'}.yaml")]
+    return [str(CONFIGS / f) for f in ("common.yaml", "train.yaml", f"methods/{method or 'ours'}.yaml")]
 
 
 def build_trainer(files: Sequence[str], overrides: dict[str, Any], keep_handlers: Sequence[str] = _KEPT_HANDLERS):

@@ -9,7 +9,7 @@ disagree most, by the method's information divergence averaged over the image:
 (``custom.training.losses.InformationDivergenceLoss(reduction="image")``), computed at the training size
 with the bundle's deterministic preprocessing by :func:`custom.evaluation.disagreement.divergence_scores`,
 the very function the simulated active-learning study (``custom.tools.active_learning``) ranks with.
-Only a method that trains the Swin-Unet saves it (``--conf method ours``); with another method
+Only a method that trains the Swin-Unet saves it (the default ``ours``, ``paper``); with another method
 a request is refused with a line saying so (409).
 Scores are cached per image (path + mtime) and per pair of weight files (their mtimes): after a
 training run writes new weights, every image is scored again; otherwise a call only scores images it has not seen.
@@ -70,7 +70,8 @@ class DivergenceScorer:
         if not self.settings.trains_transformer:
             raise FileNotFoundError(
                 f"the divergence strategy needs the Swin-Unet, which the app's method {self.settings.method!r} "
-                "does not train: start the app with --conf method ours (or ask for the strategy 'random')"
+                "does not train: start the app with a two-network method, e.g. --conf method ours "
+                "(or ask for the strategy 'random')"
             )
         for path, what in (
             (self.settings.model_path, "UNeXt weights (model.pt)"),
