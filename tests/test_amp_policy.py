@@ -57,3 +57,50 @@ def test_the_default_config_resolves_auto_by_its_image_size(extra, size, monkeyp
     parser["model_config_file"] = None
     assert parser.get_parsed_content("amp") == "auto" and parser.get_parsed_content("image_size")[0] == size
     assert parser.get_parsed_content("train#trainer#amp") is (size >= 128)
+
+
+def test_amp_roles_auto_is_every_network_on_cuda_and_the_swin_unet_on_a_cpu():
+    assert tr.resolve_amp_roles("auto", "cpu") == ["transformer"]
+    assert tr.resolve_amp_roles("auto", torch.device("cuda:0")) is None  # every role
+    assert tr.resolve_amp_roles(["cnn", "transformer"], "cpu") == ["cnn", "transformer"]
+    with pytest.raises(ValueError, match="amp_roles"):
+        tr.resolve_amp_roles("sometimes", "cpu")
+
+
+@pytest.mark.parametrize("amp_roles", [None, ("transformer",)])
+def test_only_the_networks_of_amp_roles_run_in_bfloat16(amp_roles):
+    """With amp on, each network's forward (and the terms' forwards of it) is autocast only if its
+    role is in amp_roles: on a CPU the UNeXt stays in float32 while the Swin-Unet runs in bfloat16."""
+    from test_trainer import _batches, tiny_swin
+
+    from custom.networks import UNeXt
+    from custom.training.ema import EMATeacher
+    from custom.training.losses import SupervisedLoss
+    from custom.training.terms import InterpolationConsistencyTerm
+    from custom.training.trainer import SemiSupervisedTrainer
+
+    torch.manual_seed(0)
+    cnn, vit = UNeXt(1, 2), tiny_swin()
+    labeled, unlabeled = _batches()
+    trainer = SemiSupervisedTrainer(
+        device="cpu",
+        max_epochs=1,
+        epoch_length=1,
+        train_data_loader=labeled,
+        unlabeled_data_loader=unlabeled,
+        networks={"cnn": cnn, "transformer": vit},
+        optimizers={r: torch.optim.SGD(n.parameters(), lr=0.01) for r, n in (("cnn", cnn), ("transformer", vit))},
+        supervised_loss=SupervisedLoss(),
+        terms=[InterpolationConsistencyTerm()],
+        teachers={"transformer": EMATeacher(vit)},
+        amp=True,
+        amp_dtype="bfloat16",
+        amp_roles=amp_roles,
+        seed=0,
+    )
+    dtypes: dict[str, set] = {"cnn": set(), "transformer": set()}
+    for role, net in trainer.networks.items():
+        net.register_forward_hook(lambda m, i, out, role=role: dtypes[role].add(out.dtype))
+    trainer.run()
+    assert dtypes["transformer"] == {torch.bfloat16}  # the shared forward and ICT's mixed forward
+    assert dtypes["cnn"] == ({torch.float32} if amp_roles else {torch.bfloat16})

@@ -494,3 +494,73 @@ def test_trainer_compile_option_compiles_every_network_once_at_run_start(tmp_pat
         assert net._compiled_call_impl is not None and list(net.state_dict()) == keys[role], role
     assert all(t.module._compiled_call_impl is not None for t in trainer.teachers.values())
     assert trainer.state.iteration == 1
+
+
+_FAKE_WRAPPER = '''
+import torch
+from torch import nn
+
+
+class _Sys(nn.Module):  # the three steps of SwinTransformerSys.forward, counting encoder passes
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec, self.encoder_passes = nn.Linear(3, 3), nn.Linear(3, 3), 0
+
+    def forward_features(self, x):
+        self.encoder_passes += 1
+        skips = [x, 2 * x]
+        return self.enc(x), skips
+
+    def forward_up_features(self, x, skips):
+        return self.dec(x + skips[0])
+
+    def up_x4(self, x):
+        return 4 * x
+
+    def forward(self, x):
+        x, x_downsample = self.forward_features(x)
+        return self.up_x4(self.forward_up_features(x, x_downsample))
+
+
+class SwinUnet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.swin_unet = _Sys()
+
+    def forward(self, x):
+        if x.size()[1] == 1:
+            x = x.repeat(1,3,1,1)
+        _, emb = self.swin_unet.forward_features(x)
+        logits = self.swin_unet(x)
+        return logits, emb[-1]
+'''
+
+
+def test_reference_one_encoder_pass_gives_the_same_outputs_with_one_pass(tmp_path, monkeypatch):
+    """The correction of the reference's Swin-Unet wrapper: one encoder pass instead of two, the
+    same logits and feature map; a wrapper that is not the published one is refused."""
+    import importlib.util
+    import types
+
+    from custom.tools import reference
+
+    (tmp_path / "wrapper.py").write_text(_FAKE_WRAPPER)
+    spec = importlib.util.spec_from_file_location("fake_vision_transformer", tmp_path / "wrapper.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "fake_vision_transformer", module)
+    torch.manual_seed(0)
+    net, x = module.SwinUnet(), torch.rand(2, 1, 3)
+    logits, emb = net(x)
+    assert net.swin_unet.encoder_passes == 2  # as published
+    reference._one_encoder_pass("fake_vision_transformer")
+    net.swin_unet.encoder_passes = 0
+    logits1, emb1 = net(x)
+    assert net.swin_unet.encoder_passes == 1
+    torch.testing.assert_close(logits1, logits, rtol=0, atol=0)
+    torch.testing.assert_close(emb1, emb, rtol=0, atol=0)
+    other = types.ModuleType("other_wrapper")
+    other.SwinUnet = type("SwinUnet", (torch.nn.Module,), {"forward": lambda self, x: self.swin_unet(x)})
+    monkeypatch.setitem(sys.modules, "other_wrapper", other)
+    with pytest.raises(RuntimeError, match="not the published one"):
+        reference._one_encoder_pass("other_wrapper")

@@ -352,3 +352,20 @@ def test_reverse_kl_and_mutual_directions_of_the_divergence_term():
     assert torch.allclose(grad_cnn, alone, atol=1e-7)
     # one vocabulary: the CPS term's "mutual" is "both", its pseudo-labels being always detached
     assert torch.equal(CrossPseudoSupervisionTerm(direction="mutual").loss(ctx), CrossPseudoSupervisionTerm().loss(ctx))
+
+
+def test_hard_labels_are_the_argmax_with_its_ties():
+    """hard_labels takes max(dim=1).indices for speed: the same classes as argmax, ties included
+    (the first maximal class)."""
+    from custom.training.losses import class_thresholds, hard_labels
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(3, 4, 9, 7, generator=g), 1)
+    p[0, :, 0, 0] = 0.25  # a four-way tie
+    p[1, 1:3, 2, 2] = 0.5
+    p[1, [0, 3], 2, 2] = 0.0  # a tie of classes 1 and 2
+    assert torch.equal(hard_labels(p), p.argmax(1, keepdim=True))
+    assert int(hard_labels(p)[0, 0, 0, 0]) == 0 and int(hard_labels(p)[1, 0, 2, 2]) == 1
+    label = p.argmax(1).flatten()
+    means = torch.stack([p.amax(1).flatten()[label == c].mean() for c in range(4)])
+    torch.testing.assert_close(class_thresholds(p, 0.9), 0.9 * means / means.max())

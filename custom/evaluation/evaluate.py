@@ -330,7 +330,7 @@ def evaluate_network(
     for entry in entries:
         x = torch.as_tensor(preprocessing({"image": entry["image"]})["image"]).float()[None].to(device)
         gt = read_label_map(entry["label"])
-        pred = network(x).argmax(1, keepdim=True).float()
+        pred = network(x).max(1, keepdim=True).indices.float()  # argmax over the classes (hard_labels)
         pred = torch.nn.functional.interpolate(pred, size=gt.shape, mode="nearest")[0, 0].cpu().numpy().astype(np.int64)
         report.add(pred, entry, gt)
         if bar is not None:

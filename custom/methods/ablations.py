@@ -54,8 +54,8 @@ class SelfTrainingTerm(UnsupervisedTerm):
     def loss(self, ctx: IterationContext) -> torch.Tensor:
         x_s = perturb_intensity(ctx.unlabeled_images, noise_std=self.noise_std, generator=ctx.generator)
         total = 0.0
-        with ctx.autocast():
-            for role in self.roles:
+        for role in self.roles:
+            with ctx.autocast(role):
                 p_s = torch.softmax(ctx.networks[role](x_s).float(), 1)
-                total = total + self.criterion.pseudo(p_s, ctx.unlabeled_probs(role).detach())
+            total = total + self.criterion.pseudo(p_s, ctx.unlabeled_probs(role).detach())
         return total

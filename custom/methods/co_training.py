@@ -79,8 +79,9 @@ class DeepCoTrainingTerm(UnsupervisedTerm):
         if self.view_weight:
             k = self.last_rotation = self.draw_rotation(ctx.generator)
             x_r = torch.rot90(ctx.unlabeled_images, k, dims=(2, 3))
-            with ctx.autocast():
+            with ctx.autocast(a):
                 q_a = torch.softmax(ctx.networks[a](x_r).float(), 1)
+            with ctx.autocast(b):
                 q_b = torch.softmax(ctx.networks[b](x_r).float(), 1)
             view = torch.mean((q_a - torch.rot90(p_b.detach(), k, dims=(2, 3))) ** 2) + torch.mean(
                 (q_b - torch.rot90(p_a.detach(), k, dims=(2, 3))) ** 2

@@ -63,7 +63,7 @@ class MeanTeacherTerm(UnsupervisedTerm):
     def loss(self, ctx: IterationContext) -> torch.Tensor:
         teacher = ctx.teacher(self.role)
         x_u = ctx.unlabeled_images
-        with torch.no_grad(), ctx.autocast():
+        with torch.no_grad(), ctx.autocast(self.role):
             p_t = torch.softmax(
                 teacher(x_u + clipped_noise(x_u, self.noise_std, self.noise_clip, ctx.generator)).float(), 1
             )
@@ -134,7 +134,7 @@ class UncertaintyAwareMeanTeacherTerm(UnsupervisedTerm):
     def loss(self, ctx: IterationContext) -> torch.Tensor:
         teacher = ctx.teacher(self.role)
         x_u, p_s = ctx.unlabeled_images, ctx.unlabeled_probs(self.role)
-        with torch.no_grad(), ctx.autocast():
+        with torch.no_grad(), ctx.autocast(self.role):
             p_t = torch.softmax(
                 teacher(x_u + clipped_noise(x_u, self.noise_std, self.noise_clip, ctx.generator)).float(), 1
             )

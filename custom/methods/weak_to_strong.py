@@ -107,7 +107,7 @@ class WeakToStrongTerm(UnsupervisedTerm):
             self.last_confident_fraction = float((p_t.amax(dim=1) >= self.criterion.confidence).float().mean())
         total = x_u.new_zeros(())
         frozen = frozen_norm_statistics(net) if self.clean_statistics else contextlib.nullcontext()
-        with ctx.autocast(), frozen:
+        with ctx.autocast(self.role), frozen:
             for _ in range(self.views):
                 x_s, target = self.strong_views(x_u, p_t, ctx.generator)
                 p_s = torch.softmax(net(x_s).float(), 1)

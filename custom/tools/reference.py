@@ -31,6 +31,15 @@ each call: one interval between two stamps is one whole training iteration (load
 forwards, the mixed forward, the teacher's, the losses, backward, both steps, EMA, schedule and
 logging). Peak memory is the process's peak RSS (``ru_maxrss``), as in ``bench train``.
 
+One encoder pass (``one_encoder_pass``, on by default in :func:`compare`): the reference's
+Swin-Unet wrapper (``networks/vision_transformer.py``, ``SwinUnet.forward``) runs the Swin encoder
+twice per forward, once for the logits and once more for a feature map (``emb[-1]``) that no loss
+of this script reads, in each of its four Swin forwards per iteration (student, mixed, two teacher
+halves). The correction replaces that method with the same computation done once: the encoder's
+output and skips feed the decoder, and the returned feature map is the same tensor. The logits and
+every loss are unchanged; only the unused second encoder pass goes, so the comparison is with
+the reference's mathematics at its necessary cost. ``--one-encoder-pass false`` times it as published.
+
 Our side is ``python -m custom.tools.bench train`` (no floor measurement) at the same size,
 batch and threads. The variants are the method (``paper``: the published recipe, the equal
 mathematics; ``ours``: the paper's method as this bundle configures it) with ``+bf16``
@@ -157,6 +166,26 @@ def _load_script(script: Path, utils_dir: Path, argv: list[str], ict_start: int)
     return module
 
 
+def _one_encoder_pass(module_name: str = "networks.vision_transformer") -> None:
+    """Make the reference's Swin-Unet wrapper run its encoder once per forward (module doc), after
+    checking that its forward is still the published one (two encoder passes)."""
+    import inspect
+
+    wrapper = getattr(sys.modules.get(module_name), "SwinUnet", None)
+    source = inspect.getsource(wrapper.forward) if wrapper is not None else ""
+    if "forward_features(x)" not in source or "self.swin_unet(x)" not in source:
+        raise RuntimeError(f"{module_name}.SwinUnet.forward is not the published one (two encoder passes)")
+
+    def forward(self, x):
+        if x.size()[1] == 1:  # as the wrapper: grey images repeated to three channels
+            x = x.repeat(1, 3, 1, 1)
+        net = self.swin_unet  # SwinTransformerSys.forward is these three steps
+        features, skips = net.forward_features(x)
+        return net.up_x4(net.forward_up_features(features, skips)), skips[-1]
+
+    wrapper.forward = forward
+
+
 def run_reference(
     path: str | os.PathLike,
     utils_path: str | os.PathLike | None = None,
@@ -169,9 +198,11 @@ def run_reference(
     num_classes: int = 2,
     ict_start: int = 0,
     seed: int = 0,
+    one_encoder_pass: bool = False,
 ) -> dict:
     """One reference run in this process: ``warmup + iterations + 1`` iterations of the authors'
-    ``train``; the intervals between EMA updates after the warm-up are the iteration times."""
+    ``train``; the intervals between EMA updates after the warm-up are the iteration times.
+    ``one_encoder_pass``: its Swin-Unet wrapper without the unused second encoder pass (module doc)."""
     import numpy as np
     import torch
 
@@ -206,6 +237,8 @@ def run_reference(
         ]
         before = set(sys.modules)
         module = _load_script(script, utils_dir, argv, ict_start)
+        if one_encoder_pass:
+            _one_encoder_pass()
         module.args.patch_size = [int(image_size), int(image_size)]  # its `type=list` option cannot be given
         module.config.defrost()
         module.config.MODEL.PRETRAIN_CKPT = None  # not shipped; timing does not depend on the weights
@@ -250,6 +283,7 @@ def run_reference(
             "threads": threads,
             "num_classes": num_classes,
             "ict_start": ict_start,
+            "one_encoder_pass": bool(one_encoder_pass),
             "torch": torch.__version__,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         },
@@ -318,8 +352,10 @@ def compare(
     num_classes: int = 2,
     timeout: float = 3600,
     log=None,
+    one_encoder_pass: bool = True,
 ) -> dict:
-    """Interleaved rounds of the reference and each of our variants (module doc); ratios per variant."""
+    """Interleaved rounds of the reference and each of our variants (module doc); ratios per variant.
+    ``one_encoder_pass``: the reference without its unused second encoder pass (module doc)."""
     script, utils_dir = resolve_paths(path, utils_path)
     specs = {v: parse_variant(v) for v in variants}
     py = python or sys.executable
@@ -327,7 +363,8 @@ def compare(
     common += ["--iterations", str(iterations), "--warmup", str(warmup), "--threads", str(threads)]
     commands: dict[str, list[str]] = {
         "reference": [py, "-m", "custom.tools.reference", "run", "--path", str(script.parents[2])]
-        + ["--utils-path", str(utils_dir), "--num-classes", str(num_classes), *common],
+        + ["--utils-path", str(utils_dir), "--num-classes", str(num_classes), *common]
+        + ["--one-encoder-pass", str(int(bool(one_encoder_pass)))],
     }
     for name, o in specs.items():
         commands[name] = [sys.executable, "-m", "custom.tools.bench", "train", *common, "--floor", "false"]
@@ -379,6 +416,7 @@ def compare(
         "num_classes": num_classes,
         "variants": {n: specs[n] for n in specs},
         "reference_python": py,
+        "reference_one_encoder_pass": bool(one_encoder_pass),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     return out
@@ -389,6 +427,7 @@ def print_comparison(r: dict) -> None:
     print(
         f"reference comparison: {c['image_size']} px, batch {c['batch_size']} ({c['labeled_bs']} labelled), "
         f"{c['threads']} threads, {c['rounds']} interleaved rounds x {c['iterations']} iterations after {c['warmup']}"
+        + ("; the reference with one encoder pass" if c.get("reference_one_encoder_pass") else "")
     )
     for n, s in r["sides"].items():
         print(
@@ -427,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("num-classes", 2),
         ("ict-start", 0),
         ("seed", 0),
+        ("one-encoder-pass", 0),
     ):
         run.add_argument(f"--{name}", type=int, default=default)
     a = p.parse_args(argv)
@@ -443,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             a.num_classes,
             a.ict_start,
             a.seed,
+            bool(a.one_encoder_pass),
         )
     except OptionError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -75,8 +75,12 @@ class SoftDiceLoss(DiceLoss):
 
 
 def hard_labels(p: torch.Tensor) -> torch.Tensor:
-    """Detached argmax pseudo-labels ``B x 1 x H x W`` of probabilities ``B x K x H x W``."""
-    return p.detach().argmax(dim=1, keepdim=True)
+    """Detached argmax pseudo-labels ``B x 1 x H x W`` of probabilities ``B x K x H x W``.
+
+    ``max(dim=1).indices`` rather than ``argmax(dim=1)``: the same indices (the first maximum), but
+    PyTorch's CPU kernel reduces over the class axis of a ``B x K x H x W`` tensor several times
+    faster this way (bundle/docs/performance.md)."""
+    return p.detach().max(dim=1, keepdim=True).indices
 
 
 def class_thresholds(p: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -94,7 +98,7 @@ def class_thresholds(p: torch.Tensor, threshold: float) -> torch.Tensor:
     dense predictions.
     """
     p = p.detach()
-    conf, label = p.amax(dim=1).flatten(), p.argmax(dim=1).flatten()
+    conf, label = (v.flatten() for v in p.max(dim=1))  # the largest probability and its class (hard_labels)
     k = p.shape[1]
     counts = torch.bincount(label, minlength=k).to(conf.dtype)
     means = torch.zeros(k, dtype=conf.dtype, device=conf.device).scatter_add_(0, label, conf) / counts.clamp_min(1)
@@ -111,7 +115,7 @@ def confidence_mask(p: torch.Tensor, threshold: float, per_class: bool = False) 
     conf = p_d.amax(dim=1, keepdim=True)
     if not per_class:
         return (conf >= threshold).to(p.dtype)
-    tau = class_thresholds(p_d, threshold)[p_d.argmax(dim=1, keepdim=True)]
+    tau = class_thresholds(p_d, threshold)[hard_labels(p_d)]
     return (conf >= tau).to(p.dtype)
 
 

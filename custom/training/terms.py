@@ -59,6 +59,7 @@ class IterationContext:
     probs: dict[str, torch.Tensor]
     iteration: int
     generator: torch.Generator | None = None
+    #: mixed precision for a role's network: ``with ctx.autocast(role):`` (the trainer's policy)
     autocast: Callable = contextlib.nullcontext
     leader: str | None = None
     #: role -> EMA teacher of that role's network (the trainer's ``teachers``)
@@ -79,7 +80,7 @@ class IterationContext:
         key = ("teacher_probs", role)
         if key not in self.cache:
             teacher = self.teacher(role)
-            with torch.no_grad(), self.autocast():
+            with torch.no_grad(), self.autocast(role):
                 self.cache[key] = torch.softmax(teacher(self.unlabeled_images).float(), 1)
         return self.cache[key]
 
@@ -278,12 +279,14 @@ class InterpolationConsistencyTerm(UnsupervisedTerm):
         self.criterion = InterpolationConsistencyLoss()
 
     def loss(self, ctx: IterationContext) -> torch.Tensor:
-        teacher = ctx.teacher(self.teacher_roles[0])
-        with ctx.autocast():
+        role_t = self.teacher_roles[0]
+        teacher = ctx.teacher(role_t)
+        with ctx.autocast(role_t):
             x_mix, target, _ = interpolation_mixup(
                 ctx.unlabeled_images, lambda x: torch.softmax(teacher(x).float(), 1), self.alpha, ctx.generator
             )
-            total = 0.0
-            for role in self.roles:
+        total = 0.0
+        for role in self.roles:
+            with ctx.autocast(role):
                 total = total + self.criterion(torch.softmax(ctx.networks[role](x_mix).float(), 1), target)
         return total

@@ -44,6 +44,7 @@ __all__ = [
     "require_method",
     "report_best",
     "resolve_amp",
+    "resolve_amp_roles",
     "bf16_is_native",
 ]
 
@@ -153,6 +154,8 @@ class SemiSupervisedTrainer(Trainer):
             networks teach each other and which leads); its ``leader`` is read every iteration
             (``ctx.leader``) and saved with the trainer's state. ``None``: no coupled networks.
         amp: mixed precision (``amp_dtype``: ``"float16"`` with a grad scaler on CUDA, or ``"bfloat16"``).
+        amp_roles: the roles whose networks (and EMA teachers) run under mixed precision when ``amp``
+            is on; ``None``: every role (see :func:`resolve_amp_roles` for ``train.yaml``'s ``auto``).
         generator: random generator of the mixup weights (seeded for determinism).
         nonfinite: what a non-finite (NaN/Inf) total loss does: ``"stop"`` raises
             ``FloatingPointError`` naming the terms and the iteration (the last saved
@@ -192,6 +195,7 @@ class SemiSupervisedTrainer(Trainer):
         train_handlers: Sequence | None = None,
         amp: bool = False,
         amp_dtype: str = "float16",
+        amp_roles: Sequence[str] | None = None,
         decollate: bool = True,
         generator: torch.Generator | None = None,
         seed: int | None = None,
@@ -247,6 +251,7 @@ class SemiSupervisedTrainer(Trainer):
         if self.terms and self.unlabeled is None:
             raise ValueError("unsupervised terms need an unlabeled_data_loader")
         self.amp_dtype = getattr(torch, amp_dtype) if isinstance(amp_dtype, str) else amp_dtype
+        self.amp_roles = None if amp_roles is None else tuple(amp_roles)
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         self.generator = generator
@@ -262,8 +267,10 @@ class SemiSupervisedTrainer(Trainer):
         self.compile_networks = bool(compile)
 
     # ----------------------------------------------------------------------------- helpers
-    def _autocast(self):
-        if not self.amp:
+    def _autocast(self, role: str | None = None):
+        """Mixed precision for ``role``'s network (``None``: any): on when ``amp`` is and the role is
+        one of ``amp_roles`` (all roles when that is ``None``)."""
+        if not self.amp or (role is not None and self.amp_roles is not None and role not in self.amp_roles):
             return contextlib.nullcontext()
         device_type = torch.device(self.state.device).type if hasattr(self.state, "device") else "cpu"
         return torch.autocast(device_type=device_type, dtype=self.amp_dtype)
@@ -325,9 +332,9 @@ class SemiSupervisedTrainer(Trainer):
         for opt in engine.optimizers.values():
             opt.zero_grad(set_to_none=True)
 
-        with engine._autocast():
-            logits = {}
-            for role, net in engine.networks.items():
+        logits = {}
+        for role, net in engine.networks.items():
+            with engine._autocast(role):
                 if engine.forward_mode == "separate" and labeled_bs < x.shape[0] and engine._batch_statistics[role]:
                     logits[role] = torch.cat([net(x[:labeled_bs]), net(x[labeled_bs:])])
                 else:  # one forward: joint, or a network whose output does not depend on its batch
@@ -509,6 +516,20 @@ def report_best(evaluator: Any) -> None:
     last = state.metrics.get("val_mean_dice", float("nan"))
     best, epoch = state.best_metric, state.best_metric_epoch
     print(f"best validation mean Dice (UNeXt): {best:.4f} at epoch {epoch}; last: {last:.4f}")
+
+
+def resolve_amp_roles(amp_roles: Any, device: torch.device | str) -> list[str] | None:
+    """The ``amp_roles`` option: a list of roles, or ``auto``: every role on a CUDA device; on a CPU
+    the Swin-Unet only (``["transformer"]``): on the measured CPUs (AVX512-BF16, no AMX) bfloat16
+    autocast halves the Swin-Unet's time at 128 px but nearly doubles the UNeXt's, whose
+    convolutions' backward is slower in bfloat16 (bundle/docs/performance.md)."""
+    if isinstance(amp_roles, str) and amp_roles.strip().lower() == "auto":
+        return None if torch.device(device).type == "cuda" else ["transformer"]
+    if amp_roles is None:
+        return None
+    if isinstance(amp_roles, str) or not all(isinstance(r, str) for r in amp_roles):
+        raise ValueError(f"amp_roles must be auto or a list of roles, got {amp_roles!r}")
+    return list(amp_roles)
 
 
 def bf16_is_native(device: torch.device | str) -> bool:

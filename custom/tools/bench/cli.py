@@ -137,17 +137,20 @@ class Bench:
         labeled_bs: int = 1,
         threads: int = 2,
         num_classes: int = 2,
+        one_encoder_pass: bool = True,
         json: bool = False,
     ):
         """Our training iteration beside the authors' public implementation, fetched outside the
         repository (``--path DIR``; ``--utils-path`` their companion checkout with ``src/code/utils``;
         ``--python`` the interpreter with the reference's dependencies), in ``--rounds`` interleaved
         rounds of ``--iterations`` after ``--warmup``; ``--variants "[paper, ours+bf16]"`` our
-        method with ``+bf16``, ``+cl``, ``+compile``. Throughput and peak-memory ratios (see
-        :mod:`custom.tools.reference`)."""
+        method with ``+bf16``, ``+cl``, ``+compile``; ``--one-encoder-pass false``: the reference as
+        published, with the second encoder pass its Swin-Unet wrapper makes and no loss reads.
+        Throughput and peak-memory ratios (see :mod:`custom.tools.reference`)."""
         from custom.tools.reference import compare, print_comparison
 
         json = parse_bool(json, "json")
+        one_encoder_pass = parse_bool(one_encoder_pass, "one-encoder-pass")
         if not path:
             raise OptionError("--path: give the folder of the fetched reference implementation")
         if isinstance(variants, str):
@@ -166,6 +169,7 @@ class Bench:
             threads,
             num_classes,
             log=lambda line: print(line, file=sys.stderr, flush=True),
+            one_encoder_pass=one_encoder_pass,
         )
         _emit(r, json, print_comparison)
 
