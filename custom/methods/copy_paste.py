@@ -105,6 +105,7 @@ class BidirectionalCopyPasteTerm(UnsupervisedTerm):
             conf = confidence_mask(p_t, self.confidence, self.per_class)
             pl = pl * torch.cat([cutmix(conf, torch.zeros_like(conf), box), cutmix(torch.zeros_like(conf), conf, box)])
         net = ctx.networks[self.role]
-        with ctx.autocast(self.role), frozen_norm_statistics(net) if self.clean_statistics else contextlib.nullcontext():
+        frozen = frozen_norm_statistics(net) if self.clean_statistics else contextlib.nullcontext()
+        with ctx.autocast(self.role), frozen:
             logits = net(images).float()
         return self._region_loss(logits, targets, gt) + self.unlabeled_weight * self._region_loss(logits, targets, pl)
