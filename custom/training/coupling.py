@@ -1,6 +1,6 @@
 """The coupling of two networks in the cross terms: how they teach each other, and which one leads.
 
-One component holds the decision (method.md; ``bundle/docs/README.md`` for the measurements):
+One component holds the decision (method.md; ``bundle/docs/measurements.md`` for the measurements):
 
 * ``direction``, one vocabulary for every cross term (:mod:`custom.training.terms`):
   ``follower`` (only the network that validates worse learns, from the leader's detached
