@@ -59,18 +59,11 @@ def test_the_default_config_resolves_auto_by_its_image_size(extra, size, monkeyp
     assert parser.get_parsed_content("train#trainer#amp") is (size >= 128)
 
 
-def test_amp_roles_auto_is_every_network_on_cuda_and_the_swin_unet_on_a_cpu():
-    assert tr.resolve_amp_roles("auto", "cpu") == ["transformer"]
-    assert tr.resolve_amp_roles("auto", torch.device("cuda:0")) is None  # every role
-    assert tr.resolve_amp_roles(["cnn", "transformer"], "cpu") == ["cnn", "transformer"]
-    with pytest.raises(ValueError, match="amp_roles"):
-        tr.resolve_amp_roles("sometimes", "cpu")
-
-
 @pytest.mark.parametrize("amp_roles", [None, ("transformer",)])
 def test_only_the_networks_of_amp_roles_run_in_bfloat16(amp_roles):
     """With amp on, each network's forward (and the terms' forwards of it) is autocast only if its
-    role is in amp_roles: on a CPU the UNeXt stays in float32 while the Swin-Unet runs in bfloat16."""
+    role is in amp_roles (None: every network): here the UNeXt stays in float32 while the Swin-Unet
+    runs in bfloat16."""
     from test_trainer import _batches, tiny_swin
 
     from custom.networks import UNeXt

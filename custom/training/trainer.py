@@ -44,7 +44,6 @@ __all__ = [
     "require_method",
     "report_best",
     "resolve_amp",
-    "resolve_amp_roles",
     "bf16_is_native",
 ]
 
@@ -155,7 +154,7 @@ class SemiSupervisedTrainer(Trainer):
             (``ctx.leader``) and saved with the trainer's state. ``None``: no coupled networks.
         amp: mixed precision (``amp_dtype``: ``"float16"`` with a grad scaler on CUDA, or ``"bfloat16"``).
         amp_roles: the roles whose networks (and EMA teachers) run under mixed precision when ``amp``
-            is on; ``None``: every role (see :func:`resolve_amp_roles` for ``train.yaml``'s ``auto``).
+            is on; ``None``: every role.
         generator: random generator of the mixup weights (seeded for determinism).
         nonfinite: what a non-finite (NaN/Inf) total loss does: ``"stop"`` raises
             ``FloatingPointError`` naming the terms and the iteration (the last saved
@@ -516,20 +515,6 @@ def report_best(evaluator: Any) -> None:
     last = state.metrics.get("val_mean_dice", float("nan"))
     best, epoch = state.best_metric, state.best_metric_epoch
     print(f"best validation mean Dice (UNeXt): {best:.4f} at epoch {epoch}; last: {last:.4f}")
-
-
-def resolve_amp_roles(amp_roles: Any, device: torch.device | str) -> list[str] | None:
-    """The ``amp_roles`` option: a list of roles, or ``auto``: every role on a CUDA device; on a CPU
-    the Swin-Unet only (``["transformer"]``): on the measured CPUs (AVX512-BF16, no AMX) bfloat16
-    autocast halves the Swin-Unet's time at 128 px but nearly doubles the UNeXt's, whose
-    convolutions' backward is slower in bfloat16 (bundle/docs/performance.md)."""
-    if isinstance(amp_roles, str) and amp_roles.strip().lower() == "auto":
-        return None if torch.device(device).type == "cuda" else ["transformer"]
-    if amp_roles is None:
-        return None
-    if isinstance(amp_roles, str) or not all(isinstance(r, str) for r in amp_roles):
-        raise ValueError(f"amp_roles must be auto or a list of roles, got {amp_roles!r}")
-    return list(amp_roles)
 
 
 def bf16_is_native(device: torch.device | str) -> bool:
