@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -402,3 +403,32 @@ def test_readme_package_commands_run_as_written(tmp_path):
         (mask,) = (tmp_path / f"out{i}").rglob("*.png")
         got = np.asarray(Image.open(mask))
         assert got.shape[:2] == (50, 70) and got.min() == got.max() == 1, "the packaged weights (foreground everywhere)"
+
+
+def test_the_package_ships_code_by_allow_list_never_a_monailabel_log(tmp_path, monkeypatch):
+    """A checkout after a MONAI Label session holds custom/monailabel_app/logs/app.log (absolute
+    paths, image and annotator ids), model/ and bin/: neither the package nor its zip contains
+    them, nor any other file of the checkout that is not the bundle's code."""
+    from custom.deploy import package as pkg
+
+    code = tmp_path / "custom"
+    shutil.copytree(REPO / "custom", code, ignore=shutil.ignore_patterns("__pycache__"))
+    app = code / "monailabel_app"
+    (app / "logs").mkdir(exist_ok=True)
+    (app / "logs" / "app.log").write_text("/home/clinic/frames/patient_0042.png labelled by annotator-7\n")
+    (app / "model").mkdir(exist_ok=True)
+    (app / "model" / "fetal_us_ssl.pt").write_bytes(b"weights")
+    (app / "bin").mkdir(exist_ok=True)
+    (app / "bin" / "start.sh").write_text("echo\n")
+    (code / "notes.txt").write_text("private\n")
+    (code / "data" / "session.log").write_text("private\n")
+    monkeypatch.setattr(pkg, "CODE_SOURCE", code)
+    out = pkg.package(str(tmp_path / "dist"), name="b", zip=True, allow_missing_weights=True)
+    shipped = {p.relative_to(out / "custom").as_posix() for p in (out / "custom").rglob("*") if p.is_file()}
+    with zipfile.ZipFile(tmp_path / "dist" / "b.zip") as z:
+        zipped = {n.split("/custom/", 1)[1] for n in z.namelist() if "/custom/" in n and not n.endswith("/")}
+    assert shipped == zipped
+    expected = {p.relative_to(REPO / "custom").as_posix() for p in (REPO / "custom").rglob("*.py")}
+    expected = {p for p in expected if not p.startswith("tools/") and "__pycache__" not in p}
+    assert shipped == expected | {"monailabel_app/configs/monailabel.yaml"}, shipped ^ expected
+    assert not [p for p in shipped if p.endswith((".log", ".txt", ".sh", ".pt")) or "logs/" in p]

@@ -17,7 +17,8 @@ writes ``DIR/NAME/`` in the layout of a model-zoo bundle::
     docs/           bundle/docs (README.md in the model zoo's section layout), plus PACKAGE.md
                     (how to run this copy)
     LICENSE
-    custom/         the components the configs import (``$import custom``), at the bundle root
+    custom/         the components the configs import (``$import custom``), at the bundle root: its
+                    Python files and the MONAI Label app's configs/, nothing else (see SHIPPED_CODE)
 
 and ``DIR/NAME.zip`` (the folder, under its own name) with ``--zip true``.
 
@@ -59,7 +60,32 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache
 # research tools no shipped config uses (custom/tools: the comparison, the benchmarks, the GPU
 # check) stay in the repository
 RESEARCH_TOOLS = ("tools",)
-_IGNORE_CODE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".DS_Store", *RESEARCH_TOOLS)
+# custom/ is shipped by allow-list: its Python files and the MONAI Label app's configs/*.yaml. What
+# else lies in the checkout stays out, whatever it is, because it is the user's, not the bundle's:
+# what `monailabel start_server` writes into the app folder (logs/app.log with absolute paths and
+# image and annotator ids, model/, bin/), caches (__pycache__, .pytest_cache) and any other file.
+SHIPPED_CODE = ("*.py", "monailabel_app/configs/*.yaml")
+# folders never shipped: the research tools, caches, and what a MONAI Label session writes
+SKIPPED_DIRS = ("__pycache__", ".pytest_cache", *RESEARCH_TOOLS, "logs", "model", "bin")
+CODE_SOURCE = Path(__file__).resolve().parents[1]  # custom/ of the repository (or of a packaged copy)
+
+
+def shipped_code(src: Path) -> list[Path]:
+    """The files of ``src`` (a ``custom/`` folder) that a package ships, relative to it."""
+    out = []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if not path.is_file() or any(part in SKIPPED_DIRS or part.startswith(".") for part in rel.parts[:-1]):
+            continue
+        if any(rel.match(pattern) for pattern in SHIPPED_CODE) and not rel.name.startswith("."):
+            out.append(rel)
+    return out
+
+
+def _copy_code(src: Path, dst: Path) -> None:
+    for rel in shipped_code(src):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dst / rel)
 # the line of common.yaml that is rewritten, and the import the rewritten value needs
 
 
@@ -134,6 +160,11 @@ with), `large_files.yml`, `docs/`, `LICENSE` and the Python components the confi
 folder must be on `sys.path`: run from this folder (`python -m` puts it there) or put it on
 `PYTHONPATH` (MONAI Label adds it itself). `bundle_root` is found at run time from the
 imported `custom` package; `--bundle_root` sets it explicitly.
+
+`custom/` holds the bundle's Python files and the MONAI Label app's `configs/`, nothing else of the
+checkout it was packaged from: not what a MONAI Label session writes into the app folder
+(`logs/app.log`, with absolute paths and image and annotator ids; `model/`; `bin/`), nor caches,
+nor the research tools (comparison, benchmarks), which no config imports.
 
 ```bash
 python -m monai.bundle run --config_file configs/inference.json --meta_file configs/metadata.json --input_path IMAGES --infer_output_dir OUT
@@ -217,7 +248,6 @@ def package(
     if not (source / "configs" / "methods" / f"{method}.yaml").is_file():
         known = sorted(p.stem for p in (source / "configs" / "methods").glob("*.yaml"))
         raise PackagingError(f"--method {method!r}: no configs/methods/{method}.yaml in {source}; known: {known}")
-    package_src = Path(__file__).resolve().parents[1]  # custom/
     weights_path = Path(weights).resolve() if weights else source / "models" / "model.pt"
     if not weights_path.is_file() and not allow_missing:
         raise PackagingError(
@@ -245,7 +275,7 @@ def package(
         for config in SHIPPED_CONFIGS:
             shutil.copy2(source / "configs" / config, target / "configs" / config)
         _write_workflow_configs(source / "configs", target / "configs", str(method))
-        shutil.copytree(package_src, target / "custom", ignore=_IGNORE_CODE)
+        _copy_code(CODE_SOURCE, target / "custom")
 
         models = target / "models"
         models.mkdir()
