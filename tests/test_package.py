@@ -432,3 +432,54 @@ def test_the_package_ships_code_by_allow_list_never_a_monailabel_log(tmp_path, m
     expected = {p for p in expected if not p.startswith("tools/") and "__pycache__" not in p}
     assert shipped == expected | {"monailabel_app/configs/monailabel.yaml"}, shipped ^ expected
     assert not [p for p in shipped if p.endswith((".log", ".txt", ".sh", ".pt")) or "logs/" in p]
+
+
+class _Payload:
+    """A pickled object that would run a command when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (os.system, ("echo payload-ran",))
+
+
+def _record_for(path: Path) -> None:
+    """The record a 64 px, 2-class training writes beside ``path``, carrying the file's own sha256."""
+    from monai.bundle import ConfigParser
+
+    from custom.deploy.model_config import ModelConfig, weights_sha256
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundle" / "configs" / "common.yaml")])
+    parser.update({"bundle_root": str(REPO / "bundle"), "ckpt_dir": str(path.parent), "model_config_file": None,
+                   "image_size": [64, 64], "num_classes": 2, "labels": {"background": 0, "fetal head": 1}})
+    ModelConfig(str(path.parent), parser.get_parsed_content("model_record")).write(sha256=weights_sha256(path))
+
+
+@pytest.mark.parametrize("case", ["pickled payload", "all NaN", "truncated", "another class count"])
+def test_package_refuses_weights_that_do_not_load_into_the_recorded_network(tmp_path, case):
+    """--weights with a record that carries the file's own sha256 is still loaded safely into the
+    network the record describes before anything is written: a pickled payload, non-finite weights,
+    a truncated file or weights of another class count end in one line naming the file, exit 2."""
+    weights = tmp_path / "w" / "model.pt"
+    weights.parent.mkdir()
+    if case == "pickled payload":
+        torch.save({"final.bias": torch.zeros(2), "note": _Payload()}, weights)
+    elif case == "all NaN":
+        state = UNeXt(1, 2).state_dict()
+        nan = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+        torch.save(nan, weights)
+    elif case == "truncated":
+        torch.save(UNeXt(1, 2).state_dict(), weights)
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        torch.save(UNeXt(1, 3).state_dict(), weights)
+    _record_for(weights)
+    out = tmp_path / "dist"
+    proc = subprocess.run(
+        [sys.executable, "-m", "custom.deploy.package", "--out", str(out), "--weights", str(weights)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-1000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and "payload-ran" not in proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(weights) in lines[0], proc.stderr
+    assert not out.exists(), "nothing is written for weights that are refused"

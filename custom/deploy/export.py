@@ -45,7 +45,7 @@ from custom.utils.atomic import atomic_path
 from custom.utils.cli import OptionError, exit_on_error, parse_bool
 from custom.utils.paths import bundle_root
 
-__all__ = ["FORMATS", "ONNX_CONVERTER_KWARGS", "WeightsError", "input_shape", "export", "main"]
+__all__ = ["FORMATS", "ONNX_CONVERTER_KWARGS", "WeightsError", "check_weights", "input_shape", "export", "main"]
 
 BUNDLE_ROOT = Path(bundle_root())  # the repository's bundle/, or a packaged bundle's folder
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
@@ -84,8 +84,9 @@ class WeightsError(ValueError):
     or weights of another network or class count); the message names the file, in one line."""
 
 
-def _check_weights(ckpt_file: str, configs: list[str], ckpt_dir: str, overrides: dict[str, Any]) -> None:
-    """Load ``ckpt_file`` strictly into the network the configs build, before MONAI's export does:
+def check_weights(ckpt_file: str, configs: list[str], ckpt_dir: str, overrides: dict[str, Any]) -> None:
+    """Load ``ckpt_file`` strictly into the network the configs build (before MONAI's export, and
+    before packaging: :mod:`custom.deploy.package`), finite values only:
     MONAI's ``ckpt_export`` copies only the tensors whose shapes match (``copy_model_state``), so
     weights of another class count would export a partly untrained network without a word. Reads
     with ``weights_only=True`` (no pickled code runs) and never passes on PyTorch's advice to
@@ -211,7 +212,7 @@ def export(
     else:
         converter_kwargs = dict(verify)
         exporter, how = ckpt_export, f"TorchScript ({'traced' if trace else 'scripted'})"
-    _check_weights(ckpt_file, configs, ckpt_dir, overrides)
+    check_weights(ckpt_file, configs, ckpt_dir, overrides)
     _say(
         f"exporting {ckpt_file} to {how}: input {shape} from {record_file} "
         f"({record.get('num_classes', '?')} classes) ..."

@@ -110,6 +110,27 @@ SHIPPED_CONFIGS = ("metadata.json", "meta_schema.json", "logging.conf")
 LARGE_FILES = "large_files.yml"
 
 
+def _verify_weights(weights_path: Path, source: Path) -> None:
+    """Before anything is written: the weights load safely (``weights_only``: a pickled payload is
+    refused), hold finite values only, and, when the record beside them is theirs, fit strictly the
+    network it describes (the check export and inference make). Weights without their own record
+    are still read safely and checked for finite values."""
+    from custom.deploy.export import WeightsError, check_weights
+    from custom.deploy.model_config import ModelConfigError, belongs_to, read
+    from custom.training.checkpoint import checked_state_dict
+
+    recorded = weights_path.parent / "model_config.json"
+    try:
+        if recorded.is_file() and belongs_to(read(recorded), weights_path) is None:
+            overrides = {"bundle_root": str(source), "model_record_file": str(recorded)}
+            configs = [str(source / "configs" / "common.yaml")]
+            check_weights(str(weights_path), configs, str(weights_path.parent), overrides)
+        else:
+            checked_state_dict(str(weights_path))
+    except (WeightsError, ModelConfigError, ValueError, FileNotFoundError) as e:
+        raise PackagingError(f"not packaging {weights_path}: {' '.join(str(e).split())}") from None
+
+
 def _write_workflow_configs(source: Path, configs: Path, method: str = DEFAULT_METHOD) -> None:
     """Write ``configs/<workflow>.json``: the workflow's config list of ``source`` merged by MONAI's
     own ``ConfigParser`` (left to right, ``a#b`` keys as nested overrides), unresolved."""
@@ -254,6 +275,8 @@ def package(
             f"weights not found: {weights_path}. Train first (writes bundle/models/model.pt), pass "
             "--weights PATH, or --allow-missing-weights true to package configs and code only"
         )
+    if weights_path.is_file():
+        _verify_weights(weights_path, source)
 
     out_dir = Path(out).resolve()
     target = out_dir / name

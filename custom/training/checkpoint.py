@@ -304,9 +304,9 @@ def load_training_state(path: str, objects: Mapping[str, Any], engine: Engine | 
     return state
 
 
-def load_network_weights(network: torch.nn.Module, path: str, key: str | None = None) -> torch.nn.Module:
-    """Load a state dict (``model.pt``, or ``state[key]`` of a training state) into ``network``,
-    safely (``weights_only=True``), with errors that name the file and the problem."""
+def checked_state_dict(path: str, key: str | None = None) -> dict:
+    """The state dict of ``path`` (``model.pt``, or ``state[key]`` of a training state), read safely
+    (``weights_only=True``), its floating-point tensors all finite; errors name the file and the problem."""
     state = safe_torch_load(path, "checkpoint", " (train the bundle first or point ckpt_path at a model.pt)")
     if key is not None:
         if not isinstance(state, dict) or key not in state:
@@ -327,6 +327,13 @@ def load_network_weights(network: torch.nn.Module, path: str, key: str | None = 
             f"{path}: {len(bad)} weight tensor(s) hold NaN/Inf values (e.g. '{bad[0]}'); the checkpoint is "
             "corrupt or from a diverged training: use another one"
         )
+    return state
+
+
+def load_network_weights(network: torch.nn.Module, path: str, key: str | None = None) -> torch.nn.Module:
+    """Load a state dict (``model.pt``, or ``state[key]`` of a training state) into ``network``,
+    safely (``weights_only=True``), with errors that name the file and the problem."""
+    state = checked_state_dict(path, key)
     target = network.module if hasattr(network, "module") and isinstance(network.module, torch.nn.Module) else network
     try:
         target.load_state_dict(state)
