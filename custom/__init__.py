@@ -3,6 +3,7 @@
 Folders by concern: ``networks/`` (UNeXt, Swin-Unet), ``data/`` (preparation, datalists,
 transforms, the synthetic demo set), ``training/`` (trainer, handlers, terms, losses, EMA, mixup, schedules,
 checkpoints, distributed), ``methods/`` (the unsupervised terms of each method),
+``pretraining/`` (masked image modelling of the Swin-Unet),
 ``evaluation/`` (metrics, evaluation, biometry, overlays), ``deploy/`` (inference, model
 record, packaging, export), ``tools/`` (comparison, benchmarks, GPU check; not shipped),
 ``utils/`` (command-line options, atomic writes, paths, the process setup), ``monailabel_app/``.

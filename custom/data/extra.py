@@ -69,7 +69,7 @@ def read_extra_images(
         raise FileNotFoundError(f"--unlabeled-extra {source}: folder not found")
     files = list_files(source)
     if ids is not None and str(ids) != "":
-        wanted = parse_id_ranges(ids)
+        wanted = parse_id_ranges(ids, "--unlabeled-extra-ids")
         files = [f for f in files if strip_suffix(f).isdigit() and int(strip_suffix(f)) in wanted]
     extra = ExtraImages(source=source.resolve())
     if not files:

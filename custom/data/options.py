@@ -44,8 +44,9 @@ def parse_label_map(value: Any) -> dict[int, int] | None:
     return mapping
 
 
-def parse_id_ranges(value: Any) -> set[int]:
-    """Integer ids from ``"4500-4799"``, ``"4500-4799,4900"``, an int or a list of those."""
+def parse_id_ranges(value: Any, option: str = "--test-ids") -> set[int]:
+    """Integer ids from ``"4500-4799"``, ``"4500-4799,4900"``, an int or a list of those; a bad value
+    is refused naming ``option``."""
     ids: set[int] = set()
     for item in _items(value):
         text = str(item).strip()
@@ -58,7 +59,7 @@ def parse_id_ranges(value: Any) -> set[int]:
             else:
                 ids.add(int(text))
         except ValueError as exc:
-            raise OptionError(f"--test-ids {value!r}: '{text}' is not an id or an id range like 4500-4799") from exc
+            raise OptionError(f"{option} {value!r}: '{text}' is not an id or an id range like 4500-4799") from exc
     return ids
 
 

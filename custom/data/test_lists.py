@@ -267,7 +267,7 @@ def add_test_list(
         raise ValueError(f"{source}: {discovery.num_classes} classes, but {file} has {num_classes}")
     samples = sorted(discovery.samples, key=lambda s: s.name)
     if ids is not None and str(ids) != "":
-        wanted = parse_id_ranges(ids)
+        wanted = parse_id_ranges(ids, "--ids")
         samples = [s for s in samples if s.name.isdigit() and int(s.name) in wanted]
         if not samples:
             raise ValueError(f"--ids {ids}: no frame of {source} has an id in this range")

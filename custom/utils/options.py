@@ -27,6 +27,9 @@ RULES: dict[str, tuple[str, str]] = {
     "labeled_bs": ("int>=1", "a positive integer"),
     "learning_rate": ("float>0", "a finite number above 0"),
     "seed": ("seed", f"an integer within 0..{SEED_MAX}"),
+    "pretrain_iterations": ("int>=1", "a positive integer"),
+    "pretrain_batch_size": ("int>=1", "a positive integer"),
+    "pretrain_learning_rate": ("float>0", "a finite number above 0"),
 }
 
 

@@ -7,6 +7,7 @@ KILL_AT       "iteration:N"  SIGKILL after the trainer's N-th iteration (mid-epo
               "model:N"      SIGKILL in the middle of the N-th write of model.pt of this process
               "state:N"      SIGKILL in the middle of the N-th write of the training state
 KILL_RANK     "1"            kill only the torchrun worker of this RANK (default: any process)
+KILL_ENGINE   the engine class KILL_AT iteration:N watches (default SemiSupervisedTrainer)
 KILL_ONCE     a file path    kill only while this file is absent, creating it first (a group that
                              torchrun restarts is then not killed again)
 A kill mid-write writes half the bytes of the file first, into whatever file the code
@@ -65,7 +66,7 @@ if _at:
             out = _fire(self, event_name, *args, **kwargs)
             if (
                 event_name == Events.ITERATION_COMPLETED
-                and type(self).__name__ == "SemiSupervisedTrainer"
+                and type(self).__name__ == os.environ.get("KILL_ENGINE", "SemiSupervisedTrainer")
                 and self.state.iteration == _n
                 and _armed()
             ):

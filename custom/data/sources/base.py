@@ -18,8 +18,13 @@ __all__ = [
     "SourceOptions",
     "relative",
     "list_files",
+    "is_mask_name",
     "pair_by_name",
 ]
+
+# the endings of a file stem that name a mask, not an image (``X_mask.png`` beside ``X.png``;
+# HC18's ``NNN_HC_Annotation.png``): such files are never taken for images
+MASK_STEM_ENDINGS = ("_mask", "_masks", "_seg", "_segmentation", "_label", "_labels", "_annotation", "_gt")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,11 @@ def list_files(directory: Path, suffixes: Iterable[str] = SUPPORTED_SUFFIXES) ->
         for path in directory.iterdir()
         if path.is_file() and not path.name.startswith(".") and full_suffix(path) in wanted
     )
+
+
+def is_mask_name(path: Path | str) -> bool:
+    """Whether a file's name says it holds a mask (its stem ends in one of ``MASK_STEM_ENDINGS``)."""
+    return strip_suffix(Path(path)).lower().endswith(MASK_STEM_ENDINGS)
 
 
 def unusable_entries(directory: Path, root: Path, suffixes: Iterable[str] = SUPPORTED_SUFFIXES) -> list[Problem]:
