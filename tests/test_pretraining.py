@@ -96,17 +96,30 @@ def _args(dataset: str, out: Path, **more) -> list[str]:
         "log_every": 4,
         **more,
     }
-    args = [sys.executable, "-m", "monai.bundle", "run", "pretraining", "--config_file",
-            str([str(CONFIGS / "common.yaml"), str(CONFIGS / "pretrain.yaml")]), "--meta_file",
-            str(CONFIGS / "metadata.json")]
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "pretraining",
+        "--config_file",
+        str([str(CONFIGS / "common.yaml"), str(CONFIGS / "pretrain.yaml")]),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+    ]
     for k, v in values.items():
         args += [f"--{k}", repr(v) if isinstance(v, list) else str(v)]
     return args
 
 
 def _run(args, kill_at: str | None = None, expect: int = 0):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{HOOKS}{os.pathsep}{REPO}", "KILL_REPO": str(REPO),
-           "KILL_ENGINE": "SupervisedTrainer"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{HOOKS}{os.pathsep}{REPO}",
+        "KILL_REPO": str(REPO),
+        "KILL_ENGINE": "SupervisedTrainer",
+    }
     env.pop("KILL_AT", None)
     if kill_at:
         env["KILL_AT"] = kill_at
@@ -137,7 +150,9 @@ def test_pretraining_writes_weights_that_transformer_pretrained_path_loads(demo_
 
     saved = torch.load(out / "transformer_pretrained.pt", map_location="cpu", weights_only=True)["state_dict"]
     fresh = _swin(seed=1)
-    assert not torch.equal(fresh.encoder.layers[0].blocks[0].attn.qkv.weight, saved["layers.0.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(
+        fresh.encoder.layers[0].blocks[0].attn.qkv.weight, saved["layers.0.blocks.0.attn.qkv.weight"]
+    )
     report = load_pretrained_swin(fresh, str(out / "transformer_pretrained.pt"))
     assert not report["skipped"]
     for key, value in fresh.encoder.state_dict().items():
@@ -150,11 +165,22 @@ def test_pretraining_writes_weights_that_transformer_pretrained_path_loads(demo_
 
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "common.yaml")])
-    parser.update({"bundle_root": str(REPO / "bundle"), "dataset_dir": demo_dataset, "ckpt_dir": str(tmp_path / "m"),
-                   "image_size": [64, 64], "transformer_def#embed_dim": 12, "transformer_def#num_heads": [1, 1, 2, 2],
-                   "transformer_def#window_size": 4, "transformer_pretrained_path": str(out / "transformer_pretrained.pt")})
+    parser.update(
+        {
+            "bundle_root": str(REPO / "bundle"),
+            "dataset_dir": demo_dataset,
+            "ckpt_dir": str(tmp_path / "m"),
+            "image_size": [64, 64],
+            "transformer_def#embed_dim": 12,
+            "transformer_def#num_heads": [1, 1, 2, 2],
+            "transformer_def#window_size": 4,
+            "transformer_pretrained_path": str(out / "transformer_pretrained.pt"),
+        }
+    )
     built = parser.get_parsed_content("transformer")
-    assert torch.equal(built.encoder.layers[1].blocks[1].mlp.fc1.weight.cpu(), saved["layers.1.blocks.1.mlp.fc1.weight"])
+    assert torch.equal(
+        built.encoder.layers[1].blocks[1].mlp.fc1.weight.cpu(), saved["layers.1.blocks.1.mlp.fc1.weight"]
+    )
 
 
 def test_pretraining_resumes_after_a_kill(demo_dataset, tmp_path):

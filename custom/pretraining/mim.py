@@ -40,8 +40,14 @@ class RandPatchMaskd(Randomizable, MapTransform):
     1 where the token is masked. ``mask_ratio`` of the ``mask_patch_size``-pixel cells are masked
     (SimMIM: 32 px cells at ratio 0.6 for 192-224 px images), chosen at random per image."""
 
-    def __init__(self, keys: Any = "image", image_size: int = 128, mask_patch_size: int = 16,
-                 mask_ratio: float = 0.6, mask_key: str = "mask") -> None:
+    def __init__(
+        self,
+        keys: Any = "image",
+        image_size: int = 128,
+        mask_patch_size: int = 16,
+        mask_ratio: float = 0.6,
+        mask_key: str = "mask",
+    ) -> None:
         MapTransform.__init__(self, keys)
         image_size, mask_patch_size = int(image_size), int(mask_patch_size)
         if mask_patch_size % PATCH or image_size % mask_patch_size:

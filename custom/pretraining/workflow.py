@@ -62,8 +62,10 @@ def _extra_files(folder: Path, ids: Any) -> list[Path]:
         wanted = parse_id_ranges(ids, "--extra_ids")
         files = [f for f in files if strip_suffix(f).isdigit() and int(strip_suffix(f)) in wanted]
     if not files:
-        raise OptionError(f"--extra_images {folder}: no image file (PNG/JPEG/BMP/TIFF/NIfTI/DICOM) there"
-                          + (f" with an id within --extra_ids {ids}" if ids not in (None, "") else ""))
+        raise OptionError(
+            f"--extra_images {folder}: no image file (PNG/JPEG/BMP/TIFF/NIfTI/DICOM) there"
+            + (f" with an id within --extra_ids {ids}" if ids not in (None, "") else "")
+        )
     return files
 
 
@@ -97,8 +99,10 @@ def pretraining_images(datalist_file: str, extra_images: Any = None, extra_ids: 
             for path in _extra_files(folder, extra_ids):
                 twin = held_out.get(_frame_hash(path))
                 if twin is not None:
-                    raise ValueError(f"--extra_images {path}: the same frame as {twin} of {datalist_file}; held-out "
-                                     "frames never enter pretraining (leave it out, e.g. with --extra_ids)")
+                    raise ValueError(
+                        f"--extra_images {path}: the same frame as {twin} of {datalist_file}; held-out "
+                        "frames never enter pretraining (leave it out, e.g. with --extra_ids)"
+                    )
                 if os.path.realpath(path) not in known:
                     known.add(os.path.realpath(path))
                     entries.append({"image": str(path.resolve()), "source": f"extra:{folder.name}"})
@@ -229,5 +233,9 @@ class PretrainedWeightsSaver:
         atomic_torch_save({"state_dict": state}, self.path)
         record = {**self.record(engine), "weights_sha256": _sha256(self.path)}
         atomic_write_json(os.path.join(self.save_dir, RECORD_FILE), record)
-        logger.info("pretrained encoder after %d of %d iterations: %s", record["iterations"],
-                    record["max_iterations"], self.path)
+        logger.info(
+            "pretrained encoder after %d of %d iterations: %s",
+            record["iterations"],
+            record["max_iterations"],
+            self.path,
+        )
