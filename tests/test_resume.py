@@ -151,3 +151,58 @@ def test_a_state_of_the_earlier_teacher_layout_resumes_into_the_teachers_by_role
     with pytest.raises(ValueError, match="earlier layout") as e:
         resume_training(saver, engine)
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- resuming with other settings (issue 33)
+
+
+def _train(tmp_path, dataset, method="bcp", **more):
+    from monai.bundle import run
+
+    ov = tiny_overrides(tmp_path, dataset, **{"max_iterations": 4, "validate_transformer": False, **more})
+    ov["train#epoch_length"] = 2
+    run(run_id="training", config_file=train_config_files(f"methods/{method}.yaml"), **ov)
+    return _final_state(tmp_path / "models")
+
+
+def _message(error: BaseException) -> str:
+    """The project's own message at the bottom of MONAI's chain of config-evaluation errors."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error)
+
+
+def test_a_finished_run_resumed_with_more_iterations_trains_to_the_new_length(tmp_path, demo_dataset, capsys):
+    first = _train(tmp_path, demo_dataset)
+    assert first["trainer"]["iteration"] == 4
+    longer = _train(tmp_path, demo_dataset, max_iterations=8, resume=True)
+    assert longer["trainer"]["iteration"] == 8 and longer["trainer"]["max_epochs"] == 4
+    # the poly schedule now spans the new length; its position continued from the state
+    assert longer["lr_scheduler_cnn"]["lr_lambdas"][0]["total_iterations"] == 8
+    assert longer["lr_scheduler_cnn"]["last_epoch"] == 8
+    assert any(not torch.equal(v, longer["cnn"][k]) for k, v in first["cnn"].items())  # it trained
+    assert "last:" in capsys.readouterr().out
+
+    again = _train(tmp_path, demo_dataset, max_iterations=8, resume=True)  # already there: nothing to do
+    assert again["trainer"]["iteration"] == 8
+    assert "nothing was left to train" in capsys.readouterr().out
+    with pytest.raises(Exception) as e:  # shorter than what was trained: refused
+        _train(tmp_path, demo_dataset, max_iterations=6, resume=True)
+    assert "is at iteration 8, beyond this run's 6 (max_iterations)" in _message(e.value)
+
+
+@pytest.mark.parametrize("written_by, resumed_by", [("bcp", "labeled_only"), ("ours", "bcp"), ("labeled_only", "ours")])
+def test_a_state_of_another_method_is_refused(tmp_path, demo_dataset, written_by, resumed_by):
+    _train(tmp_path, demo_dataset, method=written_by)
+    with pytest.raises(Exception) as e:
+        _train(tmp_path, demo_dataset, method=resumed_by, max_iterations=6, resume=True)
+    message = _message(e.value)
+    assert f"written by method '{written_by}', this run is '{resumed_by}'" in message and "\n" not in message
+    # a state written before the method was recorded is refused by what it holds
+    path = tmp_path / "models" / "train_state" / "train_state.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    del state["method"]
+    atomic_torch_save(state, str(path))
+    with pytest.raises(Exception) as e:
+        _train(tmp_path, demo_dataset, method=resumed_by, max_iterations=6, resume=True)
+    assert "written by another method" in _message(e.value) or "another method or layout" in _message(e.value)

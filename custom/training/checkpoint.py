@@ -8,6 +8,7 @@ before the rename, which ``DiskSaver`` does not, so a crash never leaves a trunc
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -151,8 +152,9 @@ class TrainingStateSaver:
         filename: str = "train_state.pt",
         datasets: Sequence[Any] = (),
         resume: bool = False,
+        method: str | None = None,
     ) -> None:
-        self.save_dir, self.save_dict = save_dir, dict(save_dict)
+        self.save_dir, self.save_dict, self.method = save_dir, dict(save_dict), method
         self.save_interval, self.filename = int(save_interval), filename
         self.datasets, self.resume = (
             list(datasets),
@@ -179,6 +181,8 @@ class TrainingStateSaver:
         if hasattr(engine, "extra_state_dict"):
             out["trainer_extra"] = engine.extra_state_dict()
         out["random"] = random_states(self.datasets)
+        if self.method is not None:
+            out["method"] = str(self.method)
         return out
 
     def rank_state(self, engine: Engine) -> dict[str, Any]:
@@ -226,7 +230,13 @@ def resume_training(saver: TrainingStateSaver, engine: Engine, path: str | None 
     if not os.path.isfile(path):
         logger.info("no training state at %s: starting from scratch", path)
         return False
-    state = load_training_state(path, saver.save_dict, engine)
+    planned_epochs, epoch_length = (getattr(engine.state, k, None) for k in ("max_epochs", "epoch_length"))
+    shapes = _schedule_shapes(saver.save_dict)
+    state = load_training_state(path, saver.save_dict, engine, method=saver.method)
+    _check_teachers(state, engine, path, saver.method)
+    for obj, shape in shapes:  # a schedule's shape is this run's (its horizon), its position the state's
+        vars(obj).update(shape)
+    _continue_to_planned_length(engine, planned_epochs, epoch_length, path)
     rank, world = _rank_and_world()
     ranks = state.get("ranks")
     own = ranks[rank] if ranks is not None and len(ranks) == world else None  # torchrun: this rank's own
@@ -291,12 +301,103 @@ def _load_failure(error: Exception) -> str:
     return f"not a readable PyTorch checkpoint ({type(error).__name__}{f': {text[:200]}' if text else ''})"
 
 
-def load_training_state(path: str, objects: Mapping[str, Any], engine: Engine | None = None) -> dict[str, Any]:
-    """Load a file written by :class:`TrainingStateSaver` into ``objects`` (and ``engine``)."""
+# what a training state holds besides the saved objects
+_STATE_KEYS = {"trainer", "trainer_extra", "random", "ranks", "teacher", "method"}
+
+
+# what of a learning-rate scheduler is its position in the run (from the state on a resume); the
+# rest (the horizon, the warm-up, the lambdas' settings) is its shape, this run's
+_SCHEDULE_POSITION = {"last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step"}
+
+
+def _schedule_shapes(objects: Mapping[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """The shape of every learning-rate scheduler in ``objects`` (its own settings, and those of a
+    ``LambdaLR``'s lambda objects, e.g. the poly schedule's horizon), which ``load_state_dict``
+    would overwrite with the saved run's: ``(object, settings)`` pairs to put back after loading."""
+    from torch.optim.lr_scheduler import LRScheduler
+
+    shapes = []
+    for obj in objects.values():
+        if not isinstance(obj, LRScheduler):
+            continue
+        own = {k: v for k, v in vars(obj).items() if k not in _SCHEDULE_POSITION | {"optimizer", "lr_lambdas"}}
+        shapes.append((obj, copy.deepcopy(own)))
+        for fn in getattr(obj, "lr_lambdas", ()):
+            if not hasattr(fn, "__func__") and getattr(fn, "__dict__", None):  # an object, not a (bound) function
+                shapes.append((fn, copy.deepcopy(vars(fn))))
+    return shapes
+
+
+def _continue_to_planned_length(engine: Engine, planned_epochs: Any, epoch_length: Any, path: str) -> None:
+    """A resumed run trains to this run's length (a longer ``max_iterations`` continues a finished
+    run; the poly schedule and the terms' ramps then span the new length), never past it."""
+    if planned_epochs is None or epoch_length is None:
+        return
+    done, saved_length = int(engine.state.iteration), int(engine.state.epoch_length)
+    if saved_length != int(epoch_length):
+        raise ValueError(
+            f"{path} was written with {saved_length} iterations per epoch, this run has {int(epoch_length)} "
+            "(train#epoch_length): resume with the same epoch length, or start in a new ckpt_dir"
+        )
+    planned = int(planned_epochs) * int(epoch_length)
+    if done > planned:
+        raise ValueError(
+            f"{path} is at iteration {done}, beyond this run's {planned} (max_iterations): give max_iterations of "
+            f"at least {done} to continue it, or start in a new ckpt_dir"
+        )
+    if int(engine.state.max_epochs) != int(planned_epochs):
+        logger.info(
+            "resuming a run planned for %d iterations to %d: its learning-rate schedule and ramps now span %d",
+            int(engine.state.max_epochs) * saved_length,
+            planned,
+            planned,
+        )
+        engine.state.max_epochs = int(planned_epochs)
+    if done == planned:
+        logger.info(
+            "%s is already at iteration %d of %d: nothing left to train (a larger max_iterations continues it)",
+            path,
+            done,
+            planned,
+        )
+
+
+def _check_teachers(state: Mapping[str, Any], engine: Engine, path: str, method: str | None) -> None:
+    """The state's EMA teachers are this method's (by role)."""
+    saved = set((state.get("trainer_extra") or {}).get("teachers") or {})
+    wanted = set(getattr(engine, "teachers", {}) or {})
+    if "teacher" in state or not hasattr(engine, "teachers"):
+        return  # the earlier layout: _teachers_by_role places it
+    if saved != wanted:
+        raise ValueError(
+            f"{path} holds EMA teachers {sorted(saved) or 'none'}, this method ({method or 'unnamed'}) has "
+            f"{sorted(wanted) or 'none'}: it was written by another method; resume with that method, or start in a "
+            "new ckpt_dir"
+        )
+
+
+def load_training_state(
+    path: str, objects: Mapping[str, Any], engine: Engine | None = None, method: str | None = None
+) -> dict[str, Any]:
+    """Load a file written by :class:`TrainingStateSaver` into ``objects`` (and ``engine``). A state
+    written by another method (its recorded ``method``, or objects this run does not have, such as
+    a second network) is refused, naming both."""
     state = safe_torch_load(path, "training state")
+    written_by = state.get("method")
+    if method is not None and written_by is not None and str(written_by) != str(method):
+        raise ValueError(
+            f"{path} was written by method '{written_by}', this run is '{method}': resume with --method's file "
+            f"methods/{written_by}.yaml, or start '{method}' in a new ckpt_dir"
+        )
     missing = [k for k in objects if k not in state]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}; it holds {sorted(state)}")
+    foreign = sorted(k for k in state if k not in objects and k not in _STATE_KEYS)
+    if missing or foreign:
+        raise ValueError(
+            f"{path} holds {sorted(k for k in state if k not in _STATE_KEYS)}, this run "
+            f"({method or 'this method'}) saves {sorted(objects)}: it was written by "
+            f"{repr(written_by) if written_by else 'another method or layout'}; resume with that method, or start "
+            "in a new ckpt_dir"
+        )
     for name, obj in objects.items():
         _load_state_into(obj, state[name])
     if engine is not None:

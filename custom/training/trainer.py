@@ -512,9 +512,11 @@ def report_best(evaluator: Any) -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
         return
     state = evaluator.state
-    last = state.metrics.get("val_mean_dice", float("nan"))
     best, epoch = state.best_metric, state.best_metric_epoch
-    print(f"best validation mean Dice (UNeXt): {best:.4f} at epoch {epoch}; last: {last:.4f}")
+    if "val_mean_dice" not in state.metrics:  # a resumed run that had already reached max_iterations
+        print(f"best validation mean Dice (UNeXt): {best:.4f} at epoch {epoch}; nothing was left to train")
+        return
+    print(f"best validation mean Dice (UNeXt): {best:.4f} at epoch {epoch}; last: {state.metrics['val_mean_dice']:.4f}")
 
 
 def bf16_is_native(device: torch.device | str) -> bool:
