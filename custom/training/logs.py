@@ -1,5 +1,6 @@
-"""Console output of the bundle's training: the iteration-log interval, and one progress bar
-per epoch with the log lines printed above it rather than through it.
+"""Console output of the bundle's training: the iteration-log interval, and on a terminal one
+progress bar per epoch with the log lines printed above it rather than through it (off a
+terminal, a log file or a pipe, no bar: the log lines are the progress).
 
 ``train.yaml`` uses both::
 
@@ -19,7 +20,7 @@ from typing import Any
 from ignite.engine import Events
 from ignite.handlers import ProgressBar as _IgniteProgressBar
 
-__all__ = ["every_n", "ProgressBar", "TqdmStreamHandler", "route_console_through_tqdm"]
+__all__ = ["every_n", "on_terminal", "ProgressBar", "TqdmStreamHandler", "route_console_through_tqdm"]
 
 
 def every_n(n: int) -> Callable[[Any, int], bool] | bool:
@@ -73,12 +74,26 @@ def route_console_through_tqdm(logger: logging.Logger | None = None) -> int:
     return replaced
 
 
+def on_terminal(stream: Any = None) -> bool:
+    """Whether ``stream`` (default: stderr, where the bars go) is an interactive terminal."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 class ProgressBar(_IgniteProgressBar):
     """Ignite's ``ProgressBar`` that prints the console log lines above the bar (through
     ``tqdm.write``) instead of through it, and closes the bar before the epoch's other handlers
     (validation, saving) log, so with ``persist=True`` each epoch leaves one finished bar."""
 
     def attach(self, engine: Any, *args: Any, **kwargs: Any) -> None:
+        if not on_terminal():
+            # a log file or a pipe gets lines, not ~1,400 redraws glued to them: the StatsHandler's
+            # iteration lines and ignite's "Epoch[n] Complete" line are the progress there
+            logging.getLogger(__name__).info("output is not a terminal: progress as log lines, no progress bar")
+            return
         route_console_through_tqdm()
         super().attach(engine, *args, **kwargs)
         closing = kwargs.get("closing_event_name", args[3] if len(args) > 3 else Events.EPOCH_COMPLETED)
