@@ -328,3 +328,26 @@ def test_every_config_file_the_docs_name_exists_and_parses():
     for p in sorted(named):
         if p.endswith(".yaml"):
             assert isinstance(ConfigParser.load_config_file(str(REPO / p)) or {}, dict), p
+
+
+def test_masks_beside_extra_frames_never_join_the_pool(tmp_path):
+    """Issue 33: ``X_mask.png`` beside ``X.png``, or a data set's ``images/`` + ``labels/`` layout
+    given as the extra folder: the masks are left out by name and only images join the pool."""
+    from PIL import Image
+
+    from custom.data.extra import read_extra_images
+
+    rng = np.random.default_rng(0)
+    flat, layout = tmp_path / "flat", tmp_path / "layout"
+    for folder in (flat, layout / "images", layout / "labels"):
+        folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(flat / f"{i:05d}.png")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(flat / f"{i:05d}_mask.png")
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(layout / "images" / f"{i:05d}.png")
+        Image.fromarray(np.full((32, 32), i, np.uint8)).save(layout / "labels" / f"{i:05d}.png")
+    extra = read_extra_images(flat, None, [], progress=False)
+    assert sorted(extra.images) == ["00000", "00001", "00002"]
+    assert "3 files named as masks left out (00000_mask.png" in extra.note
+    extra = read_extra_images(layout, "1-2", [], progress=False)
+    assert sorted(extra.images) == ["00001", "00002"] and extra.source == (layout / "images").resolve()

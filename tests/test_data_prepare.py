@@ -396,13 +396,20 @@ def test_folder_kind_conversions_label_map_and_nifti(tmp_path: Path) -> None:
     dicom.SetSpacing((0.3, 0.3))
     sitk.WriteImage(dicom, str(source / "images" / "p5_a.dcm"))
     save_png(source / "labels" / "p5_a_mask.png", mask)
+    from PIL import Image
+
+    Image.fromarray(np.full((20, 30), 60, np.uint8)).save(source / "images" / "p6_a.gif")  # palette GIF
+    Image.fromarray(np.full((20, 30), 90, np.uint8)).save(source / "images" / "p7_a.webp", lossless=True)
+    for name in ("p6_a", "p7_a"):
+        save_png(source / "labels" / f"{name}_mask.png", mask)
     summary = prepare(
         "folder", source, tmp_path / "out", label_map="255:1", label_suffix="_mask", group_regex=r"^(p\d)_",
         val_fraction=0, test_fraction=0, progress=False, quiet=True,
     )  # fmt: skip
     datalist = load_datalist(tmp_path / "out")
     by_name = {e["name"]: e for e in all_entries(datalist)}
-    assert {e["group"] for e in by_name.values()} == {"p1", "p2", "p3", "p4", "p5"}
+    assert {e["group"] for e in by_name.values()} == {"p1", "p2", "p3", "p4", "p5", "p6", "p7"}
+    assert np.all(read_png(Path(by_name["p6_a"]["image"])) == 60) and np.all(read_png(Path(by_name["p7_a"]["image"])) == 90)
     assert by_name["p5_a"]["spacing"] == pytest.approx([0.3, 0.3]) and "spacing" not in by_name["p1_a"]
     assert np.all(read_png(Path(by_name["p5_a"]["image"])) == 120)
     converted = read_png(Path(by_name["p1_a"]["image"]))

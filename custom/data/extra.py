@@ -11,7 +11,7 @@ from typing import Any
 from .errors import DataValidationError, Problem, ReadError
 from .options import parse_id_ranges
 from .readers import read_image_plane, strip_suffix
-from .sources.base import list_files
+from .sources.base import is_mask_name, list_files
 from .test_lists import content_hash
 from .validate import CheckedSample
 
@@ -28,6 +28,7 @@ class ExtraImages:
     source: Path
     images: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    masks_left_out: list[str] = field(default_factory=list)
 
     @property
     def group(self) -> str:
@@ -36,7 +37,11 @@ class ExtraImages:
 
     @property
     def note(self) -> str:
-        return f"unlabelled extra: {len(self.images)} images from {self.source} (group {self.group}, no masks)"
+        note = f"unlabelled extra: {len(self.images)} images from {self.source} (group {self.group}, no masks)"
+        if self.masks_left_out:
+            shown = ", ".join(self.masks_left_out[:3]) + (", ..." if len(self.masks_left_out) > 3 else "")
+            note += f"; {len(self.masks_left_out)} files named as masks left out ({shown})"
+        return note
 
     def write(self, out_dir: Path) -> list[dict[str, Any]]:
         """Write the images as PNG under ``EXTRA_DIR``; their ``unlabeled`` entries (no ``label``)."""
@@ -67,11 +72,15 @@ def read_extra_images(
 
     if not source.is_dir():
         raise FileNotFoundError(f"--unlabeled-extra {source}: folder not found")
+    if not list_files(source) and (source / "images").is_dir():  # a data set's layout: images/ beside labels/
+        source = source / "images"
     files = list_files(source)
+    masks = [f for f in files if is_mask_name(f)]  # X_mask.png beside X.png: never an image of the pool
+    files = [f for f in files if f not in masks]
     if ids is not None and str(ids) != "":
         wanted = parse_id_ranges(ids, "--unlabeled-extra-ids")
         files = [f for f in files if strip_suffix(f).isdigit() and int(strip_suffix(f)) in wanted]
-    extra = ExtraImages(source=source.resolve())
+    extra = ExtraImages(source=source.resolve(), masks_left_out=[m.name for m in masks])
     if not files:
         raise DataValidationError([Problem(str(source), "no readable image file (or none within --unlabeled-extra-ids)")],
                                   context="--unlabeled-extra")

@@ -38,7 +38,7 @@ __all__ = [
     "read_mask_plane",
 ]
 
-PIL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+PIL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 NIFTI_SUFFIXES = frozenset({".nii", ".nii.gz"})
 SITK_SUFFIXES = NIFTI_SUFFIXES | {".dcm", ".dicom", ".mha", ".mhd", ".nrrd"}
 SUPPORTED_SUFFIXES = PIL_SUFFIXES | SITK_SUFFIXES

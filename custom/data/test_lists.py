@@ -29,6 +29,7 @@ import numpy as np
 
 from custom.utils.atomic import atomic_write_json
 from custom.utils.cli import parse_bool
+from custom.utils.options import check_option
 from .datalist import DATALIST_NAME, load_datalist, read_datalist_file
 from .errors import DataValidationError, Problem
 from .options import parse_id_ranges
@@ -207,10 +208,14 @@ def add_shifted_lists(
     from tqdm.auto import tqdm
 
     overwrite, progress = parse_bool(overwrite, "overwrite"), parse_bool(progress, "progress")
+    seed = check_option("seed", seed, flag="--seed")
     kinds_l = [k.strip() for k in (kinds.split(",") if isinstance(kinds, str) else kinds) if str(k).strip()]
     unknown = [k for k in kinds_l if k not in SHIFTS]
     if unknown or not kinds_l:
         raise ValueError(f"--kinds {','.join(kinds_l) or '(none)'}: choose from {', '.join(SHIFTS)}")
+    repeated = sorted({k for k in kinds_l if kinds_l.count(k) > 1})
+    if repeated:
+        raise ValueError(f"--kinds {','.join(kinds_l)}: {', '.join(repeated)} given twice; name each kind once")
     file = _datalist_file(dataset_dir)
     datalist = load_datalist(file)
     entries = datalist.get(source_list)

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from custom.data.datalist import label_names
+from custom.utils.options import check_option
 from custom.utils.paths import ABLATED_METHOD, DEFAULT_METHOD, source_root
 
 __all__ = [
@@ -256,6 +257,23 @@ def method_file(method: str) -> tuple[str, list[Path]]:
     return method, [path]
 
 
+def _check_override_file(path: str) -> None:
+    """An ``--override`` file: a YAML/JSON mapping of config keys to values (one line otherwise)."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--override {path}: file not found")
+    try:
+        content = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"--override {path}: not readable YAML ({' '.join(str(e).split())[:200]})") from e
+    if not isinstance(content, dict):
+        raise ValueError(
+            f"--override {path}: holds {type(content).__name__ if content is not None else 'nothing'}, "
+            "where a mapping of config keys to values is expected (key: value lines)"
+        )
+
+
 def build_runs(
     dataset_dir: str | Path,
     methods: Sequence[str],
@@ -278,8 +296,7 @@ def build_runs(
         raise ValueError(f"two methods share a name: {names}")
     extra = [str(Path(o).resolve()) for o in overrides]
     for o in extra:
-        if not Path(o).is_file():
-            raise FileNotFoundError(f"override file not found: {o}")
+        _check_override_file(o)
     runs = []
     for method, paths in resolved:
         files = [str(p) for p in BASE_CONFIGS] + [str(p) for p in paths] + extra
@@ -753,7 +770,9 @@ def run_comparison(
     progress = parse_bool(progress, "progress")
     methods_l = _as_list(methods)
     names_l = [method_file(m)[0] for m in methods_l]
-    seeds_l = [int(s) for s in _as_list(seeds)]
+    seeds_l = [check_option("seed", s, flag="--seeds") for s in _as_list(seeds)]
+    if max_iterations is not None:
+        max_iterations = check_option("max_iterations", max_iterations, flag="--max-iterations")
     overrides_l = _as_list(override)
     if not methods_l or not seeds_l:
         raise ValueError("give at least one method and one seed")

@@ -66,11 +66,12 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def check_option(name: str, value: Any, *, dashes: bool = False) -> Any:
+def check_option(name: str, value: Any, *, dashes: bool = False, flag: str | None = None) -> Any:
     """``value`` of option ``name`` (a key of :data:`RULES`) normalised (an int, a float, a list of
-    two ints), or :class:`OptionError` naming ``--name`` (``--name-with-dashes`` for ``prepare``)."""
+    two ints), or :class:`OptionError` naming ``--name`` (``--name-with-dashes`` for ``prepare``;
+    ``flag`` where the command's option has another name, e.g. ``--seeds`` for one of a list)."""
     kind, expected = RULES[name]
-    error = OptionError(f"{_flag(name, dashes)}: expected {expected}, got {value!r}")
+    error = OptionError(f"{flag or _flag(name, dashes)}: expected {expected}, got {value!r}")
     if kind == "size":
         items = value
         if isinstance(value, str):
