@@ -409,7 +409,8 @@ def test_folder_kind_conversions_label_map_and_nifti(tmp_path: Path) -> None:
     datalist = load_datalist(tmp_path / "out")
     by_name = {e["name"]: e for e in all_entries(datalist)}
     assert {e["group"] for e in by_name.values()} == {"p1", "p2", "p3", "p4", "p5", "p6", "p7"}
-    assert np.all(read_png(Path(by_name["p6_a"]["image"])) == 60) and np.all(read_png(Path(by_name["p7_a"]["image"])) == 90)
+    assert np.all(read_png(Path(by_name["p6_a"]["image"])) == 60)
+    assert np.all(read_png(Path(by_name["p7_a"]["image"])) == 90)
     assert by_name["p5_a"]["spacing"] == pytest.approx([0.3, 0.3]) and "spacing" not in by_name["p1_a"]
     assert np.all(read_png(Path(by_name["p5_a"]["image"])) == 120)
     converted = read_png(Path(by_name["p1_a"]["image"]))
