@@ -358,3 +358,36 @@ def test_preparation_rejects_non_finite_images(fuzz_folder):
     for name in sorted(n for n in kinds if kinds[n] == "NaN/Inf" and n.endswith(".nii.gz")):
         with pytest.raises(ReadError):
             read_image_plane(folder / name)
+
+
+def test_json_nested_too_deeply_is_one_line_naming_the_file(tmp_path, demo_dataset):
+    """Issue 33: a 100,000-deep nested JSON (Python's parser raises ``RecursionError``) as a
+    datalist, a weights record or a demo set's datalist: one line naming the file."""
+    import shutil
+
+    from custom.data.demo import ensure_demo_dataset
+    from custom.deploy.model_config import ModelConfigError, datalist_labels, read
+    from custom.utils.jsonio import load_json
+
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"x": ' * 100_000 + "1" + "}" * 100_000)
+    with pytest.raises(ValueError, match=r"deep\.json: JSON nested too deeply"):
+        load_json(deep)
+    with pytest.raises(ModelConfigError, match=r"weights record .*deep\.json: JSON nested too deeply"):
+        read(deep)
+    assert datalist_labels(deep) is None  # the labels default applies; the datalist's own check names it
+    data = tmp_path / "data"
+    shutil.copytree(demo_dataset, data)
+    (data / "datalist.json").write_text('{"training": ' + '[' * 100_000 + "]" * 100_000 + "}")
+    marker_free = tmp_path / "demo"
+    marker_free.mkdir()
+    (marker_free / "datalist.json").write_text(deep.read_text())
+    with pytest.raises(FileExistsError, match="not a demo set"):  # not the demo's own: refused, untouched
+        ensure_demo_dataset(str(marker_free))
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+            str([str(CONFIGS / f) for f in ("common.yaml", "train.yaml", "methods/bcp.yaml")]),
+            "--meta_file", str(CONFIGS / "metadata.json"), "--dataset_dir", str(data),
+            "--ckpt_dir", str(tmp_path / "models"), "--image_size", "[64, 64]", "--max_iterations", "2"]
+    p = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1] == f"error: {data / 'datalist.json'}: JSON nested too deeply to be a datalist"

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from custom.utils.jsonio import load_json
 
 __all__ = ["synthetic_head_image", "ensure_demo_dataset"]
 
@@ -79,7 +80,7 @@ def _made_by_demo(out: Path) -> bool:
     if (out / DEMO_MARKER).is_file():
         return True
     try:
-        doc = json.loads((out / "datalist.json").read_text(encoding="utf-8"))
+        doc = load_json(out / "datalist.json")
     except (OSError, ValueError):
         return False
     return isinstance(doc, dict) and doc.get("description") == DEMO_DESCRIPTION and "spec_hash" in doc
@@ -115,9 +116,9 @@ def ensure_demo_dataset(
         )
     if datalist.is_file():
         try:
-            if json.loads(datalist.read_text()).get("spec_hash") == _spec_hash(spec):
+            if load_json(datalist).get("spec_hash") == _spec_hash(spec):
                 return str(datalist)
-        except (OSError, json.JSONDecodeError, AttributeError):
+        except (OSError, ValueError, AttributeError):
             pass
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo_tmp_", dir=out.parent))

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from custom.utils.cli import parse_bool
+from custom.utils.jsonio import load_json
 
 __all__ = [
     "FILENAME",
@@ -62,10 +63,9 @@ def read(path: str | os.PathLike | None) -> dict | None:
     if path is None or not os.path.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = load_json(path)
     except (OSError, ValueError) as e:
-        raise ModelConfigError(f"cannot read {path}: {e} (delete it or retrain)") from e
+        raise ModelConfigError(f"cannot read the weights record {path}: {e} (delete it or retrain)") from e
     if not isinstance(data, dict):
         raise ModelConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -74,8 +74,7 @@ def read(path: str | os.PathLike | None) -> dict | None:
 def datalist_labels(datalist_file: str | os.PathLike) -> dict | None:
     """The ``labels`` map (``{name: value}``) of a prepared datalist, ``None`` when it has none."""
     try:
-        with open(datalist_file, encoding="utf-8") as f:
-            labels = json.load(f).get("labels")
+        labels = load_json(datalist_file).get("labels")
     except (OSError, ValueError, AttributeError):
         return None
     return {str(k): int(v) for k, v in labels.items()} if isinstance(labels, Mapping) else None

@@ -23,6 +23,8 @@ import os
 import socket
 import time
 
+from custom.utils.jsonio import load_json
+
 __all__ = ["LOCK_NAME", "CkptDirLockedError", "hold_ckpt_dir", "release_ckpt_dir", "pid_alive"]
 
 logger = logging.getLogger(__name__)
@@ -61,8 +63,7 @@ def _is_rank0() -> bool:
 
 def _holder(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = load_json(path)
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
