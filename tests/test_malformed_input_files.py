@@ -390,4 +390,5 @@ def test_json_nested_too_deeply_is_one_line_naming_the_file(tmp_path, demo_datas
             "--ckpt_dir", str(tmp_path / "models"), "--image_size", "[64, 64]", "--max_iterations", "2"]
     p = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
-    assert p.stderr.strip().splitlines()[-1] == f"error: {data / 'datalist.json'}: JSON nested too deeply to be a datalist"
+    expected = f"error: {data / 'datalist.json'}: JSON nested too deeply to be a datalist"
+    assert p.stderr.strip().splitlines()[-1] == expected
