@@ -657,3 +657,44 @@ def test_every_command_refuses_a_value_no_option_took_in_one_line(argv, tmp_path
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "unexpected argument(s)" in errors[0], done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_a_full_disk_while_saving_names_the_file(tmp_path: Path, monkeypatch) -> None:
+    """Issue 33: torch's writer fails on a full device with a RuntimeError that names no file (an
+    OSError without a file name likewise): the error names the file that could not be written, in
+    one line, and the previous file stays whole."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    from custom.utils.atomic import atomic_torch_save, atomic_write_text
+    from custom.utils.outputs import os_error_line
+
+    target = tmp_path / "train_state.pt"
+    atomic_torch_save({"w": torch.ones(2)}, target)
+    before = target.read_bytes()
+    usage = namedtuple("usage", "total used free")
+
+    def full_save(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 0))
+    with pytest.raises(OSError) as e:
+        atomic_torch_save({"w": torch.zeros(2)}, target)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
+    assert os_error_line(e.value).startswith(f"{target}: No space left on device")
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["train_state.pt"]
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, 10**9))
+    with monkeypatch.context() as m:
+        def no_name(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a write() of a full disk raises it
+
+        m.setattr("builtins.open", no_name)
+        with pytest.raises(OSError) as e:
+            atomic_write_text(tmp_path / "summary.md", "text")
+    assert e.value.filename == str(tmp_path / "summary.md")

@@ -101,10 +101,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         _fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(folder)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        named = _named_write_error(error, path, folder)
+        if named is not None:
+            raise named from error
         raise
+
+
+def _named_write_error(error: BaseException, path: str, folder: str) -> OSError | None:
+    """The system's refusal to write ``path`` as an ``OSError`` that names it, where the writer's
+    own error does not: an ``OSError`` without a file name, or a library's ``RuntimeError`` (torch's
+    "PytorchStreamWriter failed writing file ...") on a device that is full."""
+    import errno
+    import shutil
+
+    if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+        return OSError(error.errno, error.strerror or os.strerror(error.errno), path)
+    if isinstance(error, (OSError, RuntimeError)) and not isinstance(error, NotImplementedError):
+        try:
+            full = shutil.disk_usage(folder).free < (1 << 20)
+        except OSError:
+            full = False
+        if full and not (isinstance(error, OSError) and error.filename is not None):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    return None
 
 
 def atomic_write(path: str | os.PathLike, writer_fn: Callable[[str], Any]) -> str:
