@@ -483,3 +483,35 @@ def test_package_refuses_weights_that_do_not_load_into_the_recorded_network(tmp_
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and str(weights) in lines[0], proc.stderr
     assert not out.exists(), "nothing is written for weights that are refused"
+
+
+def test_a_full_or_failing_output_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch, capsys):
+    """Issue 33: a full output device is refused before any work; a write the system refuses during
+    the work (here the zip) is one line naming the file; neither leaves a (half-)package nor the
+    empty dist/ the call created."""
+    import errno
+    from collections import namedtuple
+
+    from custom.deploy import package as pkg
+
+    usage = namedtuple("usage", "total used free")
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 0))
+    with pytest.raises(SystemExit) as e:
+        pkg._command(str(tmp_path / "dist"), name="b", allow_missing_weights=True)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path / 'dist'}: no space left on the device") and err.count("\n") == 1
+    assert not (tmp_path / "dist").exists()
+
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "make_archive", refused)
+    with pytest.raises(SystemExit) as e:
+        pkg._command(str(tmp_path / "dist"), name="b", zip=True, allow_missing_weights=True)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {tmp_path / 'dist' / 'b.zip'}: No space left on device")
+    assert not (tmp_path / "dist").exists()

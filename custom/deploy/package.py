@@ -37,6 +37,7 @@ on the command line (as MONAI Label and the model zoo's verification do) still o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -48,6 +49,7 @@ from typing import Any
 
 from custom.utils.atomic import atomic_write, atomic_write_text
 from custom.utils.cli import OptionError, parse_bool
+from custom.utils.outputs import OutputFolderError, check_output_folder, os_error_line
 from custom.utils.paths import DEFAULT_METHOD, bundle_root
 
 __all__ = ["package", "PackagingError", "main"]
@@ -291,6 +293,8 @@ def package(
         if not overwrite_:
             raise PackagingError(f"{zip_path} exists; pass --overwrite true to replace it")
         zip_path.unlink()
+    check_output_folder(out_dir, "--out")  # a read-only or full output is refused before any work
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # what to remove again on failure
     out_dir.mkdir(parents=True, exist_ok=True)
 
     try:
@@ -345,15 +349,17 @@ def package(
             shutil.copy2(source / "LICENSE", target / "LICENSE")
 
         _check_no_absolute_paths(target / "configs", [REPO_ROOT, source])
-    except BaseException:
+        if zip_:
+            # make_archive adds ".zip" to the temporary file's name without it: it writes that very file
+            atomic_write(
+                zip_path, lambda tmp: shutil.make_archive(tmp[: -len(".zip")], "zip", root_dir=out_dir, base_dir=name)
+            )
+    except BaseException:  # nothing half-packaged stays, nor the folders this call created
         shutil.rmtree(target, ignore_errors=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only while empty
         raise
-
-    if zip_:
-        # make_archive adds ".zip" to the temporary file's name without it: it writes that very file
-        atomic_write(
-            zip_path, lambda tmp: shutil.make_archive(tmp[: -len(".zip")], "zip", root_dir=out_dir, base_dir=name)
-        )
     return target
 
 
@@ -403,8 +409,14 @@ def _command(
             weights_url=weights_url,
             method=method,
         )
-    except (PackagingError, OptionError, FileNotFoundError) as error:
+    except (PackagingError, OptionError, OutputFolderError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:  # the system refused a write during the work (full disk, read-only)
+        line = os_error_line(error)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     print(f"bundle written to {target}")
     if parse_bool(zip, "zip"):
