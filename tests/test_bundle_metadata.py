@@ -151,3 +151,14 @@ def test_verify_net_in_out_detects_a_channel_mismatch(tmp_path):
     )
     assert proc.returncode != 0
     assert "output channel number" in proc.stderr
+
+
+def test_metadata_declares_the_monailabel_app_it_ships_with_its_pinned_version():
+    """Issue 33: the model zoo's property check reads ``supported_apps``; the bundle ships a MONAI
+    Label app (custom/monailabel_app) tested against the version requirements-monailabel.txt pins."""
+    import re
+
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    pinned = re.search(r"^monailabel==(\S+)$", (REPO / "requirements-monailabel.txt").read_text(), re.M).group(1)
+    assert meta["supported_apps"] == {"monai-label": pinned}
+    assert (REPO / "custom" / "monailabel_app" / "main.py").is_file()

@@ -118,7 +118,7 @@ def hc18_prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
 def test_hc18_prepared_layout_and_metadata(hc18_prepared: tuple[Path, dict]) -> None:
     out, summary = hc18_prepared
     datalist = json.loads((out / "datalist.json").read_text())
-    assert datalist["num_classes"] == 2 and datalist["labels"] == {"background": 0, "head": 1}
+    assert datalist["num_classes"] == 2 and datalist["labels"] == {"background": 0, "fetal head": 1}
     assert datalist["source_kind"] == "hc18" and datalist["seed"] == 0
     assert datalist["options"]["labeled_fraction"] == 0.05
     entries = all_entries(datalist)
@@ -137,7 +137,7 @@ def test_hc18_prepared_layout_and_metadata(hc18_prepared: tuple[Path, dict]) -> 
     assert sum(saved["image_sizes_wxh"].values()) == 741 and saved["image_sizes_wxh"]["800x540"] > 700
     assert saved["spacing_mm"]["known"] == 741 and saved["spacing_mm"]["x_min_max"][0] > 0.03
     fractions = saved["class_pixel_fractions"]["all_written_masks"]
-    assert sum(fractions.values()) == pytest.approx(1.0, abs=1e-4) and 0.1 < fractions["head"] < 0.5
+    assert sum(fractions.values()) == pytest.approx(1.0, abs=1e-4) and 0.1 < fractions["fetal head"] < 0.5
     assert not list(out.parent.glob(".prepared.*")), "temporary folders left behind"
 
 
@@ -263,7 +263,7 @@ def test_psfhs_cli_prepares_block_groups(psfhs_cli: tuple[Path, subprocess.Compl
     assert "Prepared 1056 images (psfhs)" in result.stdout
     datalist = json.loads((out / "datalist.json").read_text())
     assert datalist["num_classes"] == 3
-    assert datalist["labels"] == {"background": 0, "pubic_symphysis": 1, "fetal_head": 2}
+    assert datalist["labels"] == {"background": 0, "pubic symphysis": 1, "fetal head": 2}
     assert datalist["seed"] == 3 and datalist["options"]["hide_unlabeled_masks"] is True
     # psfhs draws labelled frames spread over the pool's video blocks (labeled_draw frames):
     # the pool, validation and test stay whole groups apart; labelled frames span every pool block

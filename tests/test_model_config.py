@@ -61,7 +61,7 @@ def test_scale_overrides_carry_no_workflow_keys(scale):
 def test_training_records_what_inference_needs(trained, demo_dataset):
     rec = json.loads((trained / "models" / "model_config.json").read_text())
     assert rec["image_size"] == [64, 64] and rec["num_classes"] == 2 and rec["in_channels"] == 1
-    assert rec["labels"] == {"background": 0, "head": 1} and rec["intensity_range"] == [0, 255]
+    assert rec["labels"] == {"background": 0, "fetal head": 1} and rec["intensity_range"] == [0, 255]
     assert rec["transformer_def"]["embed_dim"] == 12 and rec["transformer_def"]["window_size"] == 4
     assert rec["transformer_def"]["num_heads"] == [1, 1, 2, 2] and rec["transformer_def"]["img_size"] == 64
     assert rec["network_def"] == {"target": "custom.networks.UNeXt", "in_channels": 1, "out_channels": 2}
@@ -215,11 +215,11 @@ def test_package_and_monailabel_follow_the_recorded_weights(trained, tmp_path):
     assert fmt["inputs"]["image"]["spatial_shape"] == fmt["outputs"]["pred"]["spatial_shape"] == [64, 64]
     assert fmt["outputs"]["pred"]["num_channels"] == 2 and fmt["outputs"]["pred"]["channel_def"] == {
         "0": "background",
-        "1": "head",
+        "1": "fetal head",
     }
     assert (target / "models" / "model_config.json").read_bytes() == (models / "model_config.json").read_bytes()
 
     settings = BundleSettings.from_conf({"bundle_root": str(REPO / "bundle"), "models_dir": str(models)})
-    assert settings.num_classes == 2 and settings.labels == ["head"]
+    assert settings.num_classes == 2 and settings.labels == ["fetal head"]
     parser = settings.parser("inference")
     assert parser.get_parsed_content("transformer").encoder.patch_embed.proj.out_channels == 12

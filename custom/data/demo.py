@@ -100,7 +100,7 @@ def ensure_demo_dataset(
     from custom.utils.atomic import atomic_write_text
 
     spec = dict(
-        n_labeled=n_labeled, n_unlabeled=n_unlabeled, n_validation=n_validation, size=size, seed=seed, version=1
+        n_labeled=n_labeled, n_unlabeled=n_unlabeled, n_validation=n_validation, size=size, seed=seed, version=2
     )
     out = Path(out_dir)
     datalist = out / "datalist.json"
@@ -139,7 +139,7 @@ def ensure_demo_dataset(
                 lists[split].append(entry)
         doc = {
             "description": DEMO_DESCRIPTION,
-            "labels": {"background": 0, "head": 1},
+            "labels": {"background": 0, "fetal head": 1},
             "num_classes": 2,
             "spec": spec,
             "spec_hash": _spec_hash(spec),

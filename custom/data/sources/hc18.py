@@ -26,7 +26,7 @@ from .base import Discovery, Sample, SourceOptions, list_files, pair_by_name, re
 
 __all__ = ["LABELS", "subject_of", "read_pixel_size_csv", "discover_hc18", "load_filled_outline"]
 
-LABELS = {"background": 0, "head": 1}
+LABELS = {"background": 0, "fetal head": 1}  # the name MONAI Label and metadata.json use
 ANNOTATION_SUFFIX = "_Annotation"
 FILLED_VALUE_MAP = {1: 1, 255: 1}  # filled masks saved as 0/255 become 0/1
 NOTE_FILLED = "HC18 outline filled"

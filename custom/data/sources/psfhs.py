@@ -18,7 +18,7 @@ from .base import Discovery, Sample, SourceOptions, list_files, pair_by_name, re
 
 __all__ = ["LABELS", "LAYOUTS", "block_of", "discover_psfhs"]
 
-LABELS = {"background": 0, "pubic_symphysis": 1, "fetal_head": 2}
+LABELS = {"background": 0, "pubic symphysis": 1, "fetal head": 2}  # the names MONAI Label and metadata.json use
 LAYOUTS = (("image_mha", "label_mha", ".mha"), ("images", "labels", ".png"))
 
 

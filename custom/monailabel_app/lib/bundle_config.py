@@ -183,6 +183,37 @@ class BundleSettings:
         return {name: i for i, name in enumerate(self.labels, start=1)}
 
 
+def epoch_overrides(max_epochs: Any) -> dict[str, Any]:
+    """What ``max_epochs`` of a train request means, whatever scale file the server merges: an epoch
+    is one pass over the labelled images MONAI Label hands in (not a scale file's ``epoch_length``:
+    ``cpu_small.yaml``'s 200 would make 10 epochs 2,000 iterations), validated after each, and the
+    learning-rate schedule and the terms' ramps span the ``max_epochs`` passes."""
+    try:
+        epochs = int(str(max_epochs).strip())
+    except ValueError:
+        epochs = 0
+    if epochs < 1 or isinstance(max_epochs, bool):
+        raise ValueError(f"train request: max_epochs {max_epochs!r}: expected a positive integer (passes over the "
+                         "labelled images)")
+    return {
+        "train#epoch_length": "$len(@train#dataloader)",
+        "max_iterations": f"$max(1, {epochs} * len(@train#dataloader))",
+    }
+
+
+def running_or_stopped(stats: dict[str, Any]) -> dict[str, Any]:
+    """``stats`` as ``GET /info/`` should show them: a ``running`` run whose process has ended
+    without writing ``done`` or ``failed`` (``DELETE /train/`` stops it with a signal, a crash kills
+    it) is ``stopped``, with ``stopped_after`` its last iteration written."""
+    from custom.training.lock import pid_alive
+
+    pid = stats.get("pid")
+    if stats.get("status") != "running" or not isinstance(pid, int) or pid_alive(pid):
+        return stats
+    return {**{k: v for k, v in stats.items() if k != "pid"}, "status": "stopped",
+            "stopped_after": f"iteration {stats.get('iterations')}, epoch {stats.get('epoch')}"}
+
+
 def packaged_method(configs: str) -> str | None:
     """The method a packaged bundle's ``configs/train.json`` trains (its ``method`` entry)."""
     import json

@@ -51,7 +51,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
 from monailabel.utils.others.generic import device_list
 
-from ..bundle_config import BundleSettings, ensure_repo_on_path
+from ..bundle_config import BundleSettings, ensure_repo_on_path, epoch_overrides, running_or_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,9 @@ class TrainStatsWriter:
         return {
             "status": status,
             **({"error": error} if error else {}),
+            # the training process, so that a reader can tell a run that was stopped (DELETE /train/)
+            # or killed from one still running: see FetalUSTrainTask.stats
+            **({} if done else {"pid": os.getpid()}),
             "start_ts": int(self.start),
             "last_training": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             ("total_time" if done else "current_time"): elapsed,
@@ -210,7 +213,7 @@ class FetalUSTrainTask(BundleTrainTask):
         except (OSError, ValueError) as e:
             logger.warning("cannot read %s: %s", self.stats_path, e)
             return {}
-        return stats if isinstance(stats, dict) else {}
+        return running_or_stopped(stats) if isinstance(stats, dict) else {}
 
     def __call__(self, request, datastore: Datastore):
         request = dict(request)
@@ -300,12 +303,19 @@ class FetalUSTrainTask(BundleTrainTask):
             out["_resized"] = bool(served) and list(served) != size
         logger.info(
             "training at image_size %s (%s)",
-            out.get("image_size", "the configs' default"),
+            out.get("image_size") or self._configured_image_size(),
             "the request's"
             if request.get("image_size") not in (None, "", [])
             else ("the served model's" if recorded else "no model_config.json yet"),
         )
         return out
+
+    def _configured_image_size(self) -> Any:
+        """The merged configs' image size (no record, no request): said as a size in the log."""
+        try:
+            return list(self.bundle_config.get_parsed_content("image_size"))
+        except Exception:  # noqa: BLE001 - only a log line depends on it; training resolves it itself
+            return "of the configs"
 
     def config(self):
         c = super().config()
@@ -440,6 +450,10 @@ class FetalUSTrainTask(BundleTrainTask):
         overrides.update(self.settings.overrides())
         resized = scale.pop("_resized", False)
         overrides.update(scale)
+        try:  # an epoch is one pass over the labelled images, whatever the scale file (bundle_config)
+            overrides.update(epoch_overrides((getattr(self, "_request", {}) or {}).get("max_epochs", 50)))
+        except ValueError as e:
+            raise TrainingInputError(str(e)) from None
         # no progress bar: the server logs the task's output line by line, and a bar redrawn to a
         # pipe is a line (or two) per iteration; StatsHandler logs one line every log_every iterations
         key = self.const.key_train_handlers()
