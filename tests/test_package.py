@@ -515,3 +515,22 @@ def test_a_full_or_failing_output_is_one_line_and_leaves_no_empty_folder(tmp_pat
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(f"error: {tmp_path / 'dist' / 'b.zip'}: No space left on device")
     assert not (tmp_path / "dist").exists()
+
+
+def test_a_malformed_weights_record_is_named(tmp_path, capsys):
+    """Issue 33: a model_config.json beside the weights that is not JSON is one line naming it."""
+    import torch
+
+    from custom.deploy import package as pkg
+    from custom.networks import UNeXt
+
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save(UNeXt(in_channels=1, out_channels=2).state_dict(), models / "model.pt")
+    (models / "model_config.json").write_text("{bad")
+    with pytest.raises(SystemExit) as e:
+        pkg._command(str(tmp_path / "dist"), name="b", weights=str(models / "model.pt"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert f"cannot read the weights record {models / 'model_config.json'}: not valid JSON" in err
+    assert not (tmp_path / "dist").exists()

@@ -64,8 +64,11 @@ def read(path: str | os.PathLike | None) -> dict | None:
         return None
     try:
         data = load_json(path)
-    except (OSError, ValueError) as e:
-        raise ModelConfigError(f"cannot read the weights record {path}: {e} (delete it or retrain)") from e
+    except ValueError as e:  # load_json's message names the file
+        raise ModelConfigError(f"cannot read the weights record {e} (delete it or retrain)") from e
+    except OSError as e:
+        why = e.strerror or e
+        raise ModelConfigError(f"cannot read the weights record {path}: {why} (delete it or retrain)") from e
     if not isinstance(data, dict):
         raise ModelConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
