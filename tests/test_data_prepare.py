@@ -632,3 +632,36 @@ def test_psfhs_labeled_every_labels_exactly_the_ids_divisible_by_n(tmp_path: Pat
     assert not {i // 50 for i in held_out} & {i // 50 for i in pool}
     with pytest.raises(SplitError, match="not several"):
         prepare("psfhs", PSFHS_DIR, tmp_path / "x", labeled_every=20, labeled_fraction=0.05, progress=False, quiet=True)
+
+
+@needs_hc18
+def test_later_pregnancy_frames_as_a_test_list_and_as_unlabelled_frames(
+    hc18_prepared: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Issue 32: hc18_late's subjects 650-699 as a test list (spacing and reference HC per frame),
+    its subjects 600-649 as unlabelled frames; an HC18 id range selects subjects (``650_2HC``)."""
+    import csv
+    import shutil
+
+    from custom.data.extra import read_extra_images
+    from custom.data.test_lists import add_test_list
+
+    late = HC18_DIR.parent / "hc18_late"
+    if not late.is_dir():
+        pytest.skip(f"shared data {late} is absent")
+    out = tmp_path / "prepared"
+    shutil.copytree(hc18_prepared[0], out)
+    with (late / "pixel_size_and_hc.csv").open() as f:
+        rows = {r["filename"]: r for r in csv.DictReader(f)}
+    expected = {n for n in rows if 650 <= int(n.split("_")[0]) <= 699}
+    assert add_test_list(out, "late", late, kind="hc18", ids="650-699", progress=False) == len(expected)
+    doc = json.loads((out / "datalist.json").read_text())
+    entries = doc["test_late"]
+    assert {Path(e["image"]).name for e in entries} == expected
+    for e in entries:
+        row = rows[Path(e["image"]).name]
+        assert e["hc_mm"] == pytest.approx(float(row["head circumference (mm)"]))
+        assert e["spacing"][0] == pytest.approx(float(row["pixel size(mm)"]))
+    extra = read_extra_images(late / "images", "600-649", [], progress=False)
+    assert extra.images and all(600 <= int(name.split("_")[0]) <= 649 for name in extra.images)
+    assert not any("Annotation" in name for name in extra.images)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataValidationError, Problem, ReadError
-from .options import parse_id_ranges
+from .options import frame_id, parse_id_ranges
 from .readers import read_image_plane, strip_suffix
 from .sources.base import is_mask_name, list_files
 from .test_lists import content_hash
@@ -64,7 +64,7 @@ def read_extra_images(
     skip_invalid: bool = False,
     progress: bool = True,
 ) -> ExtraImages:
-    """Read every image file of ``source`` (not its subfolders; numeric names within ``ids`` when
+    """Read every image file of ``source`` (not its subfolders; names whose leading number is within ``ids`` when
     given). Unreadable or non-2-D files, and frames identical to one of ``dataset`` (which would
     put a test or validation frame into training), are problems naming the file: raised as one
     :class:`DataValidationError` unless ``skip_invalid`` (then reported and left out)."""
@@ -79,11 +79,13 @@ def read_extra_images(
     files = [f for f in files if f not in masks]
     if ids is not None and str(ids) != "":
         wanted = parse_id_ranges(ids, "--unlabeled-extra-ids")
-        files = [f for f in files if strip_suffix(f).isdigit() and int(strip_suffix(f)) in wanted]
+        files = [f for f in files if frame_id(strip_suffix(f)) in wanted]
     extra = ExtraImages(source=source.resolve(), masks_left_out=[m.name for m in masks])
     if not files:
-        raise DataValidationError([Problem(str(source), "no readable image file (or none within --unlabeled-extra-ids)")],
-                                  context="--unlabeled-extra")
+        raise DataValidationError(
+            [Problem(str(source), "no readable image file (or none within --unlabeled-extra-ids)")],
+            context="--unlabeled-extra",
+        )
     known = {content_hash(c.sample.load_image().array): c.sample.image_file for c in dataset}
     for path in tqdm(files, desc="extra images", unit="image", disable=not progress):
         name = strip_suffix(path)
@@ -94,8 +96,11 @@ def read_extra_images(
             continue
         twin = known.get(content_hash(array))
         if twin is not None:
-            extra.problems.append(Problem(str(path), f"the same frame as {twin} of the dataset; an extra unlabelled "
-                                          "image must be a new frame"))
+            extra.problems.append(
+                Problem(
+                    str(path), f"the same frame as {twin} of the dataset; an extra unlabelled image must be a new frame"
+                )
+            )
         elif name in extra.images:
             extra.problems.append(Problem(str(path), f"duplicate name '{name}' in --unlabeled-extra"))
         else:

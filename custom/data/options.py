@@ -44,6 +44,13 @@ def parse_label_map(value: Any) -> dict[int, int] | None:
     return mapping
 
 
+def frame_id(name: str) -> int | None:
+    """The id an id range selects a frame by: the leading number of its file name (PSFHS ``04900``
+    is 4900; HC18 ``650_HC`` and ``650_2HC`` are subject 650); ``None`` without one."""
+    digits = len(name) - len(name.lstrip("0123456789"))
+    return int(name[:digits]) if digits else None
+
+
 def parse_id_ranges(value: Any, option: str = "--test-ids") -> set[int]:
     """Integer ids from ``"4500-4799"``, ``"4500-4799,4900"``, an int or a list of those; a bad value
     is refused naming ``option``."""

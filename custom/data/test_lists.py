@@ -32,7 +32,7 @@ from custom.utils.cli import parse_bool
 from custom.utils.options import check_option
 from .datalist import DATALIST_NAME, load_datalist, read_datalist_file
 from .errors import DataValidationError, Problem
-from .options import parse_id_ranges
+from .options import frame_id, parse_id_ranges
 from .readers import read_image_plane, read_mask_plane
 
 __all__ = ["SHIFTS", "TRAINING_LISTS", "shift_frame", "add_test_list", "add_shifted_lists", "content_hash"]
@@ -53,7 +53,9 @@ def _zoom(image: np.ndarray, label: np.ndarray, factor: float) -> tuple[np.ndarr
         out = Zoom(factor, mode=mode, padding_mode="constant", keep_size=True)(a[None].astype(np.float32))
         return np.asarray(out)[0]
 
-    return np.clip(np.rint(zoom(image, "bilinear")), 0, 255).astype(np.uint8), zoom(label, "nearest").astype(label.dtype)
+    return np.clip(np.rint(zoom(image, "bilinear")), 0, 255).astype(np.uint8), zoom(label, "nearest").astype(
+        label.dtype
+    )
 
 
 def _zoom_out(image, label, rng):
@@ -154,9 +156,7 @@ def _training_hashes(datalist: Mapping[str, Any]) -> dict[str, str]:
     return hashes
 
 
-def _write_list(
-    file: Path, list_name: str, frames: Sequence[dict[str, Any]], overwrite: bool
-) -> list[dict[str, Any]]:
+def _write_list(file: Path, list_name: str, frames: Sequence[dict[str, Any]], overwrite: bool) -> list[dict[str, Any]]:
     """Write ``frames`` (``name``, ``image``/``label`` arrays, extra entry fields) under
     ``lists/<list>/`` and add the list to the datalist; both replace what was there only when complete."""
     from .writers import write_png
@@ -255,7 +255,7 @@ def add_test_list(
     **source_options: Any,
 ) -> int:
     """Add the frames of ``source`` (read as dataset ``kind``, like ``prepare``; ``ids`` keeps the
-    numeric names in those ranges, e.g. ``4950-4999``) as the test list ``test_<name>``. Every pair
+    file names whose leading number is in those ranges, e.g. ``4950-4999``; HC18: the subject, ``650-699``) as the test list ``test_<name>``. Every pair
     is checked first (readable, same size, classes of this dataset); a frame already in a
     training, unlabelled or validation list (same pixels) is refused by name. Returns the count."""
     from .sources import SourceOptions, discover
@@ -273,7 +273,7 @@ def add_test_list(
     samples = sorted(discovery.samples, key=lambda s: s.name)
     if ids is not None and str(ids) != "":
         wanted = parse_id_ranges(ids, "--ids")
-        samples = [s for s in samples if s.name.isdigit() and int(s.name) in wanted]
+        samples = [s for s in samples if frame_id(s.name) in wanted]
         if not samples:
             raise ValueError(f"--ids {ids}: no frame of {source} has an id in this range")
     checked, problems = validate_samples(samples, num_classes, progress=progress)
@@ -289,7 +289,12 @@ def add_test_list(
         where = seen.get(content_hash(image))
         if where:
             overlap.append(Problem(c.sample.image_file, f"the same frame is in {where}; a test frame must be unseen"))
-        entry = {"group": c.sample.group, "name": c.sample.name, "source": str(Path(source).resolve())}
+        entry = {
+            "group": c.sample.group,
+            "name": c.sample.name,
+            "source": str(Path(source).resolve()),
+            **c.sample.extra,
+        }  # e.g. HC18's reference head circumference (hc_mm)
         if c.spacing is not None:
             entry["spacing"] = [float(s) for s in c.spacing]
         frames.append({"name": c.sample.name, "image": image, "label": c.sample.load_label().array, "entry": entry})

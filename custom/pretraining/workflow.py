@@ -29,7 +29,7 @@ from ignite.engine import Engine, Events
 
 from custom.data.datalist import list_names, load_datalist, load_split
 from custom.data.errors import ReadError
-from custom.data.options import parse_id_ranges
+from custom.data.options import frame_id, parse_id_ranges
 from custom.data.readers import read_image_plane, strip_suffix
 from custom.data.sources.base import is_mask_name, list_files
 from custom.data.test_lists import content_hash
@@ -60,7 +60,7 @@ def _extra_files(folder: Path, ids: Any) -> list[Path]:
     files = [f for f in list_files(folder) if not is_mask_name(f)]
     if ids is not None and str(ids) != "":
         wanted = parse_id_ranges(ids, "--extra_ids")
-        files = [f for f in files if strip_suffix(f).isdigit() and int(strip_suffix(f)) in wanted]
+        files = [f for f in files if frame_id(strip_suffix(f)) in wanted]
     if not files:
         raise OptionError(
             f"--extra_images {folder}: no image file (PNG/JPEG/BMP/TIFF/NIfTI/DICOM) there"
@@ -79,7 +79,7 @@ def _frame_hash(path: str | Path) -> str:
 def pretraining_images(datalist_file: str, extra_images: Any = None, extra_ids: Any = None) -> list[dict[str, str]]:
     """``{"image", "source"}`` entries: every image of the datalist's ``training`` and ``unlabeled``
     lists (masks never read) and every image file of the ``extra_images`` folders (not their
-    subfolders; names that say mask, e.g. ``X_mask.png``, left out; numeric names within
+    subfolders; names that say mask, e.g. ``X_mask.png``, left out; names whose leading number is within
     ``extra_ids`` when given). An extra image that is a frame of a validation or test list is
     refused: held-out frames never reach any training."""
     entries: list[dict[str, str]] = []
