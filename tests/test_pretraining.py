@@ -246,3 +246,64 @@ def test_extra_images_are_read_without_masks_and_never_a_held_out_frame(demo_dat
 def test_bad_input_is_one_line(demo_dataset, tmp_path, more, message):
     p = _run(_args(demo_dataset, tmp_path / "out", **more), expect=1)
     assert message in p.stderr and "Traceback" not in p.stderr
+
+
+def test_the_readmes_pretraining_lines_run_as_written(demo_dataset, tmp_path):
+    """The README's two pretraining lines as written, on the demo set at a tiny size (its paths
+    replaced by temporary ones, the scale appended): the training starts its Swin-Unet from the
+    pretrained encoder."""
+    import re
+    import shlex
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Pretraining the Swin-Unet on the frames at hand", 1)[1].split("\n## ", 1)[0]
+    lines = re.findall(r"^(\.venv/bin/python -m monai\.bundle run \S+ .*)$", section, re.M)
+    assert [shlex.split(line)[4] for line in lines] == ["pretraining", "training"], lines
+    extra = tmp_path / "site2"
+    rng = np.random.default_rng(0)
+    for i in (4900, 4901, 4990):
+        _write_png(extra / f"{i:05d}.png", rng.integers(0, 255, (64, 64)))
+    out = tmp_path / "pretrained"
+    replace = {
+        "data/psfhs20": demo_dataset,
+        "runs/pretrained": str(out),
+        "../shared/data/psfhs_site2/images": str(extra),
+    }
+    tiny = {
+        "image_size": [64, 64],
+        "transformer_def#embed_dim": 12,
+        "transformer_def#num_heads": [1, 1, 2, 2],
+        "pretrain_iterations": 4,
+        "pretrain_epoch_length": 2,
+        "pretrain_batch_size": 4,
+        "max_iterations": 2,
+        "train#epoch_length": 2,
+        "ict_start": 0,
+        "ckpt_dir": str(tmp_path / "models"),
+    }
+    for line, run in zip(lines, ("pretraining", "training")):
+        args = shlex.split(line)
+        for old, new in replace.items():
+            args = [new + a[len(old) :] if a.startswith(old) else a for a in args]
+        for key, value in tiny.items():
+            if key == "ckpt_dir" and run == "pretraining":
+                continue
+            if (key.startswith("pretrain") and run == "training") or (
+                key in ("max_iterations", "train#epoch_length", "ict_start") and run == "pretraining"
+            ):
+                continue
+            args += [f"--{key}", repr(value) if isinstance(value, list) else str(value)]
+        p = subprocess.run(
+            [sys.executable, *args[1:]],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        )
+        assert p.returncode == 0, (run, p.stderr[-3000:])
+    record = json.loads((out / "transformer_pretrained.json").read_text())
+    assert record["complete"] and record["images_by_source"]["extra:site2"] == 2  # 4990 is outside 4900-4949
+    log = p.stdout + p.stderr
+    assert re.search(r"loaded \d+ encoder and \d+ decoder tensors from \S*transformer_pretrained\.pt", log), log[-2000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
