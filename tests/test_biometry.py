@@ -107,3 +107,18 @@ def test_hc18_reference_masks_within_two_percent():
         assert not result["empty_pred"]
         errors.append(result["abs_diff_mm"] / ref)
     assert max(errors) < 0.02, f"worst relative HC error {max(errors):.4f} ({sample[int(np.argmax(errors))]})"
+
+
+def test_the_head_circumference_error_statistics_of_a_list():
+    """Issue 32: per list the HC error's mean, median, 90th percentile, max and signed bias (a
+    model that draws heads too small has a negative bias); an image without an ellipse is counted."""
+    from custom.evaluation.evaluate import head_circumference_summary
+
+    errors = [-10.0, -4.0, 2.0, -1.0, -30.0]
+    rows = [{"hc_abs_diff": abs(e), "hc_diff": e, "hc_unit": "mm"} for e in errors]
+    rows.append({"hc_abs_diff": float("nan"), "hc_diff": float("nan"), "hc_unit": "mm"})
+    s = head_circumference_summary(rows)
+    assert s["n"] == 6 and s["n_no_ellipse"] == 1
+    assert s["abs_diff_mean"] == pytest.approx(9.4) and s["abs_diff_median"] == pytest.approx(4.0)
+    assert s["abs_diff_max"] == 30.0 and s["abs_diff_p90"] == pytest.approx(22.0)
+    assert s["bias"] == pytest.approx(-8.6)

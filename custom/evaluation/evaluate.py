@@ -98,6 +98,7 @@ def case_record(
         row.update(
             hc=hc,
             hc_ref=ref,
+            hc_diff=hc - ref if not (math.isnan(hc) or math.isnan(ref)) else float("nan"),  # < 0: short
             hc_abs_diff=abs(hc - ref) if not (math.isnan(hc) or math.isnan(ref)) else float("nan"),
             hc_unit="mm" if spacing_rc else "px",
             hc_ref_source="csv" if reference_hc_mm is not None else "reference mask",
@@ -126,13 +127,23 @@ def head_circumference_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, A
     if not hc_rows:
         return None
     diffs = np.array([r["hc_abs_diff"] for r in hc_rows], dtype=float)
-    valid = diffs[~np.isnan(diffs)]
+    signed = np.array([r.get("hc_diff", float("nan")) for r in hc_rows], dtype=float)
+    valid, valid_signed = diffs[~np.isnan(diffs)], signed[~np.isnan(signed)]
+
+    def stat(values: np.ndarray, f) -> float:
+        return float(f(values)) if len(values) else float("nan")
+
     return {
         "unit": hc_rows[0]["hc_unit"],
         "n": int(len(hc_rows)),
         "n_no_ellipse": int(np.isnan(diffs).sum()),
-        "abs_diff_mean": float(valid.mean()) if len(valid) else float("nan"),
-        "abs_diff_std": float(valid.std()) if len(valid) else float("nan"),
+        "abs_diff_mean": stat(valid, np.mean),
+        "abs_diff_std": stat(valid, np.std),
+        "abs_diff_median": stat(valid, np.median),
+        "abs_diff_p90": stat(valid, lambda v: np.percentile(v, 90)),
+        "abs_diff_max": stat(valid, np.max),
+        # mean signed error (prediction - reference): negative where the heads are drawn too small
+        "bias": stat(valid_signed, np.mean),
         "reference": hc_rows[0].get("hc_ref_source"),
     }
 

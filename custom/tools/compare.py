@@ -171,6 +171,10 @@ def _entries_digest(entries: Sequence[Mapping[str, Any]]) -> str:
     return _sha(json.dumps(list(entries), sort_keys=True, default=str))
 
 
+# the head-circumference error statistics over a list's images (custom.evaluation.evaluate)
+HC_STATS = ("abs_diff_median", "abs_diff_p90", "abs_diff_max", "bias")
+
+
 def _hc(summary: Mapping[str, Any]) -> dict[str, Any] | None:
     """The head-circumference part of a list's summary (``head_circumference``, as evaluation
     writes it; a record of an earlier comparison kept ``hc_abs_diff_mean``/``_std``/``hc_unit``)."""
@@ -473,6 +477,8 @@ def _run_row(done: Mapping[str, Any]) -> dict[str, Any]:
     hc = _hc(done["summary"])
     if hc is not None:
         row["hc_abs_diff"] = hc["abs_diff_mean"]
+        for key in HC_STATS:
+            row[f"hc_{key}"] = hc.get(key, float("nan"))
     row["n_empty_pred"] = overall["n_empty_pred"]
     for name, entry in classes.items():
         row[f"n_empty_pred_{name}"] = entry["n_empty_pred"]
@@ -527,6 +533,8 @@ def aggregate(runs: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict
             entry["hc_abs_diff"] = float(np.mean(hc))
             entry["hc_abs_diff_std"] = float(np.std(hc, ddof=1)) if len(hc) > 1 else float(hcs[0]["abs_diff_std"])
             entry["hc_unit"] = hcs[0].get("unit", "mm")
+            for key in HC_STATS:  # mean over seeds of each run's statistic over images
+                entry[f"hc_{key}"] = float(np.mean([h.get(key, float("nan")) for h in hcs]))
         entry["spread"] = "std over seeds (ddof=1)" if len(done) > 1 else "std over test images (one seed)"
         out[method] = entry
     return out
@@ -591,8 +599,8 @@ def list_markdown(
         + " | "
         + " | ".join(f"empty {n}" for n in class_names.values())
         + " |"
-        + (f" HC abs. diff ({hc_unit}) |" if with_hc else ""),
-        "|---|---|---|---|---|" + "---|" * (2 * len(class_names) + with_hc),
+        + (f" HC abs. error ({hc_unit}) | HC median / p90 / max / bias ({hc_unit}) |" if with_hc else ""),
+        "|---|---|---|---|---|" + "---|" * (2 * len(class_names) + 2 * with_hc),
     ]
     for method, e in table.items():
         cells = [f"{e['dice']:.3f} ± {e['dice_std']:.3f}", " / ".join(f"{v:.4f}" for v in e["dice_per_seed"])]
@@ -601,6 +609,8 @@ def list_markdown(
         cells += [f"{e[f'empty_{n}']:g}" for n in class_names.values()]
         if with_hc:
             cells.append(f"{e['hc_abs_diff']:.2f} ± {e['hc_abs_diff_std']:.2f}" if "hc_abs_diff" in e else "n/a")
+            cells.append(" / ".join(f"{e.get(f'hc_{k}', float('nan')):.1f}" for k in HC_STATS) if "hc_abs_diff" in e
+                         else "n/a")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
