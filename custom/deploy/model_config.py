@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from custom.utils.cli import parse_bool
+from custom.utils.digest import file_sha256
 from custom.utils.jsonio import load_json
 
 __all__ = [
@@ -47,7 +48,6 @@ FILENAME = "model_config.json"
 # the sha256 of the weights file the record describes: a record belongs to those bytes only
 CHECKSUM_KEY = "weights_sha256"
 _MISSING = object()
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 class ModelConfigError(ValueError):
@@ -119,19 +119,8 @@ def _flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def weights_sha256(path: str | os.PathLike) -> str:
-    """The sha256 (hex) of a weights file (cached by path, size and modification time)."""
-    import hashlib
-
-    path = os.path.abspath(os.fspath(path))
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
+    """The sha256 (hex) of a weights file: :func:`custom.utils.digest.file_sha256`."""
+    return file_sha256(path)
 
 
 def belongs_to(record: Mapping | None, weights: str | os.PathLike) -> str | None:

@@ -38,7 +38,6 @@ on the command line (as MONAI Label and the model zoo's verification do) still o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -49,6 +48,7 @@ from typing import Any
 
 from custom.utils.atomic import atomic_write, atomic_write_text
 from custom.utils.cli import OptionError, parse_bool
+from custom.utils.digest import file_sha256
 from custom.utils.outputs import OutputFolderError, check_output_folder, os_error_line
 from custom.utils.paths import DEFAULT_METHOD, bundle_root
 
@@ -148,14 +148,6 @@ def _write_workflow_configs(source: Path, configs: Path, method: str = DEFAULT_M
         )
 
 
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_large_files(target: Path, weights_url: str) -> None:
     """``large_files.yml`` as model-zoo bundles write it: each shipped weight file's path, the URL
     it will be downloaded from (``weights_url``/NAME; empty until published) and its sha256 (the
@@ -165,8 +157,9 @@ def _write_large_files(target: Path, weights_url: str) -> None:
         file = target / "models" / name
         if file.is_file():
             file_url = f"{weights_url.rstrip('/')}/{name}" if weights_url else ""
+            digest = file_sha256(file)
             entries.append(
-                f'- path: "models/{name}"\n  url: "{file_url}"\n  hash_val: "{sha256(file)}"\n  hash_type: "sha256"\n'
+                f'- path: "models/{name}"\n  url: "{file_url}"\n  hash_val: "{digest}"\n  hash_type: "sha256"\n'
             )
     if entries:
         atomic_write_text(target / LARGE_FILES, "large_files:\n" + "".join(entries))

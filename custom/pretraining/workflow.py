@@ -35,6 +35,7 @@ from custom.data.sources.base import is_mask_name, list_files
 from custom.data.test_lists import content_hash
 from custom.utils.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from custom.utils.cli import OptionError
+from custom.utils.digest import file_sha256
 
 __all__ = ["WEIGHTS_FILE", "RECORD_FILE", "pretraining_images", "PretrainedWeightsSaver", "LossCurve"]
 
@@ -114,14 +115,6 @@ def pretraining_images(datalist_file: str, extra_images: Any = None, extra_ids: 
 
 def _images_digest(images: Sequence[Mapping[str, str]]) -> str:
     return hashlib.sha256("\n".join(sorted(e["image"] for e in images)).encode()).hexdigest()
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class LossCurve:
@@ -231,7 +224,7 @@ class PretrainedWeightsSaver:
         self._saved_at = engine.state.iteration
         state = {k: v.detach().cpu().clone() for k, v in self.transformer.encoder.state_dict().items()}
         atomic_torch_save({"state_dict": state}, self.path)
-        record = {**self.record(engine), "weights_sha256": _sha256(self.path)}
+        record = {**self.record(engine), "weights_sha256": file_sha256(self.path)}
         atomic_write_json(os.path.join(self.save_dir, RECORD_FILE), record)
         logger.info(
             "pretrained encoder after %d of %d iterations: %s",

@@ -495,13 +495,13 @@ def _atomic_disk_saver():
             if self.before_save is None:
                 atomic_torch_save(checkpoint, path)
             else:  # the record carries the checksum of exactly the bytes renamed to model.pt
-                from custom.deploy.model_config import weights_sha256
                 from custom.utils.atomic import atomic_path
+                from custom.utils.digest import file_sha256
 
                 with atomic_path(path) as tmp:
                     with open(tmp, "wb") as f:
                         torch.save(checkpoint, f)
-                    self.before_save(weights_sha256(tmp))
+                    self.before_save(file_sha256(tmp))
             _readable_by_all(path)
 
         def remove(self, filename: str) -> None:
