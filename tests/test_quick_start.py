@@ -405,13 +405,13 @@ def test_packaged_bundle_runs_inference_from_one_merged_config(tmp_path):
     import numpy as np
     import torch
 
-    from custom.deploy.package import WORKFLOW_CONFIGS, package
+    from custom.deploy.package import package, workflow_configs
     from custom.networks import UNeXt
 
     torch.manual_seed(0)
     torch.save(UNeXt(1, 2).state_dict(), tmp_path / "model.pt")
     bundle = package(str(tmp_path / "dist"), weights=str(tmp_path / "model.pt"))
-    for workflow in WORKFLOW_CONFIGS:
+    for workflow in workflow_configs():
         merged = json.loads((bundle / "configs" / f"{workflow}.json").read_text())
         assert "$import custom" in merged["imports"] and "_meta_" not in merged
     evaluate = json.loads((bundle / "configs" / "evaluate.json").read_text())

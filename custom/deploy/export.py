@@ -43,11 +43,10 @@ from custom.deploy.model_config import (
 )
 from custom.utils.atomic import atomic_path
 from custom.utils.cli import OptionError, exit_on_error, parse_bool
-from custom.utils.paths import bundle_root
+from custom.utils.paths import bundle_root, configs_dir
 
 __all__ = ["FORMATS", "ONNX_CONVERTER_KWARGS", "WeightsError", "check_weights", "input_shape", "export", "main"]
 
-BUNDLE_ROOT = Path(bundle_root())  # the repository's bundle/, or a packaged bundle's folder
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
 # the names and the dynamic batch axis the bundle's ONNX model has always had
 ONNX_CONVERTER_KWARGS = {
@@ -97,7 +96,7 @@ def check_weights(ckpt_file: str, configs: list[str], ckpt_dir: str, overrides: 
 
     parser = ConfigParser()
     parser.read_config(configs)
-    parser.update({"bundle_root": str(BUNDLE_ROOT), "ckpt_dir": ckpt_dir, **overrides})
+    parser.update({"bundle_root": bundle_root(), "ckpt_dir": ckpt_dir, **overrides})
     network = parser.get_parsed_content("network_def")
     try:
         load_network_weights(network, ckpt_file)
@@ -107,10 +106,16 @@ def check_weights(ckpt_file: str, configs: list[str], ckpt_dir: str, overrides: 
             import re
 
             head = text.split(": Error(s)", 1)[0]
-            first = re.search(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) "
-                              r"from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", text)
-            detail = (f": '{first[1]}' is {first[2]} in the file, {first[3]} in the network" if first
-                      else ": its tensor names differ from the network's")
+            first = re.search(
+                r"size mismatch for ([^:]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) "
+                r"from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)",
+                text,
+            )
+            detail = (
+                f": '{first[1]}' is {first[2]} in the file, {first[3]} in the network"
+                if first
+                else ": its tensor names differ from the network's"
+            )
             text = f"{head}{detail} (weights of another class count or network than the record describes)"
         raise WeightsError(text) from None
 
@@ -130,7 +135,7 @@ def _image_size_option(value: Any) -> list[int]:
         or any(s <= 0 for s in size)
         or any(isinstance(v, (bool, float)) and v != int(v) for v in items)
     ):
-        raise OptionError(f"--image_size: expected two positive integers such as \"[448, 448]\", got {value!r}")
+        raise OptionError(f'--image_size: expected two positive integers such as "[448, 448]", got {value!r}')
     return size
 
 
@@ -167,7 +172,7 @@ def export(
     if kind not in FORMATS:
         raise OptionError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     trace = parse_bool(use_trace, "use_trace")
-    ckpt_dir = os.path.abspath(os.fspath(ckpt_dir if ckpt_dir is not None else BUNDLE_ROOT / "models"))
+    ckpt_dir = os.path.abspath(os.fspath(ckpt_dir if ckpt_dir is not None else Path(bundle_root()) / "models"))
     ckpt_file = os.path.join(ckpt_dir, "model.pt")
     if not os.path.isfile(ckpt_file):
         raise FileNotFoundError(f"no model.pt in {ckpt_dir}: train first, or pass --ckpt_dir with the weights' folder")
@@ -184,17 +189,15 @@ def export(
     elif record is None:
         raise FileNotFoundError(
             f"no {FILENAME} beside {ckpt_file}: training writes it (image size, classes, channels, network "
-            "widths); retrain, or pass --image_size \"[H, W]\" (the size of their training)"
+            'widths); retrain, or pass --image_size "[H, W]" (the size of their training)'
         )
     elif why is not None:
         raise ModelConfigError(
-            f"{ckpt_file}: {why}: retrain, or pass --image_size \"[H, W]\" (the size of their training)"
+            f'{ckpt_file}: {why}: retrain, or pass --image_size "[H, W]" (the size of their training)'
         )
     shape = input_shape(record, record_file)
-    configs = _files(
-        config_file if config_file is not None else [BUNDLE_ROOT / "configs" / "common.yaml"], "config_file"
-    )
-    (meta,) = _files([meta_file if meta_file is not None else BUNDLE_ROOT / "configs" / "metadata.json"], "meta_file")
+    configs = _files(config_file if config_file is not None else [configs_dir() / "common.yaml"], "config_file")
+    (meta,) = _files([meta_file if meta_file is not None else configs_dir() / "metadata.json"], "meta_file")
     default_file = os.path.join(ckpt_dir, f"model{FORMATS[kind]}")
     filepath = os.path.abspath(os.fspath(filepath if filepath is not None else default_file))
     if kind == "torchscript" and not os.path.splitext(filepath)[1]:
@@ -233,7 +236,7 @@ def export(
                 use_trace=trace,
                 input_shape=shape,
                 converter_kwargs=converter_kwargs,
-                bundle_root=str(BUNDLE_ROOT),
+                bundle_root=bundle_root(),
                 ckpt_dir=ckpt_dir,
                 **overrides,
                 **{"_meta_#network_data_format": described["network_data_format"]},

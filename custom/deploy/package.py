@@ -50,13 +50,12 @@ from custom.utils.atomic import atomic_write, atomic_write_text
 from custom.utils.cli import OptionError, parse_bool
 from custom.utils.digest import file_sha256
 from custom.utils.outputs import OutputFolderError, check_output_folder, os_error_line
-from custom.utils.paths import DEFAULT_METHOD, bundle_root
+from custom.utils.paths import DEFAULT_METHOD, bundle_root, source_root
 
 __all__ = ["package", "PackagingError", "main"]
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the repository, or the bundle folder of a packaged copy
 DEFAULT_NAME = "fetal_us_ssl"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".DS_Store")
 # research tools no shipped config uses (custom/tools: the comparison, the benchmarks, the GPU
@@ -69,7 +68,7 @@ RESEARCH_TOOLS = ("tools",)
 SHIPPED_CODE = ("*.py", "monailabel_app/configs/*.yaml")
 # folders never shipped: the research tools, caches, and what a MONAI Label session writes
 SKIPPED_DIRS = ("__pycache__", ".pytest_cache", *RESEARCH_TOOLS, "logs", "model", "bin")
-CODE_SOURCE = Path(__file__).resolve().parents[1]  # custom/ of the repository (or of a packaged copy)
+CODE_SOURCE = None  # custom/ to ship; None: the imported package's (custom.utils.paths.source_root())
 
 
 def shipped_code(src: Path) -> list[Path]:
@@ -106,7 +105,6 @@ def workflow_configs(method: str = DEFAULT_METHOD) -> dict[str, tuple[str, ...]]
     }
 
 
-WORKFLOW_CONFIGS = workflow_configs()
 # the other files of configs/ that a packaged bundle ships (the split YAML pieces stay in the repository)
 SHIPPED_CONFIGS = ("metadata.json", "meta_schema.json", "logging.conf")
 LARGE_FILES = "large_files.yml"
@@ -295,7 +293,7 @@ def package(
         for config in SHIPPED_CONFIGS:
             shutil.copy2(source / "configs" / config, target / "configs" / config)
         _write_workflow_configs(source / "configs", target / "configs", str(method))
-        _copy_code(CODE_SOURCE, target / "custom")
+        _copy_code(CODE_SOURCE or source_root() / "custom", target / "custom")
 
         models = target / "models"
         models.mkdir()
@@ -341,7 +339,7 @@ def package(
         if (source / "LICENSE").is_file():
             shutil.copy2(source / "LICENSE", target / "LICENSE")
 
-        _check_no_absolute_paths(target / "configs", [REPO_ROOT, source])
+        _check_no_absolute_paths(target / "configs", [source_root(), source])
         if zip_:
             # make_archive adds ".zip" to the temporary file's name without it: it writes that very file
             atomic_write(

@@ -53,7 +53,7 @@ import numpy as np
 
 from custom.data.datalist import label_names
 from custom.utils.options import check_option
-from custom.utils.paths import ABLATED_METHOD, DEFAULT_METHOD, source_root
+from custom.utils.paths import ABLATED_METHOD, DEFAULT_METHOD, bundle_root, configs_dir, source_root
 
 __all__ = [
     "METHODS",
@@ -72,7 +72,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REPO = source_root()  # the repository (the folder holding custom/)
-CONFIGS = REPO / "bundle" / "configs"
+CONFIGS = configs_dir()  # the one bundle-root finder (custom.utils.paths)
 METHOD_DIR = CONFIGS / "methods"
 BASE_CONFIGS = (CONFIGS / "common.yaml", CONFIGS / "train.yaml")
 META_FILE = CONFIGS / "metadata.json"
@@ -307,7 +307,7 @@ def build_runs(
         for seed in seeds:
             run_dir = Path(out).resolve() / "runs" / method / f"seed{seed}"
             values: dict[str, Any] = {
-                "bundle_root": str(REPO / "bundle"),
+                "bundle_root": bundle_root(),
                 "dataset_dir": str(dataset_dir),
                 "seed": int(seed),
                 "ckpt_dir": str(run_dir / "models"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["source_root", "bundle_root", "DEFAULT_METHOD", "ABLATED_METHOD"]
+__all__ = ["source_root", "bundle_root", "configs_dir", "DEFAULT_METHOD", "ABLATED_METHOD"]
 
 # The method a training uses unless told otherwise: the README's commands, the packaged bundle's
 # train.json (custom.deploy.package) and the MONAI Label app train bundle/configs/methods/<this>.yaml.
@@ -36,3 +36,8 @@ def bundle_root() -> str:
     raise FileNotFoundError(
         f"no bundle folder (configs/metadata.json) at {here} or {here / 'bundle'}: pass --bundle_root DIR"
     )
+
+
+def configs_dir() -> Path:
+    """The bundle's ``configs/`` folder (:func:`bundle_root`), where every tool finds the configs."""
+    return Path(bundle_root()) / "configs"

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 
 from custom.tools.bench.timing import median, mmap_threshold, peak_rss_mb, progress, sync
-from custom.utils.paths import source_root
+from custom.utils.paths import bundle_root, configs_dir, source_root
 
 __all__ = ["config_files", "build_trainer", "bench_train", "print_train"]
 
 REPO = source_root()  # the repository (the folder holding custom/)
-CONFIGS = REPO / "bundle" / "configs"
+CONFIGS = configs_dir()  # the one bundle-root finder (custom.utils.paths)
 # handlers of train#handlers kept for the benchmark (per-iteration work of a real run)
 _KEPT_HANDLERS = ("LrSchedules",)
 
@@ -215,7 +215,7 @@ def bench_train(
         else:
             raise ValueError(f"--data must be random or real, got {data!r}")
         cfg = {
-            "bundle_root": str(REPO / "bundle"),
+            "bundle_root": bundle_root(),
             "dataset_dir": str(dataset_dir),
             "ckpt_dir": os.path.join(tmp, "models"),
             "output_dir": os.path.join(tmp, "eval"),
