@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import train_config_files
 
-from custom.training import trainer as tr
+from custom.training import settings as tr
 from custom.utils.cli import OptionError
 
 

@@ -321,7 +321,7 @@ def build_runs(
                 values["train#epoch_length"] = _capped(merged.get("train#epoch_length"), str(int(max_iterations)))
                 values["val_interval"] = _capped(
                     merged.get("val_interval", 1),
-                    f"custom.training.trainer.iterations_to_epochs({int(max_iterations)}, @train#epoch_length)",
+                    f"custom.training.settings.iterations_to_epochs({int(max_iterations)}, @train#epoch_length)",
                 )
             hashed = {k: v for k, v in values.items() if k not in ("ckpt_dir", "output_dir", "bundle_root")}
             hash_inputs = {

@@ -443,7 +443,7 @@ class FetalUSTrainTask(BundleTrainTask):
         )
         self._summary.update(
             batch_size=batch,
-            # as train.yaml clamps it (custom.training.trainer.labeled_batch_size, which warns)
+            # as train.yaml clamps it (custom.training.settings.labeled_batch_size, which warns)
             labeled_batch_size=min(labelled_batch, len(overrides[self.const.key_train_dataset_data()])),
         )
         unlabelled = self._unlabeled_data(batch - labelled_batch)
