@@ -628,38 +628,18 @@ def main() -> None:
     """``python -m custom.tools.active_learning``: :func:`run_study` as a command (fire)."""
     import fire
 
-    from custom.utils.cli import exit_on_error, without_stray_arguments
+    from custom.utils.cli import command, exit_on_error, without_stray_arguments
     from custom.utils.runtime import setup
 
     setup()
 
-    @exit_on_error((RuntimeError,), status=1)
-    @exit_on_error((ValueError, OSError, KeyError))
-    @without_stray_arguments  # '--seeds 1 2': one line, not 2 handed to the next parameter
-    def active_learning(
-        dataset_dir: str,
-        out: str = "runs/active_learning",
-        strategies: Any = ",".join(STRATEGIES),
-        seeds: Any = "0,1",
-        rounds: Any = 2,
-        seed_fraction: Any = 0.02,
-        batch_fraction: Any = 0.02,
-        method: str = "ours",
-        override: Any = (),
-        max_iterations: Any = None,
-        split: Any = "test",
-        val_limit: Any = None,
-        test_limit: Any = None,
-        threads: Any = None,
-        device: str | None = None,
-        progress: Any = True,
-        launcher: str = "subprocess",
-    ) -> None:
-        """Simulated active learning on DATASET_DIR (see custom.tools.active_learning)."""
-        result = run_study(dataset_dir, out, strategies, seeds, rounds, seed_fraction, batch_fraction, method,
-                           override, max_iterations, split, val_limit, test_limit, threads, device, progress,
-                           launcher)
+    def report(result: dict[str, Any]) -> None:
         print((Path(result["out"]) / RESULTS_MD).read_text(encoding="utf-8"))
+
+    # the options are run_study's parameters; bad input and failed runs are one line
+    active_learning = exit_on_error((RuntimeError,), status=1)(
+        exit_on_error((ValueError, OSError, KeyError))(without_stray_arguments(command(run_study, report)))
+    )
 
     fire.Fire(active_learning)
 

@@ -664,33 +664,19 @@ def main() -> None:
     """``python -m custom.tools.compare``: :func:`run_comparison` as a command (fire)."""
     import fire
 
-    from custom.utils.cli import exit_on_error, without_stray_arguments
+    from custom.utils.cli import command, exit_on_error, without_stray_arguments
     from custom.utils.runtime import setup
 
     setup()
 
-    # bad input (a missing dataset, a bad option, a malformed datalist) and failed runs are one line
-    @exit_on_error((RuntimeError,), status=1)
-    @exit_on_error((ValueError, OSError, KeyError))
-    @without_stray_arguments  # '--seeds 1 2': one line, not 2 handed to the next parameter
-    def compare(
-        dataset_dir: str,
-        methods: Any = ",".join(METHODS),
-        seeds: Any = "0",
-        override: Any = (),
-        out: str = "runs/comparison",
-        max_iterations: int | None = None,
-        split: Any = None,
-        launcher: str = "subprocess",
-        threads: int | None = None,
-        device: str | None = None,
-    ) -> None:
-        """Train every method x seed on DATASET_DIR and compare them on every test list (see custom.tools.compare)."""
-        result = run_comparison(
-            dataset_dir, methods, seeds, override, out, max_iterations, split, launcher, threads, device
-        )
+    def report(result: dict[str, Any]) -> None:
         print((Path(result["out"]) / "comparison.md").read_text(encoding="utf-8"))
 
+    # the options are run_comparison's parameters; bad input (a missing dataset, a bad option, a
+    # malformed datalist) and failed runs are one line; '--seeds 1 2' is refused, not 2 handed on
+    compare = exit_on_error((RuntimeError,), status=1)(
+        exit_on_error((ValueError, OSError, KeyError))(without_stray_arguments(command(run_comparison, report)))
+    )
     fire.Fire(compare)
 
 

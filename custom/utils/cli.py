@@ -109,3 +109,16 @@ def exit_on_error(errors: tuple[type[BaseException], ...], status: int = 2) -> C
         return wrapper
 
     return decorate
+
+
+def command(function: Callable, report: Callable[[Any], None] | None = None) -> Callable:
+    """``function`` as a ``fire`` command whose options are its own parameters (one source of truth:
+    the signature, its defaults and its docstring), then ``report`` of what it returned."""
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> None:
+        result = function(*args, **kwargs)
+        if report is not None:
+            report(result)
+
+    return run
