@@ -253,7 +253,8 @@ def test_packaged_bundle_passes_the_model_zoo_checks(packaged, tmp_path, demo_da
     bundle = packaged["bundle"]
     configs = sorted(p.name for p in (bundle / "configs").iterdir())
     assert configs == sorted(
-        ["evaluate.json", "inference.json", "train.json", "metadata.json", "meta_schema.json", "logging.conf"]
+        ["evaluate.json", "inference.json", "train.json", "pretrain.json", "metadata.json", "meta_schema.json",
+         "logging.conf"]
     ), configs
     for workflow in ("inference", "train", "evaluate"):
         found = [f"{workflow}.{s}" for s in ZOO_SUFFIXES if (bundle / "configs" / f"{workflow}.{s}").is_file()]
@@ -534,3 +535,19 @@ def test_a_malformed_weights_record_is_named(tmp_path, capsys):
     assert e.value.code == 2 and err.count("\n") == 1
     assert f"cannot read the weights record {models / 'model_config.json'}: not valid JSON" in err
     assert not (tmp_path / "dist").exists()
+
+
+def test_the_packaged_pretraining_runs_from_the_copy_alone(packaged, tmp_path, demo_dataset):
+    """configs/pretrain.json: the Swin-Unet's masked image modelling from the packaged bundle alone,
+    its weights and record in the given ckpt_dir."""
+    bundle = packaged["bundle"]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "pretraining", "--config_file",
+           str(bundle / "configs" / "pretrain.json"), "--meta_file", str(bundle / "configs" / "metadata.json"),
+           "--bundle_root", str(bundle), "--dataset_dir", demo_dataset, "--ckpt_dir", str(tmp_path / "pre"),
+           "--image_size", "[64, 64]", "--transformer_def#embed_dim", "12", "--transformer_def#num_heads",
+           "[1, 1, 2, 2]", "--transformer_def#window_size", "4", "--pretrain_iterations", "2",
+           "--pretrain_batch_size", "4"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_bundle_env(bundle), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((tmp_path / "pre" / "transformer_pretrained.json").read_text())
+    assert record["complete"] and record["iterations"] == 2

@@ -102,6 +102,8 @@ def workflow_configs(method: str = DEFAULT_METHOD) -> dict[str, tuple[str, ...]]
         "train": ("common.yaml", "train.yaml", f"methods/{method}.yaml"),
         "evaluate": ("common.yaml", "train.yaml", "evaluate.yaml"),
         "inference": ("common.yaml", "inference.yaml"),
+        # self-supervised pretraining of the Swin-Unet on a dataset's frames (run id `pretraining`)
+        "pretrain": ("common.yaml", "pretrain.yaml"),
     }
 
 
@@ -170,7 +172,8 @@ This folder is a self-contained MONAI bundle in the model zoo's layout: `configs
 `models/model.pt` (the UNeXt weights) with `models/model_config.json` (what they were trained
 with), `large_files.yml`, `docs/`, `LICENSE` and the Python components the configs import, in
 `custom/`. Each workflow has one self-contained config: `configs/inference.json`,
-`configs/evaluate.json` and `configs/train.json`. The configs import `custom`, so the bundle
+`configs/evaluate.json`, `configs/train.json` and `configs/pretrain.json` (the Swin-Unet's
+self-supervised pretraining on a dataset's frames, for `--transformer_pretrained_path`). The configs import `custom`, so the bundle
 folder must be on `sys.path`: run from this folder (`python -m` puts it there) or put it on
 `PYTHONPATH` (MONAI Label adds it itself). `bundle_root` is found at run time from the
 imported `custom` package; `--bundle_root` sets it explicitly.
@@ -184,6 +187,7 @@ nor the research tools (comparison, benchmarks), which no config imports.
 python -m monai.bundle run --config_file configs/inference.json --meta_file configs/metadata.json --input_path IMAGES --infer_output_dir OUT
 python -m monai.bundle run evaluating --config_file configs/evaluate.json --meta_file configs/metadata.json --dataset_dir DATA
 python -m monai.bundle run training --config_file configs/train.json --meta_file configs/metadata.json --dataset_dir DATA
+python -m monai.bundle run pretraining --config_file configs/pretrain.json --meta_file configs/metadata.json --dataset_dir DATA --ckpt_dir PRETRAINED
 # the model zoo's checks (metadata, network input/output, TorchScript export)
 python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath configs/meta_schema.json
 python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json --config_file configs/inference.json --bundle_root .
