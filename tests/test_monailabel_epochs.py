@@ -54,3 +54,20 @@ def test_info_shows_a_run_whose_process_ended_as_stopped():
     alive = {"status": "running", "pid": __import__("os").getpid()}
     assert running_or_stopped(alive) == alive
     assert running_or_stopped({"status": "done", "iterations": 40}) == {"status": "done", "iterations": 40}
+
+
+def test_a_training_process_that_ended_unreaped_counts_as_stopped():
+    import subprocess
+    import sys
+    import time
+
+    from custom.monailabel_app.lib.bundle_config import running_or_stopped
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(1.0)  # it has exited; not waited for: a zombie, as a killed task may stay for a while
+    try:
+        assert running_or_stopped({"status": "running", "pid": child.pid, "iterations": 3, "epoch": 1})["status"] == (
+            "stopped"
+        )
+    finally:
+        child.wait()

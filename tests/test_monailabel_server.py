@@ -638,6 +638,8 @@ def test_training_on_a_single_label_trains_with_a_smaller_labelled_batch(server)
     log = Path(server["log"]).read_text(errors="replace")
     assert "labeled_bs is 2 but only 1 labelled image(s) are listed: batches of 1" in log, _tail(server["log"])
     assert "no validation image (val_split 0.2, 1 labelled): validating on the 1 training image(s)" in log
+    # the first training (no model_config.json yet) says the size it trains at (issue 33)
+    assert "training at image_size [64, 64] (no model_config.json yet)" in log, _tail(server["log"])
     server["single_label_stats"] = stats
 
 
@@ -714,6 +716,26 @@ def test_short_training_run_completes(server):
     nxt = _check(requests.post(f"{url}/activelearning/divergence", json=TESTER, timeout=REQUEST_TIMEOUT), server).json()
     assert nxt["id"] == max(expected, key=expected.get), (nxt, expected)
     assert nxt["disagreement"] == pytest.approx(expected[nxt["id"]], rel=1e-4, abs=1e-6)
+
+
+def test_a_training_stopped_with_delete_shows_as_stopped(server):
+    """Issue 33: ``DELETE /train/`` stops a running training; ``train_stats`` in ``GET /info/`` then
+    says ``stopped`` (with where it stopped), not ``running`` for ever."""
+    url = server["url"]
+    params = {"max_epochs": 10000, "val_split": 0.0, "device": "cpu", "multi_gpu": False}
+    _check(requests.post(f"{url}/train/{MODEL}", json=params, timeout=REQUEST_TIMEOUT), server)
+    deadline = time.monotonic() + TRAIN_TIMEOUT
+    while time.monotonic() < deadline and _train_stats(server).get("status") != "running":
+        time.sleep(1)  # until the first epoch has written its stats
+    assert _train_stats(server).get("status") == "running", _tail(server["log"])
+    _check(requests.delete(f"{url}/train/", timeout=REQUEST_TIMEOUT), server)
+    while time.monotonic() < deadline:
+        if requests.get(f"{url}/train/", timeout=REQUEST_TIMEOUT).json().get("status") not in ("RUNNING", "SUBMITTED"):
+            break
+        time.sleep(1)
+    stats = _train_stats(server)
+    assert stats["status"] == "stopped" and stats["stopped_after"].startswith("iteration "), stats
+    assert "pid" not in stats, stats
 
 
 def test_strategies_never_hand_one_frame_to_two_clients_and_say_so(server):

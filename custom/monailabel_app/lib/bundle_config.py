@@ -201,6 +201,15 @@ def epoch_overrides(max_epochs: Any) -> dict[str, Any]:
     }
 
 
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended but not been reaped (``Z`` in ``/proc/<pid>/stat``; False where unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def running_or_stopped(stats: dict[str, Any]) -> dict[str, Any]:
     """``stats`` as ``GET /info/`` should show them: a ``running`` run whose process has ended
     without writing ``done`` or ``failed`` (``DELETE /train/`` stops it with a signal, a crash kills
@@ -208,7 +217,7 @@ def running_or_stopped(stats: dict[str, Any]) -> dict[str, Any]:
     from custom.training.lock import pid_alive
 
     pid = stats.get("pid")
-    if stats.get("status") != "running" or not isinstance(pid, int) or pid_alive(pid):
+    if stats.get("status") != "running" or not isinstance(pid, int) or (pid_alive(pid) and not _zombie(pid)):
         return stats
     return {**{k: v for k, v in stats.items() if k != "pid"}, "status": "stopped",
             "stopped_after": f"iteration {stats.get('iterations')}, epoch {stats.get('epoch')}"}
