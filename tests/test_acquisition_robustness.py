@@ -17,7 +17,7 @@ from monai.bundle import ConfigParser
 from PIL import Image
 
 from custom.data.errors import DataValidationError
-from custom.data.test_lists import SHIFTS, add_shifted_lists, add_test_list, shift_frame
+from custom.data.held_out_lists import SHIFTS, add_shifted_lists, add_test_list, shift_frame
 from custom.evaluation.metrics import EmptyPredictions
 from custom.training.losses import CrossPseudoSupervisionLoss, class_thresholds, confidence_mask
 

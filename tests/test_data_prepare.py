@@ -644,7 +644,7 @@ def test_later_pregnancy_frames_as_a_test_list_and_as_unlabelled_frames(
     import shutil
 
     from custom.data.extra import read_extra_images
-    from custom.data.test_lists import add_test_list
+    from custom.data.held_out_lists import add_test_list
 
     late = HC18_DIR.parent / "hc18_late"
     if not late.is_dir():

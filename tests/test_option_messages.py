@@ -35,7 +35,7 @@ def _lists(dataset: Path) -> set[str]:
     ],
 )
 def test_shift_names_its_option(dataset, kwargs, message):
-    from custom.data.test_lists import add_shifted_lists
+    from custom.data.held_out_lists import add_shifted_lists
 
     before = _lists(dataset)
     with pytest.raises(ValueError) as e:
@@ -46,7 +46,7 @@ def test_shift_names_its_option(dataset, kwargs, message):
 
 @pytest.mark.parametrize("ids", ["abc", "4799-4500"])
 def test_add_test_ids_are_reported_as_ids(dataset, tmp_path, ids):
-    from custom.data.test_lists import add_test_list
+    from custom.data.held_out_lists import add_test_list
 
     with pytest.raises(OptionError, match=rf"^--ids '{ids}': '{ids}' is not an id or an id range"):
         add_test_list(dataset, "site2", dataset, kind="folder", ids=ids, progress=False)

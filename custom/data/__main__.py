@@ -1,5 +1,5 @@
 """Command line: ``python -m custom.data prepare KIND --source PATH --out DIR [options]``, and the
-further test lists of a prepared dataset (``custom.data.test_lists``):
+further test lists of a prepared dataset (``custom.data.held_out_lists``):
 
 * ``python -m custom.data add-test --dataset-dir DIR --name site2 --source PATH [--kind psfhs] [--ids 4950-4999]``
 * ``python -m custom.data shift --dataset-dir DIR [--kinds zoom_out,depth_crop,gain_gamma,low_res,speckle]``
@@ -50,13 +50,13 @@ def _prepare_command(*args: Any, **kwargs: Any) -> None:
 
 
 def _lists_command(function):
-    """A ``custom.data.test_lists`` function for the command line: prints the datalist's lists after
+    """A ``custom.data.held_out_lists`` function for the command line: prints the datalist's lists after
     it; input errors are one line and status 2."""
     function = without_stray_arguments(function)
 
     @functools.wraps(function)
     def command(*args: Any, **kwargs: Any) -> None:
-        from .test_lists import describe
+        from .held_out_lists import describe
 
         try:
             result = function(*args, **kwargs)
@@ -74,7 +74,7 @@ def main() -> None:
     """Dispatch the subcommands."""
     from custom.utils.runtime import setup
 
-    from .test_lists import add_shifted_lists, add_test_list
+    from .held_out_lists import add_shifted_lists, add_test_list
 
     setup()
 

@@ -12,7 +12,7 @@ from .errors import DataValidationError, Problem, ReadError
 from .options import frame_id, parse_id_ranges
 from .readers import read_image_plane, strip_suffix
 from .sources.base import is_mask_name, list_files
-from .test_lists import content_hash
+from .held_out_lists import content_hash
 from .validate import CheckedSample
 
 __all__ = ["EXTRA_DIR", "ExtraImages", "read_extra_images"]

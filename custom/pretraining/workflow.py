@@ -29,10 +29,10 @@ from ignite.engine import Engine, Events
 
 from custom.data.datalist import list_names, load_datalist, load_split
 from custom.data.errors import ReadError
+from custom.data.held_out_lists import content_hash
 from custom.data.options import frame_id, parse_id_ranges
 from custom.data.readers import read_image_plane, strip_suffix
 from custom.data.sources.base import is_mask_name, list_files
-from custom.data.test_lists import content_hash
 from custom.utils.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from custom.utils.cli import OptionError
 from custom.utils.digest import file_sha256

@@ -12,7 +12,7 @@ is ``common.yaml, train.yaml, methods/<method>.yaml, *overrides`` plus the run's
 (``dataset_dir``, ``seed``, ``ckpt_dir``/``output_dir`` under ``OUT/runs/<method>/seed<k>``,
 ``num_classes`` from the datalist, ``max_iterations``). Each trained UNeXt (the ``model.pt``
 the validation keeps) is evaluated on EVERY test list of the datalist (``test`` and each
-``test_<name>``: another site's frames, synthetic acquisition changes; ``custom.data.test_lists``),
+``test_<name>``: another site's frames, synthetic acquisition changes; ``custom.data.held_out_lists``),
 or on the lists ``--split`` names, at the ORIGINAL image size: argmax at the training size,
 resized back with nearest neighbour, scored by :func:`custom.evaluation.evaluate.evaluate_network`
 with the run's own deterministic transforms (in mm when the entry has a ``spacing``) and
