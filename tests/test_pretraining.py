@@ -160,6 +160,10 @@ def test_pretraining_writes_weights_that_transformer_pretrained_path_loads(demo_
     # the mirrored decoder stages start from the encoder's blocks, as with ImageNet weights
     assert torch.equal(fresh.decoder[0].stage.blocks[0].attn.qkv.weight, saved["layers.2.blocks.0.attn.qkv.weight"])
 
+    # weights of other widths: one line saying what they were pretrained with (their record)
+    with pytest.raises(ValueError, match=r"it was pretrained with embed_dim 12, .* at image_size \[64, 64\]"):
+        load_pretrained_swin(SwinUnet(**{**SWIN, "embed_dim": 24}), str(out / "transformer_pretrained.pt"))
+
     # a training with --transformer_pretrained_path builds the Swin-Unet from it
     from monai.bundle import ConfigParser
 

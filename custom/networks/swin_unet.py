@@ -229,6 +229,25 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _recorded(path: str) -> str:
+    """What the record beside a pretrained file (``X.json`` beside ``X.pt``, as the pretraining
+    workflow writes it) says it was trained with, for an error message; empty without one."""
+    import json
+    import os
+
+    try:
+        with open(os.path.splitext(path)[0] + ".json", encoding="utf-8") as f:
+            record = json.load(f)
+        widths = record["transformer_def"]
+        return (
+            f"; it was pretrained with embed_dim {widths.get('embed_dim')}, depths {widths.get('depths')}, "
+            f"num_heads {widths.get('num_heads')}, window_size {widths.get('window_size')} at image_size "
+            f"{record.get('image_size')}: train with the same --transformer_def values"
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return ""
+
+
 def load_pretrained_swin(model: SwinUnet, path: str) -> PretrainedLoadReport:
     """Initialise ``model``'s encoder, and as the reference does its mirrored decoder stages,
     from an ImageNet Swin checkpoint at a local ``path`` (timm or Microsoft key layout).
@@ -278,7 +297,9 @@ def load_pretrained_swin(model: SwinUnet, path: str) -> PretrainedLoadReport:
                 if dkey in decoder_state and decoder_state[dkey].shape == value.shape:
                     load_decoder[dkey] = value
     if not load_encoder:
-        raise ValueError(f"{path}: no key of the checkpoint fits this SwinUnet (embed_dim/depths differ?)")
+        raise ValueError(
+            f"{path}: no key of the checkpoint fits this SwinUnet (embed_dim/depths differ?){_recorded(path)}"
+        )
     n_encoder_params = sum(1 for k in encoder_state if k in dict(model.encoder.named_parameters()))
     if len([k for k in load_encoder if k.endswith(("weight", "bias", "table"))]) < n_encoder_params // 2:
         raise ValueError(
