@@ -304,6 +304,7 @@ def load_pretrained_swin(model: SwinUnet, path: str) -> PretrainedLoadReport:
     if len([k for k in load_encoder if k.endswith(("weight", "bias", "table"))]) < n_encoder_params // 2:
         raise ValueError(
             f"{path}: only {len(load_encoder)} of {n_encoder_params} encoder tensors fit; incompatible checkpoint"
+            + _recorded(path)
         )
     model.encoder.load_state_dict(load_encoder, strict=False)
     model.decoder.load_state_dict(load_decoder, strict=False)
