@@ -161,8 +161,10 @@ def test_pretraining_writes_weights_that_transformer_pretrained_path_loads(demo_
     assert torch.equal(fresh.decoder[0].stage.blocks[0].attn.qkv.weight, saved["layers.2.blocks.0.attn.qkv.weight"])
 
     # weights of other widths: one line saying what they were pretrained with (their record)
-    with pytest.raises(ValueError, match=r"it was pretrained with embed_dim 12, .* at image_size \[64, 64\]"):
+    with pytest.raises(ValueError, match=r"pretrained with embed_dim 12 \(this network: 24\)"):
         load_pretrained_swin(SwinUnet(**{**SWIN, "embed_dim": 24}), str(out / "transformer_pretrained.pt"))
+    with pytest.raises(ValueError, match=r"pretrained with num_heads \[1, 1, 2, 2\] \(this network: \[1, 2, 2, 4\]\)"):
+        load_pretrained_swin(SwinUnet(**{**SWIN, "num_heads": [1, 2, 2, 4]}), str(out / "transformer_pretrained.pt"))
 
     # a training with --transformer_pretrained_path builds the Swin-Unet from it
     from monai.bundle import ConfigParser

@@ -18,6 +18,7 @@ import logging
 import re
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from timm.models import adapt_input_conv
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerStage
@@ -248,6 +249,35 @@ def _recorded(path: str) -> str:
         return ""
 
 
+def _check_record(model: SwinUnet, path: str) -> None:
+    """Refuse a pretrained file whose record (``X.json`` beside it) names other widths than
+    ``model``'s: with other heads the attention tables would be skipped and the rest load silently."""
+    import json
+    import os
+
+    try:
+        with open(os.path.splitext(path)[0] + ".json", encoding="utf-8") as f:
+            widths = json.load(f)["transformer_def"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return
+    if not isinstance(widths, dict):
+        return
+    layers = list(model.encoder.layers)
+    mine = {
+        "embed_dim": model.encoder.embed_dim,
+        "depths": [len(layer.blocks) for layer in layers],
+        "num_heads": [layer.blocks[0].attn.num_heads for layer in layers],
+    }
+    differ = {
+        k: (widths.get(k), v)
+        for k, v in mine.items()
+        if k in widths and list(np.atleast_1d(widths[k])) != list(np.atleast_1d(v))
+    }
+    if differ:
+        said = ", ".join(f"{k} {theirs} (this network: {ours})" for k, (theirs, ours) in differ.items())
+        raise ValueError(f"{path}: pretrained with {said}: train with the same --transformer_def values")
+
+
 def load_pretrained_swin(model: SwinUnet, path: str) -> PretrainedLoadReport:
     """Initialise ``model``'s encoder, and as the reference does its mirrored decoder stages,
     from an ImageNet Swin checkpoint at a local ``path`` (timm or Microsoft key layout).
@@ -257,6 +287,7 @@ def load_pretrained_swin(model: SwinUnet, path: str) -> PretrainedLoadReport:
     missing file or a checkpoint that is not a Swin state dict of this model's widths.
     """
     raw = _read_state_dict(path)
+    _check_record(model, path)
     if not any(k.startswith("layers.") for k in raw):
         raise ValueError(f"{path} is not a Swin Transformer checkpoint (no 'layers.*' keys)")
     modules = dict(model.encoder.named_modules())
