@@ -334,7 +334,8 @@ def test_every_method_config_trains_two_iterations(method, tmp_path, demo_datase
     state = torch.load(tmp_path / "models" / "train_state" / "train_state.pt", map_location="cpu", weights_only=True)
     expected = {*roles, *(f"optimizer_{r}" for r in roles), *(f"lr_scheduler_{r}" for r in roles), "validator"}
     expected |= set(wf.parser["method_state"])
-    assert set(state) - {"trainer", "trainer_extra", "random"} == expected
+    assert set(state) - {"trainer", "trainer_extra", "random"} == expected | {"method"}
+    assert state["method"] == wf.parser["method"]
     assert set(state["trainer_extra"]["teachers"]) == set(trainer.teachers)
 
 
