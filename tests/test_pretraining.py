@@ -265,7 +265,7 @@ def test_the_readmes_pretraining_lines_run_as_written(demo_dataset, tmp_path):
     section = text.split("### Pretraining the Swin-Unet on the frames at hand", 1)[1].split("\n## ", 1)[0]
     lines = re.findall(r"^(\.venv/bin/python -m monai\.bundle run \S+ .*)$", section, re.M)
     assert [shlex.split(line)[4] for line in lines] == ["pretraining", "training"], lines
-    extra = tmp_path / "site2"
+    extra = tmp_path / "site2" / "images"
     rng = np.random.default_rng(0)
     for i in (4900, 4901, 4990):
         _write_png(extra / f"{i:05d}.png", rng.integers(0, 255, (64, 64)))

@@ -106,7 +106,9 @@ def pretraining_images(datalist_file: str, extra_images: Any = None, extra_ids: 
                     )
                 if os.path.realpath(path) not in known:
                     known.add(os.path.realpath(path))
-                    entries.append({"image": str(path.resolve()), "source": f"extra:{folder.name}"})
+                    # named after the data set: its folder, or the one above a folder named images/
+                    named = folder.resolve().parent if folder.name.lower() == "images" else folder
+                    entries.append({"image": str(path.resolve()), "source": f"extra:{named.name}"})
     if not entries:
         raise ValueError(f"{datalist_file}: no image to pretrain on (empty 'training' and 'unlabeled' lists)")
     logger.info("pretraining on %d images: %s", len(entries), dict(Counter(e["source"] for e in entries)))
