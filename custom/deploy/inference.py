@@ -30,6 +30,8 @@ __all__ = [
     "is_nifti",
     "MaskWriteError",
     "FiniteOutputCheck",
+    "HeadReviewWriter",
+    "head_review_record",
 ]
 
 logger = logging.getLogger(__name__)
@@ -459,3 +461,137 @@ class DisagreementWriter:
             "images": [{"image": k, "disagreement": v} for k, v in ranked],
         }
         atomic_write_json(os.path.join(self.output_dir, "disagreement.json"), doc, indent=2)
+
+
+def head_review_record(
+    head_xy: np.ndarray,
+    image_path: str,
+    review_doc: Mapping[str, Any] | None,
+    second_xy: np.ndarray | None = None,
+    pixel_size_mm: float | None = None,
+) -> dict[str, Any]:
+    """One frame's head measurement and review (inference and the MONAI Label app): the head
+    circumference of the ellipse fitted to ``head_xy`` (a boolean map in the reader's (x, y) order,
+    at the frame's size; mm with ``pixel_size_mm``, else pixels), the review scores (the frame read
+    from ``image_path``; ``second_xy``: the Transformer's head) and, with ``review_doc``'s
+    thresholds, ``review`` true/false and its reason (``None`` and why without thresholds)."""
+    from custom.data.transforms import load_image
+    from custom.evaluation.biometry import ellipse_perimeter, fit_head_ellipse
+    from custom.evaluation.evaluate import _grey
+    from custom.evaluation.review import review, review_scores
+
+    image = _grey(np.asarray(load_image(image_path, for_mask=False), dtype=np.float32))
+    scores = review_scores(
+        head_xy.T,
+        None if second_xy is None or second_xy.shape != head_xy.shape else second_xy.T,
+        image.T if image.shape == head_xy.shape else None,
+    )
+    try:
+        _, _, a, b, _ = fit_head_ellipse(head_xy.T, pixel_size_mm)
+        hc: float | None = ellipse_perimeter(a, b)
+    except ValueError:
+        hc = None
+    row: dict[str, Any] = {"head_circumference": hc, "unit": "mm" if pixel_size_mm else "px"}
+    if review_doc is not None:
+        row["review"], row["review_reason"] = review(scores, review_doc["thresholds"])
+    else:
+        row["review"], row["review_reason"] = None, "no review thresholds beside the weights (review.json)"
+    row["scores"] = {k: (float(v) if np.isfinite(v) else None) for k, v in scores.items()}
+    return row
+
+
+class HeadReviewWriter:
+    """The head measurement of every segmented frame and whether to distrust it.
+
+    After the masks are saved (``ITERATION_COMPLETED``) it fits the head ellipse to each mask's
+    ``head_class`` (:mod:`custom.evaluation.biometry`), scores it with
+    :func:`custom.evaluation.review.review_scores` (the frame itself and, when the thresholds use it,
+    the Transformer's head: ``transformer``) and marks it with the thresholds set on the validation
+    list (``review``: :func:`custom.evaluation.review.read_review_file`). It writes
+    ``<stem>_review.json`` beside each mask (head circumference in mm with ``pixel_size_mm``, else in
+    pixels; ``review`` true/false and its reason; the scores) and, at the end, ``review.csv`` with
+    one row per frame.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        review: Mapping[str, Any] | None,
+        head_class: int | None = None,
+        transformer: torch.nn.Module | None = None,
+        pixel_size_mm: float | None = None,
+        overwrite: bool = False,
+        image_key: str = "image",
+        pred_key: str = "pred",
+    ) -> None:
+        self.output_dir, self.review = output_dir, review
+        self.head_class = int(head_class if head_class is not None else (review or {}).get("head_class", 0)) or None
+        if self.head_class is None:
+            raise ValueError(
+                "--head_class: no head label given and no review thresholds beside the weights to take it from"
+            )
+        self.transformer, self.overwrite = transformer, parse_bool(overwrite, "overwrite")
+        self.pixel_size_mm = None if pixel_size_mm in (None, "", "null") else float(pixel_size_mm)
+        if self.pixel_size_mm is not None and not (self.pixel_size_mm > 0 and np.isfinite(self.pixel_size_mm)):
+            raise ValueError(f"--pixel_size_mm {pixel_size_mm!r}: expected a positive number of mm per pixel")
+        self.image_key, self.pred_key = image_key, pred_key
+        self.second: dict[str, np.ndarray] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        if self.transformer is not None:
+            engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self.on_forward)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.on_iteration)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    @torch.no_grad()
+    def on_forward(self, engine: Engine) -> None:
+        """The Transformer's head at each frame's size (kept until its mask is scored)."""
+        from custom.evaluation.evaluate import _label_map
+        from custom.evaluation.overlays import _frame_shapes
+
+        batch = engine.state.batch
+        x = batch[self.image_key]
+        self.transformer.eval()
+        x_plain = (x.as_tensor() if hasattr(x, "as_tensor") else x).to(engine.state.device)
+        logits = self.transformer(x_plain)
+        names = x.meta.get("filename_or_obj", []) if hasattr(x, "meta") else []
+        for i, (name, shape) in enumerate(zip(names, _frame_shapes(x, len(logits)))):
+            if shape is not None:  # the label map as the evaluation's (calibration's) path makes it
+                self.second[str(name)] = _label_map(logits[i : i + 1], shape[:2]) == self.head_class
+
+    def on_iteration(self, engine: Engine) -> None:
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        for out in outputs:
+            pred = out.get(self.pred_key)
+            mask_path = out.get(f"{self.pred_key}_path")
+            source = str(pred.meta.get("filename_or_obj", "")) if hasattr(pred, "meta") else ""
+            if pred is None or not source or not mask_path:
+                continue  # a frame without a mask (a bad input) has no measurement either
+            head_xy = np.squeeze(np.asarray(pred.detach().cpu())) == self.head_class
+            row = {
+                "image": source,
+                "mask": mask_path,
+                **head_review_record(head_xy, source, self.review, self.second.pop(source, None), self.pixel_size_mm),
+            }
+            target = mask_output_path(self.output_dir, source, "review")
+            target = target[: -len(".nii.gz")] + ".json" if target.endswith(".nii.gz") else target[:-4] + ".json"
+            if os.path.exists(target) and not self.overwrite:
+                raise FileExistsError(f"{target} exists; refusing to overwrite it (set overwrite to replace outputs)")
+            atomic_write_json(target, row, indent=2)
+            self.rows.append(row)
+
+    def write(self, engine: Engine | None = None) -> None:
+        import csv
+        import io
+
+        from custom.utils.atomic import atomic_write_text
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        columns = ("image", "mask", "head_circumference", "unit", "review", "review_reason")
+        writer.writerow(columns)
+        writer.writerows([r[c] for c in columns] for r in self.rows)
+        atomic_write_text(os.path.join(self.output_dir, "review.csv"), buffer.getvalue())
+        marked = sum(bool(r["review"]) for r in self.rows)
+        logger.info("%d of %d frames marked for review (review.csv in %s)", marked, len(self.rows), self.output_dir)

@@ -164,7 +164,7 @@ def recorded_image_size(record_file: str | os.PathLike | None, weights: str | os
     if why is not None:
         raise ModelConfigError(
             f"{weights}: {why}, so the image size they were trained at is unknown: pass it explicitly "
-            "(--image_size \"[H, W]\", the size of their training) or retrain"
+            '(--image_size "[H, W]", the size of their training) or retrain'
         )
     return value(record_file, "image_size", default)
 

@@ -87,6 +87,8 @@ def _copy_code(src: Path, dst: Path) -> None:
     for rel in shipped_code(src):
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, dst / rel)
+
+
 # the line of common.yaml that is rewritten, and the import the rewritten value needs
 
 
@@ -317,7 +319,8 @@ def package(
             else:  # inference from the package will refuse them unless the image size is given explicitly
                 logger.warning(
                     "%s has no model_config.json beside it: the package's inference and evaluation will need "
-                    "--image_size explicitly (package weights with the record their training wrote)", weights_path
+                    "--image_size explicitly (package weights with the record their training wrote)",
+                    weights_path,
                 )
             if with_exports_:
                 for export in ("model.ts", "model.onnx"):

@@ -67,6 +67,14 @@ def _loader(path: str, *, for_mask: bool = True):
     return load_image(path, for_mask=for_mask)
 
 
+def _grey(image: np.ndarray) -> np.ndarray:
+    """A 2-D grey image (in the reader's (x, y) order) from a grey, RGB(A) or channel-first read."""
+    image = np.squeeze(image)
+    if image.ndim == 3:
+        image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
+    return image
+
+
 def read_label_map(path: str) -> np.ndarray:
     """A label file as a 2-D integer array in MONAI's (x, y) reading order (as the prediction)."""
     arr = np.asarray(_loader(path))
@@ -145,6 +153,26 @@ def head_circumference_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, A
         # mean signed error (prediction - reference): negative where the heads are drawn too small
         "bias": stat(valid_signed, np.mean),
         "reference": hc_rows[0].get("hc_ref_source"),
+        **review_summary(hc_rows),
+    }
+
+
+def review_summary(rows: Sequence[Mapping[str, Any]], limit_mm: float = 10.0) -> dict[str, Any]:
+    """How many ``rows`` are marked for review and the HC error of those left unmarked (the
+    figures a clinician trusts without a look): ``{}`` when the rows carry no ``review``."""
+    flagged = [r for r in rows if "review" in r]
+    if not flagged:
+        return {}
+    marked = np.array([bool(r["review"]) for r in flagged])
+    diffs = np.array([r.get("hc_abs_diff", float("nan")) for r in flagged], dtype=float)
+    unmarked = diffs[~marked & ~np.isnan(diffs)]
+    return {
+        "n_marked": int(marked.sum()),
+        "share_marked": float(marked.mean()),
+        "unmarked_abs_diff_mean": float(unmarked.mean()) if len(unmarked) else float("nan"),
+        "unmarked_abs_diff_max": float(unmarked.max()) if len(unmarked) else float("nan"),
+        f"unmarked_over_{limit_mm:g}mm": int((unmarked > limit_mm).sum()),
+        f"marked_of_over_{limit_mm:g}mm": int((marked & (diffs > limit_mm)).sum()),
     }
 
 
@@ -180,6 +208,12 @@ def write_report(
             f"{h['abs_diff_mean']:.2f} ± {h['abs_diff_std']:.2f} over {h['n']} images "
             f"({h['n_no_ellipse']} without a head ellipse)\n"
         )
+        if "n_marked" in h:
+            md += (
+                f"Marked for review: {h['n_marked']} of {h['n']} images; head circumference error of the "
+                f"unmarked: mean {h['unmarked_abs_diff_mean']:.2f}, max {h['unmarked_abs_diff_max']:.2f} "
+                f"({h['unmarked_over_10mm']} unmarked above 10 {h['unit']})\n"
+            )
     atomic_write_text(os.path.join(output_dir, "summary.md"), md)
     return summary
 
@@ -196,6 +230,10 @@ class SegmentationReport:
             The reference HC is the datalist entry's ``hc_mm`` (HC18's CSV) when present,
             otherwise the ellipse fitted to the reference mask.
         n_overlays: how many best and how many worst cases get an overlay PNG.
+        review: thresholds of :func:`custom.evaluation.review.calibrate` (set on the validation list):
+            every row with a head gets ``review`` (true/false) and ``review_reason``; without them
+            the rows still carry the review scores (what :func:`~custom.evaluation.review.calibrate`
+            reads).
         overwrite: replace an existing non-empty ``output_dir``. Without it such a folder is
             refused before the evaluation starts; with it the whole report is written into a
             temporary sibling folder that replaces ``output_dir`` at the end (never a mix of old
@@ -213,6 +251,7 @@ class SegmentationReport:
         image_key: str = "image",
         label_key: str = "label",
         overwrite: bool = False,
+        review: Mapping[str, Any] | None = None,
     ) -> None:
         from custom.utils.cli import parse_bool
 
@@ -225,12 +264,16 @@ class SegmentationReport:
         self.cases: dict[str, tuple[str, str]] = {}
         self._last_pred: dict[str, np.ndarray] = {}
         self.summary: dict[str, Any] | None = None
+        self.review = review
 
-    def add(self, pred: np.ndarray, entry: Mapping[str, Any], gt: np.ndarray | None = None) -> dict[str, Any]:
+    def add(
+        self, pred: np.ndarray, entry: Mapping[str, Any], gt: np.ndarray | None = None, second: np.ndarray | None = None
+    ) -> dict[str, Any]:
         """Score one prediction (a label map at the reference mask's size) against the entry's
         ``label`` (:func:`case_record`: in mm where the entry has a ``spacing``; head circumference
         for ``head_class``, the reference being the entry's ``hc_mm`` when present); ``gt``: the
-        reference mask when already read."""
+        reference mask when already read; ``second``: the second network's label map (the review's
+        ``disagreement``)."""
         image_file, label_file = _filename(entry.get(self.image_key)), _filename(entry.get(self.label_key))
         if label_file is None:
             raise ValueError(f"{image_file}: no reference label to evaluate against")
@@ -240,10 +283,30 @@ class SegmentationReport:
         row = case_record(
             pred, gt, self.num_classes, _spacing_of(entry), name, self.head_class, float(hc_ref[0]) if hc_ref else None
         )
+        if self.head_class is not None:
+            row.update(self._review(pred, second, image_file))
         self.rows.append(row)
         self.cases[name] = (image_file, label_file)
         self._last_pred[name] = pred.astype(np.uint8)
         return row
+
+    def _review(self, pred: np.ndarray, second: np.ndarray | None, image_file: str | None) -> dict[str, Any]:
+        """The review scores of the predicted head (and ``review``/``review_reason`` with thresholds)."""
+        from custom.evaluation.review import review, review_scores
+
+        image = None
+        if image_file is not None:
+            image = _grey(np.asarray(_loader(image_file, for_mask=False), dtype=np.float32))
+            image = image if image.shape == pred.shape else None
+        scores = review_scores(
+            pred.T == self.head_class,
+            None if second is None else second.T == self.head_class,
+            None if image is None else image.T,
+        )
+        if self.review is None:
+            return scores
+        marked, reason = review(scores, self.review["thresholds"])
+        return {**scores, "review": marked, "review_reason": reason}
 
     def check_output_dir(self) -> None:
         """Refuse an existing non-empty ``output_dir`` (unless ``overwrite``) or one that is a file."""
@@ -292,14 +355,87 @@ class SegmentationReport:
         ]
         for tag, row in picks:
             image_file, label_file = self.cases[row["name"]]
-            image = np.squeeze(np.asarray(_loader(image_file, for_mask=False), dtype=np.float32))
-            if image.ndim == 3:
-                image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image.mean(0)
+            image = _grey(np.asarray(_loader(image_file, for_mask=False), dtype=np.float32))
             rgb = overlay_image(image.T, read_label_map(label_file).T, self._last_pred[row["name"]].T, self.class_names)
             atomic_write(
                 os.path.join(folder, f"{tag}_{row['name']}_dice{row['dice']:.3f}.png"),
                 lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"),
             )
+
+
+def _label_map(logits: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+    """Argmax over the classes (hard labels), resized to ``shape`` with nearest neighbour."""
+    pred = logits.max(1, keepdim=True).indices.float()
+    return torch.nn.functional.interpolate(pred, size=tuple(shape), mode="nearest")[0, 0].cpu().numpy().astype(np.int64)
+
+
+def calibrate_review(
+    network: torch.nn.Module,
+    entries: Sequence[Mapping[str, Any]],
+    preprocessing: Callable,
+    num_classes: int,
+    head_class: int,
+    transformer: torch.nn.Module | None = None,
+    rate: float = 0.1,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Review thresholds set on ``entries`` (the validation list, never a test list): the networks'
+    review scores there (:func:`evaluate_network`) through :func:`custom.evaluation.review.calibrate`."""
+    from custom.evaluation.review import calibrate
+
+    rows, _ = evaluate_network(
+        network, entries, preprocessing, num_classes, head_class=head_class, device=device, transformer=transformer
+    )
+    return calibrate(rows, rate)
+
+
+def set_review_thresholds(
+    ckpt_dir: str,
+    network: torch.nn.Module,
+    entries: Sequence[Mapping[str, Any]],
+    preprocessing: Callable,
+    num_classes: int,
+    labels: Mapping[str, int] | None,
+    transformer: torch.nn.Module | None = None,
+    rate: float = 0.1,
+    device: str | torch.device = "cpu",
+    enabled: bool = True,
+) -> str | None:
+    """After training: the review thresholds of ``ckpt_dir/model.pt`` set on the validation
+    ``entries`` and written beside it (``review.json``, :func:`custom.evaluation.review.write_review_file`).
+
+    ``network`` is a network of the deployed architecture (its weights are replaced by a copy
+    loaded from ``model.pt``); ``transformer``: the second network as trained (``disagreement``).
+    Nothing is written when no class of ``labels`` names the head, when there is no ``model.pt``,
+    or when not ``enabled`` (another rank than 0); returns the path written or ``None``.
+    """
+    import copy
+
+    from custom.evaluation.review import head_label, write_review_file
+    from custom.training.checkpoint import load_network_weights
+
+    head = head_label(labels)
+    weights = os.path.join(ckpt_dir, "model.pt")
+    if not enabled or head is None or not os.path.isfile(weights) or not entries:
+        return None
+
+    def unwrapped(n: torch.nn.Module | None) -> torch.nn.Module | None:  # DistributedDataParallel's .module
+        inner = getattr(n, "module", None)
+        return inner if isinstance(inner, torch.nn.Module) else n
+
+    deployed = load_network_weights(copy.deepcopy(unwrapped(network)), weights)
+    transformer = unwrapped(transformer)
+    calibration = calibrate_review(
+        deployed, entries, preprocessing, num_classes, head, transformer=transformer, rate=rate, device=device
+    )
+    path = write_review_file(ckpt_dir, calibration, head)
+    logger.info(
+        "review thresholds set on %d validation images (about %.0f%% of such frames marked): %s",
+        len(entries),
+        100 * calibration["rate"],
+        path,
+    )
+    return path
 
 
 @torch.no_grad()
@@ -315,6 +451,8 @@ def evaluate_network(
     n_overlays: int = 0,
     overwrite: bool = False,
     progress: bool = False,
+    transformer: torch.nn.Module | None = None,
+    review: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict], dict | None]:
     """Evaluate ``network`` on datalist ``entries`` at the original size: the one evaluation path
     (``evaluate.yaml``, ``custom.tools.compare``, the GPU check).
@@ -326,13 +464,23 @@ def evaluate_network(
     (in mm where the entry has a ``spacing``; head circumference error for ``head_class``).
     With ``output_dir`` the report is written there (:class:`SegmentationReport`; an existing
     non-empty folder is refused before anything is computed unless ``overwrite``).
+    With ``head_class`` every row carries the review scores of :mod:`custom.evaluation.review`
+    (``transformer``: the second network of a two-network method, for ``disagreement``) and, with
+    ``review`` thresholds (:func:`calibrate_review`), the ``review`` flag and its reason.
     """
     report = SegmentationReport(
-        output_dir or "", num_classes, class_names, head_class, n_overlays=n_overlays, overwrite=overwrite
+        output_dir or "",
+        num_classes,
+        class_names,
+        head_class,
+        n_overlays=n_overlays,
+        overwrite=overwrite,
+        review=review,
     )
     if output_dir:
         report.check_output_dir()
     network = network.to(device).eval()
+    networks = [network] if transformer is None or head_class is None else [network, transformer.to(device).eval()]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -341,9 +489,8 @@ def evaluate_network(
     for entry in entries:
         x = torch.as_tensor(preprocessing({"image": entry["image"]})["image"]).float()[None].to(device)
         gt = read_label_map(entry["label"])
-        pred = network(x).max(1, keepdim=True).indices.float()  # argmax over the classes (hard_labels)
-        pred = torch.nn.functional.interpolate(pred, size=gt.shape, mode="nearest")[0, 0].cpu().numpy().astype(np.int64)
-        report.add(pred, entry, gt)
+        preds = [_label_map(n(x), gt.shape) for n in networks]
+        report.add(preds[0], entry, gt, preds[1] if len(preds) > 1 else None)
         if bar is not None:
             bar.update()
     if bar is not None:

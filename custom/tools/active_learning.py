@@ -444,8 +444,10 @@ def run_study(
     if not seeds_l or len(set(seeds_l)) != len(seeds_l):
         raise ValueError(f"--seeds {seeds!r}: expected distinct whole numbers")
     rounds_n = _whole(rounds, "rounds", 1)
-    limits = {name: None if v is None else _whole(v, name, 1) for name, v in (("val-limit", val_limit),
-                                                                              ("test-limit", test_limit))}
+    limits = {
+        name: None if v is None else _whole(v, name, 1)
+        for name, v in (("val-limit", val_limit), ("test-limit", test_limit))
+    }
     max_iterations = None if max_iterations is None else _whole(max_iterations, "max-iterations", 1)
     threads = None if threads is None else _whole(threads, "threads", 1)
     split_l = _as_list(split) or ["test"]
@@ -474,8 +476,9 @@ def run_study(
     missing = [s for s in split_l if not datalist.get(s)]
     if missing or not datalist.get("validation"):
         raise ValueError(f"--dataset-dir {dataset_dir}: no (or an empty) {(missing or ['validation'])[0]!r} list")
-    counts = budget(len(pool), _fraction(seed_fraction, "seed-fraction"), _fraction(batch_fraction, "batch-fraction"),
-                    rounds_n)
+    counts = budget(
+        len(pool), _fraction(seed_fraction, "seed-fraction"), _fraction(batch_fraction, "batch-fraction"), rounds_n
+    )
     draw = DEFAULT_LABELED_DRAW.get(str(datalist.get("source_kind", "")).lower(), "groups")
     fixed_lists = {"validation": _thin(datalist["validation"], limits["val-limit"])}
     fixed_lists.update({s: _thin(datalist[s], limits["test-limit"]) for s in split_l})
@@ -500,14 +503,33 @@ def run_study(
             f"--out {out}: holds a study of other settings (dataset, budget, method, overrides or scale); "
             "give another --out or move it aside"
         )
-    command = shlex.join(["python", "-m", "custom.tools.active_learning", "--dataset-dir", str(dataset_dir), "--out",
-                          str(out), "--strategies", ",".join(strategies_l), "--seeds", ",".join(map(str, seeds_l)),
-                          "--rounds", str(rounds_n), "--seed-fraction", str(seed_fraction), "--batch-fraction",
-                          str(batch_fraction), "--method", method]
-                         + (["--override", ",".join(_as_list(override))] if overrides else [])
-                         + (["--max-iterations", str(max_iterations)] if max_iterations else [])
-                         + ["--split", ",".join(split_l)]
-                         + [f"--{k}={v}" for k, v in limits.items() if v is not None])
+    command = shlex.join(
+        [
+            "python",
+            "-m",
+            "custom.tools.active_learning",
+            "--dataset-dir",
+            str(dataset_dir),
+            "--out",
+            str(out),
+            "--strategies",
+            ",".join(strategies_l),
+            "--seeds",
+            ",".join(map(str, seeds_l)),
+            "--rounds",
+            str(rounds_n),
+            "--seed-fraction",
+            str(seed_fraction),
+            "--batch-fraction",
+            str(batch_fraction),
+            "--method",
+            method,
+        ]
+        + (["--override", ",".join(_as_list(override))] if overrides else [])
+        + (["--max-iterations", str(max_iterations)] if max_iterations else [])
+        + ["--split", ",".join(split_l)]
+        + [f"--{k}={v}" for k, v in limits.items() if v is not None]
+    )
 
     def train(rnd: Round, labelled: list[dict], unlabelled: list[dict]) -> dict[str, Any]:
         """Write the round's datalist and train/evaluate it through compare (skipped when done)."""
@@ -518,8 +540,17 @@ def run_study(
         if _read_json(file) != json.loads(json.dumps(doc)):
             atomic_write_json(file, doc, indent=1)
         result = compare.run_comparison(
-            str(rnd.dataset_dir), [method], [rnd.seed], overrides, str(rnd.compare_dir), max_iterations,
-            ",".join(split_l), launcher, threads, device, progress=False,
+            str(rnd.dataset_dir),
+            [method],
+            [rnd.seed],
+            overrides,
+            str(rnd.compare_dir),
+            max_iterations,
+            ",".join(split_l),
+            launcher,
+            threads,
+            device,
+            progress=False,
         )
         return result["runs"][0]
 
@@ -555,11 +586,17 @@ def run_study(
         ordered = sorted(rows, key=lambda r: (strategies_l.index(r["strategy"]), r["seed"], r["round"], r["list"]))
         write_csv(out_dir / RESULTS_CSV, ordered)
         curves = {name: summarise([r for r in ordered if r["list"] == name], name) for name in split_l}
-        scale = (describe(spec_of(first_round)) if first_round else "")
+        scale = describe(spec_of(first_round)) if first_round else ""
         text = "\n".join(
-            results_markdown(curves[name], name, {**settings, "scale": scale,
-                                                  "n_test": len(fixed_lists[name])}, command, len(pool), seconds,
-                             groups_spanned(picks, groups))
+            results_markdown(
+                curves[name],
+                name,
+                {**settings, "scale": scale, "n_test": len(fixed_lists[name])},
+                command,
+                len(pool),
+                seconds,
+                groups_spanned(picks, groups),
+            )
             for name in split_l
         )
         from custom.utils.atomic import atomic_write_text
@@ -575,8 +612,10 @@ def run_study(
 
         s = describe_scale(spec, datalist)
         size = "x".join(str(v) for v in s["image_size"])
-        return (f"{method}, {size} px, {s['max_iterations']} iterations, batch {s['batch_size']} "
-                f"({s['labeled_bs']} labelled), Swin-Unet embed {s['swin_embed_dim']}")
+        return (
+            f"{method}, {size} px, {s['max_iterations']} iterations, batch {s['batch_size']} "
+            f"({s['labeled_bs']} labelled), Swin-Unet embed {s['swin_embed_dim']}"
+        )
 
     first_round: Round | None = None
     state: dict[tuple[int, str], tuple[SimulatedAnnotator, Round]] = {}
@@ -605,12 +644,21 @@ def run_study(
                 if chosen is None:  # picked with the previous round's networks; a resumed study reuses picks
                     candidates = annotator.unlabelled_ids()
                     t0 = time.perf_counter()
-                    scored = {} if strategy == "random" else score_pool(
-                        spec_of(previous), annotator.hidden(candidates), strategy, device)
+                    scored = (
+                        {}
+                        if strategy == "random"
+                        else score_pool(spec_of(previous), annotator.hidden(candidates), strategy, device)
+                    )
                     seconds["scoring (this invocation)"] += time.perf_counter() - t0
-                    chosen = select(strategy, candidates, counts[rnd_n] - counts[rnd_n - 1],
-                                    np.random.default_rng([seed, rnd_n]), scored.get("scores"),
-                                    scored.get("features"), seed=seed * 1000 + rnd_n)
+                    chosen = select(
+                        strategy,
+                        candidates,
+                        counts[rnd_n] - counts[rnd_n - 1],
+                        np.random.default_rng([seed, rnd_n]),
+                        scored.get("scores"),
+                        scored.get("features"),
+                        seed=seed * 1000 + rnd_n,
+                    )
                     picks["picks"][strategy][str(seed)][str(rnd_n)] = chosen
                     _write_json(picks_path, picks)
                 annotator.reveal(chosen)

@@ -21,7 +21,7 @@ SEED_MAX = 2**32 - 1  # numpy's seeds: 0 .. 2**32 - 1
 # name -> (kind, what the message says it expects)
 RULES: dict[str, tuple[str, str]] = {
     "num_classes": ("int>=2", "an integer within 2..256 (background included)"),
-    "image_size": ("size", "two positive integers divisible by 32, such as \"[448, 448]\""),
+    "image_size": ("size", 'two positive integers divisible by 32, such as "[448, 448]"'),
     "max_iterations": ("int>=1", "a positive integer"),
     "batch_size": ("int>=1", "a positive integer"),
     "labeled_bs": ("int>=1", "a positive integer"),

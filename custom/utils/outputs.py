@@ -97,8 +97,11 @@ def os_error_line(error: BaseException) -> str | None:
             what = current.strerror or os.strerror(current.errno)
             where = current.filename if current.filename is not None else None
             extra = f" (-> {current.filename2})" if getattr(current, "filename2", None) else ""
-            hint = " (nothing partial was left: free some space and run again)" if current.errno in (
-                errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) else ""
+            hint = (
+                " (nothing partial was left: free some space and run again)"
+                if current.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+                else ""
+            )
             return f"{where}{extra}: {what}{hint}" if where else f"{what}{hint}"
         current = current.__cause__ or current.__context__
     return None

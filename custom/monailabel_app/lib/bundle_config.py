@@ -193,8 +193,9 @@ def epoch_overrides(max_epochs: Any) -> dict[str, Any]:
     except ValueError:
         epochs = 0
     if epochs < 1 or isinstance(max_epochs, bool):
-        raise ValueError(f"train request: max_epochs {max_epochs!r}: expected a positive integer (passes over the "
-                         "labelled images)")
+        raise ValueError(
+            f"train request: max_epochs {max_epochs!r}: expected a positive integer (passes over the labelled images)"
+        )
     return {
         "train#epoch_length": "$len(@train#dataloader)",
         "max_iterations": f"$max(1, {epochs} * len(@train#dataloader))",
@@ -219,8 +220,11 @@ def running_or_stopped(stats: dict[str, Any]) -> dict[str, Any]:
     pid = stats.get("pid")
     if stats.get("status") != "running" or not isinstance(pid, int) or (pid_alive(pid) and not _zombie(pid)):
         return stats
-    return {**{k: v for k, v in stats.items() if k != "pid"}, "status": "stopped",
-            "stopped_after": f"iteration {stats.get('iterations')}, epoch {stats.get('epoch')}"}
+    return {
+        **{k: v for k, v in stats.items() if k != "pid"},
+        "status": "stopped",
+        "stopped_after": f"iteration {stats.get('iterations')}, epoch {stats.get('epoch')}",
+    }
 
 
 def packaged_method(configs: str) -> str | None:

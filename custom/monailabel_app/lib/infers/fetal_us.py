@@ -167,4 +167,47 @@ class FetalUSInferTask(BundleInferTask):
         path = str(data.get("image_path") or "")
         if extension is None and not data.get("result_extension") and path.lower().endswith((".jpg", ".jpeg")):
             extension = ".png"  # a lossy mask is no mask
-        return super().writer(data, extension=extension, dtype=dtype or np.uint8)
+        result_file, result_json = super().writer(data, extension=extension, dtype=dtype or np.uint8)
+        return result_file, {**(result_json or {}), **self._head_review(data, path)}
+
+    def _head_review(self, data: Dict[str, Any], path: str) -> Dict[str, Any]:
+        """The head measurement and ``review`` true/false with its reason (thresholds set on the
+        validation list at the end of training: ``review.json`` beside ``model.pt``), as inference
+        writes them beside each mask; nothing where no class names the head."""
+        ensure_repo_on_path()
+        from custom.deploy.inference import head_review_record
+        from custom.evaluation.review import head_label, read_review_file
+
+        try:
+            review_doc = read_review_file(self.settings.model_path)
+        except ValueError as e:  # thresholds of other weights: say so rather than judge with them
+            return {"review": None, "review_reason": str(e)}
+        head = review_doc["head_class"] if review_doc else head_label(self.settings.label_map())
+        pred = data.get(self.key_pred)
+        if head is None or pred is None or not path:
+            return {}
+        head_xy = np.squeeze(np.asarray(pred.detach().cpu() if isinstance(pred, torch.Tensor) else pred)) == head
+        second = self._second_head(review_doc, path, head, head_xy.shape)
+        return head_review_record(head_xy, path, review_doc, second)
+
+    def _second_head(self, review_doc: Dict[str, Any] | None, path: str, head: int, shape) -> np.ndarray | None:
+        """The Swin-Unet's head on the frame (its weights from the training state), where the
+        thresholds judge the two networks' disagreement; ``None`` otherwise."""
+        from monai.transforms import Compose
+
+        from custom.evaluation.evaluate import _label_map
+        from custom.evaluation.review import second_network
+
+        if not review_doc or "disagreement" not in review_doc["thresholds"]:
+            return None
+        key = (self.settings.train_state_path, os.path.getmtime(self.settings.train_state_path))
+        if getattr(self, "_transformer_key", None) != key:
+            parser = self.settings.parser("inference")
+            self._transformer = second_network(
+                review_doc, parser.get_parsed_content("transformer_def"), self.settings.train_state_path
+            ).eval()
+            self._preprocessing = Compose(parser.get_parsed_content("deterministic_transforms"))
+            self._transformer_key = key
+        x = torch.as_tensor(self._preprocessing({"image": path})["image"]).float()[None]
+        with torch.no_grad():
+            return _label_map(self._transformer(x), shape) == head
