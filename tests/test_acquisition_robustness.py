@@ -21,7 +21,13 @@ from custom.data.held_out_lists import SHIFTS, add_shifted_lists, add_test_list,
 from custom.evaluation.metrics import EmptyPredictions
 from custom.training.losses import CrossPseudoSupervisionLoss, class_thresholds, confidence_mask
 
-NEW_AUGMENTATIONS = ("RandZoomd", "RandAffined", "RandScaleIntensityFixedMeand", "RandSimulateLowResolutiond")
+NEW_AUGMENTATIONS = (
+    "RandZoomd",
+    "RandAffined",
+    "RandScaleIntensityFixedMeand",
+    "RandSimulateLowResolutiond",
+    "RandAcousticShadowd",
+)
 
 
 def parser(*extra: str, **values) -> ConfigParser:
@@ -65,6 +71,21 @@ def test_zoom_out_shrinks_the_structure_and_pads_the_frame_with_black():
     area = float(out["label"].sum()) / float(pair["label"].sum())
     assert area == pytest.approx(0.49, abs=0.08)
     assert float(out["image"][0, 0, 0]) == 0.0 and float(out["image"][0, 32, 32]) > 0.5  # border black, centre kept
+
+
+def test_an_acoustic_shadow_darkens_a_band_from_some_depth_to_the_bottom_and_keeps_the_mask():
+    transforms = parser(aug_shadow_prob=1.0).get_parsed_content("train#random_transforms")
+    (shadow,) = [t for t in transforms if type(t).__name__ == "RandAcousticShadowd"]
+    pair = disc_pair()
+    shadow.set_random_state(3)
+    out = shadow(pair)
+    ratio = (out["image"][0] / pair["image"][0].clamp_min(1e-6)).numpy()  # W x H: depth is the last axis
+    dark = ratio < 0.99
+    columns, rows = np.flatnonzero(dark.any(1)), np.flatnonzero(dark.any(0))
+    assert 0 < len(columns) < ratio.shape[0] and rows[-1] == ratio.shape[1] - 1 and rows[0] > 0  # a band, to the bottom
+    assert np.all(dark[columns[len(columns) // 2], rows[0] :])  # every pixel below its start in the band
+    assert np.allclose(ratio[:, : rows[0]], 1.0)  # above the reflector nothing changes
+    assert 0.1 <= float(ratio.min()) <= 0.5 and torch.equal(out["label"], pair["label"])  # the head goes on under it
 
 
 def test_every_stream_is_augmented_and_the_basic_set_switches_the_new_parts_off():

@@ -6,9 +6,9 @@ from collections.abc import Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, RandomizableTransform
 
-__all__ = ["ToGreyscaled", "DisplayPILReader", "load_image"]
+__all__ = ["ToGreyscaled", "RandAcousticShadowd", "DisplayPILReader", "load_image"]
 
 
 class ToGreyscaled(MapTransform):
@@ -41,6 +41,59 @@ class ToGreyscaled(MapTransform):
                     f" ({getattr(img, 'meta', {}).get('filename_or_obj', 'unknown file')})"
                 )
             d[key] = img
+        return d
+
+
+class RandAcousticShadowd(RandomizableTransform, MapTransform):
+    """An acoustic shadow: below a strong reflector (the skull's near arc, a bone) the beam is
+    blocked and the frame darkens from that depth to the bottom. With probability ``prob`` a band of
+    columns (a ``width`` share of the frame's width) is darkened from a random ``depth`` share of the
+    frame downwards by a factor drawn from ``strength``, with ramps of a tenth of the band at its
+    sides; the mask is left as it is: the head goes on under the shadow, which is what a model must
+    learn for late-pregnancy frames where only the skull's arcs show.
+
+    Images are MONAI-ordered ``C x W x H`` (the reader puts the width first; depth is the last axis).
+    Written by hand: MONAI's ``RandCoarseDropoutd`` fills boxes, not a band that runs to the bottom
+    of the frame with a partial darkening.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.3,
+        width: tuple[float, float] = (0.1, 0.35),
+        depth: tuple[float, float] = (0.15, 0.6),
+        strength: tuple[float, float] = (0.1, 0.5),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.width, self.depth, self.strength = tuple(width), tuple(depth), tuple(strength)
+        self._draw: tuple[float, float, float, float] | None = None
+
+    def randomize(self, data: object = None) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            w = self.R.uniform(*self.width)
+            self._draw = (self.R.uniform(0.0, 1.0 - w), w, self.R.uniform(*self.depth), self.R.uniform(*self.strength))
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        start, width, depth, strength = self._draw
+        for key in self.key_iterator(d):
+            img = d[key]
+            n_x, n_y = img.shape[-2], img.shape[-1]
+            x = torch.arange(n_x, dtype=torch.float32, device=img.device) / max(1, n_x - 1)
+            ramp = max(width / 10, 1.0 / max(1, n_x))
+            # 1 inside the band, falling linearly to 0 over `ramp` on each side
+            across = torch.clamp(torch.minimum(x - start, start + width - x) / ramp + 0.5, 0.0, 1.0)
+            y = torch.arange(n_y, dtype=torch.float32, device=img.device) / max(1, n_y - 1)
+            below = (y >= depth).float()
+            factor = 1.0 - (1.0 - strength) * across[:, None] * below[None, :]
+            d[key] = img * factor.to(img.dtype)
         return d
 
 
