@@ -845,6 +845,14 @@ def test_readme_monailabel_commands_run_as_written(server, tmp_path):
         assert "training at image_size [64, 64] (the served model's)" in text, _tail(log)
         assert "\u2588" not in text and "it/s]" not in text, "a progress bar in the server log"
         assert "train#dataset#data" not in text and "unlabeled_datalist" not in text, "image lists in the log"
+        # the infer response carries the head measurement and whether to distrust it, judged by the
+        # thresholds that training set on its validation frames (review.json beside model.pt)
+        assert "review thresholds set on" in text and (models / "review.json").is_file(), _tail(log)
+        r = requests.post(f"{url}/infer/{MODEL}", params={"image": image, "output": "json"}, timeout=REQUEST_TIMEOUT)
+        assert r.status_code == 200, (r.text[:2000], _tail(log))
+        result = r.json()
+        assert isinstance(result.get("review"), bool) and "review_reason" in result, result
+        assert result["unit"] == "px" and set(result["scores"]) >= {"edge", "ellipse_misfit", "disagreement"}, result
         # an explicit scale: another image size replaces the 64 px weights when the request says so
         before = (models / "model.pt").stat().st_mtime_ns
         params = {"max_epochs": 1, "val_split": 0, "image_size": 128, "overwrite_model": True}

@@ -551,3 +551,32 @@ def test_the_packaged_pretraining_runs_from_the_copy_alone(packaged, tmp_path, d
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((tmp_path / "pre" / "transformer_pretrained.json").read_text())
     assert record["complete"] and record["iterations"] == 2
+
+
+def test_review_thresholds_travel_with_their_weights_and_stale_ones_stay_behind(tmp_path):
+    """Issue 32: ``review.json`` set for the packaged weights is shipped beside them; thresholds set
+    for other weights (``model.pt`` replaced after training) are left out with a warning."""
+    from custom.evaluation.review import write_review_file
+
+    weights = tmp_path / "w" / "model.pt"
+    weights.parent.mkdir()
+    _distinctive_weights(weights)
+    write_review_file(str(weights.parent), {"thresholds": {"edge": 0.1}, "rate": 0.1}, head_class=1)
+
+    def package(out):
+        return subprocess.run(
+            [sys.executable, "-m", "custom.deploy.package", "--out", str(out), "--weights", str(weights)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )
+
+    proc = package(tmp_path / "dist")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (shipped,) = (tmp_path / "dist").glob("*/models/review.json")
+    assert json.loads(shipped.read_text())["thresholds"] == {"edge": 0.1}
+
+    record = json.loads((weights.parent / "review.json").read_text())
+    (weights.parent / "review.json").write_text(json.dumps({**record, "weights_sha256": "0" * 64}))
+    proc = package(tmp_path / "dist2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not list((tmp_path / "dist2").glob("*/models/review.json"))
+    assert "review thresholds left out of the package" in proc.stderr

@@ -216,6 +216,21 @@ after exporting anew). Configs execute Python expressions: run bundles from trus
 """  # noqa: E501
 
 
+def _copy_review_thresholds(weights_path: Path, models: Path) -> None:
+    """The review thresholds set for these weights (``review.json`` beside them) travel with them;
+    thresholds of other weights stay behind, with a warning (custom/evaluation/review.py)."""
+    from custom.evaluation.review import REVIEW_FILE, read_review_file
+
+    if not (weights_path.parent / REVIEW_FILE).is_file():
+        return
+    try:
+        read_review_file(str(weights_path))
+    except ValueError as e:
+        logger.warning("review thresholds left out of the package: %s", e)
+        return
+    shutil.copy2(weights_path.parent / REVIEW_FILE, models / REVIEW_FILE)
+
+
 def package(
     out: str,
     name: str = DEFAULT_NAME,
@@ -316,6 +331,7 @@ def package(
 
                 shutil.copy2(recorded, models / "model_config.json")
                 write_network_data_format(target / "configs" / "metadata.json", recorded)
+                _copy_review_thresholds(weights_path, models)
             else:  # inference from the package will refuse them unless the image size is given explicitly
                 logger.warning(
                     "%s has no model_config.json beside it: the package's inference and evaluation will need "

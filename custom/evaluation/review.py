@@ -213,8 +213,17 @@ def second_network(
     review_doc: Mapping[str, Any] | None, transformer: Any, state_path: str, key: str = "transformer"
 ) -> Any:
     """The second network the review needs: ``transformer`` loaded from the training state
-    ``state_path`` when the thresholds (:func:`read_review_file`) include ``disagreement``, else ``None``."""
+    ``state_path`` when the thresholds (:func:`read_review_file`) include ``disagreement``, else ``None``
+    (also, with a warning, when there is no such state: the other scores still judge)."""
+    import logging
+    import os
+
     if not review_doc or "disagreement" not in review_doc.get("thresholds", {}):
+        return None
+    if not os.path.isfile(state_path):  # e.g. a packaged bundle: its weights travel without the state
+        logging.getLogger(__name__).warning(
+            "the networks' disagreement is not judged: no training state with the Swin-Unet at %s", state_path
+        )
         return None
     from custom.training.checkpoint import load_network_weights
 

@@ -198,14 +198,13 @@ class FetalUSInferTask(BundleInferTask):
         from custom.evaluation.evaluate import _label_map
         from custom.evaluation.review import second_network
 
-        if not review_doc or "disagreement" not in review_doc["thresholds"]:
+        state = self.settings.train_state_path
+        if not review_doc or "disagreement" not in review_doc["thresholds"] or not os.path.isfile(state):
             return None
-        key = (self.settings.train_state_path, os.path.getmtime(self.settings.train_state_path))
+        key = (state, os.path.getmtime(state))
         if getattr(self, "_transformer_key", None) != key:
             parser = self.settings.parser("inference")
-            self._transformer = second_network(
-                review_doc, parser.get_parsed_content("transformer_def"), self.settings.train_state_path
-            ).eval()
+            self._transformer = second_network(review_doc, parser.get_parsed_content("transformer_def"), state).eval()
             self._preprocessing = Compose(parser.get_parsed_content("deterministic_transforms"))
             self._transformer_key = key
         x = torch.as_tensor(self._preprocessing({"image": path})["image"]).float()[None]
