@@ -63,9 +63,10 @@ def test_thresholds_are_validation_quantiles_and_the_flag_names_each_score_above
         for m, d in zip(np.linspace(0, 0.1, 41), np.linspace(0, 0.4, 41))
     ]
     cal = calibrate(rows, rate=0.1)
-    # three scores present: each at the 1 - 0.1 / 3 quantile, so at most ~10 % of such frames are marked
-    assert cal["quantile"] == pytest.approx(1 - 0.1 / 3)
-    assert cal["thresholds"]["ellipse_misfit"] == pytest.approx(np.quantile(np.linspace(0, 0.1, 41), 1 - 0.1 / 3))
+    # two scores vary (edge is 0 on every frame: its threshold 0, no share of the rate): each at the
+    # 1 - 0.1 / 2 quantile, so at most ~10 % of such frames are marked
+    assert cal["quantile"] == pytest.approx(1 - 0.1 / 2) and cal["thresholds"]["edge"] == 0
+    assert cal["thresholds"]["ellipse_misfit"] == pytest.approx(np.quantile(np.linspace(0, 0.1, 41), 1 - 0.1 / 2))
     marked = [review(r, cal["thresholds"])[0] for r in rows]
     assert 0 < sum(marked) <= 0.1 * len(rows) + 1
 

@@ -17,8 +17,8 @@ image and the bundle's second network give:
 
 Thresholds are set on the validation list only (:func:`calibrate`): each score's threshold is the
 ``1 - rate / n`` quantile of its validation values (``rate`` the share of in-distribution frames one
-accepts to mark, ``n`` the number of scores), so that at most about ``rate`` of frames like the
-validation ones are marked whatever the scores' correlation (a union bound). Written by hand: MONAI
+accepts to mark, ``n`` the number of scores that vary there), so that at most about ``rate`` of frames
+like the validation ones are marked whatever the scores' correlation (a union bound). Written by hand: MONAI
 and scikit-image give the pieces (the ellipse fit, Dice) but no review rule for a measurement.
 """
 
@@ -134,8 +134,9 @@ def calibrate(rows: Iterable[Mapping[str, Any]], rate: float = 0.1) -> dict[str,
     """Thresholds from the validation list's review scores (``rows``: per-image dicts holding them).
 
     Each score present in ``rows`` gets the ``1 - rate / n`` quantile of its finite validation
-    values (``n``: how many scores are calibrated), so at most about ``rate`` of frames like the
-    validation ones are marked. Returns ``{"rate", "quantile", "n_images", "thresholds": {score: t}}``.
+    values (``n``: how many scores vary on validation; a constant score's threshold is its value),
+    so at most about ``rate`` of frames like the validation ones are marked. Returns
+    ``{"rate", "quantile", "n_images", "thresholds": {score: t}}``.
     """
     if not 0.0 < float(rate) < 1.0:
         raise ValueError(f"review rate {rate!r}: expected a share between 0 and 1 (e.g. 0.1)")
@@ -144,7 +145,10 @@ def calibrate(rows: Iterable[Mapping[str, Any]], rate: float = 0.1) -> dict[str,
     values = {s: v[np.isfinite(v)] for s, v in values.items() if np.isfinite(v).any()}
     if not values:
         raise ValueError("no review score to calibrate: the validation rows hold no head")
-    q = 1.0 - float(rate) / len(values)
+    # a score constant on validation (a head never cut by the frame's edge) marks none of those frames:
+    # its threshold is that value and it takes no share of the rate
+    varying = [s for s, v in values.items() if np.ptp(v) > 0]
+    q = 1.0 - float(rate) / max(1, len(varying))
     return {
         "rate": float(rate),
         "quantile": q,
