@@ -144,10 +144,25 @@ def _write_workflow_configs(source: Path, configs: Path, method: str = DEFAULT_M
         parser = ConfigParser()
         parser.read_config([str(source / f) for f in files])
         merged = {k: v for k, v in parser.get().items() if k != "_meta_"}  # --meta_file fills it at run time
-        atomic_write(
-            configs / f"{workflow}.json",
-            lambda tmp, merged=merged: ConfigParser.export_config_file(merged, tmp, fmt="json", indent=1),
-        )
+        atomic_write_text(configs / f"{workflow}.json", compact_json(merged) + "\n")
+
+
+def compact_json(value: Any, width: int = 100, indent: int = 0) -> str:
+    """JSON as a model-zoo config is written by hand: a list or mapping that fits on one line of
+    ``width`` characters stays on it (``"keys": ["image", "label"]``), larger ones open one item per
+    line. ``json.dumps(indent=...)`` puts every list item on its own line (a 2-item list takes 4);
+    the parsed result is the same."""
+    import json
+
+    flat = json.dumps(value)
+    if not isinstance(value, (dict, list)) or len(flat) + indent <= width:
+        return flat
+    pad = " " * (indent + 1)
+    if isinstance(value, dict):
+        items = [f"{pad}{json.dumps(k)}: {compact_json(v, width, indent + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    items = [pad + compact_json(v, width, indent + 1) for v in value]
+    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
 
 
 def _write_large_files(target: Path, weights_url: str) -> None:
