@@ -146,14 +146,8 @@ def test_training_sets_thresholds_on_validation_and_evaluation_and_inference_mar
     assert set(record["thresholds"]) == {"edge", "ellipse_misfit", "disagreement", "skull_outside"}
 
     common = ["--meta_file", str(CONFIGS / "metadata.json"), "--ckpt_dir", str(models), "--image_size", "[64,64]"]
-    tiny = [
-        "--transformer_def#embed_dim",
-        "12",
-        "--transformer_def#num_heads",
-        "[1,1,2,2]",
-        "--transformer_def#window_size",
-        "4",
-    ]
+    swin = ("transformer_def#embed_dim", "transformer_def#num_heads", "transformer_def#window_size")
+    tiny = [a for k in swin for a in (f"--{k}", json.dumps(overrides[k]))]
     evaluate = str([str(CONFIGS / c) for c in ("common.yaml", "train.yaml", "evaluate.yaml")])
     _bundle(
         "evaluating",

@@ -395,6 +395,13 @@ class FiniteOutputCheck:
         )
 
 
+def _forward(network: torch.nn.Module, engine: Engine, image_key: str) -> torch.Tensor:
+    """``network``'s logits (in eval mode) on the engine's current batch of images, as a plain tensor."""
+    x = engine.state.batch[image_key]
+    x = (x.as_tensor() if hasattr(x, "as_tensor") else x).to(engine.state.device)
+    return network.eval()(x)
+
+
 class DisagreementWriter:
     """Runs the Transformer beside the deployed CNN and records how much they disagree.
 
@@ -428,13 +435,10 @@ class DisagreementWriter:
         from PIL import Image
 
         batch = engine.state.batch
-        x = batch[self.image_key]
-        x = (x.as_tensor() if hasattr(x, "as_tensor") else x).to(engine.state.device)
         logits = engine.state.output["pred"]
         logits = logits.as_tensor() if hasattr(logits, "as_tensor") else logits
-        self.transformer.eval()
         p1 = torch.softmax(logits.float(), 1)
-        p2 = torch.softmax(self.transformer(x).float(), 1)
+        p2 = torch.softmax(_forward(self.transformer, engine, self.image_key).float(), 1)
         # per-pixel maps at each frame's own size (like the masks), not the network's input size
         maps = at_frame_size(self.divergence(p1, p2), batch[self.image_key])
         names = batch[self.image_key].meta.get(
@@ -550,11 +554,8 @@ class HeadReviewWriter:
         from custom.evaluation.evaluate import _label_map
         from custom.evaluation.overlays import _frame_shapes
 
-        batch = engine.state.batch
-        x = batch[self.image_key]
-        self.transformer.eval()
-        x_plain = (x.as_tensor() if hasattr(x, "as_tensor") else x).to(engine.state.device)
-        logits = self.transformer(x_plain)
+        x = engine.state.batch[self.image_key]
+        logits = _forward(self.transformer, engine, self.image_key)
         names = x.meta.get("filename_or_obj", []) if hasattr(x, "meta") else []
         for i, (name, shape) in enumerate(zip(names, _frame_shapes(x, len(logits)))):
             if shape is not None:  # the label map as the evaluation's (calibration's) path makes it
