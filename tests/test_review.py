@@ -19,6 +19,8 @@ from custom.evaluation.review import (
     read_review_file,
     review,
     review_scores,
+    size_outside,
+    with_size,
     write_review_file,
 )
 
@@ -76,6 +78,24 @@ def test_thresholds_are_validation_quantiles_and_the_flag_names_each_score_above
     assert review(rows[0], cal["thresholds"]) == (False, "")
     with pytest.raises(ValueError, match="review rate 2"):
         calibrate(rows, rate=2)
+
+
+def test_a_head_outside_the_validated_sizes_is_marked_for_its_size():
+    rows = [
+        {"hc": hc * 1.01, "hc_ref": hc, "hc_unit": "mm", "edge": 0.0, "ellipse_misfit": 0.02}
+        for hc in np.linspace(100.0, 200.0, 30)
+    ]
+    cal = calibrate(rows)
+    assert cal["hc_range_mm"] == [100.0, 200.0]
+    assert size_outside(150.0, cal["hc_range_mm"]) == 0 and size_outside(250.0, [100.0, 200.0]) == pytest.approx(0.25)
+    assert size_outside(80.0, [100.0, 200.0]) == pytest.approx(0.25) and np.isnan(size_outside(None, [100, 200]))
+    inside = with_size({"edge": 0.0, "ellipse_misfit": 0.02}, 180.0, cal)
+    larger = with_size({"edge": 0.0, "ellipse_misfit": 0.02}, 260.0, cal)
+    assert review(inside, cal["thresholds"]) == (False, "")
+    marked, reason = review(larger, cal["thresholds"])
+    assert marked and reason.startswith("size_outside 0.3 >")
+    # in pixels (no pixel size): not judged by size
+    assert "size_outside" not in with_size({"edge": 0.0}, None, cal)
 
 
 def test_the_head_is_the_one_class_named_so():
@@ -143,7 +163,9 @@ def test_training_sets_thresholds_on_validation_and_evaluation_and_inference_mar
     record = json.loads((models / "review.json").read_text())
     # the default trains both networks: their disagreement is one of the scores; set on validation
     assert record["head_class"] == 1 and record["set_on"] == "validation" and record["n_images"] == 6
-    assert set(record["thresholds"]) == {"edge", "ellipse_misfit", "disagreement", "skull_outside"}
+    assert set(record["thresholds"]) == {"edge", "ellipse_misfit", "disagreement", "skull_outside", "size_outside"}
+    refs = [e["hc_mm"] for e in doc["validation"]]
+    assert record["hc_range_mm"] == [min(refs), max(refs)]  # the validation heads' references, in mm
 
     common = ["--meta_file", str(CONFIGS / "metadata.json"), "--ckpt_dir", str(models), "--image_size", "[64,64]"]
     swin = ("transformer_def#embed_dim", "transformer_def#num_heads", "transformer_def#window_size")

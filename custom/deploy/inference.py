@@ -482,7 +482,7 @@ def head_review_record(
     from custom.data.transforms import load_image
     from custom.evaluation.biometry import ellipse_perimeter, fit_head_ellipse
     from custom.evaluation.evaluate import _grey
-    from custom.evaluation.review import review, review_scores
+    from custom.evaluation.review import review, review_scores, with_size
 
     image = _grey(np.asarray(load_image(image_path, for_mask=False), dtype=np.float32))
     scores = review_scores(
@@ -497,6 +497,7 @@ def head_review_record(
         hc = None
     row: dict[str, Any] = {"head_circumference": hc, "unit": "mm" if pixel_size_mm else "px"}
     if review_doc is not None:
+        scores = with_size(scores, hc if pixel_size_mm else None, review_doc)
         row["review"], row["review_reason"] = review(scores, review_doc["thresholds"])
     else:
         row["review"], row["review_reason"] = None, "no review thresholds beside the weights (review.json)"

@@ -284,15 +284,17 @@ class SegmentationReport:
             pred, gt, self.num_classes, _spacing_of(entry), name, self.head_class, float(hc_ref[0]) if hc_ref else None
         )
         if self.head_class is not None:
-            row.update(self._review(pred, second, image_file))
+            row.update(self._review(pred, second, image_file, row.get("hc") if row.get("hc_unit") == "mm" else None))
         self.rows.append(row)
         self.cases[name] = (image_file, label_file)
         self._last_pred[name] = pred.astype(np.uint8)
         return row
 
-    def _review(self, pred: np.ndarray, second: np.ndarray | None, image_file: str | None) -> dict[str, Any]:
+    def _review(
+        self, pred: np.ndarray, second: np.ndarray | None, image_file: str | None, hc_mm: float | None
+    ) -> dict[str, Any]:
         """The review scores of the predicted head (and ``review``/``review_reason`` with thresholds)."""
-        from custom.evaluation.review import review, review_scores
+        from custom.evaluation.review import review, review_scores, with_size
 
         image = None
         if image_file is not None:
@@ -305,6 +307,7 @@ class SegmentationReport:
         )
         if self.review is None:
             return scores
+        scores = with_size(scores, hc_mm, self.review)
         marked, reason = review(scores, self.review["thresholds"])
         return {**scores, "review": marked, "review_reason": reason}
 

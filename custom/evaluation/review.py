@@ -13,7 +13,11 @@ image and the bundle's second network give:
   Transformer trained beside it; only with the weights of a two-network method);
 - ``skull_outside``: how much brighter the image is in a ring just outside the predicted outline than
   just inside it (the skull's bright arc left outside the outline: the failure of later pregnancy,
-  where the model takes the inner of the skull's two arcs for the head's edge).
+  where the model takes the inner of the skull's two arcs for the head's edge);
+- ``size_outside``: how far the measured head circumference lies outside the range of the
+  validation list's reference heads, as a share of that range's nearer end (a head larger or
+  smaller than any the model was checked on: a later or earlier stage of pregnancy); in mm only, so
+  where the pixel size is known.
 
 Thresholds are set on the validation list only (:func:`calibrate`): each score's threshold is the
 ``1 - rate / n`` quantile of its validation values (``rate`` the share of in-distribution frames one
@@ -40,6 +44,7 @@ __all__ = [
     "write_review_file",
     "read_review_file",
     "second_network",
+    "size_outside",
     "ellipse_mask",
     "ellipse_outline",
     "review_scores",
@@ -48,7 +53,7 @@ __all__ = [
 ]
 
 # every score but no_head, which marks a frame by itself
-SCORES = ("edge", "ellipse_misfit", "disagreement", "skull_outside")
+SCORES = ("edge", "ellipse_misfit", "disagreement", "skull_outside", "size_outside")
 # the thresholds of the weights beside which it lies (models/review.json), set on validation
 REVIEW_FILE = "review.json"
 
@@ -130,17 +135,46 @@ def review_scores(
     return out
 
 
+def size_outside(hc_mm: float | None, hc_range_mm: Sequence[float] | None) -> float:
+    """``max(0, hc / high - 1, low / hc - 1)`` for the range ``(low, high)`` of the validation heads
+    (0 inside it); ``nan`` without a measurement in mm or a range."""
+    if hc_mm is None or hc_range_mm is None or not math.isfinite(hc_mm) or hc_mm <= 0:
+        return float("nan")
+    low, high = (float(v) for v in hc_range_mm)
+    return max(0.0, hc_mm / high - 1.0, low / hc_mm - 1.0)
+
+
+def with_size(scores: Mapping[str, float], hc_mm: float | None, calibration: Mapping[str, Any] | None) -> dict:
+    """``scores`` plus ``size_outside`` of ``hc_mm`` (a head circumference in mm, or ``None``) against
+    the validation heads' range recorded in ``calibration`` (:func:`calibrate`), where both exist."""
+    out = dict(scores)
+    hc_range = (calibration or {}).get("hc_range_mm")
+    if hc_range is not None and hc_mm is not None and not out.get("no_head"):
+        out["size_outside"] = size_outside(hc_mm, hc_range)
+    return out
+
+
 def calibrate(rows: Iterable[Mapping[str, Any]], rate: float = 0.1) -> dict[str, Any]:
     """Thresholds from the validation list's review scores (``rows``: per-image dicts holding them).
 
     Each score present in ``rows`` gets the ``1 - rate / n`` quantile of its finite validation
     values (``n``: how many scores vary on validation; a constant score's threshold is its value),
-    so at most about ``rate`` of frames like the validation ones are marked. Returns
-    ``{"rate", "quantile", "n_images", "thresholds": {score: t}}``.
+    so at most about ``rate`` of frames like the validation ones are marked. Rows with a head
+    circumference in mm and its reference (``hc``, ``hc_ref``) also give the range of the validation
+    heads (``hc_range_mm``) and the ``size_outside`` score. Returns ``{"rate", "quantile",
+    "n_images", "thresholds": {score: t}[, "hc_range_mm"]}``.
     """
     if not 0.0 < float(rate) < 1.0:
         raise ValueError(f"review rate {rate!r}: expected a share between 0 and 1 (e.g. 0.1)")
     rows = list(rows)
+    # the heads' size range: the validation references in mm (rows of case_record: hc_ref, hc in mm)
+    refs = np.array([float(r["hc_ref"]) for r in rows if r.get("hc_unit") == "mm" and "hc_ref" in r], dtype=float)
+    refs = refs[np.isfinite(refs)]
+    hc_range = [float(refs.min()), float(refs.max())] if len(refs) >= 2 else None
+    if hc_range is not None:
+        rows = [
+            with_size(r, float(r["hc"]) if r.get("hc_unit") == "mm" else None, {"hc_range_mm": hc_range}) for r in rows
+        ]
     values = {s: np.array([float(r[s]) for r in rows if s in r], dtype=float) for s in SCORES}
     values = {s: v[np.isfinite(v)] for s, v in values.items() if np.isfinite(v).any()}
     if not values:
@@ -154,6 +188,7 @@ def calibrate(rows: Iterable[Mapping[str, Any]], rate: float = 0.1) -> dict[str,
         "quantile": q,
         "n_images": len(rows),
         "thresholds": {s: float(np.quantile(v, q)) for s, v in values.items()},
+        **({"hc_range_mm": hc_range} if hc_range is not None else {}),
     }
 
 
