@@ -297,7 +297,7 @@ class SegmentationReport:
         from custom.evaluation.review import review, review_scores, with_size
 
         image = None
-        if image_file is not None:
+        if image_file is not None and os.path.isfile(image_file):  # skull_outside reads the frame itself
             image = _grey(np.asarray(_loader(image_file, for_mask=False), dtype=np.float32))
             image = image if image.shape == pred.shape else None
         scores = review_scores(
