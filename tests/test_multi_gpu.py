@@ -301,7 +301,8 @@ def test_torchrun_two_processes_train_identical_weights_save_once_and_resume(tmp
     states = _rank_states(tmp_path, "first")
     assert [s["iteration"] for s in states] == [2, 2]
     models = tmp_path / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["model.pt", "model_config.json", "train_state"]
+    # written once, by rank 0 (review.json: the review thresholds set on validation at the end)
+    assert sorted(p.name for p in models.iterdir()) == ["model.pt", "model_config.json", "review.json", "train_state"]
     assert sorted(p.name for p in (models / "train_state").iterdir()) == ["train_state.pt"]
     first = torch.load(models / "train_state" / "train_state.pt", map_location="cpu", weights_only=True)
     assert first["trainer"]["iteration"] == 2
@@ -309,7 +310,8 @@ def test_torchrun_two_processes_train_identical_weights_save_once_and_resume(tmp
     log = _torchrun(tmp_path, demo_dataset, "resumed", resume=True)
     states = _rank_states(tmp_path, "resumed")
     assert [s["iteration"] for s in states] == [4, 4], "every rank resumed at iteration 2 and ran 2 more"
-    assert sorted(p.name for p in models.iterdir()) == ["model.pt", "model_config.json", "train_state"]
+    # written once, by rank 0 (review.json: the review thresholds set on validation at the end)
+    assert sorted(p.name for p in models.iterdir()) == ["model.pt", "model_config.json", "review.json", "train_state"]
     assert sorted(p.name for p in (models / "train_state").iterdir()) == ["train_state.pt"]
     from custom.networks import UNeXt
 

@@ -245,3 +245,30 @@ def test_training_sets_thresholds_on_validation_and_evaluation_and_inference_mar
     )
     assert proc.returncode != 0 and "review.json: set for other weights" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_model_that_finds_no_head_on_validation_sets_no_thresholds_and_drops_stale_ones(tmp_path):
+    """A training whose model predicts no head on any validation frame ends normally: no review
+    thresholds are written, and those of earlier weights in the folder are removed."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from custom.evaluation.evaluate import set_review_thresholds
+    from custom.networks import UNeXt
+
+    hc = require_shared("hc18")
+    names = sorted(p.name for p in (hc / "images").glob("*.png"))[:3]
+    entries = [{"image": str(hc / "images" / n), "label": str(hc / "labels" / n)} for n in names]
+    net = UNeXt(1, 2)
+    with torch.no_grad():
+        net.final.bias.copy_(torch.tensor([1e3, -1e3]))  # background everywhere
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "review.json").write_text("{}")  # thresholds of earlier weights
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.yaml")])
+    parser.update({"bundle_root": str(REPO / "bundle"), "model_config_file": None, "image_size": [64, 64]})
+    pre = Compose(parser.get_parsed_content("deterministic_transforms"))
+    labels = {"background": 0, "fetal head": 1}
+    assert set_review_thresholds(str(tmp_path), UNeXt(1, 2), entries, pre, 2, labels) is None
+    assert not (tmp_path / "review.json").exists()

@@ -99,6 +99,6 @@ def test_a_killed_worker_restarts_the_group_which_resumes_to_the_uninterrupted_w
         differ = [k for k in tensors if not torch.equal(tensors[k], restarted[key][k])]
         assert not differ, f"{key}: the restarted run differs from the uninterrupted one in {differ[:5]}"
     assert sorted(p.name for p in (tmp_path / "killed" / "models").iterdir()) == [
-        "model.pt", "model_config.json", "train_state",
+        "model.pt", "model_config.json", "review.json", "train_state",
     ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections.abc import Hashable, Mapping
 
 import torch
@@ -126,4 +128,14 @@ def load_image(path: str, *, for_mask: bool = False, **kwargs):
     from monai.transforms import LoadImage
 
     kwargs.setdefault("image_only", True)
+    if kwargs == {"image_only": True}:  # one loader per thread and kind: MONAI builds (and warns about)
+        loaders = _LOADERS.__dict__.setdefault("by_kind", {})  # every reader for each LoadImage
+        if for_mask not in loaders:
+            with warnings.catch_warnings():  # MONAI's GPU DICOM decoder, absent here, warns on every build
+                warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+                loaders[for_mask] = LoadImage(reader=DisplayPILReader(for_mask=for_mask), image_only=True)
+        return loaders[for_mask](path)
     return LoadImage(reader=DisplayPILReader(for_mask=for_mask), **kwargs)(path)
+
+
+_LOADERS = threading.local()

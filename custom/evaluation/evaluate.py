@@ -414,7 +414,7 @@ def set_review_thresholds(
     """
     import copy
 
-    from custom.evaluation.review import head_label, write_review_file
+    from custom.evaluation.review import REVIEW_FILE, head_label, write_review_file
     from custom.training.checkpoint import load_network_weights
 
     head = head_label(labels)
@@ -428,9 +428,16 @@ def set_review_thresholds(
 
     deployed = load_network_weights(copy.deepcopy(unwrapped(network)), weights)
     transformer = unwrapped(transformer)
-    calibration = calibrate_review(
-        deployed, entries, preprocessing, num_classes, head, transformer=transformer, rate=rate, device=device
-    )
+    try:
+        calibration = calibrate_review(
+            deployed, entries, preprocessing, num_classes, head, transformer=transformer, rate=rate, device=device
+        )
+    except ValueError as e:  # no head on any validation frame: nothing to set thresholds on
+        stale = os.path.join(ckpt_dir, REVIEW_FILE)
+        if os.path.exists(stale):
+            os.remove(stale)  # thresholds of earlier weights must not stay beside these
+        logger.warning("no review thresholds for %s: %s", weights, e)
+        return None
     path = write_review_file(ckpt_dir, calibration, head)
     logger.info(
         "review thresholds set on %d validation images (about %.0f%% of such frames marked): %s",
