@@ -29,6 +29,10 @@ BAD = [
     ("seed", "abc"),
     ("seed", 2**32),
     ("seed", True),
+    ("review_rate", 0),
+    ("review_rate", 1.5),
+    ("review_rate", "nan"),
+    ("review_rate", "abc"),
 ]
 GOOD = [
     ("num_classes", 3, 3),
@@ -38,6 +42,7 @@ GOOD = [
     ("batch_size", 4, 4),
     ("learning_rate", "1e-3", 1e-3),
     ("seed", 0, 0),
+    ("review_rate", "0.05", 0.05),
 ]
 
 
@@ -67,6 +72,7 @@ def test_good_values_pass_normalised(name, value, expected):
         {"learning_rate": "nan"},
         {"seed": -1},
         {"seed": "abc"},
+        {"review_rate": 2},
     ],
     ids=lambda o: f"{next(iter(o))}={next(iter(o.values()))}",
 )

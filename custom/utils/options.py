@@ -30,6 +30,7 @@ RULES: dict[str, tuple[str, str]] = {
     "pretrain_iterations": ("int>=1", "a positive integer"),
     "pretrain_batch_size": ("int>=1", "a positive integer"),
     "pretrain_learning_rate": ("float>0", "a finite number above 0"),
+    "review_rate": ("share", "a share above 0 and below 1, such as 0.1"),
 }
 
 
@@ -85,6 +86,11 @@ def check_option(name: str, value: Any, *, dashes: bool = False, flag: str | Non
     if kind == "float>0":
         number = _as_float(value)
         if number is None or not math.isfinite(number) or number <= 0:
+            raise error
+        return number
+    if kind == "share":
+        number = _as_float(value)
+        if number is None or not 0 < number < 1:
             raise error
         return number
     number = _as_int(value)
