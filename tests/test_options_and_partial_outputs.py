@@ -115,16 +115,47 @@ def test_prepare_skip_invalid_false_fails_on_an_invalid_pair(tmp_path: Path, mon
     assert status == 2 and "labels/s01.png: empty file" in err and not out.exists()
 
 
-def test_prepare_refuses_a_non_boolean_value_by_name(tmp_path: Path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("kind,option", [("folder", "--skip-invalid"), ("acouslic", "--binarize")])
+def test_prepare_refuses_a_non_boolean_value_by_name(kind: str, option: str, tmp_path: Path, monkeypatch, capsys):
     from custom.data.__main__ import main
 
     source = folder_source(tmp_path / "src")
-    status = run_main(
-        main, PREPARE + ["--source", str(source), "--out", str(tmp_path / "out"), "--binarize", "maybe"], monkeypatch
-    )
+    command = ["custom.data", "prepare", kind, "--source", str(source), "--out", str(tmp_path / "out"), option, "maybe"]
+    status = run_main(main, command, monkeypatch)
     err = capsys.readouterr().err
-    assert status == 2 and err.strip() == "error: --binarize: expected true or false (also 1/0, yes/no), got 'maybe'"
+    assert status == 2 and err.strip() == f"error: {option}: expected true or false (also 1/0, yes/no), got 'maybe'"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind,option,accepted", [
+    ("folder", "--binarize", "--images-subdir, --labels-subdir, --label-suffix, --label-map, --num-classes, "
+                             "--class-names, --group-regex"),
+    ("psfhs", "--group-regex", "--block-size"),
+    ("hc18", "--block-size", "none"),
+])
+def test_an_option_of_another_kind_is_refused_naming_the_kinds_own(
+    kind: str, option: str, accepted: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Each kind declares its options (custom.data.sources): one given to a kind that has no use for
+    it was silently ignored before; now it is one line, and nothing is written."""
+    from custom.data.__main__ import main
+
+    source = folder_source(tmp_path / "src")
+    command = ["custom.data", "prepare", kind, "--source", str(source), "--out", str(tmp_path / "out"), option, "2"]
+    status = run_main(main, command, monkeypatch)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.strip() == f"error: {option}: not an option of kind {kind} (its options: {accepted})"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_kind_option_is_checked_by_name_before_anything_is_read(tmp_path: Path, monkeypatch, capsys) -> None:
+    from custom.data.__main__ import main
+
+    command = ["custom.data", "prepare", "psfhs", "--source", str(tmp_path / "absent"), "--out", str(tmp_path / "out"),
+               "--block-size", "0"]
+    status = run_main(main, command, monkeypatch)
+    assert status == 2 and capsys.readouterr().err.strip() == "error: --block-size: expected a positive integer, got 0"
 
 
 def test_package_refuses_a_non_boolean_value_by_name(tmp_path: Path, monkeypatch, capsys) -> None:

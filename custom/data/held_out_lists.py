@@ -258,7 +258,7 @@ def add_test_list(
     file names whose leading number is in those ranges, e.g. ``4950-4999``; HC18: the subject, ``650-699``) as the test list ``test_<name>``. Every pair
     is checked first (readable, same size, classes of this dataset); a frame already in a
     training, unlabelled or validation list (same pixels) is refused by name. Returns the count."""
-    from .sources import SourceOptions, discover
+    from .sources import discover, kind_options
     from .validate import validate_samples
 
     overwrite, progress = parse_bool(overwrite, "overwrite"), parse_bool(progress, "progress")
@@ -266,8 +266,8 @@ def add_test_list(
     list_name = _list_name(name)
     datalist = load_datalist(file)
     num_classes = int(datalist.get("num_classes", 2))
-    options = SourceOptions(progress=progress, **source_options)
-    discovery = discover(str(kind).lower(), Path(source).expanduser(), options)
+    kind = str(kind).lower()
+    discovery = discover(kind, Path(source).expanduser(), kind_options(kind, source_options, progress=progress))
     if discovery.num_classes != num_classes:
         raise ValueError(f"{source}: {discovery.num_classes} classes, but {file} has {num_classes}")
     samples = sorted(discovery.samples, key=lambda s: s.name)

@@ -18,8 +18,9 @@ from custom.utils.cli import parse_bool
 from custom.utils.options import check_option
 from .datalist import DATALIST_NAME
 from .errors import DataValidationError, Problem, SplitError
-from .options import parse_group_list, parse_id_ranges, parse_label_map, parse_names
-from .sources import SourceOptions, discover
+from .options import parse_group_list, parse_id_ranges
+from .sources import discover
+from .sources import kind_options as kind_options_of
 from .splits import LABELED_DRAWS, SPLITS, SplitPlan, labeled_target, split_groups, spread_positions
 from .staging import check_output_target, staging_directory
 from .summary import build_summary, format_summary
@@ -50,16 +51,6 @@ def prepare(
     hide_unlabeled_masks: bool = False,
     test_groups: str | Sequence[str | int] | None = None,
     test_ids: str | int | Sequence[str | int] | None = None,
-    block_size: int = 50,
-    background_per_case: int = 10,
-    binarize: bool = False,
-    images_subdir: str = "images",
-    labels_subdir: str = "labels",
-    label_suffix: str = "",
-    label_map: str | Mapping[int, int] | None = None,
-    num_classes: int | None = None,
-    class_names: str | Sequence[str] | None = None,
-    group_regex: str | None = None,
     limit: int | None = None,
     skip_invalid: bool = False,
     overwrite: bool = False,
@@ -67,6 +58,7 @@ def prepare(
     quiet: bool = False,
     unlabeled_extra: str | Path | None = None,
     unlabeled_extra_ids: str | int | Sequence[str | int] | None = None,
+    **kind_options: Any,
 ) -> dict[str, Any]:
     """Prepare a dataset of kind ``hc18``, ``psfhs``, ``acouslic`` or ``folder``; returns the summary.
 
@@ -84,9 +76,10 @@ def prepare(
     summary says how many groups it spans. ``hide_unlabeled_masks``
     writes no masks for the unlabelled part.
 
-    Kind options: ``block_size`` (psfhs ids per group), ``background_per_case`` and ``binarize``
-    (acouslic), ``images_subdir``/``labels_subdir``/``label_suffix``/``label_map``/
-    ``num_classes``/``class_names``/``group_regex`` (folder). ``limit`` keeps the first N samples
+    ``kind_options`` are the options of the kind (its class in ``custom.data.sources``):
+    ``block_size`` (psfhs ids per group), ``background_per_case`` and ``binarize`` (acouslic),
+    ``images_subdir``/``labels_subdir``/``label_suffix``/``label_map``/``num_classes``/
+    ``class_names``/``group_regex`` (folder); an option of another kind is refused. ``limit`` keeps the first N samples
     by name (quick trials). ``skip_invalid`` skips invalid pairs (listed in ``skipped.json``)
     instead of failing; ``overwrite`` replaces a non-empty ``out`` after success.
     ``unlabeled_extra`` adds the images of another folder (any readable format, no masks; e.g. a new
@@ -96,15 +89,15 @@ def prepare(
     dataset's (pixel for pixel), is refused by name (:mod:`custom.data.extra`).
     Raises ``DataValidationError`` listing every problem, ``SplitError`` for impossible splits.
     """
-    hide_unlabeled_masks, binarize, skip_invalid, overwrite, progress, quiet = (
-        parse_bool(value, name) for value, name in ((hide_unlabeled_masks, "hide-unlabeled-masks"), (binarize, "binarize"),
+    hide_unlabeled_masks, skip_invalid, overwrite, progress, quiet = (
+        parse_bool(value, name) for value, name in ((hide_unlabeled_masks, "hide-unlabeled-masks"),
                                                     (skip_invalid, "skip-invalid"), (overwrite, "overwrite"),
                                                     (progress, "progress"), (quiet, "quiet")))
     seed = check_option("seed", seed, dashes=True)  # the one rule of custom/utils/options.py
-    num_classes = None if num_classes is None else check_option("num_classes", num_classes, dashes=True)
-    options = _recorded_options(locals())
-    source, out = Path(source).expanduser(), Path(out).expanduser()
     kind = str(kind).lower()
+    source_options = kind_options_of(kind, kind_options, seed=int(seed), progress=progress)
+    options = _recorded_options({**locals(), **source_options.given()})
+    source, out = Path(source).expanduser(), Path(out).expanduser()
     check_output_target(out, source, overwrite)
     if test_fraction is not None and (test_groups or test_ids):
         raise SplitError("give --test-fraction or --test-groups/--test-ids, not both")
@@ -126,22 +119,6 @@ def prepare(
         test_fraction=0.0 if explicit_test_requested else float(_default(test_fraction, DEFAULT_TEST_FRACTION)),
         seed=int(seed),
     )
-    source_options = SourceOptions(
-        seed=int(seed),
-        block_size=int(block_size),
-        background_per_case=int(background_per_case),
-        binarize=bool(binarize),
-        images_subdir=str(images_subdir),
-        labels_subdir=str(labels_subdir),
-        label_suffix=str(label_suffix or ""),
-        label_map=parse_label_map(label_map),
-        num_classes=None if num_classes is None else int(num_classes),
-        class_names=parse_names(class_names),
-        group_regex=group_regex,
-        progress=progress,
-    )
-    if source_options.label_map:
-        options["label_map"] = {str(raw): class_id for raw, class_id in source_options.label_map.items()}
     discovery = discover(kind, source, source_options)
     samples = sorted(discovery.samples, key=lambda s: s.name)[: None if limit is None else int(limit)]
     checked, problems = validate_samples(samples, discovery.num_classes, progress=progress)
@@ -210,7 +187,7 @@ def _recorded_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """The call's options as JSON-friendly values, for ``datalist.json``."""
     recorded = {}
     for name, value in arguments.items():
-        if name in ("progress", "quiet"):
+        if name in ("progress", "quiet", "kind_options", "source_options"):
             continue
         if isinstance(value, Path):
             value = str(value)

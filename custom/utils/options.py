@@ -31,6 +31,8 @@ RULES: dict[str, tuple[str, str]] = {
     "pretrain_batch_size": ("int>=1", "a positive integer"),
     "pretrain_learning_rate": ("float>0", "a finite number above 0"),
     "review_rate": ("share", "a share above 0 and below 1, such as 0.1"),
+    "block_size": ("int>=1", "a positive integer"),
+    "background_per_case": ("int>=0", "an integer of at least 0"),
 }
 
 
@@ -98,6 +100,7 @@ def check_option(name: str, value: Any, *, dashes: bool = False, flag: str | Non
         raise error
     if (
         (kind == "int>=1" and number < 1)
+        or (kind == "int>=0" and number < 0)
         or (kind == "int>=2" and not 2 <= number <= 256)
         or (kind == "seed" and not 0 <= number <= SEED_MAX)
     ):

@@ -10,6 +10,7 @@ Group = case (file stem); spacing = the volume's (x, y) spacing.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 import zlib
 from pathlib import Path
 
@@ -17,9 +18,11 @@ import numpy as np
 
 from ..errors import Problem, ReadError, SourceLayoutError
 from ..readers import Plane, RawArray, read_raw, spacing_or_none, strip_suffix, to_class_ids, to_grey_uint8
-from .base import Discovery, Sample, SourceOptions, list_files, pair_by_name, relative
+from custom.utils.cli import parse_bool
+from custom.utils.options import check_option
+from .base import Discovery, KindOptions, Sample, list_files, option, pair_by_name, relative
 
-__all__ = ["LABELS", "LABELS_BINARY", "LAYOUTS", "discover_acouslic", "pick_background_frames"]
+__all__ = ["LABELS", "LABELS_BINARY", "LAYOUTS", "AcouslicOptions", "discover_acouslic", "pick_background_frames"]
 
 LABELS = {"background": 0, "optimal_plane": 1, "suboptimal_plane": 2}
 LABELS_BINARY = {"background": 0, "abdomen": 1}
@@ -27,6 +30,15 @@ LAYOUTS = (
     ("images/stacked_fetal_ultrasound", "masks/stacked_fetal_abdomen"),
     ("images", "masks"),
 )
+
+
+@dataclass(frozen=True)
+class AcouslicOptions(KindOptions):
+    """``background_per_case``: frames without anatomy sampled per case; ``binarize``: the optimal
+    and suboptimal planes as one class."""
+
+    background_per_case: int = option(10, lambda value: check_option("background_per_case", value, dashes=True))
+    binarize: bool = option(False, lambda value: parse_bool(value, "binarize"))
 
 
 def _layout(source: Path) -> tuple[Path, Path]:
@@ -84,7 +96,7 @@ class _VolumeReader:
         return Plane(array=array)
 
 
-def discover_acouslic(source: Path, options: SourceOptions) -> Discovery:
+def discover_acouslic(source: Path, options: AcouslicOptions) -> Discovery:
     """Scan an ACOUSLIC-AI folder; reads each mask volume once to find its foreground frames."""
     from tqdm.auto import tqdm
 
@@ -112,7 +124,7 @@ def _case_samples(
     image: Path,
     mask: Path,
     source: Path,
-    options: SourceOptions,
+    options: AcouslicOptions,
     images_reader: _VolumeReader,
     masks_reader: _VolumeReader,
     value_map: dict[int, int] | None,

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from custom.utils.cli import OptionError
 from ..errors import Problem
 from ..readers import SUPPORTED_SUFFIXES, Plane, full_suffix, strip_suffix
 
 __all__ = [
     "Sample",
     "Discovery",
-    "SourceOptions",
+    "KindOptions",
+    "option",
     "relative",
     "list_files",
     "is_mask_name",
@@ -57,21 +59,39 @@ class Discovery:
 
 
 @dataclass(frozen=True)
-class SourceOptions:
-    """Kind-specific options (each kind reads the ones it needs)."""
+class KindOptions:
+    """What every kind's scan receives. A kind with options of its own subclasses this with fields
+    made by :func:`option` (``PsfhsOptions.block_size``); only that kind accepts them, so a new kind
+    brings its options with it and ``prepare`` stays as it is."""
 
     seed: int = 0
-    block_size: int = 50  # psfhs: consecutive ids per group
-    background_per_case: int = 10  # acouslic: background frames sampled per case
-    binarize: bool = False  # acouslic: optimal and suboptimal plane -> one class
-    images_subdir: str = "images"  # folder
-    labels_subdir: str = "labels"  # folder
-    label_suffix: str = ""  # folder: mask stem = image stem + suffix (e.g. "_mask")
-    label_map: Mapping[int, int] | None = None  # folder: raw mask value -> class id
-    num_classes: int | None = None  # folder
-    class_names: tuple[str, ...] | None = None  # folder
-    group_regex: str | None = None  # folder
     progress: bool = True
+
+    @classmethod
+    def from_given(cls, kind: str, given: Mapping[str, Any], *, seed: int = 0, progress: bool = True) -> KindOptions:
+        """The options of ``kind`` from the values given by name (strings from the command line
+        parsed); an option of another kind, or none, is refused in one line naming it."""
+        own = {f.name: f for f in fields(cls) if "parse" in f.metadata}
+        for name in given:
+            if name not in own:
+                accepted = ", ".join(_flag(n) for n in own) or "none"
+                raise OptionError(f"{_flag(name)}: not an option of kind {kind} (its options: {accepted})")
+        parsed = {name: own[name].metadata["parse"](value) for name, value in given.items()}
+        return cls(seed=seed, progress=progress, **parsed)
+
+    def given(self) -> dict[str, Any]:
+        """This kind's own options and their values (for the datalist's record)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if "parse" in f.metadata}
+
+
+def option(default: Any, parse: Callable[[Any], Any]) -> Any:
+    """A field of a kind's options: its default, and how a given value (a string from the command
+    line, or a Python value from code) becomes the field's value or a one-line ``OptionError``."""
+    return field(default=default, metadata={"parse": parse})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def relative(path: Path, root: Path) -> str:

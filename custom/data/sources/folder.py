@@ -11,18 +11,42 @@ as NIfTI (with their spacing), everything else as PNG.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
 import re
 from pathlib import Path
 
 from custom.utils.cli import OptionError
 from ..errors import Problem, SourceLayoutError
 from ..readers import NIFTI_SUFFIXES, full_suffix, read_image_plane, read_mask_plane, strip_suffix
-from .base import Discovery, Sample, SourceOptions, list_files, pair_by_name, relative, unusable_entries
+from custom.utils.options import check_option
+from ..options import parse_label_map, parse_names
+from .base import Discovery, KindOptions, Sample, list_files, option, pair_by_name, relative, unusable_entries
 
-__all__ = ["class_labels", "discover_folder"]
+__all__ = ["FolderOptions", "class_labels", "discover_folder"]
 
 
-def class_labels(options: SourceOptions) -> dict[str, int]:
+def _text_or_none(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+@dataclass(frozen=True)
+class FolderOptions(KindOptions):
+    """Where images and masks are (``images_subdir``, ``labels_subdir``; a mask's stem is the image's
+    plus ``label_suffix``), what the mask values mean (``label_map``, ``num_classes``,
+    ``class_names``) and how files are grouped (``group_regex``)."""
+
+    images_subdir: str = option("images", str)
+    labels_subdir: str = option("labels", str)
+    label_suffix: str = option("", lambda value: str(value or ""))
+    label_map: Mapping[int, int] | None = option(None, parse_label_map)
+    num_classes: int | None = option(
+        None, lambda value: None if value is None else check_option("num_classes", value, dashes=True))
+    class_names: tuple[str, ...] | None = option(None, parse_names)
+    group_regex: str | None = option(None, _text_or_none)
+
+
+def class_labels(options: FolderOptions) -> dict[str, int]:
     """Class name -> id for the folder kind, from ``num_classes``/``label_map``/``class_names``."""
     if options.num_classes is not None:
         num_classes = int(options.num_classes)
@@ -54,7 +78,7 @@ def _group_of(stem: str, pattern: re.Pattern[str] | None) -> str | None:
     return match.group(1) if match.groups() else match.group(0)
 
 
-def discover_folder(source: Path, options: SourceOptions) -> Discovery:
+def discover_folder(source: Path, options: FolderOptions) -> Discovery:
     """Scan ``images_subdir``/``labels_subdir`` of ``source`` into samples."""
     image_dir, label_dir = source / options.images_subdir, source / options.labels_subdir
     missing = [d for d in (image_dir, label_dir) if not d.is_dir()]

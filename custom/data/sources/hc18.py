@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import Problem, SourceLayoutError
 from ..outlines import fill_outline
 from ..readers import Plane, read_image_plane, read_mask_plane, read_raw, strip_suffix, to_class_ids
-from .base import Discovery, Sample, SourceOptions, list_files, pair_by_name, relative
+from .base import Discovery, KindOptions, Sample, list_files, pair_by_name, relative
 
 __all__ = ["LABELS", "subject_of", "read_pixel_size_csv", "discover_hc18", "load_filled_outline"]
 
@@ -112,7 +112,7 @@ def _outline_folder(source: Path) -> Path:
     )
 
 
-def discover_hc18(source: Path, options: SourceOptions) -> Discovery:
+def discover_hc18(source: Path, options: KindOptions) -> Discovery:
     """Scan an HC18 folder (challenge release or filled layout) into samples."""
     filled_layout = (source / "images").is_dir() and (source / "labels").is_dir()
     if filled_layout:

@@ -10,16 +10,25 @@ Frames of one video have consecutive ids and are near-duplicates, so the group i
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Problem, SourceLayoutError
 from ..readers import read_image_plane, read_mask_plane, strip_suffix
-from .base import Discovery, Sample, SourceOptions, list_files, pair_by_name, relative
+from custom.utils.options import check_option
+from .base import Discovery, KindOptions, Sample, list_files, option, pair_by_name, relative
 
-__all__ = ["LABELS", "LAYOUTS", "block_of", "discover_psfhs"]
+__all__ = ["LABELS", "LAYOUTS", "PsfhsOptions", "block_of", "discover_psfhs"]
 
 LABELS = {"background": 0, "pubic symphysis": 1, "fetal head": 2}  # the names MONAI Label and metadata.json use
 LAYOUTS = (("image_mha", "label_mha", ".mha"), ("images", "labels", ".png"))
+
+
+@dataclass(frozen=True)
+class PsfhsOptions(KindOptions):
+    """``block_size``: consecutive ids per group (one video's frames stay in one split)."""
+
+    block_size: int = option(50, lambda value: check_option("block_size", value, dashes=True))
 
 
 def block_of(file_id: int, block_size: int) -> str:
@@ -37,10 +46,8 @@ def _layout(source: Path) -> tuple[Path, Path, str]:
     raise SourceLayoutError(f"{source}: no PSFHS layout found: expected {expected}")
 
 
-def discover_psfhs(source: Path, options: SourceOptions) -> Discovery:
+def discover_psfhs(source: Path, options: PsfhsOptions) -> Discovery:
     """Scan a PSFHS folder into samples grouped by blocks of consecutive ids."""
-    if options.block_size < 1:
-        raise ValueError(f"--block-size {options.block_size}: must be at least 1")
     image_dir, label_dir, suffix = _layout(source)
     pairs, problems = pair_by_name(
         list_files(image_dir, [suffix]),
