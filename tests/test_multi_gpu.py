@@ -51,12 +51,11 @@ def test_every_logging_or_saving_handler_is_disabled_on_other_ranks(extra):
     parser = _merged(*extra)
     lists = {
         "train#handlers": parser["train#handlers"],
-        "validate#log_handlers": parser["validate#log_handlers"],
-        "validate#save_handlers": parser["validate#save_handlers"],
+        "validate#handlers": parser["validate#handlers"],
     }
-    # the UNeXt's evaluator has both; the Swin-Unet's copies the log handlers (a `%` macro)
-    assert parser["validate#handlers"] == "$@validate#log_handlers + @validate#save_handlers"
-    assert parser["validate#transformer_evaluator#val_handlers"] == "%validate#log_handlers"
+    # the Swin-Unet's evaluator copies the UNeXt's log handlers (`%` macros), not its saver
+    assert parser["validate#transformer_evaluator#val_handlers"] == ["%validate#handlers#0", "%validate#handlers#1"]
+    assert [h["_target_"] for h in parser["validate#handlers"][:2]] == ["StatsHandler", "TensorBoardStatsHandler"]
     for where, handlers in lists.items():
         for i, h in enumerate(handlers):
             name = h["_target_"].rsplit(".", 1)[-1]
@@ -71,7 +70,7 @@ def test_every_logging_or_saving_handler_is_disabled_on_other_ranks(extra):
     assert "wrap_ddp(@networks" in parser["train#trainer#networks"]
     assert parser["train#dataloader#shuffle"] is False and parser["train#unlabeled_dataloader#shuffle"] is False
     # the deployed model and the training state hold the plain (unwrapped) networks
-    saver = next(h for h in parser["validate#save_handlers"] if h["_target_"].endswith("BestModelSaver"))
+    saver = next(h for h in parser["validate#handlers"] if h["_target_"].endswith("BestModelSaver"))
     assert saver["save_dict"] == {"model": "@network"}
     state = next(h for h in parser["train#handlers"] if h["_target_"].endswith("TrainingStateSaver"))
     assert "training_objects(@networks," in state["save_dict"] and parser["networks"]["cnn"] == "@network"
