@@ -52,10 +52,8 @@ def test_every_logging_or_saving_handler_is_disabled_on_other_ranks(extra):
     lists = {
         "train#handlers": parser["train#handlers"],
         "validate#handlers": parser["validate#handlers"],
+        "validate#transformer_evaluator#val_handlers": parser["validate#transformer_evaluator#val_handlers"],
     }
-    # the Swin-Unet's evaluator copies the UNeXt's log handlers (`%` macros), not its saver
-    assert parser["validate#transformer_evaluator#val_handlers"] == ["%validate#handlers#0", "%validate#handlers#1"]
-    assert [h["_target_"] for h in parser["validate#handlers"][:2]] == ["StatsHandler", "TensorBoardStatsHandler"]
     for where, handlers in lists.items():
         for i, h in enumerate(handlers):
             name = h["_target_"].rsplit(".", 1)[-1]
