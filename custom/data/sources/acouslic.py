@@ -10,16 +10,16 @@ Group = case (file stem); spacing = the volume's (x, y) spacing.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import Problem, ReadError, SourceLayoutError
-from ..readers import Plane, RawArray, read_raw, spacing_or_none, strip_suffix, to_class_ids, to_grey_uint8
 from custom.utils.cli import parse_bool
 from custom.utils.options import check_option
+from ..errors import Problem, ReadError, SourceLayoutError
+from ..readers import Plane, RawArray, read_raw, spacing_or_none, strip_suffix, to_class_ids, to_grey_uint8
 from .base import Discovery, KindOptions, Sample, list_files, option, pair_by_name, relative
 
 __all__ = ["LABELS", "LABELS_BINARY", "LAYOUTS", "AcouslicOptions", "discover_acouslic", "pick_background_frames"]

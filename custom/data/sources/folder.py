@@ -11,16 +11,16 @@ as NIfTI (with their spacing), everything else as PNG.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-import re
 from pathlib import Path
 
 from custom.utils.cli import OptionError
-from ..errors import Problem, SourceLayoutError
-from ..readers import NIFTI_SUFFIXES, full_suffix, read_image_plane, read_mask_plane, strip_suffix
 from custom.utils.options import check_option
+from ..errors import Problem, SourceLayoutError
 from ..options import parse_label_map, parse_names
+from ..readers import NIFTI_SUFFIXES, full_suffix, read_image_plane, read_mask_plane, strip_suffix
 from .base import Discovery, KindOptions, Sample, list_files, option, pair_by_name, relative, unusable_entries
 
 __all__ = ["FolderOptions", "class_labels", "discover_folder"]

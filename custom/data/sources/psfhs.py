@@ -13,9 +13,9 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from custom.utils.options import check_option
 from ..errors import Problem, SourceLayoutError
 from ..readers import read_image_plane, read_mask_plane, strip_suffix
-from custom.utils.options import check_option
 from .base import Discovery, KindOptions, Sample, list_files, option, pair_by_name, relative
 
 __all__ = ["LABELS", "LAYOUTS", "PsfhsOptions", "block_of", "discover_psfhs"]
