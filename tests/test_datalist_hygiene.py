@@ -93,3 +93,38 @@ def test_a_further_test_list_may_not_share_an_image_with_training_or_leave_the_f
         load_datalist(file)
     _write(dataset, {"training": [_entry("a")], "test": [_entry("b")], "test_site2": [_entry("c")]})
     assert [e["image"].endswith("c.png") for e in load_datalist(file)["test_site2"]] == [True]
+
+
+def test_a_batched_list_keeps_the_fields_every_entry_has(dataset):
+    # a frame added later (here with a reference head circumference and its source) beside the others
+    extra = {**_entry("b"), "hc_mm": 210.0, "source": "elsewhere"}
+    training = [{**_entry("a"), "hc_mm": 150.0}, extra]
+    file = _write(dataset, {"training": training, "test": [_entry("c")]})
+    assert [set(e) for e in load_split(file, "training", batched=True)] == [{"image", "label", "hc_mm"}] * 2
+    assert set(load_split(file, "training")[1]) == {"image", "label", "hc_mm", "source"}  # unbatched: all kept
+
+
+def test_the_training_stream_batches_labelled_frames_with_other_fields(tmp_path, demo_dataset):
+    """A labelled frame added to the training list with fields the others lack still batches: the
+    training config reads that list with ``batched=True`` (torch's collate needs equal keys)."""
+    import shutil
+
+    from conftest import tiny_overrides, train_config_files
+    from monai.bundle import ConfigParser
+    from torch.utils.data import default_collate
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dataset, data)
+    doc = json.loads((data / "datalist.json").read_text())
+    doc["training"][0] = {**doc["training"][0], "hc_mm": 210.0, "source": "a later stage"}
+    (data / "datalist.json").write_text(json.dumps(doc))
+    # what the stream met before whenever the added frame came first in a batch
+    with pytest.raises(KeyError, match="hc_mm"):
+        default_collate(doc["training"][:2])
+    parser = ConfigParser()
+    parser.read_config(train_config_files("methods/labeled_only.yaml"))
+    # the added frame first in the batch (unshuffled)
+    unshuffled = {"train#dataloader#shuffle": False}
+    parser.update(tiny_overrides(tmp_path, str(data), labeled_bs=len(doc["training"]), **unshuffled))
+    batch = next(iter(parser.get_parsed_content("train#dataloader")))
+    assert batch["image"].shape[0] == len(doc["training"]) and "source" not in batch

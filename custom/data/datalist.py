@@ -180,13 +180,17 @@ def check_hygiene(datalist: dict[str, Any], file: str | Path) -> None:
                 seen.setdefault(image, (split, i))
 
 
-def load_split(path: str | Path, split: str, require_labels: bool = True, allow_empty: bool = False) -> list[dict[str, Any]]:
+def load_split(
+    path: str | Path, split: str, require_labels: bool = True, allow_empty: bool = False, batched: bool = False
+) -> list[dict[str, Any]]:
     """One list of a datalist, paths absolute, checked before training touches it.
 
     Raises ``FileNotFoundError`` for a missing datalist or a listed file that is absent, and
     ``ValueError`` naming the datalist and the list for a missing or empty list or an entry
     without a label where labels are required. Without ``require_labels`` each entry is its
-    ``image`` alone.
+    ``image`` alone. ``batched`` (a list whose entries are batched together, e.g. the labelled
+    ``training`` list): each entry keeps only the keys every entry has, so that frames added with
+    other fields (a reference head circumference, a source) still collate into one batch.
     """
     file = _datalist_file(path)
     if not file.is_file():
@@ -214,6 +218,9 @@ def load_split(path: str | Path, split: str, require_labels: bool = True, allow_
         # list whose entries carry different keys (extra unlabelled frames without a mask, with their
         # source, beside the dataset's own) cannot be batched
         entries = [{"image": entry["image"]} for entry in entries]
+    elif batched:
+        common = set.intersection(*(set(entry) for entry in entries)) if entries else set()
+        entries = [{k: v for k, v in entry.items() if k in common} for entry in entries]
     return entries
 
 

@@ -218,10 +218,12 @@ def check_entries(entries: Sequence[Mapping[str, Any]], num_classes: int | None 
 
 
 def checked_split(datalist_file: str | Path, split: str, num_classes: int, intensity_range: Sequence[float] | None = None,
-                  require_labels: bool = True, label_scan_limit: int | None = LABEL_SCAN_LIMIT) -> list[dict[str, Any]]:
-    """``custom.data.datalist.load_split`` plus :func:`check_entries`: one list of a datalist,
-    every file read once; raises :class:`PreflightError` listing every bad file."""
-    entries = load_split(datalist_file, split, require_labels=require_labels)
+                  require_labels: bool = True, label_scan_limit: int | None = LABEL_SCAN_LIMIT,
+                  batched: bool = False) -> list[dict[str, Any]]:
+    """``custom.data.datalist.load_split`` (``batched``: only the keys every entry has) plus
+    :func:`check_entries`: one list of a datalist, every file read once; raises
+    :class:`PreflightError` listing every bad file."""
+    entries = load_split(datalist_file, split, require_labels=require_labels, batched=batched)
     problems = check_entries(entries, num_classes, intensity_range, require_labels=require_labels,
                              label_scan_limit=label_scan_limit)
     if problems:
