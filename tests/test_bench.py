@@ -416,7 +416,7 @@ def _fake_reference(root):
 
 
 def test_reference_driver_runs_the_scripts_train_with_ict_on_and_times_each_iteration(tmp_path, monkeypatch):
-    from custom.tools import reference
+    from custom.tools.bench import reference
 
     path = _fake_reference(tmp_path)
     monkeypatch.setenv("FAKE_REFERENCE_OUT", str(tmp_path / "seen.json"))
@@ -440,13 +440,13 @@ def test_reference_driver_runs_the_scripts_train_with_ict_on_and_times_each_iter
 
 def test_reference_driver_cli_prints_one_json_line_and_names_what_is_missing(tmp_path):
     path = _fake_reference(tmp_path)
-    cmd = [sys.executable, "-m", "custom.tools.reference", "run", "--path", str(path), "--image-size", "32"]
+    cmd = [sys.executable, "-m", "custom.tools.bench.reference", "run", "--path", str(path), "--image-size", "32"]
     proc = subprocess.run(cmd + ["--iterations", "2", "--warmup", "0"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith('{"')][-1])
     assert r["benchmark"] == "reference" and len(r["iteration_s_all"]) == 2
     missing = subprocess.run(
-        [sys.executable, "-m", "custom.tools.reference", "run", "--path", str(tmp_path / "nowhere")],
+        [sys.executable, "-m", "custom.tools.bench.reference", "run", "--path", str(tmp_path / "nowhere")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -455,7 +455,7 @@ def test_reference_driver_cli_prints_one_json_line_and_names_what_is_missing(tmp
 
 
 def test_reference_variants_parse_to_bench_options():
-    from custom.tools.reference import parse_variant
+    from custom.tools.bench.reference import parse_variant
     from custom.utils.cli import OptionError
 
     assert parse_variant("paper") == {"method": "paper", "amp": "none", "channels_last": False, "compile": False}
@@ -542,7 +542,7 @@ def test_reference_one_encoder_pass_gives_the_same_outputs_with_one_pass(tmp_pat
     import importlib.util
     import types
 
-    from custom.tools import reference
+    from custom.tools.bench import reference
 
     (tmp_path / "wrapper.py").write_text(_FAKE_WRAPPER)
     spec = importlib.util.spec_from_file_location("fake_vision_transformer", tmp_path / "wrapper.py")

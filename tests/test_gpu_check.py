@@ -11,7 +11,7 @@ import sys
 
 from conftest import REPO, SHARED_DATA
 
-from custom.tools.gpu_check import STAGES, run_gpu_check
+from custom.tools.bench.gpu_check import STAGES, run_gpu_check
 from custom.utils.paths import DEFAULT_METHOD
 
 

@@ -172,11 +172,15 @@ def test_package_refuses_a_non_boolean_value_by_name(tmp_path: Path, monkeypatch
 
 
 def test_bench_json_false_is_not_json() -> None:
-    from custom.tools.bench.cli import _wants_json
+    from custom.tools.bench.cli import json_option
 
-    assert _wants_json(["infer", "--json"]) and _wants_json(["infer", "--json", "yes"]) and _wants_json(["--json=1"])
-    assert not _wants_json(["infer", "--json", "false"]) and not _wants_json(["infer", "--json=No"])
-    assert not _wants_json(["infer"])
+    assert json_option(["infer", "--json"]) == (True, ["infer"])
+    assert json_option(["infer", "--json", "yes", "--reps", "2"]) == (True, ["infer", "--reps", "2"])
+    assert json_option(["--json", "infer"]) == (True, ["infer"]) and json_option(["--json=1"]) == (True, [])
+    assert json_option(["infer", "--json", "false"]) == (False, ["infer"])
+    assert json_option(["infer", "--json=No"]) == (False, ["infer"]) and json_option(["infer"]) == (False, ["infer"])
+    with pytest.raises(OptionError, match="--json"):
+        json_option(["infer", "--json", "maybe"])
 
 
 def test_bundle_booleans_from_the_command_line_are_parsed(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 configs' ``initialize`` lists (as MONAI bundles set up their runs there) and at the start of every
 command-line entry point (``python -m custom.data``, ``custom.deploy.export``,
 ``custom.deploy.package``, ``custom.tools.compare``, ``custom.tools.bench``,
-``custom.tools.reference``). Importing ``custom`` changes nothing in the process.
+``custom.tools.bench.reference``). Importing ``custom`` changes nothing in the process.
 
 - ``OMP_WAIT_POLICY`` becomes ``PASSIVE`` unless it is already set: idle OpenMP threads then
   yield the cores instead of spinning (2.6x faster training iterations on a loaded 2-core

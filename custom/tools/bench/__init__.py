@@ -1,10 +1,12 @@
 """Speed and memory benchmarks of the trainer and of the deployed UNeXt, one module a concern:
-:mod:`.train`, :mod:`.infer`, :mod:`.evaluate`, their shared :mod:`.timing` helpers, and :mod:`.cli`
-(``python -m custom.tools.bench``). The GPU check (:mod:`custom.tools.gpu_check`) uses the
-benchmarks; only the command line calls it.
+:mod:`.train`, :mod:`.infer`, :mod:`.evaluate`, :mod:`.reference` (beside the authors'
+implementation), :mod:`.gpu_check` (the GPU check, built on the others), their shared :mod:`.timing`
+helpers, and :mod:`.cli` (``python -m custom.tools.bench``), which calls them. The ties to the other
+tools run one way: the GPU check and the reference comparison use :mod:`custom.tools.compare`'s
+pieces (runs, method names); nothing outside this package imports it.
 
-Subcommands (a ``fire`` CLI, progress bars on stderr, ``--json`` prints one JSON object and
-nothing else on stdout)::
+Subcommands (a ``fire`` CLI whose options are each benchmark function's parameters, progress bars
+on stderr, ``--json`` prints one JSON object and nothing else on stdout)::
 
     # median seconds per training iteration of custom.training.trainer.SemiSupervisedTrainer built from
     # the bundle configs (default: the paper's method, 224 px, batch 5 with 1 labelled, 2 threads,
@@ -27,11 +29,11 @@ nothing else on stdout)::
     python -m custom.tools.bench train --compile true [--compile-cache DIR]
 
     # our iteration beside the authors' public implementation fetched outside the repository
-    # (custom.tools.reference): interleaved rounds, throughput and peak-memory ratios
+    # (custom.tools.bench.reference): interleaved rounds, throughput and peak-memory ratios
     python -m custom.tools.bench reference --path REF/DACL-for-Semi-supervised-Ultrasound-Segmentation \\
         --python REF/venv/bin/python --variants "[paper, ours+bf16]"
 
-    # the GPU check (custom.tools.gpu_check): one JSON file of the train/infer benchmarks at 448 px and
+    # the GPU check (custom.tools.bench.gpu_check): one JSON file of the train/infer benchmarks at 448 px and
     # short real PSFHS trainings; --tiny true runs it on the CPU at 64 px (its test)
     python -m custom.tools.bench gpu --out gpu_check.json --dataset-dir ../shared/data/psfhs
 

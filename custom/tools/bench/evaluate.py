@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from custom.tools.bench.timing import progress
-from custom.utils.cli import OptionError
+from custom.utils.cli import OptionError, parse_bool
 
 __all__ = ["bench_evaluate", "print_evaluate"]
 
@@ -67,6 +67,7 @@ def bench_evaluate(
 
     from custom.evaluation.evaluate import _loader, case_record, overlay_image, read_label_map, write_report
 
+    quiet = parse_bool(quiet, "quiet")
     torch.set_num_threads(int(threads))
     if not dataset_dir:
         raise OptionError("--dataset-dir: give a folder with images/ and labels/ (e.g. ../shared/data/psfhs)")

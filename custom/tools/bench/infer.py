@@ -15,8 +15,11 @@ import torch
 
 from custom.tools.bench.timing import median, peak_rss_mb, progress
 from custom.tools.bench.train import CONFIGS
+from custom.utils.cli import OptionError, parse_bool
 
-__all__ = ["deployed_unext", "bench_infer", "print_infer"]
+__all__ = ["VARIANTS", "deployed_unext", "bench_infer", "print_infer"]
+
+VARIANTS = ("eager", "channels_last", "torchscript", "onnxruntime")
 
 
 def deployed_unext(num_classes: int, in_channels: int = 1) -> torch.nn.Module:
@@ -78,17 +81,21 @@ def bench_infer(
     reps: int = 10,
     warmup: int = 2,
     num_classes: int = 2,
-    variants: Sequence[str] = ("eager", "channels_last", "torchscript", "onnxruntime"),
+    variants: Sequence[str] = VARIANTS,
     quiet: bool = False,
 ) -> dict:
     """Latency (batch 1, median ms per image) and throughput (batch ``batch``, images/s) of the
     deployed UNeXt per variant; the variants are measured round-robin (same load) and compared
     with eager in the same run."""
-    torch.set_num_threads(int(threads))
+    quiet = parse_bool(quiet, "quiet")
     if isinstance(sizes, (int, str)):
         sizes = [int(s) for s in str(sizes).strip("[]()").split(",")]
     if isinstance(variants, str):
         variants = [v.strip() for v in variants.strip("[]()").split(",")]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise OptionError(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
+    torch.set_num_threads(int(threads))
     torch.manual_seed(0)
     net = deployed_unext(num_classes)
     out: dict[str, Any] = {
@@ -119,10 +126,8 @@ def bench_infer(
                 elif v == "torchscript":
                     ts, how = _torchscript(net, x1)
                     runners[v], notes[v] = ts, how
-                elif v == "onnxruntime":
+                else:  # onnxruntime
                     runners[v] = _onnx_session(net, x1, os.path.join(tmp, f"unext_{size}.onnx"), threads)
-                else:
-                    raise ValueError(f"unknown variant {v!r}")
             times: dict[str, dict[str, list[float]]] = {v: {"b1": [], "bn": []} for v in runners}
             bar = progress((warmup + reps) * len(runners), f"infer {size}px", quiet)
             with torch.inference_mode():

@@ -1,5 +1,5 @@
 """Measurement helpers shared by the benchmarks (:mod:`.train`, :mod:`.infer`, :mod:`.evaluate`)
-and the GPU check (:mod:`custom.tools.gpu_check`): medians, device synchronisation, progress bars
+and the GPU check (:mod:`custom.tools.bench.gpu_check`): medians, device synchronisation, progress bars
 on stderr, the resident-memory peak and glibc's mmap threshold."""
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from custom.tools.bench.timing import median, mmap_threshold, peak_rss_mb, progress, sync
+from custom.tools.bench.timing import median, mmap_threshold, peak_rss_mb, progress, set_mmap_threshold, sync
+from custom.utils.cli import OptionError, parse_bool
 from custom.utils.paths import bundle_root, configs_dir, source_root
 
 __all__ = ["config_files", "build_trainer", "bench_train", "print_train"]
@@ -192,28 +193,40 @@ def bench_train(
     quiet: bool = False,
     compile_backend: str | None = None,
     compile_cache: str | None = None,
+    mmap_threshold_kib: int | None = None,
 ) -> dict:
-    """Median seconds per training iteration and the compute floor of the same run (see module doc).
-    ``compile_backend``: the ``torch.compile`` backend with ``compile`` (default: inductor);
-    ``compile_cache``: the persistent compile cache directory (default:
-    :func:`custom.utils.compile_cache.configure`'s). With ``compile`` the result also has
-    ``first_iteration_s`` (the compiling iteration), ``setup_s`` (building the trainer) and the
-    cache's directory and file counts before and after."""
+    """Median s/iteration of the trainer, the compute floor, their ratio, loader wait, peak memory
+    (see module doc).
+
+    ``method``: a methods/ file name (default ``paper``: common + train + methods/paper.yaml, the
+    published recipe; ``ours``); ``overrides``: any config value, e.g.
+    ``"{'transformer_def#window_size': 4}"``; ``data real`` with ``dataset_dir``: a prepared dataset
+    instead of synthetic frames. ``compile`` compiles the networks and teachers with
+    ``torch.compile`` through the persistent cache of :mod:`custom.utils.compile_cache`
+    (``compile_cache`` DIR, else ``TORCHINDUCTOR_CACHE_DIR``, ``FETAL_US_COMPILE_CACHE`` or
+    ``~/.cache/fetal_us_ssl/torch_compile``); the first (compiling) iteration is then reported apart
+    (``first_iteration_s``, with ``setup_s`` and the cache's file counts before and after);
+    ``compile_backend eager`` traces without Inductor (a quick check of the compiled path).
+    ``mmap_threshold_kib 128``: freed large buffers go back to the system
+    (:func:`custom.tools.bench.timing.set_mmap_threshold`), recorded in the result's ``config``."""
+    channels_last, compile, floor, quiet = (
+        parse_bool(v, n)
+        for v, n in ((channels_last, "channels-last"), (compile, "compile"), (floor, "floor"), (quiet, "quiet"))
+    )
+    if amp not in ("none", "bf16", "fp16"):
+        raise OptionError(f"--amp must be none, bf16 or fp16, got {amp!r}")
+    if data not in ("random", "real"):
+        raise OptionError(f"--data must be random or real, got {data!r}")
+    if data == "real" and not dataset_dir:
+        raise OptionError("--data real needs --dataset-dir (a folder prepared by `python -m custom.data prepare`)")
+    if mmap_threshold_kib:
+        set_mmap_threshold(int(mmap_threshold_kib))
     torch.set_num_threads(int(threads))
     dev = torch.device(device)
-    if amp not in ("none", "bf16", "fp16"):
-        raise ValueError(f"--amp must be none, bf16 or fp16, got {amp!r}")
     total = int(warmup) + int(iterations)
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         if data == "random":
             dataset_dir = _synthetic_dataset(tmp, int(image_size))
-        elif data == "real":
-            if not dataset_dir:
-                raise ValueError(
-                    "--data real needs --dataset-dir (a folder prepared by `python -m custom.data prepare`)"
-                )
-        else:
-            raise ValueError(f"--data must be random or real, got {data!r}")
         cfg = {
             "bundle_root": bundle_root(),
             "dataset_dir": str(dataset_dir),

@@ -51,6 +51,8 @@ every round, per side, and also gives the ratio of the two medians within each r
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import os
 import random
@@ -66,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from custom.tools.bench.timing import median
-from custom.utils.cli import OptionError
+from custom.utils.cli import OptionError, parse_bool
 from custom.utils.paths import source_root
 
 __all__ = ["SCRIPT", "parse_variant", "run_reference", "compare", "main"]
@@ -328,6 +330,14 @@ def _methods() -> set[str]:
     return set(method_names())
 
 
+def _command(head: list[str], **options: Any) -> list[str]:
+    """``head`` with ``options`` as ``--name value`` (a bool as true/false): the command line of a child
+    whose options are its function's parameters."""
+    for name, value in options.items():
+        head = [*head, "--" + name.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
+    return head
+
+
 def _child(cmd: list[str], timeout: float) -> dict:
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     proc = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=timeout, env=env, check=False)
@@ -338,7 +348,7 @@ def _child(cmd: list[str], timeout: float) -> dict:
 
 
 def compare(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     utils_path: str | os.PathLike | None = None,
     python: str | None = None,
     variants: Sequence[str] = ("paper",),
@@ -351,25 +361,34 @@ def compare(
     threads: int = 2,
     num_classes: int = 2,
     timeout: float = 3600,
-    log=None,
     one_encoder_pass: bool = True,
+    quiet: bool = False,
 ) -> dict:
-    """Interleaved rounds of the reference and each of our variants (module doc); ratios per variant.
-    ``one_encoder_pass``: the reference without its unused second encoder pass (module doc)."""
+    """Our training iteration beside the authors' public implementation, fetched outside the
+    repository (``path``; ``utils_path`` their companion checkout with ``src/code/utils``;
+    ``python`` the interpreter with the reference's dependencies), in ``rounds`` interleaved rounds
+    of ``iterations`` after ``warmup`` (module doc); ``variants "[paper, ours+bf16]"``: our methods
+    with ``+bf16``, ``+cl``, ``+compile``; ``one_encoder_pass false``: the reference as published,
+    with the second encoder pass its Swin-Unet wrapper makes and no loss reads. Returns the
+    throughput and peak-memory ratios per variant; a line per round on stderr unless ``quiet``."""
+    one_encoder_pass, quiet = parse_bool(one_encoder_pass, "one-encoder-pass"), parse_bool(quiet, "quiet")
+    if not path:
+        raise OptionError("--path: give the folder of the fetched reference implementation")
+    if isinstance(variants, str):
+        variants = [v.strip() for v in variants.strip("[]()").split(",") if v.strip()]
     script, utils_dir = resolve_paths(path, utils_path)
-    specs = {v: parse_variant(v) for v in variants}
+    specs = {str(v): parse_variant(str(v)) for v in variants}
     py = python or sys.executable
-    common = ["--image-size", str(image_size), "--batch-size", str(batch_size), "--labeled-bs", str(labeled_bs)]
-    common += ["--iterations", str(iterations), "--warmup", str(warmup), "--threads", str(threads)]
+    shared = dict(image_size=image_size, batch_size=batch_size, labeled_bs=labeled_bs)
+    shared.update(iterations=iterations, warmup=warmup, threads=threads)
+    reference = dict(path=script.parents[2], utils_path=utils_dir, num_classes=num_classes)
     commands: dict[str, list[str]] = {
-        "reference": [py, "-m", "custom.tools.reference", "run", "--path", str(script.parents[2])]
-        + ["--utils-path", str(utils_dir), "--num-classes", str(num_classes), *common]
-        + ["--one-encoder-pass", str(int(bool(one_encoder_pass)))],
+        "reference": _command([py, "-m", "custom.tools.bench.reference", "run"], **reference, **shared,
+                              one_encoder_pass=one_encoder_pass),
     }
     for name, o in specs.items():
-        commands[name] = [sys.executable, "-m", "custom.tools.bench", "train", *common, "--floor", "false"]
-        commands[name] += ["--method", o["method"], "--amp", o["amp"], "--channels-last", str(o["channels_last"])]
-        commands[name] += ["--compile", str(o["compile"]), "--json"]
+        commands[name] = _command([sys.executable, "-m", "custom.tools.bench", "train", "--json"], **shared, **o,
+                                  floor=False)
     names = list(commands)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(int(rounds)):
@@ -377,11 +396,13 @@ def compare(
         for n in order:
             t = time.perf_counter()
             runs[n].append(_child(commands[n], timeout))
-            if log is not None:
+            if not quiet:
                 res = runs[n][-1]
-                log(
+                print(
                     f"round {r + 1}/{rounds} {n}: {res['iteration_s']:.3f} s/it, peak RSS {res['peak_rss_mb']:.0f} MB "
-                    f"({time.perf_counter() - t:.0f} s)"
+                    f"({time.perf_counter() - t:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
                 )
     out: dict[str, Any] = {"benchmark": "reference_comparison", "sides": {}, "ratios": {}, "commands": commands}
     for n in names:
@@ -443,48 +464,33 @@ def print_comparison(r: dict) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m custom.tools.reference run --path DIR ...``: one reference run, one JSON line
-    (the child of :func:`compare`; its interpreter may lack this project's dependencies but torch)."""
-    import argparse
+def _run_parser() -> argparse.ArgumentParser:
+    """``run``'s options: :func:`run_reference`'s parameters, their names and defaults (one source of
+    truth). argparse rather than fire: the reference's interpreter (``--python``) need have torch and
+    none of this project's other dependencies."""
+    parser = argparse.ArgumentParser(prog="custom.tools.bench.reference")
+    run = parser.add_subparsers(dest="command", required=True).add_parser("run")
+    for p in inspect.signature(run_reference).parameters.values():
+        flag = "--" + p.name.replace("_", "-")
+        if p.default is p.empty:
+            run.add_argument(flag, required=True)
+        elif isinstance(p.default, bool):
+            run.add_argument(flag, type=lambda v, flag=flag: parse_bool(v, flag), default=p.default)
+        else:
+            run.add_argument(flag, type=int if isinstance(p.default, int) else str, default=p.default)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m custom.tools.bench.reference run --path DIR ...``: one reference run, one JSON line
+    (the child of :func:`compare`)."""
     from custom.utils.runtime import setup
 
     setup()
-    p = argparse.ArgumentParser(prog="custom.tools.reference")
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run")
-    run.add_argument("--path", required=True)
-    run.add_argument("--utils-path")
-    for name, default in (
-        ("image-size", 224),
-        ("batch-size", 5),
-        ("labeled-bs", 1),
-        ("iterations", 5),
-        ("warmup", 2),
-        ("threads", 2),
-        ("num-classes", 2),
-        ("ict-start", 0),
-        ("seed", 0),
-        ("one-encoder-pass", 0),
-    ):
-        run.add_argument(f"--{name}", type=int, default=default)
-    a = p.parse_args(argv)
+    options = vars(_run_parser().parse_args(argv))
+    del options["command"]
     try:
-        r = run_reference(
-            a.path,
-            a.utils_path,
-            a.image_size,
-            a.batch_size,
-            a.labeled_bs,
-            a.iterations,
-            a.warmup,
-            a.threads,
-            a.num_classes,
-            a.ict_start,
-            a.seed,
-            bool(a.one_encoder_pass),
-        )
+        r = run_reference(**options)
     except OptionError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
