@@ -564,3 +564,24 @@ def test_reference_one_encoder_pass_gives_the_same_outputs_with_one_pass(tmp_pat
     monkeypatch.setitem(sys.modules, "other_wrapper", other)
     with pytest.raises(RuntimeError, match="not the published one"):
         reference._one_encoder_pass("other_wrapper")
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["train", "--amp", "fp8"], "--amp"),
+        (["train", "--data", "real"], "--data real needs --dataset-dir"),
+        (["train", "--floor", "perhaps"], "--floor"),
+        (["infer", "--variants", "eager,bogus"], "--variants"),
+        (["reference"], "--path"),
+        (["infer", "--json", "maybe"], "--json"),
+    ],
+)
+def test_bench_bad_options_are_one_line_before_any_work(args, option):
+    """Each subcommand's options are its function's parameters; what they refuse is one line, status 2."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "custom.tools.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and option in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not proc.stdout.strip()
