@@ -251,31 +251,17 @@ def export(
     return filepath
 
 
-@exit_on_error((FileNotFoundError, ModelConfigError, IsADirectoryError, WeightsError))
-def _command(
-    fmt: str,
-    ckpt_dir: str | None = None,
-    filepath: str | None = None,
-    config_file: Any = None,
-    meta_file: str | None = None,
-    use_trace: Any = False,
-    opset_version: int | None = None,
-    image_size: Any = None,
-) -> None:
-    """Export ckpt_dir/model.pt (default bundle/models) as FMT (torchscript or onnx) at the input
-    shape recorded in model_config.json beside it."""
-    path = export(fmt, ckpt_dir, filepath, config_file, meta_file, use_trace, opset_version, image_size)
-    print(path)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     import fire
 
-    from custom.utils.cli import exit_on_error, without_stray_arguments
+    from custom.utils.cli import command as cli_command
+    from custom.utils.cli import without_stray_arguments
     from custom.utils.runtime import setup
 
     setup()
-    command = exit_on_error(())(without_stray_arguments(_command))  # a value no option took: one line
+    # the options are export's parameters; it prints the written path; bad input is one line
+    errors = (FileNotFoundError, ModelConfigError, IsADirectoryError, WeightsError)
+    command = exit_on_error(errors)(without_stray_arguments(cli_command(export, print)))
     fire.Fire(command, command=list(argv) if argv is not None else None, name="custom.deploy.export")
 
 

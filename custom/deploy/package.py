@@ -38,6 +38,7 @@ on the command line (as MONAI Label and the model zoo's verification do) still o
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -404,40 +405,12 @@ def _check_no_absolute_paths(configs: Path, roots: list[Path]) -> None:
                 raise PackagingError(f"{file}: contains the absolute path {found[0]}; configs must stay relocatable")
 
 
-def _command(
-    out: str,
-    name: str = DEFAULT_NAME,
-    weights: str | None = None,
-    zip: Any = False,  # noqa: A002
-    allow_missing_weights: Any = False,
-    overwrite: Any = False,
-    bundle_dir: str | None = None,
-    with_exports: Any = True,
-    weights_url: str | None = None,
-    method: str = DEFAULT_METHOD,
-) -> None:
-    """Write the self-contained bundle OUT/NAME/ (and OUT/NAME.zip with --zip true).
-
-    Flags: --name (folder name, default fetal_us_ssl), --weights (default bundle/models/model.pt),
-    --zip true, --allow-missing-weights true (package configs and code only), --overwrite true,
-    --bundle_dir (source bundle, default this repository's bundle/), --with_exports false (skip
-    model.ts / model.onnx found beside the weights), --weights_url (the folder URL from which
-    model.pt will be downloadable, for large_files.yml), --method (what configs/train.json trains,
-    default the bundle's default, custom.utils.paths.DEFAULT_METHOD). Errors exit with status 2 and a message.
-    """
+@functools.wraps(package)
+def _command(*args: Any, **kwargs: Any) -> None:
+    """:func:`package` for the command line (its parameters are the options): prints where the
+    bundle (and zip) went; input errors and refused writes exit with status 2 and one line."""
     try:
-        target = package(
-            out,
-            name=name,
-            weights=weights,
-            zip=zip,
-            allow_missing_weights=allow_missing_weights,
-            overwrite=overwrite,
-            bundle_dir=bundle_dir,
-            with_exports=with_exports,
-            weights_url=weights_url,
-            method=method,
-        )
+        target = package(*args, **kwargs)
     except (PackagingError, OptionError, OutputFolderError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -448,7 +421,7 @@ def _command(
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     print(f"bundle written to {target}")
-    if parse_bool(zip, "zip"):
+    if parse_bool(kwargs.get("zip", False), "zip"):
         print(f"zip written to {target.parent / (target.name + '.zip')}")
 
 
