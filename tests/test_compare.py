@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_overrides
+from conftest import CONFIGS, tiny_overrides
 from PIL import Image
 
 import custom.tools.compare as compare
@@ -165,7 +165,7 @@ def test_evaluation_is_at_the_original_size_in_mm_when_the_spacing_is_known(tmp_
     Image.fromarray(mask * 255).save(tmp_path / "img.png")
     Image.fromarray(mask).save(tmp_path / "lab.png")
     parser = ConfigParser()
-    parser.read_config(str(compare.CONFIGS / "common.yaml"))
+    parser.read_config(str(CONFIGS / "common.yaml"))
     parser.update({"image_size": [64, 64]})
     pre = Compose(parser.get_parsed_content("deterministic_transforms"))
     entry = {"image": str(tmp_path / "img.png"), "label": str(tmp_path / "lab.png")}
@@ -184,13 +184,13 @@ def test_evaluation_is_at_the_original_size_in_mm_when_the_spacing_is_known(tmp_
 
 
 def test_methods_are_names_or_override_files_and_the_gap_share_is_computed():
-    assert compare.method_file("ours") == ("ours", [compare.METHOD_DIR / "ours.yaml"])
+    assert compare.method_file("ours") == ("ours", [CONFIGS / "methods" / "ours.yaml"])
     # an override that is not a method file of its own varies the default
     name, paths = compare.method_file("bundle/configs/ablations/no_gate.yaml")
-    assert name == "no_gate" and paths[0] == compare.METHOD_DIR / "ours.yaml" and paths[1].is_file()
+    assert name == "no_gate" and paths[0] == CONFIGS / "methods" / "ours.yaml" and paths[1].is_file()
     # a method file (it sets `method`) stands alone
-    name, paths = compare.method_file(str(compare.METHOD_DIR / "bcp.yaml"))
-    assert name == "bcp" and paths == [compare.METHOD_DIR / "bcp.yaml"]
+    name, paths = compare.method_file(str(CONFIGS / "methods" / "bcp.yaml"))
+    assert name == "bcp" and paths == [CONFIGS / "methods" / "bcp.yaml"]
     with pytest.raises(ValueError, match="unknown method 'nosuch'"):
         compare.method_file("nosuch")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):

@@ -24,7 +24,7 @@ from custom.training.terms import CrossPseudoSupervisionTerm, InterpolationConsi
 from custom.utils.paths import DEFAULT_METHOD
 
 S = 1e-5
-METHODS = compare.METHODS  # the comparison's method list; every method file is in it (test below)
+METHODS = compare.method_names()  # the comparison's method list; every method file is in it (test below)
 
 
 def reference_dice(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

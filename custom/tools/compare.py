@@ -63,7 +63,6 @@ from custom.utils.options import check_option
 from custom.utils.paths import ABLATED_METHOD, DEFAULT_METHOD, bundle_root, configs_dir, source_root
 
 __all__ = [
-    "METHODS",
     "method_names",
     "RunSpec",
     "load_test_entries",
@@ -79,20 +78,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REPO = source_root()  # the repository (the folder holding custom/)
-CONFIGS = configs_dir()  # the one bundle-root finder (custom.utils.paths)
-METHOD_DIR = CONFIGS / "methods"
-BASE_CONFIGS = (CONFIGS / "common.yaml", CONFIGS / "train.yaml")
-META_FILE = CONFIGS / "metadata.json"
+BASE_CONFIGS = ("common.yaml", "train.yaml")  # in configs_dir(), the one bundle-root finder (custom.utils.paths)
 
 
-def method_names(folder: Path = METHOD_DIR) -> tuple[str, ...]:
+def method_names(folder: Path | None = None) -> tuple[str, ...]:
     """The methods, discovered: every ``<name>.yaml`` of ``bundle/configs/methods/`` (a method is its
     file), the default (``custom.utils.paths.DEFAULT_METHOD``) first, then by name."""
-    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    names = sorted(p.stem for p in (folder or configs_dir() / "methods").glob("*.yaml"))
     return tuple(sorted(names, key=lambda n: n != DEFAULT_METHOD))
 
 
-METHODS: tuple[str, ...] = method_names()
 DONE, TRAINED = "done.json", "trained.json"
 
 
@@ -239,11 +234,11 @@ def method_file(method: str) -> tuple[str, list[Path]]:
         from monai.bundle import ConfigParser
 
         own = "method" in (ConfigParser.load_config_file(str(path)) or {})
-        return path.stem, [path] if own else [METHOD_DIR / f"{ABLATED_METHOD}.yaml", path]
-    path = METHOD_DIR / f"{method}.yaml"
+        return path.stem, [path] if own else [configs_dir() / "methods" / f"{ABLATED_METHOD}.yaml", path]
+    path = configs_dir() / "methods" / f"{method}.yaml"
     if not path.is_file():
         raise ValueError(
-            f"unknown method {method!r}; known: {sorted(p.stem for p in METHOD_DIR.glob('*.yaml'))}, "
+            f"unknown method {method!r}; known: {sorted(method_names())}, "
             "or give the path of a YAML override"
         )
     return method, [path]
@@ -291,7 +286,7 @@ def build_runs(
         _check_override_file(o)
     runs = []
     for method, paths in resolved:
-        files = [str(p) for p in BASE_CONFIGS] + [str(p) for p in paths] + extra
+        files = [str(configs_dir() / name) for name in BASE_CONFIGS] + [str(p) for p in paths] + extra
         for seed in seeds:
             run_dir = Path(out).resolve() / "runs" / method / f"seed{seed}"
             values: dict[str, Any] = {
@@ -317,7 +312,8 @@ def build_runs(
                 "values": hashed,
                 "datalist": training_digest(datalist),
                 "configs": {
-                    Path(f).name if Path(f).parent in (CONFIGS, METHOD_DIR) else f: _sha(Path(f).read_text())
+                    Path(f).name if Path(f).parent in (configs_dir(), configs_dir() / "methods") else f:
+                    _sha(Path(f).read_text())
                     for f in files
                 },
             }
@@ -336,7 +332,7 @@ def train_run(spec: RunSpec, launcher: str = "subprocess", threads: int | None =
     ``monai.bundle.run`` here. Raises ``RuntimeError`` when training fails or writes no model.
     """
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    args = {"config_file": spec.config_files, "meta_file": str(META_FILE), **spec.overrides}
+    args = {"config_file": spec.config_files, "meta_file": str(configs_dir() / "metadata.json"), **spec.overrides}
     args_file = spec.run_dir / "args.json"
     _write_json_atomic(args_file, args)
     log_path = spec.run_dir / "train.log"
@@ -469,7 +465,7 @@ def _is_complete(record: Mapping[str, Any] | None, spec: RunSpec, digests: Mappi
 
 def run_comparison(
     dataset_dir: str,
-    methods: Any = METHODS,
+    methods: Any = None,
     seeds: Any = (0,),
     override: Any = (),
     out: str = "runs/comparison",
@@ -483,6 +479,7 @@ def run_comparison(
     """Train every method x seed and evaluate it on every test list (skipping finished runs and
     lists already evaluated), then write the outputs.
 
+    ``methods``: default every method of ``bundle/configs/methods/`` (:func:`method_names`).
     ``split``: None or ``all`` for every test list of the datalist, else the lists to evaluate.
     Returns ``{"tables": {list: per-method aggregates}, "table": the first list's, "runs": [done
     records], "trained": [run names trained or evaluated by this call], "failed": [...], "out":
@@ -494,7 +491,7 @@ def run_comparison(
     from custom.utils.cli import parse_bool
 
     progress = parse_bool(progress, "progress")
-    methods_l = _as_list(methods)
+    methods_l = list(method_names()) if methods is None else _as_list(methods)
     names_l = [method_file(m)[0] for m in methods_l]
     seeds_l = [check_option("seed", s, flag="--seeds") for s in _as_list(seeds)]
     if max_iterations is not None:

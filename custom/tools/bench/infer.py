@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from custom.tools.bench.timing import median, peak_rss_mb, progress
-from custom.tools.bench.train import CONFIGS
 from custom.utils.cli import OptionError, parse_bool
+from custom.utils.paths import configs_dir
 
 __all__ = ["VARIANTS", "deployed_unext", "bench_infer", "print_infer"]
 
@@ -26,7 +26,7 @@ def deployed_unext(num_classes: int, in_channels: int = 1) -> torch.nn.Module:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "common.yaml")])
+    parser.read_config([str(configs_dir() / "common.yaml")])
     # a fresh UNeXt of the bundle's definition: no trained weights, so no recorded model_config.json applies
     parser.update(
         {

@@ -19,7 +19,6 @@ from custom.utils.paths import bundle_root, configs_dir, source_root
 __all__ = ["config_files", "build_trainer", "bench_train", "print_train"]
 
 REPO = source_root()  # the repository (the folder holding custom/)
-CONFIGS = configs_dir()  # the one bundle-root finder (custom.utils.paths)
 # handlers of train#handlers kept for the benchmark (per-iteration work of a real run)
 _KEPT_HANDLERS = ("LrSchedules",)
 
@@ -27,7 +26,7 @@ _KEPT_HANDLERS = ("LrSchedules",)
 def config_files(method: str = "paper") -> list[str]:
     """``common.yaml + train.yaml`` and ``methods/<method>.yaml`` (``paper``: the published recipe;
     none: ``ours``, the default, whose Swin-Unet is most of an iteration's compute)."""
-    return [str(CONFIGS / f) for f in ("common.yaml", "train.yaml", f"methods/{method or 'ours'}.yaml")]
+    return [str(configs_dir() / f) for f in ("common.yaml", "train.yaml", f"methods/{method or 'ours'}.yaml")]
 
 
 def build_trainer(files: Sequence[str], overrides: dict[str, Any], keep_handlers: Sequence[str] = _KEPT_HANDLERS):
