@@ -128,7 +128,7 @@ def recipe_violations(parser) -> list[str]:
     expect("fp32", get("train#trainer#amp"), False)
     # --- augmentation of the labelled images only, the five original transforms
     active = {type(t).__name__: t for t in get("train#random_transforms") if getattr(t, "prob", 1.0) > 0}
-    active.pop("ScaleIntensityRanged", None)  # the clip back to [0, 1] after them: not an augmentation
+    active.pop("Lambdad", None)  # the clip back to [0, 1] after them: not an augmentation
     expect(
         "labelled augmentation",
         sorted(active),
